@@ -1,0 +1,436 @@
+"""The model catalog: the file a platform operator writes to say what genmedia serves.
+
+Read once at deploy time (``genmedia serve|deploy|catalog validate``); the app builder turns it
+into one worker deployment per family, and the gateway validates every request against the
+entry of the model it names. No Ray, no torch here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from genmedia.models.registry import FAMILIES
+
+DEFAULT_CATALOG = "default.yaml"
+
+ModelId = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Model id used in URLs: lowercase letters, digits, '.', '_' and '-'.",
+    ),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntBounds(_Strict):
+    """An integer request parameter: its default and the inclusive range a request may ask."""
+
+    default: int = Field(description="Value used when the request does not set the parameter.")
+    min: int = Field(description="Smallest value a request may ask for (inclusive).")
+    max: int = Field(description="Largest value a request may ask for (inclusive).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntBounds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if not self.min <= self.default <= self.max:
+            raise ValueError(f"default {self.default} is outside [{self.min}, {self.max}]")
+        return self
+
+
+class FloatBounds(_Strict):
+    """A real-valued request parameter: its default and the inclusive range a request may ask."""
+
+    default: float = Field(description="Value used when the request does not set the parameter.")
+    min: float = Field(description="Smallest value a request may ask for (inclusive).")
+    max: float = Field(description="Largest value a request may ask for (inclusive).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatBounds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if not self.min <= self.default <= self.max:
+            raise ValueError(f"default {self.default} is outside [{self.min}, {self.max}]")
+        return self
+
+
+class ParameterBounds(_Strict):
+    """Defaults and bounds of the generation parameters for one model."""
+
+    width: IntBounds = Field(
+        default=IntBounds(default=512, min=256, max=1024),
+        description="Output width in pixels; every value must be a multiple of the family's size "
+        "multiple (8 for UNet families, 16 for Flux).",
+    )
+    height: IntBounds = Field(
+        default=IntBounds(default=512, min=256, max=1024),
+        description="Output height in pixels; same multiple rule as width.",
+    )
+    steps: IntBounds = Field(
+        default=IntBounds(default=25, min=1, max=100),
+        description="Number of denoising steps (num_inference_steps).",
+    )
+    guidance: FloatBounds = Field(
+        default=FloatBounds(default=7.0, min=0.0, max=20.0),
+        description="Classifier-free guidance scale (distilled guidance for Flux).",
+    )
+    num_images: IntBounds = Field(
+        default=IntBounds(default=1, min=1, max=4),
+        description="Images generated per request; never more than max_batch_size.",
+    )
+    max_prompt_chars: int = Field(
+        default=2000, ge=1, le=100_000, description="Longest prompt (and negative prompt) accepted."
+    )
+
+
+class ModelEntry(_Strict):
+    """One servable model."""
+
+    id: ModelId
+    family: str = Field(description=f"Model family; one of: {', '.join(sorted(FAMILIES))}.")
+    task: Literal["text-to-image"] = Field(
+        default="text-to-image", description="What the model does; the API route depends on it."
+    )
+    weights: str = Field(
+        min_length=1,
+        description="Where the diffusers checkpoint (safetensors only) lives: a local directory "
+        "(absolute, or relative to the catalog file), 's3://bucket/prefix', or 'tiny://<family>' "
+        "for the built-in random-weight test model.",
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32", description="Weight and compute dtype on the worker."
+    )
+    description: str = Field(default="", description="Free text shown by GET /v1/models.")
+    parameters: ParameterBounds = Field(
+        default_factory=ParameterBounds, description="Request parameter defaults and bounds."
+    )
+    schedulers: list[str] | None = Field(
+        default=None,
+        description="Scheduler names a request may pick; default: every scheduler of the family.",
+    )
+    default_scheduler: str | None = Field(
+        default=None, description="Scheduler used when the request names none."
+    )
+    max_batch_size: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Most images one pipeline call may hold; only compatible requests (same "
+        "size, steps, guidance, scheduler) share a call.",
+    )
+    batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=10_000.0,
+        description="How long an idle pipeline waits for a fuller batch before it starts.",
+    )
+    gpu_fraction: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="Share of one GPU this model needs; a family worker asks Ray for the sum over "
+        "its models.",
+    )
+    memory_gb: float = Field(
+        default=4.0, gt=0.0, le=1024.0, description="GPU memory footprint when loaded, in GiB."
+    )
+    priority_class: Literal["interactive", "batch"] = Field(
+        default="interactive", description="Priority class of requests that do not name one."
+    )
+
+    def allowed_schedulers(self) -> list[str]:
+        spec = FAMILIES.get(self.family)
+        return list(self.schedulers or (spec.schedulers if spec else ()))
+
+    def scheduler_default(self) -> str:
+        spec = FAMILIES[self.family]
+        if self.default_scheduler:
+            return self.default_scheduler
+        allowed = self.allowed_schedulers()
+        return spec.default_scheduler if spec.default_scheduler in allowed else allowed[0]
+
+
+class WorkerSettings(_Strict):
+    """How the Ray Serve deployment of one family's worker is sized."""
+
+    num_cpus: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=256.0,
+        description="Ray CPUs per replica; torch threads are sized from it (at least one).",
+    )
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas kept.")
+    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas allowed.")
+    max_loaded_models: int = Field(
+        default=4, ge=1, le=64, description="Pipelines a replica keeps loaded (LRU beyond)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WorkerSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is greater than max_replicas "
+                f"({self.max_replicas})"
+            )
+        return self
+
+
+class LocalStorage(_Strict):
+    """Outputs written to a directory on the gateway's node, served by GET /v1/files/{path}."""
+
+    kind: Literal["local"] = Field(default="local", description="Storage kind.")
+    dir: str = Field(
+        default="~/.cache/genmedia/outputs",
+        description="Directory for outputs and their JSON sidecars (relative: to the catalog).",
+    )
+
+
+class S3Storage(_Strict):
+    """Outputs written to an S3 bucket through boto3 (any S3-compatible endpoint)."""
+
+    kind: Literal["s3"] = Field(default="s3", description="Storage kind.")
+    bucket: str = Field(min_length=3, description="Bucket name.")
+    prefix: str = Field(default="outputs", description="Key prefix for every output.")
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint; default: AWS."
+    )
+    region: str | None = Field(default=None, description="Region name passed to boto3.")
+    url_expiry_s: int = Field(
+        default=3600, ge=60, le=604800, description="Lifetime of presigned output URLs."
+    )
+
+
+class ServerSettings(_Strict):
+    """Gateway-wide settings."""
+
+    storage: LocalStorage | S3Storage = Field(
+        default_factory=LocalStorage,
+        discriminator="kind",
+        description="Where outputs go: 'local' (default) or 's3'.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=1_073_741_824,
+        description="Largest request body accepted; larger ones get 413.",
+    )
+    gateway_replicas: int = Field(default=1, ge=1, le=100, description="Gateway replicas.")
+    gateway_num_cpus: float = Field(
+        default=0.25, gt=0.0, le=64.0, description="Ray CPUs per gateway replica."
+    )
+    request_timeout_s: float = Field(
+        default=600.0, gt=0.0, le=86_400.0, description="Longest a sync request may take."
+    )
+
+
+class Catalog(_Strict):
+    """A catalog file: server settings, per-family worker settings and the models."""
+
+    version: Literal[1] = Field(default=1, description="Catalog format version.")
+    server: ServerSettings = Field(default_factory=ServerSettings, description="Gateway settings.")
+    workers: dict[str, WorkerSettings] = Field(
+        default_factory=dict, description="Worker settings per family (defaults when absent)."
+    )
+    models: list[ModelEntry] = Field(min_length=1, description="The models served.")
+    source: str | None = Field(
+        default=None, exclude=True, description="File the catalog was read from (set on load)."
+    )
+
+    def model(self, model_id: str) -> ModelEntry | None:
+        return next((m for m in self.models if m.id == model_id), None)
+
+    def families(self) -> dict[str, list[ModelEntry]]:
+        out: dict[str, list[ModelEntry]] = defaultdict(list)
+        for m in self.models:
+            out[m.family].append(m)
+        return dict(out)
+
+    def worker(self, family: str) -> WorkerSettings:
+        return self.workers.get(family, WorkerSettings())
+
+    def base_dir(self) -> Path:
+        return Path(self.source).parent if self.source else Path.cwd()
+
+    def resolve_path(self, value: str) -> Path:
+        """A local path from the catalog: ~ and $VARS expanded, relative to the catalog file."""
+        p = Path(os.path.expandvars(os.path.expanduser(value)))
+        return p if p.is_absolute() else (self.base_dir() / p).resolve()
+
+
+@dataclass(frozen=True)
+class CatalogIssue:
+    """One problem found in a catalog file, located by file, model id and field."""
+
+    file: str
+    model_id: str | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"model {self.model_id!r}" if self.model_id else "catalog"
+        return f"{self.file}: {where}: {self.field}: {self.message}"
+
+
+class CatalogError(Exception):
+    """Every issue found in a catalog file."""
+
+    def __init__(self, issues: list[CatalogIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+def _loc(parts: tuple) -> str:
+    return ".".join(str(p) for p in parts) or "(root)"
+
+
+def _entry_issues(entry: ModelEntry, file: str) -> list[CatalogIssue]:
+    """Cross-field checks that need the family spec."""
+    issues: list[CatalogIssue] = []
+
+    def add(field: str, message: str) -> None:
+        issues.append(CatalogIssue(file, entry.id, field, message))
+
+    spec = FAMILIES.get(entry.family)
+    if spec is None:
+        add("family", f"unknown family {entry.family!r}; known: {', '.join(sorted(FAMILIES))}")
+        return issues
+    if entry.task not in spec.tasks:
+        add("task", f"family {spec.name} does not do {entry.task!r}; it does {list(spec.tasks)}")
+    for name in entry.schedulers or ():
+        if name not in spec.schedulers:
+            add(
+                "schedulers",
+                f"unknown scheduler {name!r} for {spec.name}; known: {', '.join(spec.schedulers)}",
+            )
+    if entry.schedulers is not None and not entry.schedulers:
+        add("schedulers", "must list at least one scheduler (or be left out)")
+    if entry.default_scheduler and entry.default_scheduler not in entry.allowed_schedulers():
+        add(
+            "default_scheduler",
+            f"{entry.default_scheduler!r} is not among the allowed "
+            f"schedulers {entry.allowed_schedulers()}",
+        )
+    for dim in ("width", "height"):
+        b: IntBounds = getattr(entry.parameters, dim)
+        for key in ("default", "min", "max"):
+            v = getattr(b, key)
+            if v % spec.size_multiple or v <= 0:
+                add(
+                    f"parameters.{dim}.{key}",
+                    f"{v} is not a positive multiple of {spec.size_multiple} ({spec.name})",
+                )
+    if entry.parameters.num_images.max > entry.max_batch_size:
+        add(
+            "parameters.num_images.max",
+            f"{entry.parameters.num_images.max} exceeds max_batch_size {entry.max_batch_size}",
+        )
+    return issues
+
+
+def parse_catalog(data: object, file: str = "<catalog>") -> Catalog:
+    """Validate catalog data; raise CatalogError listing every issue found."""
+    if not isinstance(data, dict):
+        raise CatalogError([CatalogIssue(file, None, "(root)", "must be a mapping")])
+    issues: list[CatalogIssue] = []
+    raw_models = data.get("models")
+    entries: list[ModelEntry] = []
+    if isinstance(raw_models, list):
+        for i, raw in enumerate(raw_models):
+            mid = raw.get("id") if isinstance(raw, dict) else None
+            mid = mid if isinstance(mid, str) else f"#{i}"
+            try:
+                entry = ModelEntry.model_validate(raw)
+            except ValidationError as e:
+                issues += [
+                    CatalogIssue(file, mid, _loc(err["loc"]), err["msg"]) for err in e.errors()
+                ]
+                continue
+            issues += _entry_issues(entry, file)
+            entries.append(entry)
+    try:
+        catalog = Catalog.model_validate({**data, "source": file})
+    except ValidationError as e:
+        for err in e.errors():
+            if err["loc"][:1] == ("models",) and len(err["loc"]) > 1:
+                continue  # already reported per model above
+            issues.append(CatalogIssue(file, None, _loc(err["loc"]), err["msg"]))
+        catalog = None
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.id in seen:
+            issues.append(CatalogIssue(file, entry.id, "id", "duplicate model id"))
+        seen.add(entry.id)
+    by_family: dict[str, list[ModelEntry]] = defaultdict(list)
+    for entry in entries:
+        by_family[entry.family].append(entry)
+    for family, members in by_family.items():
+        total = sum(m.gpu_fraction for m in members)
+        if total > 1.0 + 1e-9:
+            for m in members:
+                issues.append(
+                    CatalogIssue(
+                        file,
+                        m.id,
+                        "gpu_fraction",
+                        f"the {family} worker holds {', '.join(x.id for x in members)}: their "
+                        f"gpu_fraction sums to {total:g} > 1 (one worker replica sits on one GPU)",
+                    )
+                )
+    for family in data.get("workers") or {}:
+        if family not in FAMILIES:
+            issues.append(
+                CatalogIssue(
+                    file,
+                    None,
+                    f"workers.{family}",
+                    f"unknown family; known: {', '.join(sorted(FAMILIES))}",
+                )
+            )
+        elif family not in by_family:
+            issues.append(
+                CatalogIssue(
+                    file,
+                    None,
+                    f"workers.{family}",
+                    "settings for a family with no model in the catalog",
+                )
+            )
+    if issues:
+        raise CatalogError(issues)
+    assert catalog is not None
+    return catalog
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Read and validate a catalog file; None reads the embedded default catalog."""
+    if path is None:
+        ref = resources.files("genmedia.models") / "catalogs" / DEFAULT_CATALOG
+        file = str(ref)
+        text = ref.read_text()
+    else:
+        file = str(Path(path).resolve())
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise CatalogError(
+                [CatalogIssue(str(path), None, "(file)", e.strerror or str(e))]
+            ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        raise CatalogError([CatalogIssue(file, None, where, f"invalid YAML: {e}")]) from None
+    return parse_catalog(data, file)

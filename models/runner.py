@@ -1,0 +1,125 @@
+"""Run one batch of compatible text-to-image jobs through a loaded diffusers pipeline.
+
+Called by the family worker from a thread (never on its event loop), one batch at a time per
+pipeline. Each image gets its own CPU ``torch.Generator`` seeded with ``seed + i``, so a request's
+images depend on its seed, not on the batch it happened to share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from genmedia.models.catalog import ModelEntry
+from genmedia.models.params import GenerationJob
+from genmedia.models.registry import family_module
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+StepCallback = Callable[[int, int], None]  # (step done, total steps)
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline in memory with what the runner needs to drive it."""
+
+    entry: ModelEntry
+    pipe: Any
+    family: ModuleType
+    device: str
+    load_s: float
+    _scheduler_config: dict = field(default_factory=dict)
+    _schedulers: dict[str, Any] = field(default_factory=dict)
+
+    def use_scheduler(self, name: str) -> None:
+        """Put the named scheduler on the pipeline (one instance per name, built once)."""
+        sched = self._schedulers.get(name)
+        if sched is None:
+            cls = self.family.SCHEDULERS[name]
+            sched = self._schedulers[name] = cls.from_config(self._scheduler_config)
+        self.pipe.scheduler = sched
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(entry: ModelEntry, path: Path, device: str | None = None) -> LoadedModel:
+    """Load an entry's pipeline through the family's ``from_pretrained`` path."""
+    fam = family_module(entry.family)
+    device = device or pick_device()
+    dtype = DTYPES[entry.dtype]
+    if device == "cpu" and dtype is torch.float16:
+        dtype = torch.float32  # fp16 conv kernels are missing or very slow on CPU
+    start = time.perf_counter()
+    pipe = fam.load_pipeline(path, dtype=dtype, device=device)
+    model = LoadedModel(
+        entry,
+        pipe,
+        fam,
+        device,
+        time.perf_counter() - start,
+        _scheduler_config=dict(pipe.scheduler.config),
+    )
+    return model
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Pipeline float output in [0, 1] (N, H, W, C) to uint8."""
+    return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def run_text_to_image(
+    model: LoadedModel, jobs: list[GenerationJob], on_step: StepCallback | None = None
+) -> list[list[np.ndarray]]:
+    """One pipeline call for compatible jobs; returns each job's images as uint8 HxWx3 arrays."""
+    if not jobs:
+        return []
+    params = jobs[0].params
+    if any(j.params.batch_key != params.batch_key for j in jobs):
+        raise ValueError("run_text_to_image got incompatible jobs in one batch")
+    prompts: list[str] = []
+    negatives: list[str] = []
+    generators: list[torch.Generator] = []
+    for job in jobs:
+        for i in range(job.num_images):
+            prompts.append(job.prompt)
+            negatives.append(job.negative_prompt or "")
+            generators.append(torch.Generator("cpu").manual_seed(job.seed + i))
+    model.use_scheduler(params.scheduler)
+    kwargs = model.family.call_kwargs(
+        guidance_scale=params.guidance_scale,
+        negative_prompts=negatives if any(negatives) else None,
+    )
+    if on_step is not None:
+        total = params.num_inference_steps
+
+        def _callback(pipe, step, timestep, callback_kwargs):
+            on_step(step + 1, total)
+            return callback_kwargs
+
+        kwargs["callback_on_step_end"] = _callback
+    with torch.inference_mode():
+        out = model.pipe(
+            prompt=prompts,
+            width=params.width,
+            height=params.height,
+            num_inference_steps=params.num_inference_steps,
+            generator=generators,
+            output_type="np",
+            **kwargs,
+        )
+    images = to_uint8(np.asarray(out.images))
+    result: list[list[np.ndarray]] = []
+    k = 0
+    for job in jobs:
+        result.append([images[k + i] for i in range(job.num_images)])
+        k += job.num_images
+    return result

@@ -1,0 +1,100 @@
+"""Request resolution against a catalog entry: defaults, bounds, errors naming field and limit."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from genmedia.models.catalog import load_catalog
+from genmedia.models.params import MAX_SEED, GenerateRequest, parameter_schema, resolve_request
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def resolve(catalog, model="sd15-tiny", **body):
+    return resolve_request(
+        catalog.model(model), GenerateRequest(prompt="a fox", **body), request_id="r1"
+    )
+
+
+def test_defaults_filled(catalog):
+    job, errors = resolve(catalog, seed=7)
+    assert not errors
+    entry = catalog.model("sd15-tiny")
+    assert job.params.width == entry.parameters.width.default
+    assert job.params.num_inference_steps == entry.parameters.steps.default
+    assert job.params.scheduler == entry.scheduler_default()
+    assert job.seed == 7 and job.num_images == 1
+
+
+def test_random_seed_when_unset(catalog):
+    seeds = {resolve(catalog)[0].seed for _ in range(5)}
+    assert len(seeds) > 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "limit"),
+    [
+        ({"width": 1024}, "width", 512),
+        ({"width": 16}, "width", 32),
+        ({"height": 68}, "height", 8),
+        ({"num_inference_steps": 0}, "num_inference_steps", 1),
+        ({"num_inference_steps": 51}, "num_inference_steps", 50),
+        ({"guidance_scale": 20.5}, "guidance_scale", 20.0),
+        ({"guidance_scale": -1}, "guidance_scale", 0.0),
+        ({"num_images": 5}, "num_images", 4),
+        ({"scheduler": "warp"}, "scheduler", None),
+        ({"seed": MAX_SEED, "num_images": 2}, "seed", MAX_SEED),
+    ],
+)
+def test_bounds_name_field_and_limit(catalog, body, field, limit):
+    job, errors = resolve(catalog, **body)
+    assert job is None
+    err = next(e for e in errors if e.field == field)
+    if limit is not None:
+        assert err.limit == limit
+    else:
+        assert "euler" in err.message
+
+
+def test_all_errors_at_once(catalog):
+    _, errors = resolve(catalog, width=1000, num_inference_steps=99, num_images=9)
+    assert {e.field for e in errors} >= {"width", "num_inference_steps", "num_images"}
+
+
+def test_flux_needs_multiple_of_16(catalog):
+    _, errors = resolve(catalog, model="flux-tiny", width=72)
+    assert errors[0].field == "width" and errors[0].limit == 16
+
+
+def test_blank_and_overlong_prompt(catalog):
+    entry = catalog.model("sd15-tiny")
+    _, errors = resolve_request(entry, GenerateRequest(prompt="   "), request_id="x")
+    assert errors[0].field == "prompt"
+    long = "x" * (entry.parameters.max_prompt_chars + 1)
+    _, errors = resolve_request(entry, GenerateRequest(prompt=long), request_id="x")
+    assert errors[0].field == "prompt" and errors[0].limit == entry.parameters.max_prompt_chars
+    with pytest.raises(ValidationError):
+        GenerateRequest(prompt="")
+    with pytest.raises(ValidationError):
+        GenerateRequest(prompt="a", colour="red")  # unknown fields are refused, not dropped
+
+
+def test_batch_key_separates_incompatible(catalog):
+    a, _ = resolve(catalog, seed=1)
+    b, _ = resolve(catalog, seed=2, num_images=2)
+    c, _ = resolve(catalog, seed=1, num_inference_steps=5)
+    d, _ = resolve(catalog, model="sd15-tiny-turbo", seed=1)
+    assert a.params.batch_key == b.params.batch_key
+    assert a.params.batch_key != c.params.batch_key
+    assert a.params.batch_key != d.params.batch_key
+
+
+def test_parameter_schema(catalog):
+    s = parameter_schema(catalog.model("flux-tiny"))
+    assert s["width"]["multipleOf"] == 16
+    assert s["num_inference_steps"]["maximum"] == 50
+    assert s["scheduler"]["enum"] == ["flow_euler"]
