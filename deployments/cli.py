@@ -22,7 +22,7 @@ from rich.table import Table
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
 
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 200)  # no wrapping in pipes and logs
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -310,7 +310,6 @@ def status(
     """Show deployments, replicas, GPU shares and loaded models of a running genmedia app."""
     import ray
     from ray import serve as rs
-    from ray.util.state import list_actors
 
     from genmedia.deployments.app import APP_NAME
 
@@ -321,39 +320,30 @@ def status(
     app_status = rs.status().applications.get(APP_NAME)
     if app_status is None:
         raise _fail(f"no '{APP_NAME}' application on this cluster (genmedia serve / deploy)")
-    actors = [
-        a
-        for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10000)
-        if (a.class_name or "").startswith(f"ServeReplica:{APP_NAME}:")
-    ]
     table = Table(
         "deployment",
         "status",
         "replicas",
         "GPU / replica",
         "CPU / replica",
+        "GPU ids",
         "loaded models",
         title=f"{APP_NAME}: {str(app_status.status).split('.')[-1]}",
     )
     for name, dep in sorted(app_status.deployments.items()):
-        mine = [a for a in actors if a.class_name.endswith(f":{name}")]
-        res = (mine[0].required_resources or {}) if mine else {}
-        loaded = "-"
-        if name.startswith("worker-"):
-            try:
-                info = rs.get_deployment_handle(name, APP_NAME).info.remote().result(timeout_s=10)
-                loaded = ", ".join(info["loaded"]) + f" (gpu ids {info['gpu_ids']})"
-            except Exception as e:
-                loaded = f"? ({type(e).__name__})"
-        replicas = ", ".join(f"{k.lower()}: {v}" for k, v in dep.replica_states.items())
-        table.add_row(
-            name,
-            str(dep.status).split(".")[-1],
-            replicas or "0",
-            f"{res.get('GPU', 0):g}",
-            f"{res.get('CPU', 0):g}",
-            loaded,
+        replicas = ", ".join(
+            f"{str(k).split('.')[-1].lower()}: {v}" for k, v in dep.replica_states.items()
         )
+        gpu = cpu = ids = loaded = "-"
+        try:
+            info = rs.get_deployment_handle(name, APP_NAME).info.remote().result(timeout_s=10)
+            res = info["resources"]
+            gpu, cpu = f"{res.get('GPU', 0):g}", f"{res.get('CPU', 0):g}"
+            ids = ",".join(info["gpu_ids"]) or "-"
+            loaded = ", ".join(info.get("loaded", [])) or "-"
+        except Exception as e:
+            loaded = f"? ({type(e).__name__})"
+        table.add_row(name, str(dep.status).split(".")[-1], replicas or "0", gpu, cpu, ids, loaded)
     out.print(table)
 
 

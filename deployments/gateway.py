@@ -52,6 +52,17 @@ class Gateway:
             parse_catalog(catalog, catalog_file), RayWorkerClient(workers)
         )
 
+    async def info(self) -> dict:
+        """Where this replica runs (for ``genmedia status``): no GPU, its CPU share."""
+        import ray
+
+        return {
+            "resources": ray.get_runtime_context().get_assigned_resources(),
+            "gpu_ids": [],
+            "loaded": [],
+            "pid": os.getpid(),
+        }
+
     def __serve_build_asgi_app__(self):
         return build_api(self.service)
 

@@ -70,7 +70,7 @@ class FamilyWorker:
         self._get_model = serve.multiplexed(max_num_models_per_replica=max_loaded_models)(_load)
         self._runner: BatchRunner[GenerationJob] = BatchRunner(
             self._run_batch,
-            key=lambda j: j.params.batch_key,
+            key=lambda j: j.batch_key,
             size=lambda j: j.num_images,
             max_items=lambda mid: self.entries[mid].max_batch_size,
             wait_s=lambda mid: self.entries[mid].batch_wait_ms / 1000.0,
@@ -133,6 +133,7 @@ class FamilyWorker:
             "device": self.device,
             "torch_threads": self.threads,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "resources": ray.get_runtime_context().get_assigned_resources(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),

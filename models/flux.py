@@ -29,7 +29,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from genmedia.models import weights
-from genmedia.models.tokenizers import (
+from genmedia.models.tiny_tokenizers import (
     CLIP_MAX_LENGTH,
     T5_MAX_LENGTH,
     build_clip_tokenizer,

@@ -78,7 +78,7 @@ class GenerationParams:
 
     @property
     def batch_key(self) -> tuple:
-        """Requests with equal keys can run in one pipeline call."""
+        """The parameters requests must share to run in one pipeline call."""
         return (
             self.model_id,
             self.width,
@@ -101,6 +101,13 @@ class GenerationJob:
     num_images: int
     submitted_at: float = 0.0
     extra: dict = field(default_factory=dict)
+
+    @property
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can run in one pipeline call. Whether a negative prompt is set
+        is part of it: SDXL encodes "no negative prompt" as zeros and Flux turns true CFG on for
+        the whole call, so mixing would change a job's image with its batch-mates."""
+        return (*self.params.batch_key, self.negative_prompt is not None)
 
     def describe(self) -> dict:
         """What the JSON sidecar and the response record about the parameters."""

@@ -83,7 +83,7 @@ def run_text_to_image(
     if not jobs:
         return []
     params = jobs[0].params
-    if any(j.params.batch_key != params.batch_key for j in jobs):
+    if any(j.batch_key != jobs[0].batch_key for j in jobs):
         raise ValueError("run_text_to_image got incompatible jobs in one batch")
     prompts: list[str] = []
     negatives: list[str] = []
@@ -91,7 +91,7 @@ def run_text_to_image(
     for job in jobs:
         for i in range(job.num_images):
             prompts.append(job.prompt)
-            negatives.append(job.negative_prompt or "")
+            negatives.append(job.negative_prompt or "")  # all set or none (batch_key)
             generators.append(torch.Generator("cpu").manual_seed(job.seed + i))
     model.use_scheduler(params.scheduler)
     kwargs = model.family.call_kwargs(
@@ -102,7 +102,7 @@ def run_text_to_image(
         total = params.num_inference_steps
 
         def _callback(pipe, step, timestep, callback_kwargs):
-            on_step(step + 1, total)
+            on_step(min(step + 1, total), total)  # PNDM calls back steps + 1 times
             return callback_kwargs
 
         kwargs["callback_on_step_end"] = _callback

@@ -32,7 +32,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from genmedia.models import weights
-from genmedia.models.tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer
+from genmedia.models.tiny_tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer
 
 FAMILY = "sd15"
 PIPELINE_CLASS = StableDiffusionPipeline

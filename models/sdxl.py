@@ -33,7 +33,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from genmedia.models import weights
-from genmedia.models.tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer
+from genmedia.models.tiny_tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer
 
 FAMILY = "sdxl"
 PIPELINE_CLASS = StableDiffusionXLPipeline

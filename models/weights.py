@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from genmedia.models.families import FAMILY_MODULES, family_module, known_families
+from genmedia.models.registry import FAMILIES, family_module
 
 __all__ = [
     "FAMILY_MODULES",
@@ -48,6 +48,10 @@ _PART_MARKER = ".genmedia-part-"
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # A safetensors file starts with an 8-byte little-endian header length, then a JSON object.
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+# Family name -> adapter module, derived from the family registry (the single source of truth).
+FAMILY_MODULES: dict[str, str] = {name: spec.module for name, spec in FAMILIES.items()}
 
 
 class WeightsError(Exception):
@@ -214,7 +218,7 @@ def _resolve_tiny(
 ) -> Path:
     if family not in FAMILY_MODULES:
         raise WeightsError(
-            f"unknown model family in {source!r}; known families: {', '.join(known_families())}"
+            f"unknown model family in {source!r}; known families: {', '.join(sorted(FAMILIES))}"
         )
     module = family_module(family)
     path = tiny_cache_dir() / family
@@ -336,6 +340,7 @@ def _resolve_s3(
         local_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = local_dir / S3_MANIFEST
         manifest = _load_manifest(manifest_path)
+        original = json.loads(json.dumps(manifest))
 
         # Drop files a previous version of this prefix had and the current one lacks, and
         # leftovers of interrupted downloads.
@@ -359,8 +364,10 @@ def _resolve_s3(
                 and dest.stat().st_size == info["size"]
             ):
                 continue
-            _notify(progress, f"downloading s3://{bucket}/{info['key']} ({i}/{total}, "
-                    f"{info['size']} bytes)")
+            _notify(
+                progress,
+                f"downloading s3://{bucket}/{info['key']} ({i}/{total}, {info['size']} bytes)",
+            )
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f"{_PART_MARKER}{uuid.uuid4().hex[:8]}-{dest.name}")
             try:
@@ -379,7 +386,8 @@ def _resolve_s3(
                     tmp.unlink()
             manifest[rel] = {"size": info["size"], "etag": info["etag"]}
             _write_manifest(manifest_path, source, manifest)
-        _write_manifest(manifest_path, source, manifest)
+        if manifest != original or not manifest_path.exists():
+            _write_manifest(manifest_path, source, manifest)
     return local_dir
 
 

@@ -91,6 +91,10 @@ def test_batch_key_separates_incompatible(catalog):
     assert a.params.batch_key == b.params.batch_key
     assert a.params.batch_key != c.params.batch_key
     assert a.params.batch_key != d.params.batch_key
+    e, _ = resolve(catalog, seed=1, negative_prompt="blurry")
+    f, _ = resolve(catalog, seed=1, negative_prompt="")
+    assert a.batch_key != e.batch_key  # negative prompt set or not never share a call
+    assert a.batch_key == f.batch_key  # an empty negative prompt is no negative prompt
 
 
 def test_parameter_schema(catalog):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from genmedia.models import families, weights
+from genmedia.models import registry, weights
 from genmedia.models.weights import WeightsError
 
 FAMILIES = ["sd15", "sdxl", "flux"]
@@ -24,7 +24,7 @@ NON_ASCII = "Zürich café — naïve 東京 🐱 привет, ÅNGSTRÖM"
 @pytest.fixture(scope="module", params=FAMILIES)
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     family = request.param
-    module = families.family_module(family)
+    module = registry.family_module(family)
     path = tmp_path_factory.mktemp(f"tiny-{family}") / "ckpt"
     module.build_tiny(path, seed=0)
     pipe = module.load_pipeline(path)
@@ -59,9 +59,16 @@ def test_interface(built) -> None:
     assert isinstance(pipe, module.PIPELINE_CLASS)
     assert module.DEFAULT_SCHEDULER in module.SCHEDULERS
     assert module.DEFAULT_SIZE % module.SIZE_MULTIPLE == 0
-    assert module.SIZE_MULTIPLE == (16 if module.FAMILY == "flux" else 8)
     assert pipe.vae_scale_factor == 8
+    packing = 2 if module.FAMILY == "flux" else 1  # flux packs 2x2 latent patches
+    assert pipe.vae_scale_factor * packing == module.SIZE_MULTIPLE
     assert type(pipe.scheduler) is module.SCHEDULERS[module.DEFAULT_SCHEDULER]
+    # The light registry the gateway validates requests with agrees with the adapter module.
+    spec = registry.family_spec(module.FAMILY)
+    assert spec.module == module.__name__
+    assert set(spec.schedulers) == set(module.SCHEDULERS)
+    assert spec.default_scheduler == module.DEFAULT_SCHEDULER
+    assert spec.size_multiple == module.SIZE_MULTIPLE
 
 
 def test_generate_one_image(built) -> None:
@@ -94,6 +101,17 @@ def test_negative_prompts(built) -> None:
     module, _, pipe = built
     images = _generate(module, pipe, [1, 2], negatives=["blurry", ""])
     assert images.shape == (2, 64, 64, 3)
+
+
+def test_negative_prompt_none_vs_empty(built) -> None:
+    """Whether "no negative prompt" equals [""]: decides if such requests may share a batch."""
+    module, _, pipe = built
+    without = _generate(module, pipe, [5])
+    with_empty = _generate(module, pipe, [5], negatives=[""])
+    same = np.allclose(without, with_empty, atol=1e-4)
+    # sd15 encodes "" for a missing negative prompt; sdxl uses zero embeddings instead
+    # (force_zeros_for_empty_prompt); flux only uses negatives with true CFG.
+    assert same == (module.FAMILY == "sd15")
 
 
 def test_every_scheduler_runs(built) -> None:
@@ -144,10 +162,10 @@ def test_tokenizers_handle_non_ascii(built) -> None:
 
 
 def test_call_kwargs() -> None:
-    sd15 = families.family_module("sd15")
+    sd15 = registry.family_module("sd15")
     assert sd15.call_kwargs(guidance_scale=7.5, negative_prompts=None) == {"guidance_scale": 7.5}
     assert sd15.call_kwargs(guidance_scale=7.5, negative_prompts=["x"])["negative_prompt"] == ["x"]
-    flux = families.family_module("flux")
+    flux = registry.family_module("flux")
     plain = flux.call_kwargs(guidance_scale=3.5, negative_prompts=None)
     assert plain["guidance_scale"] == 3.5 and "negative_prompt" not in plain
     assert "true_cfg_scale" not in plain
@@ -163,7 +181,7 @@ def test_load_pipeline_refuses_pickles(built, tmp_path: Path) -> None:
     shutil.copytree(path, copy)
     bad = copy / "vae" / "diffusion_pytorch_model.bin"
     bad.write_bytes(b"pickle")
-    with pytest.raises(WeightsError, match="diffusion_pytorch_model.bin"):
+    with pytest.raises(WeightsError, match=r"diffusion_pytorch_model\.bin"):
         module.load_pipeline(copy)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from genmedia.models import families, weights
+from genmedia.models import registry, weights
 from genmedia.models.weights import WeightsError, check_safetensors_only, resolve_source
 
 
@@ -41,7 +41,9 @@ def test_good_checkpoint_passes(good_ckpt: Path) -> None:
     check_safetensors_only(good_ckpt / "unet" / "diffusion_pytorch_model.safetensors")
 
 
-@pytest.mark.parametrize("name", ["model.ckpt", "pytorch_model.bin", "weights.pt", "W.PTH", "x.pkl"])
+@pytest.mark.parametrize(
+    "name", ["model.ckpt", "pytorch_model.bin", "weights.pt", "W.PTH", "x.pkl"]
+)
 def test_pickle_files_are_refused_with_their_name(good_ckpt: Path, name: str) -> None:
     bad = good_ckpt / "text_encoder" / name
     bad.parent.mkdir()
@@ -136,5 +138,5 @@ def test_cache_dirs_follow_genmedia_home(
 def test_family_registry() -> None:
     assert set(weights.FAMILY_MODULES) == {"sd15", "sdxl", "flux"}
     with pytest.raises(ValueError, match="known families: flux, sd15, sdxl"):
-        families.family_module("kandinsky")
+        registry.family_module("kandinsky")
     assert weights.family_module("flux").FAMILY == "flux"

@@ -19,6 +19,7 @@ Both builders are pure functions of the built-in text: same output on every call
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
@@ -92,7 +93,7 @@ def _learn_bpe_merges(words: Counter[str], num_merges: int) -> list[tuple[str, s
     for _ in range(num_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, symbols in splits.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
+            for pair in itertools.pairwise(symbols):
                 pairs[pair] += words[word]
         if not pairs:
             break
@@ -154,7 +155,9 @@ def _t5_characters() -> list[str]:
     ]
     chars = [chr(c) for lo, hi in ranges for c in range(lo, hi + 1)]
     # A handful of very common CJK ideographs and emoji, so such prompts are not all <unk>.
-    chars += list("的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年山水日月火木金土花猫狗")
+    chars += list(
+        "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年山水日月火木金土花猫狗"
+    )
     chars += ["\U0001f600", "\U0001f431", "\U0001f436", "\u2764", "\u2728", "\u00b7"]
     seen: set[str] = set()
     return [c for c in chars if not (c in seen or seen.add(c)) and c.isprintable()]
