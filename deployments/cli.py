@@ -21,7 +21,7 @@ from rich.table import Table
 
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # errors never wrap mid-path
 out = Console(width=None if sys.stdout.isatty() else 200)  # no wrapping in pipes and logs
 app = typer.Typer(
     add_completion=False,
@@ -237,6 +237,9 @@ def serve(
         f"starting Ray: {cpus:g} CPUs, {declared:g} GPU(s)"
         + ("" if real_gpus else " (logical: no CUDA device here)")
     )
+    # Ray starts workers at nice 15; on a CPU-only box that lets any busy process slow the
+    # pipeline. Replicas here are the work, so they run at normal priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         num_cpus=int(cpus + 0.999),
         num_gpus=declared,
@@ -348,6 +351,10 @@ def status(
 
 
 def main() -> None:
+    # Library progress bars and warnings would drown ours (rich) on the operator's terminal.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     try:
         app()
     except KeyboardInterrupt:

@@ -45,6 +45,7 @@ def serve_app(genmedia_home, tmp_path_factory):
     catalog = catalog.model_copy(update={"server": server})
     assert check_weights(catalog, build_tiny=True) == []
     port = free_port()
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as `genmedia serve` does
     ray.init(
         num_cpus=4,
         num_gpus=1,

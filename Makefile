@@ -1,0 +1,44 @@
+# Everyday targets. `make serve` and `make test` work on a fresh clone: they create .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.genmedia-installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+GPUS ?=
+
+.PHONY: install serve test test-unit test-integration lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned: the requirement range alone could resolve to a multi-GB CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/genmedia serve --host $(HOST) --port $(PORT) $(if $(GPUS),--gpus $(GPUS))
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	$(PY) loadtests/bench_serving.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,70 @@
+"""The CLI's validation paths: clear errors naming file, model, field or path; no tracebacks."""
+
+from __future__ import annotations
+
+import yaml
+from typer.testing import CliRunner
+
+from genmedia.deployments.cli import app
+
+runner = CliRunner()
+
+
+def write(tmp_path, models, name="catalog.yaml"):
+    f = tmp_path / name
+    f.write_text(yaml.safe_dump({"models": models}))
+    return f
+
+
+def test_validate_default_catalog_ok():
+    from importlib import resources
+
+    path = resources.files("genmedia.models") / "catalogs" / "default.yaml"
+    r = runner.invoke(app, ["catalog", "validate", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "4 model(s) valid" in r.output
+
+
+def test_validate_reports_every_problem(tmp_path):
+    f = write(
+        tmp_path,
+        [
+            {"id": "a", "family": "sd15", "weights": "tiny://sd15", "max_batch_size": 0},
+            {"id": "b", "family": "dalle", "weights": "tiny://sd15"},
+        ],
+    )
+    r = runner.invoke(app, ["catalog", "validate", str(f)])
+    assert r.exit_code == 2
+    assert "model 'a': max_batch_size" in r.output
+    assert "model 'b': family" in r.output
+    assert "catalog.yaml" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_missing_weights_named_at_deploy_time(tmp_path):
+    f = write(tmp_path, [{"id": "gone", "family": "sd15", "weights": "weights/gone"}])
+    r = runner.invoke(app, ["catalog", "validate", str(f), "--check-weights"])
+    assert r.exit_code == 2
+    assert "model 'gone'" in r.output and str(tmp_path / "weights" / "gone") in r.output
+
+
+def test_pickle_weights_refused(tmp_path):
+    d = tmp_path / "w"
+    (d / "unet").mkdir(parents=True)
+    (d / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    f = write(tmp_path, [{"id": "pk", "family": "sd15", "weights": str(d)}])
+    r = runner.invoke(app, ["catalog", "validate", str(f), "--check-weights"])
+    assert r.exit_code == 2
+    assert "model 'pk'" in r.output and "diffusion_pytorch_model.bin" in r.output
+
+
+def test_serve_refuses_bad_catalog_before_starting_ray(tmp_path):
+    f = write(tmp_path, [{"id": "x", "family": "sd15", "weights": str(tmp_path / "nope")}])
+    r = runner.invoke(app, ["serve", "--catalog", str(f)])
+    assert r.exit_code == 2
+    assert "model 'x'" in r.output and "nope" in r.output
+
+
+def test_unknown_family_for_build_tiny():
+    r = runner.invoke(app, ["models", "build-tiny", "--family", "dalle"])
+    assert r.exit_code == 2 and "dalle" in r.output
