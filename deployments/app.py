@@ -13,12 +13,20 @@ from dataclasses import dataclass
 from ray.serve import Application
 
 from genmedia.deployments.gateway import GatewayDeployment
-from genmedia.deployments.worker import FamilyWorkerDeployment, torch_threads_for
+from genmedia.deployments.scheduler import SchedulerDeployment
+from genmedia.deployments.tenants import TenantsFile
+from genmedia.deployments.worker import (
+    SLOTS_PER_REPLICA,
+    FamilyWorkerDeployment,
+    torch_threads_for,
+)
 from genmedia.models.catalog import Catalog, LocalStorage
 
 APP_NAME = "genmedia"
 GATEWAY_NAME = "gateway"
+SCHEDULER_NAME = "scheduler"
 GATEWAY_MAX_ONGOING = 1000
+SCHEDULER_MAX_ONGOING = 10_000  # waits and progress streams are held open there
 
 
 def worker_name(family: str) -> str:
@@ -79,7 +87,7 @@ def plan_workers(catalog: Catalog) -> list[WorkerPlan]:
                 num_cpus=ws.num_cpus,
                 torch_threads=torch_threads_for(ws.num_cpus),
                 memory_gb=sum(e.memory_gb for e in loaded),
-                max_ongoing_requests=min(1024, 2 * sum(e.max_batch_size for e in entries)),
+                max_ongoing_requests=SLOTS_PER_REPLICA,
                 min_replicas=ws.min_replicas,
                 max_replicas=ws.max_replicas,
                 max_loaded_models=ws.max_loaded_models,
@@ -103,13 +111,23 @@ def deployable(catalog: Catalog) -> Catalog:
             update={"dir": str(catalog.resolve_path(server.storage.dir))}
         )
         server = server.model_copy(update={"storage": storage})
+    sched = server.scheduler.model_copy(
+        update={"job_store": str(catalog.resolve_path(server.scheduler.job_store))}
+    )
+    server = server.model_copy(update={"scheduler": sched})
     return catalog.model_copy(update={"models": models, "server": server})
 
 
-def build_app(catalog: Catalog, *, gpus_available: bool = True) -> Application:
-    """The Serve application for a catalog (``gpus_available=False`` drops GPU requests)."""
+def build_app(
+    catalog: Catalog, tenants: TenantsFile, *, gpus_available: bool = True
+) -> Application:
+    """The Serve application for a catalog (``gpus_available=False`` drops GPU requests).
+
+    ``tenants`` holds hashed keys only; plaintext keys never reach the cluster."""
     catalog = deployable(catalog)
     by_family = catalog.families()
+    server = catalog.server
+    server_data = server.model_dump(mode="json")
     workers = {}
     for plan in plan_workers(catalog):
         entries = by_family[plan.family]
@@ -122,8 +140,28 @@ def build_app(catalog: Catalog, *, gpus_available: bool = True) -> Application:
             plan.num_cpus,
             plan.max_loaded_models,
             plan.memory_gb,
+            server_data,
         )
-    server = catalog.server
+    data = catalog.model_dump(mode="json", exclude={"source"})
+    source = catalog.source or "<catalog>"
+    tenants_data = tenants.model_dump(mode="json")
+    scheduler = SchedulerDeployment.options(
+        name=SCHEDULER_NAME,
+        num_replicas=1,  # the one owner of every queue; restarted from the job store
+        max_ongoing_requests=SCHEDULER_MAX_ONGOING,
+        ray_actor_options={
+            "num_cpus": server.scheduler_num_cpus,
+            "num_gpus": 0,
+            "runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}},
+        },
+    ).bind(
+        data,
+        source,
+        workers,
+        tenants_data,
+        {family: worker_name(family) for family in workers},
+        APP_NAME,
+    )
     gateway = GatewayDeployment.options(
         name=GATEWAY_NAME,
         num_replicas=server.gateway_replicas,
@@ -134,5 +172,4 @@ def build_app(catalog: Catalog, *, gpus_available: bool = True) -> Application:
             "runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}},
         },
     )
-    data = catalog.model_dump(mode="json", exclude={"source"})
-    return gateway.bind(data, catalog.source or "<catalog>", workers)
+    return gateway.bind(data, source, scheduler, workers, tenants_data)

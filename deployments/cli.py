@@ -19,6 +19,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from genmedia.deployments.tenants import (
+    TenantsError,
+    TenantsFile,
+    development_tenants,
+    load_tenants,
+)
+from genmedia.deployments.tenants_cli import tenants_app
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
 
 console = Console(stderr=True, soft_wrap=True)  # errors never wrap mid-path
@@ -32,7 +39,17 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Catalog files.")
 models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints.")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
+app.add_typer(tenants_app, name="tenants")
 
+TenantsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tenants",
+        "-t",
+        help="Tenants YAML file (default: one development tenant "
+        "whose key is printed at start-up, or $GENMEDIA_DEV_API_KEY).",
+    ),
+]
 CatalogOpt = Annotated[
     Path | None,
     typer.Option(
@@ -53,6 +70,18 @@ def _load(path: Path | None) -> Catalog:
         for issue in e.issues:
             console.print(f"[red]✗[/] {issue}", highlight=False)
         raise _fail(f"{len(e.issues)} problem(s) in the catalog") from None
+
+
+def _load_tenants(path: Path | None) -> tuple[TenantsFile, str | None]:
+    """The tenants to serve and, for the development default, its plaintext key."""
+    try:
+        if path is None:
+            return development_tenants()
+        return load_tenants(path), None
+    except TenantsError as e:
+        for issue in e.issues:
+            console.print(f"[red]✗[/] {issue}", highlight=False)
+        raise _fail(f"{len(e.issues)} problem(s) in the tenants file") from None
 
 
 def _progress() -> Progress:
@@ -143,7 +172,7 @@ def _wait_for_app(catalog: Catalog, runner: threading.Thread, errors: list) -> N
     from genmedia.deployments.app import APP_NAME
 
     with _progress() as progress:
-        task = progress.add_task("starting deployments", total=len(catalog.families()) + 1)
+        task = progress.add_task("starting deployments", total=len(catalog.families()) + 2)
         while runner.is_alive():
             try:
                 status = serve.status().applications.get(APP_NAME)
@@ -159,12 +188,14 @@ def _wait_for_app(catalog: Catalog, runner: threading.Thread, errors: list) -> N
                 )
                 progress.update(task, completed=running, description=states or "deploying")
             time.sleep(0.5)
-        progress.update(task, completed=len(catalog.families()) + 1, description="deployed")
+        progress.update(task, completed=len(catalog.families()) + 2, description="deployed")
     if errors:
         raise _fail(f"deployment failed: {errors[0]}")
 
 
-def _run_app(catalog: Catalog, *, host: str, port: int, gpus_available: bool) -> None:
+def _run_app(
+    catalog: Catalog, tenants: TenantsFile, *, host: str, port: int, gpus_available: bool
+) -> None:
     from ray import serve
 
     from genmedia.deployments.app import APP_NAME, build_app
@@ -192,12 +223,14 @@ def _cpus_needed(catalog: Catalog) -> float:
     from genmedia.deployments.app import plan_workers
 
     workers = sum(p.num_cpus * max(1, p.min_replicas) for p in plan_workers(catalog))
-    return workers + catalog.server.gateway_num_cpus * catalog.server.gateway_replicas
+    server = catalog.server
+    return workers + server.gateway_num_cpus * server.gateway_replicas + server.scheduler_num_cpus
 
 
 @app.command()
 def serve(
     catalog_file: CatalogOpt = None,
+    tenants_file: TenantsOpt = None,
     gpus: Annotated[
         float | None,
         typer.Option(
@@ -218,6 +251,7 @@ def serve(
 ) -> None:
     """Start a local Ray + the genmedia app on this machine and serve until Ctrl-C."""
     catalog = _load(catalog_file)
+    tenants, dev_key = _load_tenants(tenants_file)
     if gpus is not None and gpus < 0:
         raise _fail("--gpus must be >= 0")
     _check_weights(catalog, build_tiny=True)
@@ -248,16 +282,20 @@ def serve(
         log_to_driver=False,
     )
     try:
-        _run_app(catalog, host=host, port=port, gpus_available=declared > 0)
+        _run_app(catalog, tenants, host=host, port=port, gpus_available=declared > 0)
         url = f"http://{host}:{port}"
         first = catalog.models[0].id
         out.print(
             f"\n[bold green]genmedia is serving[/] {len(catalog.models)} model(s) at "
             f"[bold]{url}[/]  (docs: {url}/docs)"
         )
-        out.print(f"  curl -s {url}/v1/models")
+        if dev_key:
+            out.print(f"development API key (tenant 'dev'): [bold]{dev_key}[/]")
+            out.print(f"  export GENMEDIA_API_KEY={dev_key}")
+        auth = '-H "Authorization: Bearer $GENMEDIA_API_KEY"'
+        out.print(f"  curl -s {auth} {url}/v1/models")
         out.print(
-            f"  curl -s -X POST {url}/v1/models/{first}/generate "
+            f"  curl -s {auth} -X POST {url}/v1/models/{first}/generate "
             "-H 'content-type: application/json' -d '{\"prompt\": \"a red fox\"}'"
         )
         out.print("Ctrl-C stops.")
@@ -282,6 +320,7 @@ def deploy(
         str, typer.Option(help="Ray cluster address (e.g. ray://head:10001 or auto).")
     ],
     catalog_file: CatalogOpt = None,
+    tenants_file: TenantsOpt = None,
     check_weights: Annotated[
         bool,
         typer.Option(
@@ -293,6 +332,7 @@ def deploy(
 ) -> None:
     """Deploy the genmedia app onto a running Ray cluster."""
     catalog = _load(catalog_file)
+    tenants, dev_key = _load_tenants(tenants_file)
     if check_weights:
         _check_weights(catalog, build_tiny=True)
     import ray
@@ -302,8 +342,10 @@ def deploy(
     except Exception as e:
         raise _fail(f"cannot connect to the Ray cluster at {address}: {e}") from None
     gpus = ray.cluster_resources().get("GPU", 0)
-    _run_app(catalog, host="0.0.0.0", port=8000, gpus_available=gpus > 0)
+    _run_app(catalog, tenants, host="0.0.0.0", port=8000, gpus_available=gpus > 0)
     out.print(f"[bold green]deployed[/] {len(catalog.models)} model(s) to {address}")
+    if dev_key:
+        out.print(f"development API key (tenant 'dev'): [bold]{dev_key}[/]")
 
 
 @app.command()

@@ -1,55 +1,86 @@
 """Gateway deployment: the FastAPI ingress of the Ray Serve app (CPU only, no GPU visible).
 
-Front of a request's way. Each replica builds a ``GatewayService`` over deployment handles of the
-family workers and serves the routes of ``api.py``. The handle call carries the model id as
-Serve's multiplexed model id, so Serve routes it to a worker replica that already holds the model.
+Front of a request's way. Each replica builds a ``GatewayService`` over a deployment handle of
+the scheduler and serves the routes of ``api.py``. It holds no queue: every job goes to the one
+scheduler, so order and fairness are global across gateway replicas.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from collections.abc import AsyncIterator
 
 from ray import serve
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from genmedia.deployments.api import build_api
-from genmedia.deployments.service import GatewayService, WorkerResult, WorkerUnavailable
+from genmedia.deployments.scheduler import Submission
+from genmedia.deployments.service import GatewayService
+from genmedia.deployments.tenants import Authenticator, TenantsFile
 from genmedia.models.catalog import parse_catalog
-from genmedia.models.params import GenerationJob
 
 
-class RayWorkerClient:
-    """Reaches family workers through Serve deployment handles."""
+class RaySchedulerClient:
+    """Reaches the scheduler through its Serve deployment handle."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle]):
-        self.handles = handles
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
 
-    def _handle(self, family: str) -> DeploymentHandle:
-        try:
-            return self.handles[family]
-        except KeyError:
-            raise WorkerUnavailable(f"no worker deployment for family {family!r}") from None
+    async def submit(self, sub: Submission) -> dict:
+        return await self.handle.submit.remote(sub)
 
-    async def generate(self, family: str, job: GenerationJob) -> WorkerResult:
-        handle = self._handle(family).options(multiplexed_model_id=job.params.model_id)
-        try:
-            return await handle.generate.remote(job)
-        except (BackPressureError, DeploymentUnavailableError) as e:
-            raise WorkerUnavailable(f"{family} worker unavailable: {e}") from e
+    async def status(self, job_id: str, tenant: str) -> dict:
+        return await self.handle.status.remote(job_id, tenant)
 
-    async def ready(self, family: str) -> dict:
-        return await self._handle(family).ready.remote()
+    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> dict:
+        # A scheduler restart breaks a long wait: ask the new replica until the deadline.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await self.handle.wait.remote(job_id, tenant, max(0.0, left))
+            except Exception:
+                if left <= 1.0:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def cancel(self, job_id: str, tenant: str) -> str:
+        return await self.handle.cancel.remote(job_id, tenant)
+
+    async def watch(self, job_id: str, tenant: str) -> AsyncIterator[dict]:
+        async for event in self.handle.options(stream=True).watch.remote(job_id, tenant):
+            yield event
+
+    async def usage(self, tenant: str) -> list[dict]:
+        return await self.handle.usage.remote(tenant)
+
+    async def metrics_text(self) -> bytes:
+        return await self.handle.metrics_text.remote()
+
+    async def ready(self) -> dict:
+        return await self.handle.ready.remote()
 
 
 @serve.ingress()
 class Gateway:
     """Ray Serve ingress; the app is built per replica from the catalog it was deployed with."""
 
-    def __init__(self, catalog: dict, catalog_file: str, workers: dict[str, DeploymentHandle]):
+    def __init__(
+        self,
+        catalog: dict,
+        catalog_file: str,
+        scheduler: DeploymentHandle,
+        workers: dict[str, DeploymentHandle],
+        tenants: dict,
+    ):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU deployment may otherwise see every GPU
+        self.workers = workers
         self.service = GatewayService(
-            parse_catalog(catalog, catalog_file), RayWorkerClient(workers)
+            parse_catalog(catalog, catalog_file),
+            RaySchedulerClient(scheduler),
+            Authenticator(TenantsFile.model_validate(tenants)),
         )
 
     async def info(self) -> dict:

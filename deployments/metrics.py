@@ -1,7 +1,9 @@
-"""Prometheus metrics of the gateway, served as text at ``GET /metrics``.
+"""Prometheus metrics, served as text at the gateway's ``GET /metrics``.
 
-Recorded once per request at the end of its way (the gateway sees the worker's queue and compute
-times in its result). Own registry, so tests and several apps in one process do not collide.
+Two registries: the gateway's (submits and refusals, per replica) and the scheduler's (queue
+depth, waits, compute, batch sizes, per-tenant usage; recorded once per job where the job ends).
+The gateway's ``/metrics`` appends the scheduler's text to its own. Own registries, so tests and
+several apps in one process do not collide. No Ray imports.
 """
 
 from __future__ import annotations
@@ -14,57 +16,100 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class GatewayMetrics:
-    """Counters and histograms per model; ``render()`` gives the exposition text."""
+    """What a gateway replica sees: submits accepted and refused."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "genmedia_requests",
-            "Generation requests finished, by outcome.",
-            ["model", "status"],
+        self.registry = r = CollectorRegistry()
+        self.submitted = Counter(
+            "genmedia_submitted",
+            "Jobs accepted by a gateway replica.",
+            ["model", "priority"],
             registry=r,
         )
-        self.errors = Counter(
-            "genmedia_request_errors",
-            "Failed requests by error type.",
-            ["model", "type"],
+        self.rejected = Counter(
+            "genmedia_rejected",
+            "Submits refused (429: quotas, rate, queue bounds, deadline).",
+            ["model", "reason"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class SchedulerMetrics:
+    """What the scheduler sees: every job's end, queue depth, usage per tenant."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "genmedia_requests",
+            "Jobs finished, by final status.",
+            ["model", "priority", "status"],
             registry=r,
         )
         self.images = Counter("genmedia_images", "Images generated.", ["model"], registry=r)
         self.queue_seconds = Histogram(
             "genmedia_queue_seconds",
-            "Time from arrival at the gateway to the start of the pipeline call.",
-            ["model"],
+            "Time from submit to the start of the pipeline call.",
+            ["model", "priority"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.compute_seconds = Histogram(
             "genmedia_compute_seconds",
-            "Duration of the pipeline call the request ran in.",
+            "Duration of the pipeline call a job ran in.",
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.request_seconds = Histogram(
             "genmedia_request_seconds",
-            "End-to-end time inside the gateway.",
-            ["model"],
+            "Submit to completion.",
+            ["model", "priority"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "genmedia_batch_size",
-            "Images in the pipeline call a request ran in.",
+            "Images per pipeline call.",
             ["model"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge(
-            "genmedia_requests_in_flight", "Requests inside the gateway.", ["model"], registry=r
+        self.queue_depth = Gauge(
+            "genmedia_queue_depth",
+            "Jobs waiting, per model and class.",
+            ["model", "priority"],
+            registry=r,
+        )
+        self.running = Gauge("genmedia_jobs_running", "Jobs in a pipeline call.", registry=r)
+        self.tenant_jobs = Counter(
+            "genmedia_tenant_jobs",
+            "Finished jobs per tenant.",
+            ["tenant", "model", "status"],
+            registry=r,
+        )
+        self.tenant_images = Counter(
+            "genmedia_tenant_images", "Images per tenant.", ["tenant", "model"], registry=r
+        )
+        self.tenant_steps = Counter(
+            "genmedia_tenant_steps",
+            "Denoising steps (x images) per tenant.",
+            ["tenant", "model"],
+            registry=r,
+        )
+        self.tenant_compute = Counter(
+            "genmedia_tenant_compute_seconds",
+            "Compute seconds per tenant (a batch's time split by images).",
+            ["tenant", "model"],
+            registry=r,
         )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -1,17 +1,18 @@
-"""Encode a worker's images and store them with a JSON sidecar (model, parameters, seed).
+"""Encode a batch's images and store them with a JSON sidecar (model, parameters, seed).
 
-Runs in the gateway, in a thread, after the worker returns; the response lists what it wrote.
-PNG bytes depend only on the pixels, so same model + parameters + seed give identical files.
+Runs on the family worker, in the pipeline's thread after it releases the step gate, so a
+result is stored before its job is marked ``COMPLETED``. Keys start with the tenant id: the
+gateway serves a file only to its tenant. PNG bytes depend only on the pixels, so the same model,
+parameters and seed give identical files.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
@@ -23,27 +24,14 @@ from genmedia.models.params import GenerationJob
 @dataclass
 class StoredImage:
     key: str
-    url: str
     seed: int
     width: int
     height: int
     content_type: str
     sha256: str
-    b64: str | None
 
-    def as_dict(self) -> dict:
-        d = {
-            "url": self.url,
-            "path": self.key,
-            "seed": self.seed,
-            "width": self.width,
-            "height": self.height,
-            "content_type": self.content_type,
-            "sha256": self.sha256,
-        }
-        if self.b64 is not None:
-            d["base64"] = self.b64
-        return d
+    def as_record(self) -> dict:
+        return asdict(self)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -62,17 +50,16 @@ def store_images(
     job: GenerationJob,
     images: list[np.ndarray],
     *,
-    base_url: str,
-    return_base64: bool,
+    prefix: str,
     extra: dict,
     now: float,
 ) -> list[StoredImage]:
-    """Write each image and its sidecar; returns what the response should list."""
-    prefix = output_prefix(job.request_id, now)
+    """Write each image and its sidecar under ``prefix``; returns what was written."""
+    base = prefix + output_prefix(job.request_id, now)
     out: list[StoredImage] = []
     for i, pixels in enumerate(images):
         data = encode_png(pixels)
-        key = f"{prefix}/{i}.png"
+        key = f"{base}/{i}.png"
         sidecar = {
             "request_id": job.request_id,
             "index": i,
@@ -83,19 +70,15 @@ def store_images(
             **extra,
         }
         storage.put(key, data, "image/png")
-        storage.put(
-            f"{prefix}/{i}.json", json.dumps(sidecar, indent=2).encode(), "application/json"
-        )
+        storage.put(f"{base}/{i}.json", json.dumps(sidecar, indent=2).encode(), "application/json")
         out.append(
             StoredImage(
                 key=key,
-                url=storage.url(key, base_url),
                 seed=job.seed + i,
                 width=int(pixels.shape[1]),
                 height=int(pixels.shape[0]),
                 content_type="image/png",
                 sha256=hashlib.sha256(data).hexdigest(),
-                b64=base64.b64encode(data).decode() if return_base64 else None,
             )
         )
     return out

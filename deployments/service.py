@@ -1,52 +1,99 @@
-"""The gateway's logic, without HTTP or Ray: validate, dispatch to the family worker, store.
+"""The gateway's logic, without HTTP or Ray: authenticate, validate, hand to the scheduler.
 
-``api.py`` puts HTTP in front of it; ``gateway.py`` runs it in a Ray Serve replica with a worker
-client made of deployment handles. Unit tests drive it with an in-process worker client.
+``api.py`` puts HTTP in front of it; ``gateway.py`` runs it in a Ray Serve replica with a
+scheduler client made of a deployment handle. A sync request is a queue job the gateway waits on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Protocol
 
-from genmedia.deployments.batching import BatchInfo
 from genmedia.deployments.http_errors import ApiError
 from genmedia.deployments.metrics import GatewayMetrics
-from genmedia.deployments.outputs import store_images
+from genmedia.deployments.scheduler import Submission
 from genmedia.deployments.storage import Storage, make_storage
+from genmedia.deployments.tenants import Authenticator, Tenant, retry_after_header
+from genmedia.deployments.webhooks import WebhookUrlError, validate_webhook_url
 from genmedia.models.catalog import Catalog, ModelEntry
-from genmedia.models.params import GenerateRequest, GenerationJob, parameter_schema, resolve_request
+from genmedia.models.params import GenerateRequest, parameter_schema, resolve_request
 from genmedia.models.registry import FAMILIES
 
-
-@dataclass
-class WorkerResult:
-    """What a worker returns for one job: its images (uint8 HxWx3) and how it ran."""
-
-    images: list  # list[np.ndarray]
-    batch: BatchInfo
-    batch_ref: str  # replica-unique id of the pipeline call
-    replica: str
-    device: str
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+MAX_DEADLINE_S = 7 * 24 * 3600.0
 
 
-class WorkerClient(Protocol):
-    """How the gateway reaches the family workers."""
+class SchedulerClient(Protocol):
+    """How the gateway reaches the scheduler (a deployment handle, or a fake in unit tests)."""
 
-    async def generate(self, family: str, job: GenerationJob) -> WorkerResult: ...
+    async def submit(self, sub: Submission) -> dict: ...
 
-    async def ready(self, family: str) -> dict: ...
+    async def status(self, job_id: str, tenant: str) -> dict: ...
+
+    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> dict: ...
+
+    async def cancel(self, job_id: str, tenant: str) -> str: ...
+
+    def watch(self, job_id: str, tenant: str) -> AsyncIterator[dict]: ...
+
+    async def usage(self, tenant: str) -> list[dict]: ...
+
+    async def metrics_text(self) -> bytes: ...
+
+    async def ready(self) -> dict: ...
 
 
-class WorkerUnavailable(Exception):
-    """The worker could not be reached or refused the job (overload, shutdown)."""
+class SchedulerUnavailable(Exception):
+    """The scheduler could not be reached (restarting, overloaded)."""
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "NOT_FOUND",
+        f"no request {job_id!r}",
+        [{"field": "request_id", "message": "unknown request", "limit": None}],
+    )
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """The ``X-Deadline-Seconds`` header: seconds from now until the job must have started."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 < seconds <= MAX_DEADLINE_S):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"X-Deadline-Seconds must be a number of seconds in (0, {MAX_DEADLINE_S:g}]",
+            [
+                {
+                    "field": "X-Deadline-Seconds",
+                    "message": "invalid deadline",
+                    "limit": MAX_DEADLINE_S,
+                }
+            ],
+        )
+    return seconds
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(value):
+        raise ApiError(
+            422,
+            "invalid_request",
+            "Idempotency-Key must be 1-128 characters of letters, digits, '_', '.', ':' or '-'",
+            [{"field": "Idempotency-Key", "message": "invalid format", "limit": 128}],
+        )
+    return value
 
 
 class GatewayService:
@@ -55,16 +102,16 @@ class GatewayService:
     def __init__(
         self,
         catalog: Catalog,
-        workers: WorkerClient,
+        scheduler: SchedulerClient,
+        auth: Authenticator,
         storage: Storage | None = None,
         metrics: GatewayMetrics | None = None,
-        clock=time.time,
     ):
         self.catalog = catalog
-        self.workers = workers
+        self.scheduler = scheduler
+        self.auth = auth
         self.storage = storage or make_storage(catalog.server.storage, catalog.resolve_path)
         self.metrics = metrics or GatewayMetrics()
-        self.clock = clock
 
     # -- catalog -----------------------------------------------------------------------------
     def entry(self, model_id: str) -> ModelEntry:
@@ -78,8 +125,8 @@ class GatewayService:
             )
         return entry
 
-    def describe_models(self) -> list[dict]:
-        return [self.describe_model(m) for m in self.catalog.models]
+    def describe_models(self, tenant: Tenant) -> list[dict]:
+        return [self.describe_model(m) for m in self.catalog.models if tenant.allows_model(m.id)]
 
     def describe_model(self, m: ModelEntry) -> dict:
         return {
@@ -94,12 +141,55 @@ class GatewayService:
             "parameters": parameter_schema(m),
         }
 
-    # -- generation --------------------------------------------------------------------------
-    async def generate(self, model_id: str, req: GenerateRequest, base_url: str) -> dict:
+    # -- submit ------------------------------------------------------------------------------
+    async def _call(self, coro):
+        try:
+            return await coro
+        except ApiError:
+            raise
+        except Exception as e:
+            raise ApiError(
+                503,
+                "unavailable",
+                f"scheduler unavailable: {type(e).__name__}",
+                headers={"Retry-After": "1"},
+            ) from e
+
+    async def submit(
+        self,
+        tenant: Tenant,
+        model_id: str,
+        req: GenerateRequest,
+        *,
+        sync: bool,
+        deadline: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict:
         entry = self.entry(model_id)
-        started = self.clock()
-        request_id = new_request_id()
-        job, errors = resolve_request(entry, req, request_id=request_id, now=started)
+        priority = req.priority or ("interactive" if sync else tenant.default_class)
+        self.auth.authorize(tenant, model_id, priority)
+        deadline_s = parse_deadline(deadline)
+        key = parse_idempotency_key(idempotency_key)
+        if req.webhook_url is not None:
+            if sync:
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    "webhook_url needs the queue API (POST /v1/queue/models/{model_id})",
+                    [{"field": "webhook_url", "message": "queue API only", "limit": None}],
+                )
+            try:
+                await asyncio.to_thread(
+                    validate_webhook_url, req.webhook_url, self.catalog.server.webhooks
+                )
+            except WebhookUrlError as e:
+                raise ApiError(
+                    422,
+                    "invalid_webhook_url",
+                    f"webhook_url: {e}",
+                    [{"field": "webhook_url", "message": str(e), "limit": e.rule}],
+                ) from None
+        job, errors = resolve_request(entry, req, request_id=uuid.uuid4().hex)
         if errors:
             raise ApiError(
                 422,
@@ -108,84 +198,182 @@ class GatewayService:
                 [e.as_dict() for e in errors],
             )
         assert job is not None
-        m = self.metrics
-        m.in_flight.labels(model_id).inc()
-        try:
-            try:
-                result = await asyncio.wait_for(
-                    self.workers.generate(entry.family, job), self.catalog.server.request_timeout_s
+        result = await self._call(
+            self.scheduler.submit(
+                Submission(
+                    tenant=tenant.id,
+                    model_id=model_id,
+                    priority=priority,
+                    job=job,
+                    deadline_s=deadline_s,
+                    idempotency_key=key,
+                    webhook_url=req.webhook_url,
                 )
-            except TimeoutError:
-                m.errors.labels(model_id, "timeout").inc()
-                raise ApiError(
-                    504,
-                    "timeout",
-                    f"generation did not finish within {self.catalog.server.request_timeout_s:g}s",
-                ) from None
-            except WorkerUnavailable as e:
-                m.errors.labels(model_id, "unavailable").inc()
-                raise ApiError(503, "unavailable", str(e), headers={"Retry-After": "1"}) from e
-            except ApiError:
-                raise
-            except Exception as e:
-                m.errors.labels(model_id, "generation_failed").inc()
-                raise ApiError(
-                    500, "generation_failed", f"{type(e).__name__}: {e}".splitlines()[0][:500]
-                ) from e
-            worker_done = self.clock()
-            stored = await asyncio.to_thread(
-                store_images,
-                self.storage,
-                job,
-                result.images,
-                base_url=base_url,
-                return_base64=req.return_base64,
-                extra={"batch": result.batch_ref, "batch_size": result.batch.batch_size},
-                now=started,
             )
-            done = self.clock()
-        except ApiError:
-            m.requests.labels(model_id, "error").inc()
-            raise
-        finally:
-            m.in_flight.labels(model_id).dec()
-        b = result.batch
-        dispatch_s = max(0.0, (worker_done - started) - b.queue_s - b.compute_s)
-        queue_s = dispatch_s + b.queue_s
-        m.requests.labels(model_id, "ok").inc()
-        m.images.labels(model_id).inc(len(stored))
-        m.queue_seconds.labels(model_id).observe(queue_s)
-        m.compute_seconds.labels(model_id).observe(b.compute_s)
-        m.request_seconds.labels(model_id).observe(done - started)
-        m.batch_size.labels(model_id).observe(b.batch_size)
+        )
+        if "rejected" in result:
+            r = result["rejected"]
+            self.metrics.rejected.labels(model_id, r["type"]).inc()
+            fields = (
+                [{"field": r["field"], "message": r["message"], "limit": None}]
+                if r.get("field")
+                else None
+            )
+            raise ApiError(
+                r["status"],
+                r["type"],
+                r["message"],
+                fields,
+                headers={"Retry-After": retry_after_header(r["retry_after_s"])},
+            )
+        self.metrics.submitted.labels(model_id, priority).inc()
+        return result
+
+    async def generate(
+        self,
+        tenant: Tenant,
+        model_id: str,
+        req: GenerateRequest,
+        base_url: str,
+        *,
+        deadline: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """The sync path: submit as a job, wait for it, answer with the result."""
+        status = await self.submit(
+            tenant, model_id, req, sync=True, deadline=deadline, idempotency_key=idempotency_key
+        )
+        job_id = status["request_id"]
+        timeout = self.catalog.server.request_timeout_s
+        status = await self._call(self.scheduler.wait(job_id, tenant.id, timeout))
+        s = status["status"]
+        if s == "COMPLETED":
+            return self.result_body(status, base_url, req.return_base64)
+        if s in ("IN_QUEUE", "IN_PROGRESS"):
+            raise ApiError(
+                504,
+                "timeout",
+                f"request {job_id} did not finish within "
+                f"{timeout:g}s; it goes on: GET /v1/queue/requests/{job_id}/status",
+            )
+        err = status.get("error") or {}
+        code = {"FAILED": 500, "EXPIRED": 504, "CANCELLED": 409}.get(s, 500)
+        raise ApiError(
+            code, err.get("type") or s.lower(), err.get("message") or f"request {job_id} ended {s}"
+        )
+
+    # -- queue API ---------------------------------------------------------------------------
+    def urls(self, job_id: str, base_url: str) -> dict:
+        root = f"{base_url.rstrip('/')}/v1/queue/requests/{job_id}"
         return {
-            "id": request_id,
-            "model": model_id,
-            "status": "COMPLETED",
-            "seed": job.seed,
-            "parameters": job.describe(),
-            "images": [s.as_dict() for s in stored],
-            "timings": {
-                "queue_s": round(queue_s, 6),
-                "compute_s": round(b.compute_s, 6),
-                "store_s": round(done - worker_done, 6),
-                "total_s": round(done - started, 6),
-            },
-            "batch": {"id": result.batch_ref, "images": b.batch_size, "requests": b.num_requests},
-            "device": result.device,
+            "status_url": f"{root}/status",
+            "result_url": root,
+            "cancel_url": f"{root}/cancel",
+            "stream_url": f"{root}/stream",
         }
+
+    def public_status(self, status: dict, base_url: str) -> dict:
+        out = {k: v for k, v in status.items() if k not in ("tenant", "result")}
+        return {**out, **self.urls(status["request_id"], base_url)}
+
+    async def status(self, tenant: Tenant, job_id: str, base_url: str) -> dict:
+        status = await self._call(self.scheduler.status(job_id, tenant.id))
+        if status["status"] == "NOT_FOUND":
+            raise _not_found(job_id)
+        return self.public_status(status, base_url)
+
+    async def result(
+        self, tenant: Tenant, job_id: str, base_url: str, return_base64: bool = False
+    ) -> dict:
+        status = await self._call(self.scheduler.status(job_id, tenant.id))
+        s = status["status"]
+        if s == "NOT_FOUND":
+            raise _not_found(job_id)
+        if s in ("IN_QUEUE", "IN_PROGRESS"):
+            raise ApiError(
+                409,
+                "not_finished",
+                f"request {job_id} is {s}; see its status_url",
+                headers={"Retry-After": "1"},
+            )
+        if s == "COMPLETED":
+            return self.result_body(status, base_url, return_base64)
+        return self.public_status(status, base_url)
+
+    def result_body(self, status: dict, base_url: str, return_base64: bool) -> dict:
+        result = dict(status["result"])
+        images = []
+        for img in result["images"]:
+            d = {**img, "url": self.storage.url(img["key"], base_url), "path": img["key"]}
+            if return_base64:
+                import base64
+
+                data = self.storage.get(img["key"])
+                d["base64"] = base64.b64encode(data).decode() if data is not None else None
+            images.append(d)
+        result["images"] = images
+        return {
+            "id": status["request_id"],
+            "request_id": status["request_id"],
+            "model": status["model"],
+            "status": "COMPLETED",
+            "priority": status.get("priority"),
+            **result,
+        }
+
+    async def cancel(self, tenant: Tenant, job_id: str) -> dict:
+        outcome = await self._call(self.scheduler.cancel(job_id, tenant.id))
+        if outcome == "not_found":
+            raise _not_found(job_id)
+        if outcome == "already_finished":
+            raise ApiError(400, "ALREADY_COMPLETED", f"request {job_id} already finished")
+        return {"request_id": job_id, "status": "CANCELLATION_REQUESTED"}
+
+    async def stream(self, tenant: Tenant, job_id: str, base_url: str) -> AsyncIterator[dict]:
+        first = await self._call(self.scheduler.status(job_id, tenant.id))
+        if first["status"] == "NOT_FOUND":
+            raise _not_found(job_id)
+
+        async def events() -> AsyncIterator[dict]:
+            async for status in self.scheduler.watch(job_id, tenant.id):
+                yield self.public_status(status, base_url)
+
+        return events()
+
+    async def usage(self, tenant: Tenant) -> dict:
+        rows = await self._call(self.scheduler.usage(tenant.id))
+        models: dict[str, dict] = {}
+        for r in rows:
+            m = models.setdefault(
+                r["model_id"],
+                {"jobs": 0, "images": 0, "steps": 0, "compute_s": 0.0, "by_status": {}},
+            )
+            m["jobs"] += r["jobs"]
+            m["images"] += r["images"] or 0
+            m["steps"] += r["steps"] or 0
+            m["compute_s"] += r["compute_s"] or 0.0
+            m["by_status"][r["status"]] = r["jobs"]
+        return {"tenant": tenant.id, "models": models}
+
+    def file_key(self, tenant: Tenant, path: str) -> str:
+        """A storage key the tenant may read; 404 for another tenant's file (as for none)."""
+        from genmedia.deployments.storage import safe_key
+
+        try:
+            key = safe_key(path)
+        except ValueError as e:
+            raise ApiError(
+                400, "invalid_path", str(e), [{"field": "path", "message": str(e), "limit": None}]
+            ) from None
+        if key.split("/", 1)[0] != tenant.id:
+            raise ApiError(404, "file_not_found", f"no file {path!r}")
+        return key
 
     # -- health ------------------------------------------------------------------------------
     async def readiness(self, timeout_s: float = 5.0) -> tuple[bool, dict]:
-        families = self.catalog.families()
-
-        async def probe(family: str) -> dict:
-            try:
-                return await asyncio.wait_for(self.workers.ready(family), timeout_s)
-            except Exception as e:
-                return {"error": f"{type(e).__name__}: {e}"[:300]}
-
-        results = await asyncio.gather(*(probe(f) for f in families))
-        report = dict(zip(families, results, strict=True))
-        ok = all("error" not in r and r.get("loaded") for r in results)
+        try:
+            report = await asyncio.wait_for(self.scheduler.ready(), timeout_s)
+        except Exception as e:
+            return False, {"scheduler": f"{type(e).__name__}: {e}"[:300]}
+        ok = all("error" not in r and r.get("loaded") for r in report.values())
         return ok, report

@@ -1,10 +1,12 @@
 """Family worker: one Ray Serve deployment per model family, on its fractional GPU.
 
-Sits after the gateway in a request's way. A replica holds the pipelines of its family's models
-(multiplexed through ``@serve.multiplexed``, LRU beyond ``max_loaded_models``), queues incoming
-jobs per model in a ``BatchRunner`` that runs one batch of compatible jobs at a time per pipeline,
-and runs the pipeline in a thread so the replica's event loop (health checks, new requests) stays
-free. Torch threads are sized from the replica's CPU share.
+Sits after the scheduler in a request's way. The scheduler sends it formed batches of compatible
+jobs (``run_batch``, a streaming call): the replica takes the model's pipeline (multiplexed
+through ``@serve.multiplexed``, LRU beyond ``max_loaded_models``), runs the call in a thread of
+its own under the replica's ``StepGate`` (one call computes at a time; an interactive call makes
+a running batch-class call pause at its next step boundary), streams per-step progress back,
+stores the images and their sidecars, and returns what it wrote. Cancelling the streaming call
+stops the pipeline at the next step boundary. Torch threads are sized from the replica's CPU share.
 """
 
 from __future__ import annotations
@@ -13,16 +15,36 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 from ray import serve
 
-from genmedia.deployments.batching import BatchRunner
-from genmedia.deployments.service import WorkerResult
-from genmedia.models.catalog import ModelEntry
+from genmedia.deployments.gate import Cancelled, StepGate
+from genmedia.deployments.outputs import store_images
+from genmedia.deployments.storage import make_storage
+from genmedia.models.catalog import ModelEntry, ServerSettings
 from genmedia.models.params import GenerationJob
 
 logger = logging.getLogger("ray.serve")
+
+PRIORITY = {"interactive": 0, "batch": 1}
+SLOTS_PER_REPLICA = 2  # a main slot (any class) and a preempt slot (interactive only)
+
+
+@dataclass
+class BatchRequest:
+    """A batch formed by the scheduler: compatible jobs of one model and class."""
+
+    batch_id: str
+    model_id: str
+    priority: str
+    jobs: list[GenerationJob]
+    tenants: dict[str, str]  # job id -> tenant (output paths are per tenant)
 
 
 def torch_threads_for(num_cpus: float) -> int:
@@ -40,10 +62,13 @@ class FamilyWorker:
         weights: dict[str, str],
         num_cpus: float,
         max_loaded_models: int,
-        memory_gb: float | None = None,
+        memory_gb: float | None,
+        server: dict,
     ):
         import torch
+        from diffusers.utils import logging as diffusers_logging
 
+        diffusers_logging.disable_progress_bar()
         threads = torch_threads_for(num_cpus)
         torch.set_num_threads(threads)
         with contextlib.suppress(RuntimeError):  # already set in this process
@@ -59,32 +84,30 @@ class FamilyWorker:
             # Ray's GPU fractions are bookkeeping only: cap this process at its share.
             total = torch.cuda.get_device_properties(0).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 2**30 / total))
+        settings = ServerSettings.model_validate(server)
+        self.storage = make_storage(settings.storage, Path)  # paths already absolute
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_id.unique_id if ctx else f"pid{os.getpid()}"
-        self.load_errors: dict[str, str] = {}
+        self.gate = StepGate()
+        self.executor = ThreadPoolExecutor(
+            max_workers=SLOTS_PER_REPLICA + 2, thread_name_prefix="pipeline"
+        )
+        self.running: dict[str, str] = {}  # batch id -> priority
 
         async def _load(model_id: str):
             return await self._load_model(model_id)
 
         self._load_fn = _load  # Serve keeps its LRU wrapper on this function object
         self._get_model = serve.multiplexed(max_num_models_per_replica=max_loaded_models)(_load)
-        self._runner: BatchRunner[GenerationJob] = BatchRunner(
-            self._run_batch,
-            key=lambda j: j.batch_key,
-            size=lambda j: j.num_images,
-            max_items=lambda mid: self.entries[mid].max_batch_size,
-            wait_s=lambda mid: self.entries[mid].batch_wait_ms / 1000.0,
-        )
         # Preload what fits so readiness means "models loaded", not "first request will load".
         for model_id in list(self.entries)[:max_loaded_models]:
             await self._get_model(model_id)
         logger.info(
-            "%s worker %s ready on %s with %d torch threads: %s",
+            "%s worker %s ready on %s with %d torch threads",
             family,
             self.replica,
             self.device,
             threads,
-            ", ".join(list(self.entries)[:max_loaded_models]),
         )
 
     async def _load_model(self, model_id: str):
@@ -97,31 +120,112 @@ class FamilyWorker:
             path = resolve_source(self.weights[model_id])
             return load_model(entry, path, self.device)
 
-        model = await asyncio.to_thread(_load)
+        model = await asyncio.get_running_loop().run_in_executor(self.executor, _load)
         logger.info("loaded %s in %.2fs", model_id, model.load_s)
         return model
 
-    async def _run_batch(self, model_id: str, jobs: list[GenerationJob]) -> list:
+    def _run(self, model, req: BatchRequest, cancel: threading.Event, emit) -> dict:
+        """The pipeline call, in a thread: gate, steps (with checkpoints), then storage."""
         from genmedia.models.runner import run_text_to_image
 
-        model = await self._get_model(model_id)
-        return await asyncio.to_thread(run_text_to_image, model, jobs)
+        prio = PRIORITY[req.priority]
+        waited = time.perf_counter()
+        ticket = self.gate.acquire(prio, cancel)
+        started = time.perf_counter()
+        paused = 0.0
+        state = {"ticket": ticket}
 
-    async def generate(self, job: GenerationJob) -> WorkerResult:
-        """Run one job (batched with compatible ones) and return its images."""
-        model_id = job.params.model_id
-        if model_id not in self.entries:
-            raise KeyError(f"model {model_id!r} is not served by the {self.family} worker")
-        images, info = await self._runner.submit(model_id, job)
-        return WorkerResult(
-            images, info, f"{self.replica}:{info.batch_id}", self.replica, self.device
-        )
+        def on_step(step: int, total: int) -> None:
+            nonlocal paused
+            before = time.perf_counter()
+            state["ticket"] = self.gate.checkpoint(state["ticket"], prio, cancel)
+            paused += time.perf_counter() - before
+            emit({"type": "progress", "step": step, "total": total})
+
+        try:
+            images = run_text_to_image(model, req.jobs, on_step=on_step)
+        finally:
+            self.gate.release(state["ticket"])
+        done = time.perf_counter()
+        compute_s = done - started - paused
+        now = time.time()
+        results = []
+        total_images = sum(j.num_images for j in req.jobs)
+        for job, imgs in zip(req.jobs, images, strict=True):
+            tenant = req.tenants.get(job.request_id, "_")
+            stored = store_images(
+                self.storage,
+                job,
+                imgs,
+                prefix=f"{tenant}/",
+                extra={"batch": req.batch_id, "batch_size": total_images},
+                now=now,
+            )
+            results.append(
+                {
+                    "job_id": job.request_id,
+                    "images": [s.as_record() for s in stored],
+                    "compute_s": compute_s * job.num_images / total_images,
+                }
+            )
+        return {
+            "type": "result",
+            "batch_id": req.batch_id,
+            "results": results,
+            "batch_images": total_images,
+            "compute_s": compute_s,
+            "wait_s": started - waited,
+            "paused_s": paused,
+            "store_s": time.perf_counter() - done,
+            "replica": self.replica,
+            "device": self.device,
+        }
+
+    async def run_batch(self, req: BatchRequest) -> AsyncIterator[dict]:
+        """Run one batch; yields progress events, then the result (streaming call)."""
+        if req.model_id not in self.entries:
+            raise KeyError(f"model {req.model_id!r} is not served by the {self.family} worker")
+        loop = asyncio.get_running_loop()
+        load_start = time.perf_counter()
+        model = await self._get_model(req.model_id)
+        load_s = time.perf_counter() - load_start
+        events: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(event: dict) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        self.running[req.batch_id] = req.priority
+        future = loop.run_in_executor(self.executor, self._run, model, req, cancel, emit)
+        try:
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not events.empty():
+                    yield events.get_nowait()
+                result = future.result()  # raises the pipeline's error
+                result["load_s"] = load_s
+                yield result
+                return
+        except (asyncio.CancelledError, GeneratorExit):
+            cancel.set()  # the thread stops at its next step boundary
+            raise
+        except Cancelled:
+            raise RuntimeError("cancelled") from None
+        finally:
+            self.running.pop(req.batch_id, None)
+            if not future.done():
+                cancel.set()
 
     async def ready(self) -> dict:
         """Loaded models of this replica (readiness probe of the gateway)."""
         wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
         loaded = list(wrapper.models) if wrapper is not None else []
-        return {"replica": self.replica, "loaded": loaded, "queued": self._runner.queued()}
+        return {"replica": self.replica, "loaded": loaded, "running": len(self.running)}
 
     async def info(self) -> dict:
         """Where this replica runs and what it holds (for ``genmedia status`` and tests)."""
@@ -137,13 +241,8 @@ class FamilyWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
-            "time": time.time(),
+            "preemptions": self.gate.preemptions,
         }
-
-    async def __del__(self):
-        runner = getattr(self, "_runner", None)
-        if runner is not None:
-            await runner.close()
 
 
 FamilyWorkerDeployment = serve.deployment(FamilyWorker)

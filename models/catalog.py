@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from genmedia.deployments.webhooks import WebhookPolicy
 from genmedia.models.registry import FAMILIES
 
 DEFAULT_CATALOG = "default.yaml"
@@ -212,8 +213,35 @@ class S3Storage(_Strict):
     )
 
 
+class SchedulerSettings(_Strict):
+    """The scheduler: where jobs are kept and how classes share the workers."""
+
+    job_store: str = Field(
+        default="~/.cache/genmedia/jobs.sqlite",
+        description="SQLite file of the job store (relative: to the catalog file). It lives on "
+        "the scheduler's node; a multi-node cluster pins the scheduler there or mounts a volume.",
+    )
+    batch_min_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="Share of the work on main worker slots kept for the batch class while "
+        "interactive work waits, so batch never starves.",
+    )
+    model_queue_limit: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="Most jobs queued per model (429 beyond)."
+    )
+
+
 class ServerSettings(_Strict):
     """Gateway-wide settings."""
+
+    scheduler: SchedulerSettings = Field(
+        default_factory=SchedulerSettings, description="Job store and class shares."
+    )
+    webhooks: WebhookPolicy = Field(
+        default_factory=WebhookPolicy, description="Where completion webhooks may go, retries."
+    )
 
     storage: LocalStorage | S3Storage = Field(
         default_factory=LocalStorage,
@@ -229,6 +257,9 @@ class ServerSettings(_Strict):
     gateway_replicas: int = Field(default=1, ge=1, le=100, description="Gateway replicas.")
     gateway_num_cpus: float = Field(
         default=0.25, gt=0.0, le=64.0, description="Ray CPUs per gateway replica."
+    )
+    scheduler_num_cpus: float = Field(
+        default=0.25, gt=0.0, le=64.0, description="Ray CPUs of the scheduler replica."
     )
     request_timeout_s: float = Field(
         default=600.0, gt=0.0, le=86_400.0, description="Longest a sync request may take."

@@ -48,6 +48,16 @@ class GenerateRequest(BaseModel):
     )
     scheduler: str | None = Field(default=None, description="Scheduler (sampler) name.")
     output_format: Literal["png"] = Field(default="png", description="Image encoding.")
+    priority: Literal["interactive", "batch"] | None = Field(
+        default=None,
+        description="Priority class: 'interactive' (latency) or 'batch' (throughput). Default: "
+        "interactive for the sync endpoint, the tenant's default class for the queue API.",
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Queue API only: POSTed a signed JSON event when the job finishes.",
+    )
     return_base64: bool = Field(
         default=False, description="Also return each image inline as base64 in the response."
     )

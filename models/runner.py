@@ -7,6 +7,7 @@ images depend on its seed, not on the batch it happened to share.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from genmedia.models.registry import family_module
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-StepCallback = Callable[[int, int], None]  # (step done, total steps)
+# (steps done, total steps); called between denoising steps, may raise to stop the call
+StepCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -36,15 +38,13 @@ class LoadedModel:
     device: str
     load_s: float
     _scheduler_config: dict = field(default_factory=dict)
-    _schedulers: dict[str, Any] = field(default_factory=dict)
 
-    def use_scheduler(self, name: str) -> None:
-        """Put the named scheduler on the pipeline (one instance per name, built once)."""
-        sched = self._schedulers.get(name)
-        if sched is None:
-            cls = self.family.SCHEDULERS[name]
-            sched = self._schedulers[name] = cls.from_config(self._scheduler_config)
-        self.pipe.scheduler = sched
+    def call_view(self, scheduler: str) -> Any:
+        """A pipeline for one call: the same modules (weights are never copied) with a scheduler
+        instance of its own, so calls paused at a step boundary do not disturb each other."""
+        view = copy.copy(self.pipe)
+        view.scheduler = self.family.SCHEDULERS[scheduler].from_config(self._scheduler_config)
+        return view
 
 
 def pick_device() -> str:
@@ -93,7 +93,7 @@ def run_text_to_image(
             prompts.append(job.prompt)
             negatives.append(job.negative_prompt or "")  # all set or none (batch_key)
             generators.append(torch.Generator("cpu").manual_seed(job.seed + i))
-    model.use_scheduler(params.scheduler)
+    pipe = model.call_view(params.scheduler)
     kwargs = model.family.call_kwargs(
         guidance_scale=params.guidance_scale,
         negative_prompts=negatives if any(negatives) else None,
@@ -107,7 +107,7 @@ def run_text_to_image(
 
         kwargs["callback_on_step_end"] = _callback
     with torch.inference_mode():
-        out = model.pipe(
+        out = pipe(
             prompt=prompts,
             width=params.width,
             height=params.height,

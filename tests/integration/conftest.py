@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+API_KEY = "gm_0123abcd_" + "k" * 43  # the development tenant's key in these tests
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -35,6 +37,7 @@ def serve_app(genmedia_home, tmp_path_factory):
 
     from genmedia.deployments.app import APP_NAME, build_app
     from genmedia.deployments.preflight import check_weights
+    from genmedia.deployments.tenants import development_tenants
     from genmedia.models.catalog import load_catalog
 
     catalog = load_catalog()
@@ -42,8 +45,14 @@ def serve_app(genmedia_home, tmp_path_factory):
     server = catalog.server.model_copy(
         update={"storage": catalog.server.storage.model_copy(update={"dir": str(outputs)})}
     )
+    jobs = tmp_path_factory.mktemp("jobs") / "jobs.sqlite"
+    server = server.model_copy(
+        update={"scheduler": server.scheduler.model_copy(update={"job_store": str(jobs)})}
+    )
     catalog = catalog.model_copy(update={"server": server})
     assert check_weights(catalog, build_tiny=True) == []
+    os.environ["GENMEDIA_DEV_API_KEY"] = API_KEY
+    tenants, _ = development_tenants()
     port = free_port()
     os.environ.setdefault("RAY_worker_niceness", "0")  # as `genmedia serve` does
     ray.init(
@@ -56,7 +65,7 @@ def serve_app(genmedia_home, tmp_path_factory):
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(catalog), name=APP_NAME, route_prefix="/")
+        serve.run(build_app(catalog, tenants), name=APP_NAME, route_prefix="/")
         yield f"http://127.0.0.1:{port}", catalog
     finally:
         serve.shutdown()
@@ -70,5 +79,7 @@ def base_url(serve_app) -> str:
 
 @pytest.fixture
 def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=120) as client:
+    with httpx.Client(
+        base_url=base_url, timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as client:
         yield client

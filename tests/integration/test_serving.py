@@ -15,7 +15,10 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.conftest import API_KEY
+
 pytestmark = pytest.mark.integration
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def generate(http, model, **body):
@@ -67,7 +70,7 @@ def test_compatible_requests_share_one_pipeline_call(base_url):
     an incompatible one (other steps) that arrived with them runs in its own call."""
 
     async def main():
-        async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=base_url, timeout=120, headers=AUTH) as client:
 
             async def go(**body):
                 r = await client.post("/v1/models/sd15-tiny/generate", json={"prompt": "x", **body})
@@ -94,7 +97,7 @@ def test_batched_output_equals_unbatched(base_url, http):
     alone = generate(http, "sd15-tiny", seed=77, num_inference_steps=2).json()
 
     async def main():
-        async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=base_url, timeout=120, headers=AUTH) as client:
             blocker = client.post(
                 "/v1/models/sd15-tiny/generate",
                 json={"prompt": "b", "num_inference_steps": 30, "width": 256, "height": 256},
@@ -146,7 +149,16 @@ def test_health_readiness_and_metrics(http):
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    assert samples[("genmedia_requests_total", (("model", "flux-tiny"), ("status", "ok")))] >= 1
+    key = (("model", "flux-tiny"), ("priority", "interactive"), ("status", "COMPLETED"))
+    assert samples[("genmedia_requests_total", key)] >= 1
+    assert samples[("genmedia_queue_depth", (("model", "flux-tiny"), ("priority", "batch")))] == 0
+    assert (
+        samples[("genmedia_tenant_images_total", (("model", "flux-tiny"), ("tenant", "dev")))] >= 1
+    )
+    assert (
+        samples[("genmedia_submitted_total", (("model", "flux-tiny"), ("priority", "interactive")))]
+        >= 1
+    )
     assert any(name == "genmedia_compute_seconds_count" for name, _ in samples)
     assert any(name == "genmedia_batch_size_bucket" for name, _ in samples)
     assert http.get("/docs").status_code == 200
@@ -171,6 +183,22 @@ def test_bad_input_over_real_http(http, body, status, field):
     r = generate(http, "sd15-tiny", **body)
     assert r.status_code == status, r.text
     assert field in {f["field"] for f in r.json()["error"]["fields"]}
+
+
+def test_every_v1_call_needs_a_key(base_url):
+    with httpx.Client(base_url=base_url, timeout=30) as anon:
+        for method, path in (
+            ("GET", "/v1/models"),
+            ("POST", "/v1/models/sd15-tiny/generate"),
+            ("GET", "/v1/usage"),
+            ("GET", "/v1/queue/requests/x/status"),
+        ):
+            r = anon.request(method, path, json={"prompt": "x"})
+            assert r.status_code == 401, (path, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        r = anon.get("/v1/models", headers={"Authorization": "Bearer gm_00000000_" + "x" * 40})
+        assert r.status_code == 401 and r.json()["error"]["message"] == "invalid API key"
+        assert anon.get("/healthz").status_code == 200  # health and metrics stay open
 
 
 def test_unknown_model_malformed_json_and_oversized_body(http):
@@ -204,6 +232,6 @@ def test_status_command_shows_deployments(serve_app):
         env=env,
     )
     assert out.returncode == 0, out.stderr
-    for name in ("gateway", "worker-sd15", "worker-sdxl", "worker-flux"):
+    for name in ("gateway", "scheduler", "worker-sd15", "worker-sdxl", "worker-flux"):
         assert name in out.stdout
     assert "sd15-tiny-turbo" in out.stdout

@@ -1,0 +1,68 @@
+"""The step gate of a worker replica: one pipeline call computes at a time, by priority.
+
+Each pipeline call runs in its own thread and holds the gate while it computes; between denoising
+steps it calls ``checkpoint``: when a higher-priority call waits (an interactive batch behind a
+batch-class one), the holder yields, the other runs, and the holder resumes at the same step.
+Cancellation is checked at the same boundary. Lower number = higher priority. No Ray imports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+
+class Cancelled(Exception):
+    """Raised inside a pipeline call at a step boundary when its jobs were cancelled."""
+
+
+class StepGate:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._holder: int | None = None  # ticket of the running call
+        self._waiting: dict[int, tuple[int, int]] = {}  # ticket -> (priority, seq)
+        self._seq = itertools.count()
+        self.preemptions = 0
+
+    def _best_waiter(self) -> int | None:
+        if not self._waiting:
+            return None
+        return min(self._waiting, key=lambda t: self._waiting[t])
+
+    def acquire(self, priority: int, cancel: threading.Event | None = None) -> int:
+        """Wait for the gate; returns a ticket. Raises Cancelled if ``cancel`` is set first."""
+        with self._cond:
+            ticket = next(self._seq)
+            self._waiting[ticket] = (priority, ticket)
+            try:
+                while self._holder is not None or self._best_waiter() != ticket:
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled()
+                    self._cond.wait(timeout=0.05 if cancel is not None else None)
+            finally:
+                self._waiting.pop(ticket, None)
+            self._holder = ticket
+            return ticket
+
+    def release(self, ticket: int) -> None:
+        with self._cond:
+            if self._holder == ticket:
+                self._holder = None
+                self._cond.notify_all()
+
+    def checkpoint(self, ticket: int, priority: int, cancel: threading.Event | None = None) -> int:
+        """Between steps: raise Cancelled if asked; yield to a higher-priority waiter.
+        Returns the (possibly new) ticket the caller now holds."""
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        with self._cond:
+            best = self._best_waiter()
+            if best is None or self._waiting[best][0] >= priority:
+                return ticket
+            self.preemptions += 1
+        self.release(ticket)
+        return self.acquire(priority, cancel)
+
+    @property
+    def busy(self) -> bool:
+        return self._holder is not None

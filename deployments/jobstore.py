@@ -1,0 +1,270 @@
+"""Job records and the store that keeps them: what makes an accepted job survive a crash.
+
+The scheduler writes a job here before the gateway answers 202, moves it through its states with
+compare-and-set transitions (a terminal state is final), stores the result before ``COMPLETED``,
+and on restart rebuilds its queues from ``unfinished()``. The embedded store is one SQLite file
+(single writer: the scheduler replica, on one node); ``JobStore`` is the interface a Redis or
+Postgres store implements for a scheduler that may move between nodes. No Ray imports.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+
+class JobStatus(StrEnum):
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+TERMINAL = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
+)
+
+
+@dataclass
+class JobRecord:
+    """One job from submit to its terminal state."""
+
+    id: str
+    tenant: str
+    model_id: str
+    priority: str  # interactive | batch
+    status: JobStatus
+    job: dict  # the resolved GenerationJob (params, prompt, seed, ...)
+    submitted_at: float
+    weight: float = 1.0  # the tenant's fair-share weight when submitted
+    deadline: float | None = None  # absolute time; EXPIRED if still queued then
+    idempotency_key: str | None = None
+    webhook_url: str | None = None
+    webhook_pending: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    result: dict | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    usage: dict = field(default_factory=dict)  # images, steps, compute_s, ...
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        row["status"] = str(self.status)
+        row["job"] = json.dumps(self.job)
+        row["result"] = json.dumps(self.result) if self.result is not None else None
+        row["usage"] = json.dumps(self.usage)
+        row["webhook_pending"] = int(self.webhook_pending)
+        return row
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JobRecord:
+        d = dict(row)
+        d["status"] = JobStatus(d["status"])
+        d["job"] = json.loads(d["job"])
+        d["result"] = json.loads(d["result"]) if d["result"] is not None else None
+        d["usage"] = json.loads(d["usage"] or "{}")
+        d["webhook_pending"] = bool(d["webhook_pending"])
+        return cls(**d)
+
+
+class JobStore(Protocol):
+    """Where jobs live. Implementations must make ``create`` and ``transition`` atomic."""
+
+    def create(self, rec: JobRecord) -> tuple[JobRecord, bool]:
+        """Insert a job; with an idempotency key already used by the tenant, return that job
+        and False instead."""
+        ...
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def find(self, tenant: str, idempotency_key: str) -> JobRecord | None:
+        """The tenant's job submitted with this idempotency key, if any."""
+        ...
+
+    def transition(
+        self,
+        job_id: str,
+        allowed_from: frozenset[JobStatus] | set[JobStatus],
+        to: JobStatus,
+        **updates: object,
+    ) -> JobRecord | None:
+        """Move a job to ``to`` only if its status is in ``allowed_from``; None otherwise."""
+        ...
+
+    def update(self, job_id: str, **updates: object) -> None:
+        """Change fields other than the status (webhook flag, progress bookkeeping)."""
+        ...
+
+    def unfinished(self) -> list[JobRecord]:
+        """Jobs not yet in a terminal state, oldest first (for recovery)."""
+        ...
+
+    def webhooks_pending(self) -> list[JobRecord]: ...
+
+    def usage(self, tenant: str) -> list[dict]:
+        """Per model: jobs, images, steps and compute seconds of the tenant's finished jobs."""
+        ...
+
+
+_COLUMNS = [f.name for f in fields(JobRecord)]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    status TEXT NOT NULL,
+    job TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    weight REAL NOT NULL DEFAULT 1.0,
+    deadline REAL,
+    idempotency_key TEXT,
+    webhook_url TEXT,
+    webhook_pending INTEGER NOT NULL DEFAULT 0,
+    started_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error_type TEXT,
+    error_message TEXT,
+    usage TEXT NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
+    ON jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('IN_QUEUE', 'IN_PROGRESS');
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, status);
+"""
+
+
+class SQLiteJobStore:
+    """The embedded job store: one SQLite file in WAL mode, fsync'd commits."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create(self, rec: JobRecord) -> tuple[JobRecord, bool]:
+        row = rec.to_row()
+        cols = ", ".join(_COLUMNS)
+        marks = ", ".join(f":{c}" for c in _COLUMNS)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if rec.idempotency_key is not None:
+                    cur = self._db.execute(
+                        "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?",
+                        (rec.tenant, rec.idempotency_key),
+                    )
+                    existing = cur.fetchone()
+                    if existing is not None:
+                        self._db.execute("COMMIT")
+                        return JobRecord.from_row(existing), False
+                self._db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", row)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return rec, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRecord.from_row(row) if row else None
+
+    def find(self, tenant: str, idempotency_key: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?",
+                (tenant, idempotency_key),
+            ).fetchone()
+        return JobRecord.from_row(row) if row else None
+
+    def _encode(self, updates: dict) -> dict:
+        out = {}
+        for k, v in updates.items():
+            if k not in _COLUMNS or k in ("id", "status"):
+                raise ValueError(f"cannot update job field {k!r}")
+            if k in ("job", "result", "usage"):
+                v = json.dumps(v) if v is not None else None
+            elif k == "webhook_pending":
+                v = int(bool(v))
+            out[k] = v
+        return out
+
+    def transition(self, job_id, allowed_from, to, **updates) -> JobRecord | None:
+        enc = self._encode(updates)
+        sets = ", ".join(["status = :to"] + [f"{k} = :{k}" for k in enc])
+        allowed = sorted(str(s) for s in allowed_from)
+        marks = ", ".join(f":from{i}" for i in range(len(allowed)))
+        params = {
+            "to": str(to),
+            "id": job_id,
+            **enc,
+            **{f"from{i}": s for i, s in enumerate(allowed)},
+        }
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE jobs SET {sets} WHERE id = :id AND status IN ({marks})", params
+            )
+            if cur.rowcount != 1:
+                return None
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRecord.from_row(row)
+
+    def update(self, job_id: str, **updates: object) -> None:
+        enc = self._encode(updates)
+        if not enc:
+            return
+        sets = ", ".join(f"{k} = :{k}" for k in enc)
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {sets} WHERE id = :id", {**enc, "id": job_id})
+
+    def unfinished(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status IN ('IN_QUEUE', 'IN_PROGRESS') "
+                "ORDER BY submitted_at"
+            ).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    def webhooks_pending(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE webhook_pending = 1 ORDER BY finished_at"
+            ).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    def usage(self, tenant: str) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT model_id, status, COUNT(*) AS jobs, "
+                "SUM(COALESCE(json_extract(usage, '$.images'), 0)) AS images, "
+                "SUM(COALESCE(json_extract(usage, '$.steps'), 0)) AS steps, "
+                "SUM(COALESCE(json_extract(usage, '$.compute_s'), 0.0)) AS compute_s "
+                "FROM jobs WHERE tenant = ? GROUP BY model_id, status ORDER BY model_id",
+                (tenant,),
+            ).fetchall()
+        return [dict(r) for r in rows]
