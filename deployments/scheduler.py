@@ -37,6 +37,7 @@ from genmedia.deployments.scheduling import (
     job_cost,
     next_batch,
     position,
+    slot_free_in,
 )
 from genmedia.deployments.tenants import RateLimiter, TenantsFile
 from genmedia.deployments.webhooks import WebhookPolicy, deliver
@@ -109,6 +110,8 @@ class Scheduler:
         self.progress: dict[str, tuple[int, int]] = {}
         self.batch_of: dict[str, str] = {}  # running job id -> batch id
         self.running_tenant: dict[str, str] = {}  # running job id -> tenant
+        # batch id -> (family, slot, expected end or None), for ETAs
+        self.running_ends: dict[str, tuple[str, str, float | None]] = {}
         self.batches: dict[str, tuple[list[str], object]] = {}  # batch id -> (job ids, stream)
         self.watchers: dict[str, list[asyncio.Queue]] = defaultdict(list)
         self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in self.tenants.values()})
@@ -206,25 +209,13 @@ class Scheduler:
         tenant_jobs = [j for j in self.queued.values() if j.tenant == sub.tenant]
         running = sum(1 for t in self.running_tenant.values() if t == sub.tenant)
         model_queued = sum(1 for j in self.queued.values() if j.model_id == sub.model_id)
-        probe = QueuedJob(
-            id="probe",
-            tenant=sub.tenant,
-            model_id=sub.model_id,
-            family=family,
-            priority=sub.priority,
-            key=sub.job.batch_key,
-            images=sub.job.num_images,
-            cost=job_cost(
-                sub.job.num_images,
-                sub.job.params.num_inference_steps,
-                sub.job.params.width,
-                sub.job.params.height,
-            ),
-            arrived=now,
-            weight=tenant.weight,
-        )
         ahead = self._ahead_of(family, sub.priority)
-        predicted = eta_seconds(ahead, probe, self.estimator, self._capacity(family))
+        predicted = eta_seconds(
+            ahead,
+            self.estimator,
+            self._capacity(family),
+            self._slot_free_in(family, sub.priority, now),
+        )
         rate_wait = self.rate.try_acquire(sub.tenant, now)
         rejection = admit(
             AdmissionInput(
@@ -262,6 +253,18 @@ class Scheduler:
             self._enqueue(qj)
         return {"created": created, **self._status_of(rec.id)}
 
+    def _slot_free_in(self, family: str, priority: str, now: float) -> float | None:
+        slots = ("main", "preempt") if priority == "interactive" else ("main",)
+        best: float | None = None
+        for slot in slots:
+            ends = [
+                end for (f, sl, end) in self.running_ends.values() if f == family and sl == slot
+            ]
+            free = slot_free_in(ends, self._capacity(family), now)
+            if free is not None and (best is None or free < best):
+                best = free
+        return best
+
     def _ahead_of(self, family: str, priority: str) -> list[QueuedJob]:
         qs = self.queues[family]
         if priority == "interactive":
@@ -288,7 +291,12 @@ class Scheduler:
                 out["queue_position"] = pos
                 ahead = self._ahead_of(qj.family, qj.priority)
                 ahead = ahead[: pos or 0]
-                eta = eta_seconds(ahead, qj, self.estimator, self._capacity(qj.family))
+                eta = eta_seconds(
+                    ahead,
+                    self.estimator,
+                    self._capacity(qj.family),
+                    self._slot_free_in(qj.family, qj.priority, self.clock()),
+                )
                 out["eta_s"] = None if eta is None else round(eta, 3)
         elif rec.status == JobStatus.IN_PROGRESS:
             step, total = self.progress.get(
@@ -509,6 +517,9 @@ class Scheduler:
         self.dispatched[cls] += len(started)
         batch_id = uuid.uuid4().hex[:12]
         self.inflight[family][slot] += 1
+        cost = sum(j.cost for j in batch)
+        expected = self.estimator.seconds(batch[0].model_id, cost)
+        self.running_ends[batch_id] = (family, slot, None if expected is None else now + expected)
         for rec in started:
             self.batch_of[rec.id] = batch_id
             self.running_tenant[rec.id] = rec.tenant
@@ -550,6 +561,7 @@ class Scheduler:
             self._failed(recs, e)
         finally:
             self.batches.pop(batch_id, None)
+            self.running_ends.pop(batch_id, None)
             for jid in ids:
                 self.batch_of.pop(jid, None)
                 self.running_tenant.pop(jid, None)

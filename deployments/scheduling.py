@@ -133,6 +133,11 @@ class ShareTracker:
         total = sum(self.work.values())
         return self.work[cls] / total if total > 0 else 0.0
 
+    def owed(self, cls: PriorityClass, min_share: float, now: float) -> bool:
+        """Whether ``cls`` got less than ``min_share`` of the recent work (never on no work)."""
+        self._decay(now)
+        return self.work[cls] < min_share * sum(self.work.values())
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -171,7 +176,7 @@ def next_batch(
         else:
             retry_at = ready_at
     if inter_batch and bulk_batch:
-        if shares.share("batch", now) < batch_min_share:
+        if shares.owed("batch", batch_min_share, now):
             return Decision(bulk_batch, "batch")
         return Decision(inter_batch, "interactive")
     if inter_batch:
@@ -227,17 +232,34 @@ class ServiceTimeEstimator:
 
 
 def eta_seconds(
-    ahead: list[QueuedJob], job: QueuedJob, est: ServiceTimeEstimator, capacity: int
+    ahead: list[QueuedJob],
+    est: ServiceTimeEstimator,
+    capacity: int,
+    slot_free_in_s: float | None = 0.0,
 ) -> float | None:
-    """Predicted wait until ``job`` starts: the work ahead of it over the family's capacity.
-    None while a model ahead has no estimate yet."""
+    """Predicted wait until a job starts: until a slot frees (``slot_free_in_s``, 0 when one is
+    free now), plus the work queued ahead of it over the family's capacity. None when a needed
+    estimate is missing."""
+    if slot_free_in_s is None:
+        return None
     total = 0.0
     for j in ahead:
         s = est.seconds(j.model_id, j.cost)
         if s is None:
             return None
         total += s
-    return total / max(1, capacity)
+    return slot_free_in_s + total / max(1, capacity)
+
+
+def slot_free_in(ends: list[float | None], capacity: int, now: float) -> float | None:
+    """Seconds until one of ``capacity`` slots frees, given the expected end of each running
+    call (None: no estimate). 0 when a slot is free now."""
+    if len(ends) < capacity:
+        return 0.0
+    known = [e for e in ends if e is not None]
+    if not known:
+        return None
+    return max(0.0, min(known) - now)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,47 @@ from pathlib import Path
 import httpx
 import pytest
 
-API_KEY = "gm_0123abcd_" + "k" * 43  # the development tenant's key in these tests
+API_KEY = "gm_0123abcd_" + "k" * 43  # tenant "dev": generous quotas, webhook secret
+OTHER_KEY = "gm_4567abcd_" + "o" * 43  # tenant "other"
+TINY_KEY = "gm_89abcdef_" + "t" * 43  # tenant "tiny": one queued job, 3 requests a minute
+WEBHOOK_SECRET = "whsec-test-0123456789"
+
+
+def make_tenants():
+    from genmedia.deployments.tenants import key_record, parse_tenants
+
+    def keys(k):
+        return [key_record(k).model_dump(mode="json")]
+
+    big = {
+        "max_concurrent_jobs": 10_000,
+        "requests_per_minute": 1_000_000,
+        "max_queued_jobs": 10_000,
+    }
+    return parse_tenants(
+        {
+            "tenants": [
+                {
+                    "id": "dev",
+                    "api_keys": keys(API_KEY),
+                    "quotas": big,
+                    "webhook_secret": WEBHOOK_SECRET,
+                },
+                {"id": "other", "api_keys": keys(OTHER_KEY), "quotas": big},
+                {
+                    "id": "tiny",
+                    "api_keys": keys(TINY_KEY),
+                    "allowed_classes": ["batch"],
+                    "quotas": {
+                        "max_concurrent_jobs": 2,
+                        "requests_per_minute": 3,
+                        "max_queued_jobs": 1,
+                    },
+                },
+            ]
+        },
+        "<test tenants>",
+    )
 
 
 def free_port() -> int:
@@ -37,10 +77,19 @@ def serve_app(genmedia_home, tmp_path_factory):
 
     from genmedia.deployments.app import APP_NAME, build_app
     from genmedia.deployments.preflight import check_weights
-    from genmedia.deployments.tenants import development_tenants
     from genmedia.models.catalog import load_catalog
 
     catalog = load_catalog()
+    # One more model on the sd15 worker that no test runs before the deadline test: its
+    # service time is unknown, so a deadline is admitted and can expire in the queue.
+    fresh = catalog.model("sd15-tiny").model_copy(
+        update={"id": "sd15-tiny-fresh", "gpu_fraction": 0.05}
+    )
+    workers = {
+        **catalog.workers,
+        "sd15": catalog.worker("sd15").model_copy(update={"max_loaded_models": 3}),
+    }
+    catalog = catalog.model_copy(update={"models": [*catalog.models, fresh], "workers": workers})
     outputs = tmp_path_factory.mktemp("outputs")
     server = catalog.server.model_copy(
         update={"storage": catalog.server.storage.model_copy(update={"dir": str(outputs)})}
@@ -51,8 +100,12 @@ def serve_app(genmedia_home, tmp_path_factory):
     )
     catalog = catalog.model_copy(update={"server": server})
     assert check_weights(catalog, build_tiny=True) == []
-    os.environ["GENMEDIA_DEV_API_KEY"] = API_KEY
-    tenants, _ = development_tenants()
+    webhooks = server.webhooks.model_copy(
+        update={"allowed_hosts": ["127.0.0.1"], "backoff_base_s": 0.1, "backoff_max_s": 0.5}
+    )
+    server = server.model_copy(update={"webhooks": webhooks})
+    catalog = catalog.model_copy(update={"server": server})
+    tenants = make_tenants()
     port = free_port()
     os.environ.setdefault("RAY_worker_niceness", "0")  # as `genmedia serve` does
     ray.init(
