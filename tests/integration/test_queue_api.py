@@ -99,7 +99,7 @@ def test_queued_position_eta_and_cancel_queued_and_running(http):
     freed_after = time.monotonic() - t0
     assert step_before < 50 and freed_after < 5.0
     assert http.put("/v1/queue/requests/does-not-exist/cancel").status_code == 404
-    finish(http, busy[1:] + [nxt])
+    finish(http, [*busy[1:], nxt])
 
 
 def test_interactive_preempts_a_running_batch_call(http, serve_app):
