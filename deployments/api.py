@@ -142,7 +142,7 @@ def build_api(service: GatewayService) -> FastAPI:
         idempotency_key: IdemKey = None,
     ) -> dict:
         status = await service.submit(
-            caller, model_id, body, sync=False, deadline=deadline, idempotency_key=idempotency_key
+            caller, model_id, body, deadline=deadline, idempotency_key=idempotency_key
         )
         return service.public_status(status, str(request.base_url))
 

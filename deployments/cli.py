@@ -258,7 +258,14 @@ def serve(
     import ray
     from ray import serve as rs
 
+    from genmedia.deployments.preflight import check_acceleration
     from genmedia.models.runner import pick_device
+
+    problems = check_acceleration(catalog, pick_device())
+    if problems:
+        for p in problems:
+            console.print(f"[red]✗[/] {p}", highlight=False)
+        raise _fail(f"{len(problems)} acceleration option(s) this machine cannot run")
 
     real_gpus = 1 if pick_device() == "cuda" else 0
     if real_gpus:

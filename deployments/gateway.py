@@ -46,6 +46,9 @@ class RaySchedulerClient:
                     raise
                 await asyncio.sleep(0.5)
 
+    async def submit_and_wait(self, sub: Submission, timeout_s: float) -> dict:
+        return await self.handle.submit_and_wait.remote(sub, timeout_s)
+
     async def cancel(self, job_id: str, tenant: str) -> str:
         return await self.handle.cancel.remote(job_id, tenant)
 

@@ -21,7 +21,8 @@ class WeightsIssue:
     message: str
 
     def __str__(self) -> str:
-        return f"model {self.model_id!r}: weights {self.source}: {self.message}"
+        what = self.source if self.source.startswith("acceleration.") else f"weights {self.source}"
+        return f"model {self.model_id!r}: {what}: {self.message}"
 
 
 def _check_s3(source: str, endpoint_url: str | None) -> str | None:
@@ -47,6 +48,17 @@ def _check_s3(source: str, endpoint_url: str | None) -> str | None:
     if not any(k.endswith(".safetensors") for k in keys):
         return f"no .safetensors files under s3://{bucket}/{prefix}"
     return None
+
+
+def check_acceleration(catalog: Catalog, device: str) -> list[WeightsIssue]:
+    """Acceleration options a model asks for that this device cannot run (deploy time)."""
+    from genmedia.kernels.options import check_options
+
+    issues = []
+    for m in catalog.models:
+        for field, message in check_options(m.family, m.acceleration, device, m.dtype):
+            issues.append(WeightsIssue(m.id, f"acceleration.{field}", message))
+    return issues
 
 
 def check_weights(

@@ -47,6 +47,7 @@ from genmedia.models.params import GenerationJob, GenerationParams
 
 logger = logging.getLogger("ray.serve")
 
+MAIN_SLOTS_PER_REPLICA = 2
 MAX_ATTEMPTS = 3  # a job whose worker died this many times fails instead of running again
 REPLICA_POLL_S = 2.0
 
@@ -106,6 +107,7 @@ class Scheduler:
         self.estimator = ServiceTimeEstimator()
         self.replicas = {f: 1 for f in self.catalog.families()}
         self.inflight = {f: {"main": 0, "preempt": 0} for f in self.catalog.families()}
+        self.main_batch_calls = dict.fromkeys(self.catalog.families(), 0)
         self.queued: dict[str, QueuedJob] = {}
         self.progress: dict[str, tuple[int, int]] = {}
         self.batch_of: dict[str, str] = {}  # running job id -> batch id
@@ -113,7 +115,8 @@ class Scheduler:
         # batch id -> (family, slot, expected end or None), for ETAs
         self.running_ends: dict[str, tuple[str, str, float | None]] = {}
         self.batches: dict[str, tuple[list[str], object]] = {}  # batch id -> (job ids, stream)
-        self.watchers: dict[str, list[asyncio.Queue]] = defaultdict(list)
+        self.watchers: dict[str, list[asyncio.Queue]] = defaultdict(list)  # progress streams
+        self.done: dict[str, asyncio.Event] = {}  # sync waits: set when the job ends
         self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in self.tenants.values()})
         self.dispatched = {c: 0 for c in CLASSES}
         self.metrics = SchedulerMetrics()
@@ -188,9 +191,17 @@ class Scheduler:
             logger.info("scheduler recovered %d unfinished job(s) from the store", n)
 
     def _notify(self, job_id: str) -> None:
+        watchers = self.watchers.get(job_id)
+        if not watchers:
+            return
         event = self._status_of(job_id)
-        for q in self.watchers.get(job_id, []):
+        for q in watchers:
             q.put_nowait(event)
+
+    def _finished(self, job_id: str) -> None:
+        done = self.done.pop(job_id, None)
+        if done is not None:
+            done.set()
 
     def _capacity(self, family: str) -> int:
         return max(1, self.replicas.get(family, 1))
@@ -260,7 +271,7 @@ class Scheduler:
             ends = [
                 end for (f, sl, end) in self.running_ends.values() if f == family and sl == slot
             ]
-            free = slot_free_in(ends, self._capacity(family), now)
+            free = slot_free_in(ends, self._slots(family, slot, self._capacity(family)), now)
             if free is not None and (best is None or free < best):
                 best = free
         return best
@@ -319,23 +330,20 @@ class Scheduler:
 
     async def wait(self, job_id: str, tenant: str, timeout_s: float) -> dict:
         """Status once the job is terminal (or the current one after ``timeout_s``)."""
-        q: asyncio.Queue = asyncio.Queue()
-        self.watchers[job_id].append(q)
-        try:
+        status = await self.status(job_id, tenant)  # never suspends: no end can slip in
+        if status["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+            done = self.done.setdefault(job_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout_s)
             status = await self.status(job_id, tenant)
-            deadline = time.monotonic() + timeout_s
-            while status["status"] in ("IN_QUEUE", "IN_PROGRESS"):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(q.get(), left)
-                status = await self.status(job_id, tenant)
-            return status
-        finally:
-            self.watchers[job_id].remove(q)
-            if not self.watchers[job_id]:
-                self.watchers.pop(job_id, None)
+        return status
+
+    async def submit_and_wait(self, sub: Submission, timeout_s: float) -> dict:
+        """The sync endpoint's one call: submit, then wait for the end (or the refusal)."""
+        accepted = await self.submit(sub)
+        if "rejected" in accepted:
+            return accepted
+        return await self.wait(accepted["request_id"], sub.tenant, timeout_s)
 
     async def watch(self, job_id: str, tenant: str) -> AsyncIterator[dict]:
         """Streaming: the current status, then every change and step, until terminal."""
@@ -408,6 +416,7 @@ class Scheduler:
             rec.webhook_pending = True
             self._spawn(self._send_webhook(rec))
         self._notify(job_id)
+        self._finished(job_id)
         return rec
 
     def _record(self, rec: JobRecord) -> None:
@@ -477,7 +486,7 @@ class Scheduler:
                 )
             cap = self._capacity(family)
             for slot in ("main", "preempt"):
-                while self.inflight[family][slot] < cap:
+                while self.inflight[family][slot] < self._slots(family, slot, cap):
                     d = next_batch(
                         qs,
                         slot,
@@ -493,6 +502,16 @@ class Scheduler:
                         break
                     self._launch(family, slot, d.cls, d.batch, now)
         return retry_at
+
+    def _slots(self, family: str, slot: str, cap: int) -> int:
+        """Main slots: ``MAIN_SLOTS_PER_REPLICA`` per replica, one call computing and one staged
+        at the worker's gate, so the pipeline never idles while a result travels back and the
+        next batch travels out. Preempt slots: only as many as main slots hold batch-class
+        calls; an interactive call behind an interactive one could not start sooner, and
+        committing it early would only shrink the batch it could still join."""
+        if slot == "main":
+            return MAIN_SLOTS_PER_REPLICA * cap
+        return min(cap, self.main_batch_calls[family])
 
     def _launch(self, family: str, slot: str, cls: str, batch: list[QueuedJob], now: float) -> None:
         qs = self.queues[family][cls]
@@ -517,6 +536,8 @@ class Scheduler:
         self.dispatched[cls] += len(started)
         batch_id = uuid.uuid4().hex[:12]
         self.inflight[family][slot] += 1
+        if slot == "main" and cls == "batch":
+            self.main_batch_calls[family] += 1
         cost = sum(j.cost for j in batch)
         expected = self.estimator.seconds(batch[0].model_id, cost)
         self.running_ends[batch_id] = (family, slot, None if expected is None else now + expected)
@@ -567,6 +588,8 @@ class Scheduler:
                 self.running_tenant.pop(jid, None)
                 self.progress.pop(jid, None)
             self.inflight[family][slot] -= 1
+            if slot == "main" and cls == "batch":
+                self.main_batch_calls[family] -= 1
             self._wakeup.set()
 
     def _complete(self, recs: list[JobRecord], result: dict) -> None:
@@ -598,6 +621,7 @@ class Scheduler:
                     "requests": len(recs),
                 },
                 "device": result.get("device"),
+                "acceleration": result.get("acceleration", {}),
             }
             usage = {
                 "images": job.num_images,

@@ -35,6 +35,8 @@ class SchedulerClient(Protocol):
 
     async def wait(self, job_id: str, tenant: str, timeout_s: float) -> dict: ...
 
+    async def submit_and_wait(self, sub: Submission, timeout_s: float) -> dict: ...
+
     async def cancel(self, job_id: str, tenant: str) -> str: ...
 
     def watch(self, job_id: str, tenant: str) -> AsyncIterator[dict]: ...
@@ -155,16 +157,17 @@ class GatewayService:
                 headers={"Retry-After": "1"},
             ) from e
 
-    async def submit(
+    async def _prepare(
         self,
         tenant: Tenant,
         model_id: str,
         req: GenerateRequest,
         *,
         sync: bool,
-        deadline: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> dict:
+        deadline: str | None,
+        idempotency_key: str | None,
+    ) -> Submission:
+        """Everything checked at the gateway, as a submission for the scheduler."""
         entry = self.entry(model_id)
         priority = req.priority or ("interactive" if sync else tenant.default_class)
         self.auth.authorize(tenant, model_id, priority)
@@ -198,35 +201,51 @@ class GatewayService:
                 [e.as_dict() for e in errors],
             )
         assert job is not None
-        result = await self._call(
-            self.scheduler.submit(
-                Submission(
-                    tenant=tenant.id,
-                    model_id=model_id,
-                    priority=priority,
-                    job=job,
-                    deadline_s=deadline_s,
-                    idempotency_key=key,
-                    webhook_url=req.webhook_url,
-                )
-            )
+        return Submission(
+            tenant=tenant.id,
+            model_id=model_id,
+            priority=priority,
+            job=job,
+            deadline_s=deadline_s,
+            idempotency_key=key,
+            webhook_url=req.webhook_url,
         )
-        if "rejected" in result:
-            r = result["rejected"]
-            self.metrics.rejected.labels(model_id, r["type"]).inc()
-            fields = (
-                [{"field": r["field"], "message": r["message"], "limit": None}]
-                if r.get("field")
-                else None
-            )
-            raise ApiError(
-                r["status"],
-                r["type"],
-                r["message"],
-                fields,
-                headers={"Retry-After": retry_after_header(r["retry_after_s"])},
-            )
-        self.metrics.submitted.labels(model_id, priority).inc()
+
+    def _check_refused(self, sub: Submission, result: dict) -> None:
+        """Count the outcome; raise the scheduler's refusal as 429 with Retry-After."""
+        if "rejected" not in result:
+            self.metrics.submitted.labels(sub.model_id, sub.priority).inc()
+            return
+        r = result["rejected"]
+        self.metrics.rejected.labels(sub.model_id, r["type"]).inc()
+        fields = (
+            [{"field": r["field"], "message": r["message"], "limit": None}]
+            if r.get("field")
+            else None
+        )
+        raise ApiError(
+            r["status"],
+            r["type"],
+            r["message"],
+            fields,
+            headers={"Retry-After": retry_after_header(r["retry_after_s"])},
+        )
+
+    async def submit(
+        self,
+        tenant: Tenant,
+        model_id: str,
+        req: GenerateRequest,
+        *,
+        deadline: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """The queue API's submit: accepted (202) or refused (429 and friends)."""
+        sub = await self._prepare(
+            tenant, model_id, req, sync=False, deadline=deadline, idempotency_key=idempotency_key
+        )
+        result = await self._call(self.scheduler.submit(sub))
+        self._check_refused(sub, result)
         return result
 
     async def generate(
@@ -239,14 +258,15 @@ class GatewayService:
         deadline: str | None = None,
         idempotency_key: str | None = None,
     ) -> dict:
-        """The sync path: submit as a job, wait for it, answer with the result."""
-        status = await self.submit(
+        """The sync path: one scheduler call that submits the job and waits for its end."""
+        sub = await self._prepare(
             tenant, model_id, req, sync=True, deadline=deadline, idempotency_key=idempotency_key
         )
-        job_id = status["request_id"]
         timeout = self.catalog.server.request_timeout_s
-        status = await self._call(self.scheduler.wait(job_id, tenant.id, timeout))
+        status = await self._call(self.scheduler.submit_and_wait(sub, timeout))
+        self._check_refused(sub, status)
         s = status["status"]
+        job_id = status["request_id"]
         if s == "COMPLETED":
             return self.result_body(status, base_url, req.return_base64)
         if s in ("IN_QUEUE", "IN_PROGRESS"):

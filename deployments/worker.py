@@ -33,7 +33,10 @@ from genmedia.models.params import GenerationJob
 logger = logging.getLogger("ray.serve")
 
 PRIORITY = {"interactive": 0, "batch": 1}
-SLOTS_PER_REPLICA = 2  # a main slot (any class) and a preempt slot (interactive only)
+PROGRESS_HZ = 5.0
+# Two main slots (one computing, one staged at the gate) and a preempt slot (interactive only);
+# the scheduler never sends more, so waiting happens in its queue.
+SLOTS_PER_REPLICA = 3
 
 
 @dataclass
@@ -129,18 +132,31 @@ class FamilyWorker:
         from genmedia.models.runner import run_text_to_image
 
         prio = PRIORITY[req.priority]
+        # A step-cached model keeps per-call state in its shared modules: its calls run to the
+        # end once started (they neither yield nor are interleaved with another call).
+        yields = not model.step_cached
         waited = time.perf_counter()
         ticket = self.gate.acquire(prio, cancel)
         started = time.perf_counter()
         paused = 0.0
         state = {"ticket": ticket}
 
+        last_emit = 0.0
+
         def on_step(step: int, total: int) -> None:
-            nonlocal paused
+            nonlocal paused, last_emit
             before = time.perf_counter()
-            state["ticket"] = self.gate.checkpoint(state["ticket"], prio, cancel)
-            paused += time.perf_counter() - before
-            emit({"type": "progress", "step": step, "total": total})
+            if yields:
+                state["ticket"] = self.gate.checkpoint(state["ticket"], prio, cancel)
+            elif cancel.is_set():
+                raise Cancelled()
+            after = time.perf_counter()
+            paused += after - before
+            # Progress costs this replica's event loop (and the GIL) a message each: at most
+            # PROGRESS_HZ a second, and always the first and the last step.
+            if step in (1, total) or after - last_emit >= 1.0 / PROGRESS_HZ:
+                last_emit = after
+                emit({"type": "progress", "step": step, "total": total})
 
         try:
             images = run_text_to_image(model, req.jobs, on_step=on_step)
@@ -179,6 +195,7 @@ class FamilyWorker:
             "store_s": time.perf_counter() - done,
             "replica": self.replica,
             "device": self.device,
+            "acceleration": model.acceleration,
         }
 
     async def run_batch(self, req: BatchRequest) -> AsyncIterator[dict]:

@@ -3,8 +3,9 @@
 Both sides run the same tiny SD1.5-style model, the same batch size and the same torch thread
 budget (one thread: the worker replica gets one Ray CPU), measured alternately in one run
 (bare, stack, bare, stack, ...) because these machines are noisy. The stack is the real one:
-HTTP → Serve proxy → gateway (validation, PNG encoding, storage) → family worker (batching) →
-pipeline. Raw per-request samples and a summary go to ``loadtests/results/``.
+HTTP → Serve proxy → gateway (auth, validation) → scheduler (job store, queues, batch forming)
+→ family worker (pipeline, PNG encoding, storage) → back. Raw per-request samples and a summary
+go to ``loadtests/results/``.
 
     python loadtests/bench_serving.py [--steps 20] [--batch 8] [--rounds 3] [--seconds 20]
 """
@@ -29,6 +30,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+API_KEY = "gm_0bec0000_" + "b" * 43
 console = Console()
 
 
@@ -43,7 +45,12 @@ def bench_catalog(batch: int, steps: int, size: int, outputs: str):
 
     return parse_catalog(
         {
-            "server": {"storage": {"kind": "local", "dir": outputs}, "gateway_num_cpus": 0.5},
+            "server": {
+                "storage": {"kind": "local", "dir": outputs},
+                "gateway_num_cpus": 0.25,
+                "scheduler_num_cpus": 0.25,
+                "scheduler": {"job_store": f"{outputs}/jobs.sqlite"},
+            },
             "workers": {"sd15": {"num_cpus": 1}},
             "models": [
                 {
@@ -105,7 +112,10 @@ async def _flood(url: str, concurrency: int, seconds: float, warmup: float) -> d
     stop_at = time.perf_counter() + warmup + seconds
     window_start = time.perf_counter() + warmup
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, limits=limits, headers=headers
+    ) as client:
         seed = iter(range(10**9))
 
         async def loop() -> None:
@@ -169,9 +179,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=5.0)
-    ap.add_argument("--concurrency", type=int, default=0, help="default: 2 x batch")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="requests in flight (default: 3 x batch: one computing, one staged "
+        "at the worker, one waiting in the scheduler's queue)",
+    )
     args = ap.parse_args()
-    concurrency = args.concurrency or 2 * args.batch
+    concurrency = args.concurrency or 3 * args.batch
 
     import ray
     import torch
@@ -179,6 +195,7 @@ def main() -> None:
 
     from genmedia.deployments.app import APP_NAME, build_app
     from genmedia.deployments.preflight import check_weights
+    from genmedia.deployments.tenants import key_record, parse_tenants
     from genmedia.models.runner import load_model
     from genmedia.models.weights import resolve_source
 
@@ -197,7 +214,23 @@ def main() -> None:
         num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(catalog), name=APP_NAME, route_prefix="/")
+    tenants = parse_tenants(
+        {
+            "tenants": [
+                {
+                    "id": "bench",
+                    "api_keys": [key_record(API_KEY).model_dump(mode="json")],
+                    "quotas": {
+                        "max_concurrent_jobs": 10_000,
+                        "requests_per_minute": 1_000_000,
+                        "max_queued_jobs": 10_000,
+                    },
+                }
+            ]
+        },
+        "<bench tenants>",
+    )
+    serve.run(build_app(catalog, tenants), name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     rounds = []
     try:

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genmedia.deployments.webhooks import WebhookPolicy
+from genmedia.kernels.options import KernelOptions, check_options
 from genmedia.models.registry import FAMILIES
 
 DEFAULT_CATALOG = "default.yaml"
@@ -149,6 +150,11 @@ class ModelEntry(_Strict):
     )
     priority_class: Literal["interactive", "batch"] = Field(
         default="interactive", description="Priority class of requests that do not name one."
+    )
+    acceleration: KernelOptions = Field(
+        default_factory=KernelOptions,
+        description="Attention backend, fused Triton ops (kernels: [...]), torch.compile, step "
+        "caching and quantization installed into the pipeline at load time.",
     )
 
     def allowed_schedulers(self) -> list[str]:
@@ -362,6 +368,8 @@ def _entry_issues(entry: ModelEntry, file: str) -> list[CatalogIssue]:
                     f"parameters.{dim}.{key}",
                     f"{v} is not a positive multiple of {spec.size_multiple} ({spec.name})",
                 )
+    for field, message in check_options(entry.family, entry.acceleration, None, entry.dtype):
+        add(f"acceleration.{field}", message)
     if entry.parameters.num_images.max > entry.max_batch_size:
         add(
             "parameters.num_images.max",

@@ -38,6 +38,12 @@ class LoadedModel:
     device: str
     load_s: float
     _scheduler_config: dict = field(default_factory=dict)
+    acceleration: dict = field(default_factory=dict)  # what kernels/options are active
+
+    @property
+    def step_cached(self) -> bool:
+        """Step caching keeps state in the shared modules: its calls must not interleave."""
+        return bool(self.acceleration.get("cache"))
 
     def call_view(self, scheduler: str) -> Any:
         """A pipeline for one call: the same modules (weights are never copied) with a scheduler
@@ -60,6 +66,9 @@ def load_model(entry: ModelEntry, path: Path, device: str | None = None) -> Load
         dtype = torch.float32  # fp16 conv kernels are missing or very slow on CPU
     start = time.perf_counter()
     pipe = fam.load_pipeline(path, dtype=dtype, device=device)
+    from genmedia.kernels.patcher import apply_kernel_options
+
+    record = apply_kernel_options(pipe, entry.family, entry.acceleration, device)
     model = LoadedModel(
         entry,
         pipe,
@@ -67,6 +76,7 @@ def load_model(entry: ModelEntry, path: Path, device: str | None = None) -> Load
         device,
         time.perf_counter() - start,
         _scheduler_config=dict(pipe.scheduler.config),
+        acceleration=record,
     )
     return model
 
@@ -106,16 +116,23 @@ def run_text_to_image(
             return callback_kwargs
 
         kwargs["callback_on_step_end"] = _callback
-    with torch.inference_mode():
-        out = pipe(
-            prompt=prompts,
-            width=params.width,
-            height=params.height,
-            num_inference_steps=params.num_inference_steps,
-            generator=generators,
-            output_type="np",
-            **kwargs,
-        )
+    try:
+        with torch.inference_mode():
+            out = pipe(
+                prompt=prompts,
+                width=params.width,
+                height=params.height,
+                num_inference_steps=params.num_inference_steps,
+                generator=generators,
+                output_type="np",
+                **kwargs,
+            )
+    except BaseException:
+        if model.step_cached:  # diffusers clears the cache only after a finished call
+            from genmedia.kernels.patcher import reset_step_cache
+
+            reset_step_cache(model.pipe)
+        raise
     images = to_uint8(np.asarray(out.images))
     result: list[list[np.ndarray]] = []
     k = 0

@@ -34,9 +34,15 @@ def test_scheduler_crash_loses_no_accepted_job(http):
 
     accepted = []
     for i in range(32):
-        r = http.post("/v1/queue/models/sd15-tiny",
-                      json={"prompt": "durable", "seed": 1000 + i, "num_inference_steps": 20,
-                            "priority": "batch"})
+        r = http.post(
+            "/v1/queue/models/sd15-tiny",
+            json={
+                "prompt": "durable",
+                "seed": 1000 + i,
+                "num_inference_steps": 20,
+                "priority": "batch",
+            },
+        )
         assert r.status_code == 202, r.text
         accepted.append(r.json()["request_id"])
     while _status(http, accepted[0])["status"] != "COMPLETED":
@@ -55,7 +61,7 @@ def test_scheduler_crash_loses_no_accepted_job(http):
         assert time.monotonic() < deadline, f"{len(accepted) - len(final)} jobs never finished"
         time.sleep(0.1)
     assert set(final) == set(accepted)
-    for rid, st in final.items():
+    for st in final.values():
         assert st["status"] in ("COMPLETED", "FAILED"), st
         if st["status"] == "FAILED":
             assert st["error"]["type"] and st["error"]["message"]

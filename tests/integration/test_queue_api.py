@@ -198,7 +198,7 @@ def test_tenant_isolation_and_usage(base_url, http):
 class _Receiver(BaseHTTPRequestHandler):
     received: list = []
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Receiver.received.append((dict(self.headers), body))
         self.send_response(503 if len(_Receiver.received) == 1 else 200)  # one retry

@@ -66,8 +66,9 @@ def test_models_listing(http):
 
 
 def test_compatible_requests_share_one_pipeline_call(base_url):
-    """While a long call runs, 4 compatible requests queue and then run as one batch;
-    an incompatible one (other steps) that arrived with them runs in its own call."""
+    """While a long call runs, an incompatible request (other steps) takes the worker's staged
+    slot on its own, and 4 compatible requests wait in the scheduler's queue, then run as one
+    batch."""
 
     async def main():
         async with httpx.AsyncClient(base_url=base_url, timeout=120, headers=AUTH) as client:
@@ -98,11 +99,22 @@ def test_batched_output_equals_unbatched(base_url, http):
 
     async def main():
         async with httpx.AsyncClient(base_url=base_url, timeout=120, headers=AUTH) as client:
-            blocker = client.post(
-                "/v1/models/sd15-tiny/generate",
-                json={"prompt": "b", "num_inference_steps": 30, "width": 256, "height": 256},
-            )
-            t0 = asyncio.create_task(blocker)
+            # Two long calls fill the worker's slots (one computing, one staged), so the
+            # three requests below wait in the scheduler's queue and leave it as one batch.
+            blockers = [
+                asyncio.create_task(
+                    client.post(
+                        "/v1/models/sd15-tiny/generate",
+                        json={
+                            "prompt": "b",
+                            "num_inference_steps": 30,
+                            "width": 256,
+                            "height": 256,
+                        },
+                    )
+                )
+                for _ in range(2)
+            ]
             await asyncio.sleep(0.3)
             reqs = [
                 client.post(
@@ -112,7 +124,7 @@ def test_batched_output_equals_unbatched(base_url, http):
                 for s in (77, 78, 79)
             ]
             out = await asyncio.gather(*reqs)
-            await t0
+            await asyncio.gather(*blockers)
             return [r.json() for r in out]
 
     together = asyncio.run(main())

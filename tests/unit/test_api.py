@@ -80,6 +80,12 @@ class FakeScheduler:
     async def wait(self, job_id, tenant, timeout_s):
         return await self.status(job_id, tenant)
 
+    async def submit_and_wait(self, sub, timeout_s):
+        accepted = await self.submit(sub)
+        if "rejected" in accepted:
+            return accepted
+        return await self.wait(accepted["request_id"], sub.tenant, timeout_s)
+
     async def cancel(self, job_id, tenant):
         s = await self.status(job_id, tenant)
         return "not_found" if s["status"] == "NOT_FOUND" else "already_finished"

@@ -134,3 +134,25 @@ def test_scheduler_defaults():
     assert c.model("b").scheduler_default() == "ddim"
     issues = _issues({"models": [_model(schedulers=["ddim"], default_scheduler="euler")]})
     assert issues[0].field == "default_scheduler"
+
+
+def test_acceleration_options_are_checked_per_family():
+    issues = _issues(
+        {
+            "models": [
+                _model(id="bad-backend", acceleration={"attention": "warp"}),
+                _model(
+                    id="bad-op", acceleration={"kernels": ["rope"]}
+                ),  # a Flux pattern, not a UNet's
+                _model(id="unknown-op", acceleration={"kernels": ["fft"]}),
+                _model(
+                    id="fine", acceleration={"attention": "sdpa", "kernels": ["groupnorm_silu"]}
+                ),
+            ]
+        }
+    )
+    found = {(i.model_id, i.field) for i in issues}
+    assert ("bad-backend", "acceleration.attention") in found
+    assert ("bad-op", "acceleration.kernels") in found
+    assert ("unknown-op", "acceleration.kernels") in found
+    assert not any(i.model_id == "fine" for i in issues)

@@ -68,3 +68,21 @@ def test_serve_refuses_bad_catalog_before_starting_ray(tmp_path):
 def test_unknown_family_for_build_tiny():
     r = runner.invoke(app, ["models", "build-tiny", "--family", "dalle"])
     assert r.exit_code == 2 and "dalle" in r.output
+
+
+def test_serve_refuses_options_this_device_cannot_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENMEDIA_HOME", str(tmp_path / "home"))
+    f = write(
+        tmp_path,
+        [
+            {
+                "id": "x",
+                "family": "sd15",
+                "weights": "tiny://sd15",
+                "acceleration": {"attention": "xformers"},
+            }
+        ],
+    )
+    r = runner.invoke(app, ["serve", "--catalog", str(f)])
+    assert r.exit_code == 2
+    assert "model 'x': acceleration.attention" in r.output
