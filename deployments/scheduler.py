@@ -100,8 +100,9 @@ class Scheduler:
         self.model_queue_limit = settings.model_queue_limit
         self.clock = clock
         self.family_of = {m.id: m.family for m in self.catalog.models}
+        self.fifo = settings.policy == "fifo"
         self.queues: dict[str, dict[str, FairQueue]] = {
-            f: {c: FairQueue() for c in CLASSES} for f in self.catalog.families()
+            f: {c: FairQueue(fifo=self.fifo) for c in CLASSES} for f in self.catalog.families()
         }
         self.shares = {f: ShareTracker() for f in self.catalog.families()}
         self.estimator = ServiceTimeEstimator()
@@ -143,7 +144,7 @@ class Scheduler:
             tenant=rec.tenant,
             model_id=rec.model_id,
             family=self.family_of[rec.model_id],
-            priority=rec.priority,
+            priority="batch" if self.fifo else rec.priority,  # fifo: one queue for all
             key=job.batch_key,
             images=job.num_images,
             cost=job_cost(job.num_images, p.num_inference_steps, p.width, p.height),
@@ -220,7 +221,7 @@ class Scheduler:
         tenant_jobs = [j for j in self.queued.values() if j.tenant == sub.tenant]
         running = sum(1 for t in self.running_tenant.values() if t == sub.tenant)
         model_queued = sum(1 for j in self.queued.values() if j.model_id == sub.model_id)
-        ahead = self._ahead_of(family, sub.priority)
+        ahead = self._ahead_of(family, "batch" if self.fifo else sub.priority)
         predicted = eta_seconds(
             ahead,
             self.estimator,
@@ -403,21 +404,32 @@ class Scheduler:
         return self.catalog.model(model_id).max_batch_size
 
     def _batch_wait(self, model_id: str) -> float:
+        if self.fifo:
+            return 0.0
         return max(self.catalog.model(model_id).batch_wait_ms / 1000.0, 0.0)
 
     def _finish(self, job_id: str, allowed: set, to: JobStatus, **updates) -> JobRecord | None:
-        rec = self.store.transition(job_id, allowed, to, finished_at=self.clock(), **updates)
-        if rec is None:
-            return None
-        self.progress.pop(job_id, None)
-        self._record(rec)
-        if rec.webhook_url:
-            self.store.update(job_id, webhook_pending=True)
-            rec.webhook_pending = True
-            self._spawn(self._send_webhook(rec))
-        self._notify(job_id)
-        self._finished(job_id)
-        return rec
+        moved = self._finish_many([(job_id, updates)], allowed, to)
+        return moved[0] if moved else None
+
+    def _finish_many(
+        self, items: list[tuple[str, dict]], allowed: set, to: JobStatus
+    ) -> list[JobRecord]:
+        """Move jobs to a terminal state in one write, then tell waiters, metrics, webhooks."""
+        now = self.clock()
+        moved = self.store.transition_many(
+            [(job_id, {"finished_at": now, **updates}) for job_id, updates in items], allowed, to
+        )
+        for rec in moved:
+            self.progress.pop(rec.id, None)
+            self._record(rec)
+            if rec.webhook_url:
+                self.store.update(rec.id, webhook_pending=True)
+                rec.webhook_pending = True
+                self._spawn(self._send_webhook(rec))
+            self._notify(rec.id)
+            self._finished(rec.id)
+        return moved
 
     def _record(self, rec: JobRecord) -> None:
         m = self.metrics
@@ -518,19 +530,14 @@ class Scheduler:
         qs.take(batch)
         if slot == "main":
             self.shares[family].record(cls, sum(j.cost for j in batch), now)
-        started = []
         for qj in batch:
             self.queued.pop(qj.id, None)
-            rec = self.store.get(qj.id)
-            moved = self.store.transition(
-                qj.id,
-                {JobStatus.IN_QUEUE},
-                JobStatus.IN_PROGRESS,
-                started_at=now,
-                attempts=(rec.attempts + 1) if rec else 1,
-            )
-            if moved is not None:
-                started.append(moved)
+        started = self.store.transition_many(
+            [(qj.id, {"started_at": now}) for qj in batch],
+            {JobStatus.IN_QUEUE},
+            JobStatus.IN_PROGRESS,
+            bump_attempts=True,
+        )
         if not started:
             return
         self.dispatched[cls] += len(started)
@@ -596,6 +603,7 @@ class Scheduler:
         by_job = {r["job_id"]: r for r in result["results"]}
         now = self.clock()
         total_cost = 0.0
+        done: list[tuple[str, dict]] = []
         for rec in recs:
             r = by_job[rec.id]
             job = job_from_dict(rec.job)
@@ -628,9 +636,8 @@ class Scheduler:
                 "steps": job.num_images * job.params.num_inference_steps,
                 "compute_s": r["compute_s"],
             }
-            self._finish(
-                rec.id, {JobStatus.IN_PROGRESS}, JobStatus.COMPLETED, result=payload, usage=usage
-            )
+            done.append((rec.id, {"result": payload, "usage": usage}))
+        self._finish_many(done, {JobStatus.IN_PROGRESS}, JobStatus.COMPLETED)
         self.estimator.observe(recs[0].model_id, total_cost, result["compute_s"])
 
     def _failed(self, recs: list[JobRecord], error: Exception) -> None:

@@ -60,15 +60,20 @@ def job_cost(images: int, steps: int, width: int, height: int) -> float:
 class FairQueue:
     """One class's queue for one family: start-time fair queuing across tenants."""
 
-    def __init__(self) -> None:
+    def __init__(self, fifo: bool = False) -> None:
         self.jobs: list[QueuedJob] = []  # sorted by order()
         self.virtual_time = 0.0
+        self.fifo = fifo  # arrival order, no fairness (the benchmarks' baseline)
         self._last_finish: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def push(self, job: QueuedJob) -> None:
+        if self.fifo:
+            job.start_tag = job.finish_tag = job.arrived
+            bisect.insort(self.jobs, job, key=QueuedJob.order)
+            return
         start = max(self.virtual_time, self._last_finish.get(job.tenant, 0.0))
         job.start_tag = start
         job.finish_tag = start + job.cost / max(job.weight, 1e-9)

@@ -237,6 +237,12 @@ class SchedulerSettings(_Strict):
     model_queue_limit: int = Field(
         default=10_000, ge=1, le=10_000_000, description="Most jobs queued per model (429 beyond)."
     )
+    policy: Literal["priority", "fifo"] = Field(
+        default="priority",
+        description="'priority': classes, tenant fair share, preemption at step boundaries. "
+        "'fifo': one queue in arrival order, no classes, no fairness, no preemption (the "
+        "baseline the benchmarks compare against).",
+    )
 
 
 class ServerSettings(_Strict):

@@ -251,3 +251,11 @@ def test_admission_accepts_and_unknown_eta_does_not_refuse():
     assert _adm() is None
     assert _adm(deadline_in_s=1.0) is None
     assert _adm(predicted_start_s=0.5, deadline_in_s=1.0) is None
+
+
+def test_fifo_baseline_ignores_tenants_and_weights():
+    q = FairQueue(fifo=True)
+    for t in range(10):
+        q.push(job(tenant="flood", arrived=t, weight=0.1))
+    q.push(job(tenant="late", arrived=10, weight=100.0))
+    assert [j.tenant for j in drain(q, 11)][-1] == "late"

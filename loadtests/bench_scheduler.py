@@ -1,0 +1,372 @@
+"""Scheduler benchmark: interactive latency under a bulk flood, batch throughput, fairness.
+
+One local Ray Serve, the tiny SD1.5-style model, open-loop traffic (arrivals on a schedule,
+whatever the responses), measured in one run:
+
+- ``idle``: a light interactive stream alone → interactive p99 on an idle cluster;
+- ``flood``: batch-class jobs from three tenants (weights 1, 1, 2) offered above capacity
+  → batch throughput alone, Jain's index across the equal-weight tenants, weighted shares;
+- ``mixed``: the flood and the interactive stream together → interactive p99 under the flood,
+  batch throughput with interactive traffic;
+- ``mixed`` again with the scheduler in FIFO mode (redeployed) for comparison.
+
+Targets (issue): p99 under flood ≤ 1.5 x idle p99; batch throughput with interactive traffic
+>= 0.9 x without; Jain ≥ 0.95; weighted shares within 10 %. Interactive requests preempt a
+running batch-class call at its next denoising step (the worker's step gate), so they never wait
+for a whole bulk call. Raw samples and a summary go to ``loadtests/results/``.
+
+    python loadtests/bench_scheduler.py [--seconds 40] [--interactive-rps 3] [--flood-rps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+console = Console()
+MODEL = "bench-sd15"
+KEYS = {  # tenant -> (key, weight, class)
+    "web": ("gm_0e000001_" + "w" * 43, 1.0, "interactive"),
+    "bulk-a": ("gm_0a000001_" + "a" * 43, 1.0, "batch"),
+    "bulk-b": ("gm_0b000001_" + "b" * 43, 1.0, "batch"),
+    "bulk-c": ("gm_0c000001_" + "c" * 43, 2.0, "batch"),
+}
+FLOOD_TENANTS = ("bulk-a", "bulk-b", "bulk-c")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tenants():
+    from genmedia.deployments.tenants import key_record, parse_tenants
+
+    big = {
+        "max_concurrent_jobs": 100_000,
+        "requests_per_minute": 1_000_000,
+        "max_queued_jobs": 100_000,
+    }
+    return parse_tenants(
+        {
+            "tenants": [
+                {
+                    "id": t,
+                    "api_keys": [key_record(k).model_dump(mode="json")],
+                    "weight": w,
+                    "quotas": big,
+                }
+                for t, (k, w, _) in KEYS.items()
+            ]
+        },
+        "<bench tenants>",
+    )
+
+
+def _catalog(policy: str, workdir: str, steps: int, batch: int):
+    from genmedia.models.catalog import parse_catalog
+
+    return parse_catalog(
+        {
+            "server": {
+                "storage": {"kind": "local", "dir": f"{workdir}/outputs"},
+                "scheduler": {
+                    "job_store": f"{workdir}/jobs-{policy}.sqlite",
+                    "policy": policy,
+                    "batch_min_share": 0.2,
+                },
+            },
+            "workers": {"sd15": {"num_cpus": 1}},
+            "models": [
+                {
+                    "id": MODEL,
+                    "family": "sd15",
+                    "weights": "tiny://sd15",
+                    "parameters": {
+                        "width": {"default": 64, "min": 32, "max": 256},
+                        "height": {"default": 64, "min": 32, "max": 256},
+                        "steps": {"default": steps, "min": 1, "max": 50},
+                        "num_images": {"default": 1, "min": 1, "max": batch},
+                    },
+                    "max_batch_size": batch,
+                    "batch_wait_ms": 200,
+                    "gpu_fraction": 0.5,
+                }
+            ],
+        },
+        "<bench>",
+    )
+
+
+def poisson(rate: float, seconds: float, rng: random.Random) -> list[float]:
+    t, out = 0.0, []
+    while True:
+        t += rng.expovariate(rate)
+        if t >= seconds:
+            return out
+        out.append(t)
+
+
+async def _interactive(client, arrivals, t0, steps, samples):
+    async def one(at):
+        await asyncio.sleep(max(0.0, t0 + at - time.time()))
+        sent = time.time()
+        r = await client.post(
+            f"/v1/models/{MODEL}/generate",
+            headers={"Authorization": f"Bearer {KEYS['web'][0]}"},
+            json={"prompt": "now", "num_inference_steps": steps},
+        )
+        samples.append(
+            {"kind": "interactive", "sent": sent, "done": time.time(), "status": r.status_code}
+        )
+
+    await asyncio.gather(*(one(a) for a in arrivals))
+
+
+async def _flood(client, arrivals, t0, images, submitted):
+    async def one(at, tenant):
+        await asyncio.sleep(max(0.0, t0 + at - time.time()))
+        r = await client.post(
+            f"/v1/queue/models/{MODEL}",
+            headers={"Authorization": f"Bearer {KEYS[tenant][0]}"},
+            json={"prompt": "bulk", "num_images": images, "priority": "batch"},
+        )
+        submitted.append(
+            {
+                "tenant": tenant,
+                "status": r.status_code,
+                "id": r.json().get("request_id"),
+                "sent": t0 + at,
+            }
+        )
+
+    await asyncio.gather(*(one(at, tenant) for at, tenant in arrivals))
+
+
+async def _collect(client, submitted):
+    """Finish times of the flood's jobs; cancel what is left so the next scenario starts idle."""
+    done = []
+
+    async def one(s):
+        key = KEYS[s["tenant"]][0]
+        h = {"Authorization": f"Bearer {key}"}
+        st = (await client.get(f"/v1/queue/requests/{s['id']}/status", headers=h)).json()
+        if st["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+            await client.put(f"/v1/queue/requests/{s['id']}/cancel", headers=h)
+        done.append({**s, "final": st["status"], "finished_at": st.get("finished_at")})
+
+    sem = asyncio.Semaphore(32)
+
+    async def guarded(s):
+        async with sem:
+            await one(s)
+
+    await asyncio.gather(*(guarded(s) for s in submitted if s["id"]))
+    return done
+
+
+async def scenario(url, *, seconds, interactive_rps, flood_rps, steps, images, seed):
+    rng = random.Random(seed)
+    inter = poisson(interactive_rps, seconds, rng) if interactive_rps else []
+    flood = (
+        [(a, rng.choice(FLOOD_TENANTS)) for a in poisson(flood_rps, seconds, rng)]
+        if flood_rps
+        else []
+    )
+    samples: list[dict] = []
+    submitted: list[dict] = []
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        t0 = time.time() + 0.5
+        await asyncio.gather(
+            _interactive(client, inter, t0, steps, samples),
+            _flood(client, flood, t0, images, submitted),
+        )
+        t_end = t0 + seconds
+        flood_done = await _collect(client, submitted)
+        await asyncio.sleep(2.0)  # let cancelled calls stop
+    window = [t0 + 5.0, t_end]  # skip the first seconds (queues filling)
+    lat = sorted(
+        s["done"] - s["sent"]
+        for s in samples
+        if s["status"] == 200 and window[0] <= s["sent"] <= window[1]
+    )
+    per_tenant = {t: 0 for t in FLOOD_TENANTS}
+    for d in flood_done:
+        if (
+            d["final"] == "COMPLETED"
+            and d["finished_at"]
+            and window[0] <= d["finished_at"] <= window[1]
+        ):
+            per_tenant[d["tenant"]] += images
+    span = window[1] - window[0]
+    return {
+        "interactive_n": len(lat),
+        "interactive_errors": sum(1 for s in samples if s["status"] != 200),
+        "interactive_p50_s": statistics.median(lat) if lat else None,
+        "interactive_p99_s": percentile(lat, 99) if lat else None,
+        "batch_images_per_s": sum(per_tenant.values()) / span,
+        "per_tenant_images_per_s": {t: v / span for t, v in per_tenant.items()},
+        "flood_rejected": sum(1 for s in submitted if s["status"] != 202),
+        "samples": samples,
+        "flood": flood_done,
+    }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of raw samples."""
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def jain(values: list[float]) -> float:
+    return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if any(values) else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=40.0)
+    ap.add_argument("--interactive-rps", type=float, default=3.0)
+    ap.add_argument("--flood-rps", type=float, default=8.0, help="flood jobs a second")
+    ap.add_argument("--flood-images", type=int, default=4, help="images per flood job")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from genmedia.deployments.app import APP_NAME, build_app
+    from genmedia.deployments.preflight import check_weights
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    workdir = tempfile.mkdtemp(prefix="genmedia-bench-sched-")
+    tenants = _tenants()
+    port = _free_port()
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(
+        num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    common = dict(seconds=args.seconds, steps=args.steps, images=args.flood_images)
+    runs: dict[str, dict] = {}
+    try:
+        for policy in ("priority", "fifo"):
+            catalog = _catalog(policy, workdir, args.steps, args.batch)
+            assert not check_weights(catalog, build_tiny=True)
+            console.print(f"[bold]deploying with the {policy} scheduler[/]")
+            serve.run(build_app(catalog, tenants), name=APP_NAME, route_prefix="/")
+            plan = [
+                ("idle", args.interactive_rps, 0.0),
+                ("flood", 0.0, args.flood_rps),
+                ("mixed", args.interactive_rps, args.flood_rps),
+            ]
+            for name, irps, frps in plan:
+                console.print(f"  {policy}/{name} ({args.seconds:g} s)")
+                runs[f"{policy}/{name}"] = asyncio.run(
+                    scenario(
+                        url, interactive_rps=irps, flood_rps=frps, seed=hash(name) % 1000, **common
+                    )
+                )
+            serve.delete(APP_NAME)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    idle = runs["priority/idle"]["interactive_p99_s"]
+    mixed = runs["priority/mixed"]
+    fifo_mixed = runs["fifo/mixed"]
+    flood = runs["priority/flood"]
+    shares = flood["per_tenant_images_per_s"]
+    summary = {
+        "benchmark": "bench_scheduler",
+        "model": "tiny sd15 (64 px)",
+        "steps": args.steps,
+        "batch": args.batch,
+        "seconds": args.seconds,
+        "interactive_rps": args.interactive_rps,
+        "flood_jobs_per_s": args.flood_rps,
+        "flood_images_per_job": args.flood_images,
+        "interactive_p99_idle_s": idle,
+        "interactive_p99_flood_s": mixed["interactive_p99_s"],
+        "interactive_p99_flood_fifo_s": fifo_mixed["interactive_p99_s"],
+        "p99_ratio_priority": mixed["interactive_p99_s"] / idle,
+        "p99_ratio_fifo": fifo_mixed["interactive_p99_s"] / idle,
+        "batch_throughput_alone": flood["batch_images_per_s"],
+        "batch_throughput_with_interactive": mixed["batch_images_per_s"],
+        "batch_throughput_ratio": mixed["batch_images_per_s"] / flood["batch_images_per_s"],
+        "jain_equal_weight_tenants": jain([shares["bulk-a"], shares["bulk-b"]]),
+        "weighted_share_ratio_c_over_mean_ab": shares["bulk-c"]
+        / statistics.fmean([shares["bulk-a"], shares["bulk-b"]]),
+        "weighted_share_target": 2.0,
+        "runs": {
+            k: {kk: vv for kk, vv in v.items() if kk not in ("samples", "flood")}
+            for k, v in runs.items()
+        },
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    base = RESULTS / f"bench_scheduler-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    base.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    with base.with_suffix(".jsonl").open("w") as fh:
+        for k, v in runs.items():
+            for s in v["samples"]:
+                fh.write(json.dumps({"run": k, **s}) + "\n")
+            for s in v["flood"]:
+                fh.write(json.dumps({"run": k, "kind": "flood", **s}) + "\n")
+
+    t = Table(
+        "run",
+        "inter p50",
+        "inter p99",
+        "inter n",
+        "batch img/s",
+        "a / b / c img/s",
+        title="scheduler benchmark (tiny sd15)",
+    )
+    for k, v in runs.items():
+        sh = v["per_tenant_images_per_s"]
+
+        def fmt(x):
+            return "-" if x is None else f"{x:.3f}"
+
+        t.add_row(
+            k,
+            fmt(v["interactive_p50_s"]),
+            fmt(v["interactive_p99_s"]),
+            str(v["interactive_n"]),
+            f"{v['batch_images_per_s']:.2f}",
+            " / ".join(f"{sh[x]:.2f}" for x in FLOOD_TENANTS),
+        )
+    console.print(t)
+    for key in (
+        "p99_ratio_priority",
+        "p99_ratio_fifo",
+        "batch_throughput_ratio",
+        "jain_equal_weight_tenants",
+        "weighted_share_ratio_c_over_mean_ab",
+    ):
+        console.print(f"{key}: [bold]{summary[key]:.3f}[/]")
+    console.print(f"→ {base.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
