@@ -19,6 +19,7 @@ from genmedia.deployments.api import build_api
 from genmedia.deployments.scheduler import Submission
 from genmedia.deployments.service import GatewayService
 from genmedia.deployments.tenants import Authenticator, TenantsFile
+from genmedia.deployments.worker import yield_cpu_to_workers
 from genmedia.models.catalog import parse_catalog
 
 
@@ -79,6 +80,7 @@ class Gateway:
         tenants: dict,
     ):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU deployment may otherwise see every GPU
+        yield_cpu_to_workers()
         self.workers = workers
         self.service = GatewayService(
             parse_catalog(catalog, catalog_file),

@@ -41,7 +41,7 @@ from genmedia.deployments.scheduling import (
 )
 from genmedia.deployments.tenants import RateLimiter, TenantsFile
 from genmedia.deployments.webhooks import WebhookPolicy, deliver
-from genmedia.deployments.worker import BatchRequest
+from genmedia.deployments.worker import BatchRequest, yield_cpu_to_workers
 from genmedia.models.catalog import Catalog, parse_catalog
 from genmedia.models.params import GenerationJob, GenerationParams
 
@@ -86,6 +86,7 @@ class Scheduler:
         app_name: str,
         clock=time.time,
     ):
+        yield_cpu_to_workers()
         self.catalog: Catalog = parse_catalog(catalog, catalog_file)
         settings = self.catalog.server.scheduler
         self.workers = workers
