@@ -38,6 +38,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from genmedia.deployments.http_errors import ApiError
+from genmedia.models.config_issues import field_errors, loc
 
 PriorityClass = Literal["interactive", "batch"]
 PRIORITY_CLASSES: tuple[str, ...] = ("interactive", "batch")
@@ -267,10 +268,6 @@ class TenantsError(Exception):
         super().__init__("\n".join(str(i) for i in issues))
 
 
-def _loc(parts: tuple) -> str:
-    return ".".join(str(p) for p in parts) or "(root)"
-
-
 def parse_tenants(data: object, file: str = "<tenants>") -> TenantsFile:
     """Validate tenants data; raise TenantsError listing every issue found."""
     if not isinstance(data, dict):
@@ -285,11 +282,7 @@ def parse_tenants(data: object, file: str = "<tenants>") -> TenantsFile:
             try:
                 valid.append(Tenant.model_validate(raw))
             except ValidationError as e:
-                for err in e.errors():
-                    msg = err["msg"].removeprefix("Value error, ")
-                    if err["type"] == "extra_forbidden":
-                        msg = "unknown field"
-                    issues.append(TenantsIssue(file, tid, _loc(err["loc"]), msg))
+                issues += [TenantsIssue(file, tid, f, m) for f, m in field_errors(e)]
     seen: set[str] = set()
     for raw in raw_tenants if isinstance(raw_tenants, list) else ():
         tid = raw.get("id") if isinstance(raw, dict) else None
@@ -308,7 +301,7 @@ def parse_tenants(data: object, file: str = "<tenants>") -> TenantsFile:
             if err["type"] == "tenants_conflict":
                 continue  # already reported per key above
             msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            issues.append(TenantsIssue(file, None, _loc(err["loc"]), msg))
+            issues.append(TenantsIssue(file, None, loc(err["loc"]), msg))
     if issues:
         raise TenantsError(issues)
     assert tenants_file is not None

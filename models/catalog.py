@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from genmedia.deployments.webhooks import WebhookPolicy
 from genmedia.kernels.options import KernelOptions, check_options
+from genmedia.models.config_issues import field_errors
 from genmedia.models.registry import FAMILIES
 
 DEFAULT_CATALOG = "default.yaml"
@@ -334,10 +335,6 @@ class CatalogError(Exception):
         super().__init__("\n".join(str(i) for i in issues))
 
 
-def _loc(parts: tuple) -> str:
-    return ".".join(str(p) for p in parts) or "(root)"
-
-
 def _entry_issues(entry: ModelEntry, file: str) -> list[CatalogIssue]:
     """Cross-field checks that need the family spec."""
     issues: list[CatalogIssue] = []
@@ -398,19 +395,17 @@ def parse_catalog(data: object, file: str = "<catalog>") -> Catalog:
             try:
                 entry = ModelEntry.model_validate(raw)
             except ValidationError as e:
-                issues += [
-                    CatalogIssue(file, mid, _loc(err["loc"]), err["msg"]) for err in e.errors()
-                ]
+                issues += [CatalogIssue(file, mid, f, m) for f, m in field_errors(e)]
                 continue
             issues += _entry_issues(entry, file)
             entries.append(entry)
     try:
         catalog = Catalog.model_validate({**data, "source": file})
     except ValidationError as e:
-        for err in e.errors():
-            if err["loc"][:1] == ("models",) and len(err["loc"]) > 1:
+        for field, message in field_errors(e):
+            if field.startswith("models.") and field != "models":
                 continue  # already reported per model above
-            issues.append(CatalogIssue(file, None, _loc(err["loc"]), err["msg"]))
+            issues.append(CatalogIssue(file, None, field, message))
         catalog = None
     seen: set[str] = set()
     for entry in entries:

@@ -174,3 +174,38 @@ def test_empty_prefix_and_missing_bucket(s3, s3_endpoint: str, home: Path) -> No
         resolve_source(f"s3://{bucket}/nothing/here", s3_endpoint_url=s3_endpoint)
     with pytest.raises(WeightsError, match="cannot list s3://no-such-bucket/x"):
         resolve_source("s3://no-such-bucket/x", s3_endpoint_url=s3_endpoint)
+
+
+def test_outputs_and_sidecars_go_to_an_s3_bucket(s3, s3_endpoint: str) -> None:
+    """server.storage.kind = s3: the worker's writes, the gateway's reads and presigned URLs."""
+    import httpx
+    import numpy as np
+
+    from genmedia.deployments.outputs import store_images
+    from genmedia.deployments.storage import S3BucketStorage
+    from genmedia.models.catalog import S3Storage, load_catalog
+    from genmedia.models.params import GenerateRequest, resolve_request
+
+    _fresh_bucket(s3, "genmedia-outputs")
+    storage = S3BucketStorage(
+        S3Storage(
+            bucket="genmedia-outputs", prefix="out", endpoint_url=s3_endpoint, region="us-east-1"
+        )
+    )
+    entry = load_catalog().model("sd15-tiny")
+    job, _ = resolve_request(
+        entry, GenerateRequest(prompt="fox", seed=9, num_images=2), request_id="r1"
+    )
+    pixels = [np.full((64, 64, 3), v, np.uint8) for v in (10, 20)]
+    stored = store_images(storage, job, pixels, prefix="dev/", extra={}, now=0.0)
+    assert [s.key for s in stored] == ["dev/1970/01/01/r1/0.png", "dev/1970/01/01/r1/1.png"]
+    head = s3.head_object(Bucket="genmedia-outputs", Key="out/dev/1970/01/01/r1/0.png")
+    assert head["ContentType"] == "image/png"
+    sidecar = storage.get("dev/1970/01/01/r1/1.json")
+    assert b'"seed": 10' in sidecar
+    assert storage.get("dev/1970/01/01/r1/9.png") is None
+    url = storage.url(stored[0].key, "http://unused")
+    got = httpx.get(url)  # presigned GET against the endpoint
+    assert got.status_code == 200 and got.content == storage.get(stored[0].key)
+    with pytest.raises(ValueError):
+        storage.put("../escape.png", b"x", "image/png")

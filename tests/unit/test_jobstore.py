@@ -112,8 +112,12 @@ def test_transition_many_is_one_guarded_write(tmp_path):
     for i in range(3):
         store.create(rec(i))
     store.transition("j1", {JobStatus.IN_QUEUE}, JobStatus.CANCELLED)
-    moved = store.transition_many([(f"j{i}", {"started_at": 5.0}) for i in range(3)],
-                                  {JobStatus.IN_QUEUE}, JobStatus.IN_PROGRESS, bump_attempts=True)
+    moved = store.transition_many(
+        [(f"j{i}", {"started_at": 5.0}) for i in range(3)],
+        {JobStatus.IN_QUEUE},
+        JobStatus.IN_PROGRESS,
+        bump_attempts=True,
+    )
     assert [r.id for r in moved] == ["j0", "j2"]  # the cancelled one stays cancelled
     assert all(r.attempts == 1 and r.started_at == 5.0 for r in moved)
     assert store.get("j1").status == JobStatus.CANCELLED
