@@ -206,7 +206,7 @@ def _run_app(
         try:
             serve.start(http_options={"host": host, "port": port})
             serve.run(
-                build_app(catalog, gpus_available=gpus_available),
+                build_app(catalog, tenants, gpus_available=gpus_available),
                 name=APP_NAME,
                 route_prefix="/",
                 blocking=False,

@@ -701,6 +701,19 @@ class Scheduler:
             )
         self.store.update(rec.id, webhook_pending=False)
 
+    async def info(self) -> dict:
+        """Where this replica runs and what it holds (for ``genmedia status``)."""
+        import os
+
+        import ray
+
+        return {
+            "resources": ray.get_runtime_context().get_assigned_resources(),
+            "gpu_ids": [],
+            "pid": os.getpid(),
+            "loaded": [f"{len(self.queued)} queued", f"{len(self.batch_of)} running"],
+        }
+
     async def check_health(self) -> None:
         if not any(not t.done() for t in self._tasks):
             raise RuntimeError("scheduler loops stopped")
