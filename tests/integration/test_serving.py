@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -65,10 +66,36 @@ def test_models_listing(http):
     assert p["width"]["minimum"] == 32 and p["width"]["multipleOf"] == 8
 
 
-def test_compatible_requests_share_one_pipeline_call(base_url):
-    """While a long call runs, an incompatible request (other steps) takes the worker's staged
-    slot on its own, and 4 compatible requests wait in the scheduler's queue, then run as one
-    batch."""
+def fill_sd15_slots(http) -> list[str]:
+    """Two long calls fill the sd15 worker's slots (one computing, one staged), so what is sent
+    next waits in the scheduler's queue. Returns their ids (cancel them when done)."""
+    blockers = [
+        http.post(
+            "/v1/queue/models/sd15-tiny",
+            json={
+                "prompt": "b",
+                "num_inference_steps": 30,
+                "width": 256,
+                "height": 256,
+                "priority": "interactive",
+            },
+        ).json()["request_id"]
+        for _ in range(2)
+    ]
+    deadline = time.monotonic() + 60
+    while not all(
+        http.get(f"/v1/queue/requests/{b}/status").json()["status"] == "IN_PROGRESS"
+        for b in blockers
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return blockers
+
+
+def test_compatible_requests_share_one_pipeline_call(base_url, http):
+    """Requests queued together leave the queue in batches of compatible ones only: 4 with the
+    same parameters share one call, one with other steps runs in a call of its own."""
+    blockers = fill_sd15_slots(http)
 
     async def main():
         async with httpx.AsyncClient(base_url=base_url, timeout=120, headers=AUTH) as client:
@@ -78,44 +105,28 @@ def test_compatible_requests_share_one_pipeline_call(base_url):
                 assert r.status_code == 200, r.text
                 return r.json()
 
-            blocker = asyncio.create_task(go(num_inference_steps=50, width=256, height=256))
-            await asyncio.sleep(0.3)
             odd = asyncio.create_task(go(num_inference_steps=3, seed=1))
             await asyncio.sleep(0.05)
             same = [asyncio.create_task(go(num_inference_steps=2, seed=s)) for s in range(4)]
-            return await blocker, await odd, [await t for t in same]
+            return await odd, [await t for t in same]
 
-    blocker, odd, same = asyncio.run(main())
+    odd, same = asyncio.run(main())
+    for b in blockers:
+        http.put(f"/v1/queue/requests/{b}/cancel")
     batch_ids = {r["batch"]["id"] for r in same}
     assert len(batch_ids) == 1, [r["batch"] for r in same]
     assert same[0]["batch"]["images"] == 4 and same[0]["batch"]["requests"] == 4
     assert odd["batch"]["id"] not in batch_ids and odd["batch"]["images"] == 1
-    assert blocker["batch"]["images"] == 1
 
 
 def test_batched_output_equals_unbatched(base_url, http):
     """A request's image depends on its seed, not on the batch it shared."""
     alone = generate(http, "sd15-tiny", seed=77, num_inference_steps=2).json()
 
+    blockers = fill_sd15_slots(http)  # the three requests below then leave the queue together
+
     async def main():
         async with httpx.AsyncClient(base_url=base_url, timeout=120, headers=AUTH) as client:
-            # Two long calls fill the worker's slots (one computing, one staged), so the
-            # three requests below wait in the scheduler's queue and leave it as one batch.
-            blockers = [
-                asyncio.create_task(
-                    client.post(
-                        "/v1/models/sd15-tiny/generate",
-                        json={
-                            "prompt": "b",
-                            "num_inference_steps": 30,
-                            "width": 256,
-                            "height": 256,
-                        },
-                    )
-                )
-                for _ in range(2)
-            ]
-            await asyncio.sleep(0.3)
             reqs = [
                 client.post(
                     "/v1/models/sd15-tiny/generate",
@@ -124,10 +135,11 @@ def test_batched_output_equals_unbatched(base_url, http):
                 for s in (77, 78, 79)
             ]
             out = await asyncio.gather(*reqs)
-            await asyncio.gather(*blockers)
             return [r.json() for r in out]
 
     together = asyncio.run(main())
+    for b in blockers:
+        http.put(f"/v1/queue/requests/{b}/cancel")
     assert together[0]["batch"]["images"] == 3
     assert together[0]["images"][0]["sha256"] == alone["images"][0]["sha256"]
 
