@@ -18,6 +18,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -693,9 +694,9 @@ class Scheduler:
         result = await deliver(rec.webhook_url, event, secret, self.webhook_policy)
         if not result.ok:
             logger.warning(
-                "webhook for %s to %s failed after %d attempt(s): %s",
+                "webhook for %s to host %s failed after %d attempt(s): %s",
                 rec.id,
-                rec.webhook_url,
+                urlsplit(rec.webhook_url).hostname,  # query strings often carry tokens
                 result.attempts,
                 result.error,
             )
