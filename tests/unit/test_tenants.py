@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import typing
 
 import pytest
 import yaml
-from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from genmedia.deployments import tenants as tn
@@ -30,6 +28,7 @@ from genmedia.deployments.tenants import (
     verify_api_key,
 )
 from genmedia.deployments.tenants_cli import tenants_app
+from tests.unit.schema_checks import all_models, undescribed_fields
 
 KEY_RE = re.compile(r"^gm_[0-9a-f]{8}_[A-Za-z0-9_-]{32,}$")
 
@@ -52,25 +51,10 @@ def _found(issues) -> set[tuple[str | None, str]]:
 
 
 # -- schema ------------------------------------------------------------------------------------
-def _all_models(model: type[BaseModel], seen=None):
-    seen = seen or set()
-    if model in seen:
-        return seen
-    seen.add(model)
-    for f in model.model_fields.values():
-        for t in typing.get_args(f.annotation) or (f.annotation,):
-            for inner in typing.get_args(t) or (t,):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    _all_models(inner, seen)
-    return seen
-
-
 def test_every_field_has_a_description():
-    models = _all_models(TenantsFile)
+    models = all_models(TenantsFile)
     assert {m.__name__ for m in models} >= {"TenantsFile", "Tenant", "ApiKeyRecord", "Quotas"}
-    for model in models:
-        for name, f in model.model_fields.items():
-            assert f.description, f"{model.__name__}.{name} has no description"
+    assert undescribed_fields(TenantsFile) == []
 
 
 def test_defaults():
