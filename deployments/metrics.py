@@ -110,6 +110,3 @@ class SchedulerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -121,7 +121,6 @@ class Scheduler:
         self.watchers: dict[str, list[asyncio.Queue]] = defaultdict(list)  # progress streams
         self.done: dict[str, asyncio.Event] = {}  # sync waits: set when the job ends
         self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in self.tenants.values()})
-        self.dispatched = {c: 0 for c in CLASSES}
         self.metrics = SchedulerMetrics()
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -542,7 +541,6 @@ class Scheduler:
         )
         if not started:
             return
-        self.dispatched[cls] += len(started)
         batch_id = uuid.uuid4().hex[:12]
         self.inflight[family][slot] += 1
         if slot == "main" and cls == "batch":

@@ -48,10 +48,6 @@ class SchedulerClient(Protocol):
     async def ready(self) -> dict: ...
 
 
-class SchedulerUnavailable(Exception):
-    """The scheduler could not be reached (restarting, overloaded)."""
-
-
 def _not_found(job_id: str) -> ApiError:
     return ApiError(
         404,
