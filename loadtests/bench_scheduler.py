@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import random
-import socket
 import statistics
 import tempfile
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 from rich.table import Table
+
+from genmedia.loadtests.local import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()
@@ -47,12 +48,6 @@ KEYS = {  # tenant -> (key, weight, class)
     "bulk-c": ("gm_0c000001_" + "c" * 43, 2.0, "batch"),
 }
 FLOOD_TENANTS = ("bulk-a", "bulk-b", "bulk-c")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tenants():
@@ -263,7 +258,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     workdir = tempfile.mkdtemp(prefix="genmedia-bench-sched-")
     tenants = _tenants()
-    port = _free_port()
+    port = free_port()
     os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -29,15 +28,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from genmedia.loadtests.local import free_port
+
 RESULTS = Path(__file__).resolve().parent / "results"
 API_KEY = "gm_0bec0000_" + "b" * 43
 console = Console()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bench_catalog(batch: int, steps: int, size: int, outputs: str):
@@ -208,7 +203,7 @@ def main() -> None:
     torch.set_num_threads(1)  # the worker replica's budget: one Ray CPU -> one torch thread
     model = load_model(catalog.models[0], resolve_source("tiny://sd15"), "cpu")
 
-    port = _free_port()
+    port = free_port()
     os.environ.setdefault("RAY_worker_niceness", "0")  # same priority as the bare side
     ray.init(
         num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False

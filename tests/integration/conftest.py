@@ -7,11 +7,12 @@ models, built into a session temp dir. Everything is shut down at the end of the
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import httpx
 import pytest
+
+from genmedia.loadtests.local import free_port
 
 API_KEY = "gm_0123abcd_" + "k" * 43  # tenant "dev": generous quotas, webhook secret
 OTHER_KEY = "gm_4567abcd_" + "o" * 43  # tenant "other"
@@ -54,12 +55,6 @@ def make_tenants():
         },
         "<test tenants>",
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
