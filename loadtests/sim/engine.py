@@ -1,0 +1,701 @@
+"""Discrete-event engine of the cluster simulator: a heap of events on a virtual clock.
+
+It plays the scheduler deployment's part with the scheduler's own policy code: per family a
+``FairQueue`` per class, ``next_batch`` (which calls ``form_batch``) for every free slot,
+``ShareTracker`` for the batch class's share, ``admit`` with the tenant's ``RateLimiter`` and,
+for a request with a deadline, ``eta_seconds`` / ``slot_free_in`` on the
+``ServiceTimeEstimator``; ``expired`` when a queued job's deadline passes. Slots mirror
+``deployments/scheduler.py`` (two main slots per replica, preempt slots only while main slots
+hold batch-class calls); each replica mirrors ``deployments/worker.py`` and ``gate.py``: one call
+computes at a time, the best waiter (class, then arrival at the gate) goes next, and a running
+batch-class call pauses at its next step boundary when an interactive one waits. Calls of
+replicas packed on one GPU share it (``FamilyCost.device_share``). The cost of each call comes
+from a ``Profile``; a ``Scaler`` may change replica counts every ``scale_interval_s``.
+
+Only the events of a call's life are simulated (start, end, a step boundary when it must pause),
+never every step, so a million requests on a thousand GPUs run in seconds. No Ray imports.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from genmedia.deployments.scheduling import (
+    CLASSES,
+    AdmissionInput,
+    FairQueue,
+    QueuedJob,
+    ServiceTimeEstimator,
+    ShareTracker,
+    admit,
+    eta_seconds,
+    expired,
+    next_batch,
+    slot_free_in,
+)
+from genmedia.deployments.tenants import RateLimiter, TenantsFile
+from genmedia.loadtests.records import RequestRecord
+from genmedia.loadtests.sim.cluster import Cluster, Gpu, Packing, Replica, place, replica_counts
+from genmedia.loadtests.sim.profile import FamilyCost, Profile
+from genmedia.loadtests.sim.requests import SimRequest
+from genmedia.loadtests.sim.scaling import ClusterSnapshot, FamilySnapshot, Scaler
+from genmedia.models.catalog import Catalog
+
+# Mirrors of constants in modules that import Ray (checked against their source by the tests).
+MAIN_SLOTS_PER_REPLICA = 2  # deployments/scheduler.py
+SLOTS_PER_REPLICA = 3  # deployments/worker.py: Serve's max_ongoing_requests of a worker
+GATE_PRIORITY = {"interactive": 0, "batch": 1}  # deployments/worker.py PRIORITY
+
+UNLIMITED = 10**9
+EPS = 1e-9
+
+# Event kinds; at equal times the lower kind goes first (deadlines before dispatches, as the
+# real dispatch loop expires jobs before it forms batches).
+DEADLINE, CALL, READY, DISPATCH, SCALE = range(5)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How one simulation runs."""
+
+    policy: Literal["priority", "fifo"] = "priority"
+    packing: Packing = "fractional"
+    gpus: int | None = None  # None: as many as the catalog's replica counts need
+    replicas: dict[str, int] | None = None  # initial replicas per family (default: see cluster)
+    scaler: Scaler | None = None
+    scale_interval_s: float = 10.0
+    tenants: TenantsFile | None = None  # weights and quotas; None: weight 1, no quotas
+    batch_min_share: float | None = None  # default: the catalog's scheduler setting
+
+
+class Call:
+    """One pipeline call (a formed batch) from dispatch to its result."""
+
+    __slots__ = (
+        "cls",
+        "compute",
+        "cost",
+        "done",
+        "family",
+        "first_step_at",
+        "held_since",
+        "id",
+        "images",
+        "jobs",
+        "model_id",
+        "pre",
+        "preempt",
+        "priority",
+        "rate",
+        "replica",
+        "share",
+        "since",
+        "slot",
+        "started",
+        "step",
+        "steps",
+        "target",
+        "ticket",
+        "total",
+        "version",
+    )
+
+    def __init__(self, call_id: int, family: str, slot: str, cls: str, jobs: list[QueuedJob]):
+        self.id = call_id
+        self.family = family
+        self.slot = slot
+        self.cls = cls
+        self.priority = GATE_PRIORITY[cls]
+        self.jobs = jobs
+        self.model_id = jobs[0].model_id
+        self.images = sum(j.images for j in jobs)
+        self.cost = sum(j.cost for j in jobs)
+        self.replica: Replica | None = None
+        self.pre = self.step = self.total = 0.0
+        self.steps = 0
+        self.share = 1.0
+        self.done = 0.0  # work done, in seconds at full speed
+        self.rate = 1.0
+        self.since = 0.0
+        self.target = 0.0
+        self.version = 0
+        self.ticket = 0
+        self.preempt = False
+        self.compute = 0.0  # wall seconds holding the gate (the worker's compute_s)
+        self.held_since = 0.0
+        self.started = 0.0
+        self.first_step_at: float | None = None
+
+    def next_boundary(self) -> float:
+        """Work position of the next step boundary (a gate checkpoint), or the end."""
+        steps_end = self.pre + self.steps * self.step
+        if self.done >= steps_end - EPS or self.step <= 0:
+            return self.total
+        k = max(1, math.floor((self.done - self.pre) / self.step + EPS) + 1)
+        return self.pre + k * self.step
+
+
+class FamilyState:
+    """The scheduler's state for one family, plus the routing view of its replicas."""
+
+    def __init__(self, name: str, fifo: bool):
+        self.name = name
+        self.queues = {c: FairQueue(fifo=fifo) for c in CLASSES}
+        self.shares = ShareTracker()
+        self.inflight = {"main": 0, "preempt": 0}
+        self.main_batch_calls = 0
+        self.ready = 0  # replicas taking work
+        self.starting = 0
+        self.buckets: list[dict[int, Replica]] = [{} for _ in range(SLOTS_PER_REPLICA)]
+        self.unrouted: deque[Call] = deque()  # calls waiting for a replica (caller's queue)
+        self.retry_at: float | None = None
+        self.running_ends: dict[int, tuple[str, float | None]] = {}
+        self.arrivals = 0
+        self.completed = 0
+
+
+@dataclass
+class SimResult:
+    """Records of every request plus what the run cost."""
+
+    records: list[RequestRecord]
+    wall_s: float
+    events: int
+    calls: int
+    preemptions: int
+    gpus: int
+    replicas: dict[str, int]
+    sim_end_s: float
+    timeline: list[dict] = field(default_factory=list)  # per scale tick, when a scaler runs
+
+
+class Simulation:
+    """One run of a trace through a simulated cluster (see the module docstring)."""
+
+    def __init__(self, catalog: Catalog, profile: Profile, config: SimConfig | None = None):
+        self.catalog = catalog
+        self.profile = profile
+        self.config = config or SimConfig()
+        self.fifo = self.config.policy == "fifo"
+        settings = catalog.server.scheduler
+        self.batch_min_share = (
+            settings.batch_min_share
+            if self.config.batch_min_share is None
+            else self.config.batch_min_share
+        )
+        self.model_queue_limit = settings.model_queue_limit
+        self.entries = {m.id: m for m in catalog.models}
+        self.max_images_of = {m.id: m.max_batch_size for m in catalog.models}
+        self.wait_of = {
+            m.id: 0.0 if self.fifo else max(m.batch_wait_ms / 1000.0, 0.0) for m in catalog.models
+        }
+        self.costs: dict[str, FamilyCost] = {f: profile.cost(f) for f in catalog.families()}
+        self.fams = {f: FamilyState(f, self.fifo) for f in catalog.families()}
+        self.estimator = ServiceTimeEstimator()
+        tenants = self.config.tenants.tenants if self.config.tenants else []
+        self.weights = {t.id: t.weight for t in tenants}
+        self.quotas = {t.id: t.quotas for t in tenants}
+        self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in tenants})
+        self.heap: list = []
+        self.seq = itertools.count()
+        self.call_ids = itertools.count()
+        self.tickets = itertools.count()
+        self.now = 0.0
+        self.events = 0
+        self.calls = 0
+        self.preemptions = 0
+        self.tenant_queued: dict[str, int] = {}
+        self.tenant_running: dict[str, int] = {}
+        self.model_queued: dict[str, int] = {}
+        self.records: list[RequestRecord] = []
+        self.reqs: list[SimRequest] = []
+        self.timeline: list[dict] = []
+        self.cluster: Cluster | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def offered_work(self, requests: list[SimRequest]) -> dict[str, float]:
+        """Device-seconds each family's requests need (batch class at full batches)."""
+        work = dict.fromkeys(self.fams, 0.0)
+        for r in requests:
+            cost = self.costs[r.family]
+            batch = 1 if r.priority == "interactive" else self.max_images_of[r.model_id]
+            per_image = cost.call_s(batch, r.megapixels, r.steps, r.cfg) / batch
+            work[r.family] += per_image * r.images
+        return work
+
+    def _build_cluster(self, requests: list[SimRequest]) -> Cluster:
+        cfg = self.config
+        counts = cfg.replicas or replica_counts(
+            self.catalog, cfg.packing, cfg.gpus, self.offered_work(requests)
+        )
+        unknown = set(counts) - set(self.fams)
+        if unknown:
+            raise ValueError(f"replicas for unknown families {sorted(unknown)}")
+        cluster = place(self.catalog, cfg.packing, cfg.gpus, counts)
+        for fam, reps in cluster.replicas.items():
+            for rep in reps:
+                for m in self.catalog.families()[fam][: rep.max_loaded]:
+                    rep.touch(m.id)
+                self._set_ready(rep)
+        return cluster
+
+    # -- events ------------------------------------------------------------------------------
+    def _push(self, t: float, kind: int, a=None, b=None) -> None:
+        heapq.heappush(self.heap, (t, kind, next(self.seq), a, b))
+
+    def run(self, requests: list[SimRequest]) -> SimResult:
+        wall = time.perf_counter()
+        self.reqs = requests
+        self.cluster = self._build_cluster(requests)
+        if self.config.scaler is not None:
+            self._push(self.config.scale_interval_s, SCALE)
+        submit_s = self.profile.submit_s
+        heap = self.heap
+        arrivals = iter(requests)
+        nxt = next(arrivals, None)
+        pop = heapq.heappop
+        while nxt is not None or heap:
+            if nxt is not None and (not heap or heap[0][0] > nxt.t + submit_s):
+                self.now = nxt.t + submit_s
+                self.events += 1
+                self._arrive(nxt)
+                nxt = next(arrivals, None)
+                continue
+            t, kind, _, a, b = pop(heap)
+            self.now = t
+            self.events += 1
+            if kind == CALL:
+                if b == a.version:
+                    self._call_event(a)
+            elif kind == DEADLINE:
+                self._deadline(a, b)
+            elif kind == DISPATCH:
+                if a.retry_at == t:
+                    a.retry_at = None
+                    self._dispatch(a)
+            elif kind == READY:
+                self._set_ready(a)
+                self._route_waiting(self.fams[a.family])
+                self._dispatch(self.fams[a.family])
+            elif kind == SCALE:
+                self._scale_tick(more=nxt is not None)
+        replicas = {f: len(r) for f, r in self.cluster.replicas.items()}
+        return SimResult(
+            records=self.records,
+            wall_s=time.perf_counter() - wall,
+            events=self.events,
+            calls=self.calls,
+            preemptions=self.preemptions,
+            gpus=len(self.cluster.gpus),
+            replicas=replicas,
+            sim_end_s=self.now,
+            timeline=self.timeline,
+        )
+
+    # -- submit ------------------------------------------------------------------------------
+    def _arrive(self, r: SimRequest) -> None:
+        now = self.now
+        rec = RequestRecord(
+            index=r.index,
+            tenant=r.tenant,
+            priority=r.priority,
+            model=r.model_id,
+            images=r.images,
+            steps=r.steps,
+            t_scheduled=r.t,
+            t_submit=r.t,
+        )
+        self.records.append(rec)
+        if r.error is not None:
+            rec.status, rec.http_status, rec.error = "ERROR", r.error_status, r.error
+            rec.t_done = now + self.profile.respond_s
+            return
+        fs = self.fams[r.family]
+        cls = "batch" if self.fifo else r.priority
+        quotas = self.quotas.get(r.tenant)
+        queued = self.tenant_queued.get(r.tenant, 0)
+        predicted = None
+        if r.deadline_s is not None:  # admit reads the ETA only against a deadline
+            predicted = eta_seconds(
+                self._ahead_of(fs, cls),
+                self.estimator,
+                max(1, fs.ready),
+                self._slot_free_in(fs, r.priority, now),
+            )
+        rejection = admit(
+            AdmissionInput(
+                tenant=r.tenant,
+                tenant_queued=queued,
+                tenant_active=queued + self.tenant_running.get(r.tenant, 0),
+                max_queued_jobs=quotas.max_queued_jobs if quotas else UNLIMITED,
+                max_concurrent_jobs=quotas.max_concurrent_jobs if quotas else UNLIMITED,
+                model_queued=self.model_queued.get(r.model_id, 0),
+                model_queue_limit=self.model_queue_limit,
+                rate_wait_s=self.rate.try_acquire(r.tenant, now) if quotas else 0.0,
+                predicted_start_s=predicted,
+                deadline_in_s=r.deadline_s,
+            )
+        )
+        if rejection is not None:
+            rec.status, rec.http_status = "REJECTED", rejection.status
+            rec.error = f"{rejection.type}: {rejection.message}"
+            rec.t_done = now + self.profile.respond_s
+            return
+        rec.t_admitted = now
+        job = QueuedJob(
+            id=str(r.index),
+            tenant=r.tenant,
+            model_id=r.model_id,
+            family=r.family,
+            priority=cls,
+            key=r.key,
+            images=r.images,
+            cost=r.cost,
+            arrived=now,
+            weight=self.weights.get(r.tenant, 1.0),
+            deadline=None if r.deadline_s is None else now + r.deadline_s,
+        )
+        fs.queues[cls].push(job)
+        fs.arrivals += 1
+        self.tenant_queued[r.tenant] = queued + 1
+        self.model_queued[r.model_id] = self.model_queued.get(r.model_id, 0) + 1
+        if job.deadline is not None:
+            self._push(job.deadline, DEADLINE, fs, job)
+        self._dispatch(fs)
+
+    def _ahead_of(self, fs: FamilyState, cls: str) -> list[QueuedJob]:
+        if cls == "interactive":
+            return list(fs.queues["interactive"].jobs)
+        return list(fs.queues["interactive"].jobs) + list(fs.queues["batch"].jobs)
+
+    def _slot_free_in(self, fs: FamilyState, priority: str, now: float) -> float | None:
+        slots = ("main", "preempt") if priority == "interactive" else ("main",)
+        cap = max(1, fs.ready)
+        best = None
+        for slot in slots:
+            ends = [end for (sl, end) in fs.running_ends.values() if sl == slot]
+            free = slot_free_in(ends, self._slots(fs, slot, cap), now)
+            if free is not None and (best is None or free < best):
+                best = free
+        return best
+
+    def _deadline(self, fs: FamilyState, job: QueuedJob) -> None:
+        if self.records[int(job.id)].t_started is not None:
+            return  # started in time
+        for gone in expired(fs.queues.values(), self.now):
+            rec = self.records[int(gone.id)]
+            rec.status, rec.error = "EXPIRED", "deadline_expired"
+            rec.t_done = self.now + self.profile.respond_s
+            self._dequeued(gone)
+        self._dispatch(fs)
+
+    def _dequeued(self, job: QueuedJob) -> None:
+        self.tenant_queued[job.tenant] -= 1
+        self.model_queued[job.model_id] -= 1
+
+    # -- dispatch (deployments/scheduler.py: _dispatch_once) ---------------------------------
+    def _slots(self, fs: FamilyState, slot: str, cap: int) -> int:
+        if slot == "main":
+            return MAIN_SLOTS_PER_REPLICA * cap
+        return min(cap, fs.main_batch_calls)
+
+    def _max_images(self, model_id: str) -> int:
+        return self.max_images_of[model_id]
+
+    def _batch_wait(self, model_id: str) -> float:
+        return self.wait_of[model_id]
+
+    def _dispatch(self, fs: FamilyState) -> None:
+        qs = fs.queues
+        if not qs["interactive"].jobs and not qs["batch"].jobs:
+            return  # next_batch would find nothing
+        now = self.now
+        cap = max(1, fs.ready)
+        for slot in ("main", "preempt"):
+            while fs.inflight[slot] < self._slots(fs, slot, cap):
+                d = next_batch(
+                    qs,
+                    slot,
+                    max_images=self._max_images,
+                    batch_wait_s=self._batch_wait,
+                    shares=fs.shares,
+                    batch_min_share=self.batch_min_share,
+                    now=now,
+                )
+                if d.retry_at is not None and (fs.retry_at is None or d.retry_at < fs.retry_at):
+                    fs.retry_at = d.retry_at
+                    self._push(d.retry_at, DISPATCH, fs)
+                if not d.batch:
+                    break
+                self._launch(fs, slot, d.cls, d.batch)
+
+    def _launch(self, fs: FamilyState, slot: str, cls: str, batch: list[QueuedJob]) -> None:
+        now = self.now
+        fs.queues[cls].take(batch)
+        call = Call(next(self.call_ids), fs.name, slot, cls, batch)
+        self.calls += 1
+        if slot == "main":
+            fs.shares.record(cls, call.cost, now)
+        fs.inflight[slot] += 1
+        if slot == "main" and cls == "batch":
+            fs.main_batch_calls += 1
+        expected = self.estimator.seconds(call.model_id, call.cost)
+        fs.running_ends[call.id] = (slot, None if expected is None else now + expected)
+        for j in batch:
+            self.records[int(j.id)].t_started = now
+            self._dequeued(j)
+            self.tenant_running[j.tenant] = self.tenant_running.get(j.tenant, 0) + 1
+        r = self.reqs[int(batch[0].id)]
+        cost = self.costs[fs.name]
+        call.step = cost.step_s(call.images, r.megapixels, r.cfg)
+        call.steps = r.steps
+        call.pre = cost.call_overhead_s
+        call.share = cost.share(call.images, r.megapixels, r.cfg)
+        call.total = call.pre + call.steps * call.step + cost.post_s(call.images, r.megapixels)
+        call.started = now
+        if not self._route(fs, call):
+            fs.unrouted.append(call)
+
+    # -- routing (Serve: multiplexed model first, then least loaded) -------------------------
+    def _route(self, fs: FamilyState, call: Call) -> bool:
+        rep = None
+        for bucket in fs.buckets:
+            if not bucket:
+                continue
+            tried = []
+            while bucket and len(tried) < 8:
+                cand = bucket.popitem()[1]
+                tried.append(cand)
+                if call.model_id in cand.loaded:
+                    rep = cand
+                    break
+            if rep is None:
+                rep = tried[0]
+            for other in tried:
+                if other is not rep:
+                    bucket[other.id] = other
+            break
+        if rep is None:
+            return False
+        rep.ongoing += 1
+        if rep.ongoing < SLOTS_PER_REPLICA:
+            fs.buckets[rep.ongoing][rep.id] = rep
+        call.replica = rep
+        if rep.touch(call.model_id):
+            call.pre += self.costs[fs.name].load_s
+            call.total += self.costs[fs.name].load_s
+        self._gate_enter(rep, call)
+        return True
+
+    def _route_waiting(self, fs: FamilyState) -> None:
+        while fs.unrouted and self._route(fs, fs.unrouted[0]):
+            fs.unrouted.popleft()
+
+    # -- the step gate of a replica (deployments/gate.py) ------------------------------------
+    def _gate_enter(self, rep: Replica, call: Call) -> None:
+        call.ticket = next(self.tickets)
+        if rep.holder is None and not rep.waiting:
+            self._hold(rep, call)
+            return
+        rep.waiting.append(call)
+        holder = rep.holder
+        if holder is not None and call.priority < holder.priority and not holder.preempt:
+            holder.preempt = True
+            self._advance(holder)
+            self._schedule(holder)
+
+    def _hold(self, rep: Replica, call: Call) -> None:
+        now = self.now
+        rep.holder = call
+        call.held_since = now
+        call.since = now
+        gpu = rep.gpu
+        self._advance_gpu(gpu)
+        gpu.active.append(call)
+        gpu.load += call.share
+        self._rerate(gpu, call)
+        if call.first_step_at is None:
+            call.first_step_at = now + max(0.0, call.pre + call.step - call.done) / call.rate
+
+    def _release(self, rep: Replica, call: Call) -> None:
+        gpu = rep.gpu
+        self._advance_gpu(gpu)
+        gpu.active.remove(call)
+        gpu.load -= call.share
+        call.compute += self.now - call.held_since
+        rep.holder = None
+        self._rerate(gpu, None)
+
+    def _grant(self, rep: Replica) -> None:
+        if rep.holder is not None or not rep.waiting:
+            return
+        best = min(rep.waiting, key=lambda c: (c.priority, c.ticket))
+        rep.waiting.remove(best)
+        self._hold(rep, best)
+
+    # -- device sharing ----------------------------------------------------------------------
+    def _advance(self, call: Call) -> None:
+        call.done += (self.now - call.since) * call.rate
+        call.since = self.now
+
+    def _advance_gpu(self, gpu: Gpu) -> None:
+        for c in gpu.active:
+            self._advance(c)
+
+    def _rerate(self, gpu: Gpu, new: Call | None) -> None:
+        """Rates after the set of computing calls changed; reschedules whose rate moved."""
+        rate = 1.0 / max(1.0, gpu.load)
+        for c in gpu.active:
+            if c is new or abs(c.rate - rate) > EPS:
+                c.rate = rate
+                self._schedule(c)
+
+    def _schedule(self, call: Call) -> None:
+        call.version += 1
+        call.target = call.next_boundary() if call.preempt else call.total
+        t = self.now + max(0.0, call.target - call.done) / call.rate
+        heapq.heappush(self.heap, (t, CALL, next(self.seq), call, call.version))
+
+    def _call_event(self, call: Call) -> None:
+        self._advance(call)
+        call.done = call.target
+        rep = call.replica
+        if call.done >= call.total - EPS:
+            self._finish(call)
+            return
+        # A step boundary with an interactive call waiting: pause (gate.checkpoint).
+        call.preempt = False
+        self.preemptions += 1
+        self._release(rep, call)
+        call.ticket = next(self.tickets)
+        rep.waiting.append(call)
+        self._grant(rep)
+
+    def _finish(self, call: Call) -> None:
+        now = self.now
+        rep = call.replica
+        fs = self.fams[call.family]
+        self._release(rep, call)
+        call.preempt = False
+        rep.ongoing -= 1
+        if rep.ready and not rep.draining:
+            if rep.ongoing + 1 < SLOTS_PER_REPLICA:
+                fs.buckets[rep.ongoing + 1].pop(rep.id, None)
+            fs.buckets[rep.ongoing][rep.id] = rep
+        self._grant(rep)
+        if rep.draining and rep.ongoing == 0:
+            self.cluster.remove(rep)
+        fs.inflight[call.slot] -= 1
+        if call.slot == "main" and call.cls == "batch":
+            fs.main_batch_calls -= 1
+        fs.running_ends.pop(call.id, None)
+        self.estimator.observe(call.model_id, call.cost, call.compute)
+        done_at = now + self.profile.respond_s
+        for j in call.jobs:
+            rec = self.records[int(j.id)]
+            rec.status = "COMPLETED"
+            rec.t_first_progress = call.first_step_at
+            rec.t_done = done_at
+            rec.compute_s = call.compute * j.images / call.images
+            rec.queue_s = rec.t_started - rec.t_admitted
+            self.tenant_running[j.tenant] -= 1
+        fs.completed += len(call.jobs)
+        self._route_waiting(fs)
+        self._dispatch(fs)
+
+    # -- replicas and scaling ----------------------------------------------------------------
+    def _set_ready(self, rep: Replica) -> None:
+        fs = self.fams[rep.family]
+        if not rep.ready:
+            if self.cluster is not None:  # added by the scaler (not the initial placement)
+                fs.starting -= 1
+            rep.ready = True
+            fs.ready += 1
+            fs.buckets[0][rep.id] = rep
+
+    def _scale_tick(self, more: bool) -> None:
+        snap = self.snapshot()
+        desired = self.config.scaler(snap)
+        for fam, want in desired.items():
+            if fam in self.fams:
+                self._resize(self.fams[fam], max(0, int(want)))
+        self.timeline.append(
+            {
+                "t": self.now,
+                **{f"replicas.{f}": s.replicas for f, s in snap.families.items()},
+                **{f"queued.{f}": sum(s.queued.values()) for f, s in snap.families.items()},
+            }
+        )
+        busy = any(
+            s.running_calls or sum(s.queued.values()) or s.starting for s in snap.families.values()
+        )
+        if more or busy:
+            self._push(self.now + self.config.scale_interval_s, SCALE)
+
+    def _resize(self, fs: FamilyState, want: int) -> None:
+        have = fs.ready + fs.starting
+        cost = self.costs[fs.name]
+        while have < want:
+            rep = self.cluster.add(fs.name)
+            if rep is None:
+                break  # no room on any GPU
+            fs.starting += 1
+            have += 1
+            loads = min(rep.max_loaded, len(self.catalog.families()[fs.name]))
+            for m in self.catalog.families()[fs.name][: rep.max_loaded]:
+                rep.touch(m.id)
+            self._push(self.now + self.profile.replica_start_s + loads * cost.load_s, READY, rep)
+        if have <= want:
+            return
+        live = [r for r in self.cluster.replicas[fs.name] if r.ready and not r.draining]
+        for rep in sorted(live, key=lambda r: (r.ongoing, -r.id))[: have - want]:
+            if fs.ready <= 1 and want > 0:
+                break
+            rep.draining = True
+            fs.ready -= 1
+            for bucket in fs.buckets:
+                bucket.pop(rep.id, None)
+            if rep.ongoing == 0:
+                self.cluster.remove(rep)
+
+    def snapshot(self) -> ClusterSnapshot:
+        now = self.now
+        fams = {}
+        for name, fs in self.fams.items():
+            reps = self.cluster.replicas[name]
+            fams[name] = FamilySnapshot(
+                family=name,
+                replicas=fs.ready,
+                starting=fs.starting,
+                queued={c: len(q) for c, q in fs.queues.items()},
+                queued_cost={c: sum(j.cost for j in q.jobs) for c, q in fs.queues.items()},
+                running_calls=fs.inflight["main"] + fs.inflight["preempt"],
+                busy_replicas=sum(1 for r in reps if r.holder is not None),
+                arrivals=fs.arrivals,
+                completed=fs.completed,
+                oldest_wait_s={
+                    c: (now - min(j.arrived for j in q.jobs)) if q.jobs else 0.0
+                    for c, q in fs.queues.items()
+                },
+            )
+            fs.arrivals = fs.completed = 0
+        return ClusterSnapshot(
+            now=now,
+            interval_s=self.config.scale_interval_s,
+            gpus=len(self.cluster.gpus),
+            free_gpu=sum(g.free for g in self.cluster.gpus),
+            families=fams,
+        )
+
+
+def simulate(
+    catalog: Catalog, profile: Profile, requests: list[SimRequest], config: SimConfig | None = None
+) -> SimResult:
+    """Run ``requests`` (in arrival order) through a simulated cluster."""
+    return Simulation(catalog, profile, config).run(requests)

@@ -1,0 +1,186 @@
+"""Cost profiles of the simulator: how long a pipeline call takes on one device, per family.
+
+A profile is a YAML file (``loadtests/sim/profiles/*.yaml``) read by ``load_profile``; the
+simulator's engine asks ``FamilyCost`` for the length of each call it runs. Errors name the file
+and the field. No Ray, no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genmedia.models.config_issues import field_errors
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FamilyCost(_Strict):
+    """Cost model of one family's pipeline call on one device of the profile.
+
+    A call runs ``[load?][call overhead][steps x step time][VAE + per-image overhead]``; one step
+    of ``b`` images of ``mp`` megapixels takes
+    ``step_fixed_s + step_per_image_s * b * cfg * (mp / ref_megapixels) ** pixel_exponent``.
+    """
+
+    step_fixed_s: float = Field(
+        ge=0.0,
+        description="Seconds per denoising step that do not grow with the batch (kernel "
+        "launches, weight reads): why batching pays for small models.",
+    )
+    step_per_image_s: float = Field(
+        gt=0.0, description="Seconds per denoising step per image at ref_megapixels."
+    )
+    ref_megapixels: float = Field(
+        gt=0.0, description="Resolution (width x height / 1e6) the per-image numbers are for."
+    )
+    pixel_exponent: float = Field(
+        default=1.0,
+        ge=0.5,
+        le=2.5,
+        description="How per-image step time grows with resolution: (mp / ref) ** exponent.",
+    )
+    cfg_multiplier: float = Field(
+        default=1.0,
+        ge=1.0,
+        le=4.0,
+        description="Factor on per-image step time when guidance_scale > 1 (classifier-free "
+        "guidance runs the denoiser on a doubled batch); 1 for distilled-guidance families.",
+    )
+    vae_per_image_s: float = Field(
+        ge=0.0, description="VAE decode seconds per image at ref_megapixels (linear in pixels)."
+    )
+    call_overhead_s: float = Field(
+        ge=0.0,
+        description="Seconds per pipeline call outside the steps: text encoders, scheduler "
+        "set-up, the scheduler-to-worker round trip.",
+    )
+    per_image_overhead_s: float = Field(
+        default=0.0, ge=0.0, description="Seconds per image after decoding (encode, store)."
+    )
+    load_s: float = Field(
+        ge=0.0, description="Seconds to load one model of the family into a replica."
+    )
+    device_share: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Share of the device one computing call keeps busy; calls of replicas packed "
+        "on one device run at full speed while their shares sum to at most 1, else all slow "
+        "down in proportion. Unset: the per-image part of the step time over the whole step.",
+    )
+
+    def step_s(self, images: int, megapixels: float, cfg: bool) -> float:
+        scale = (megapixels / self.ref_megapixels) ** self.pixel_exponent
+        mult = self.cfg_multiplier if cfg else 1.0
+        return self.step_fixed_s + self.step_per_image_s * images * mult * scale
+
+    def share(self, images: int, megapixels: float, cfg: bool) -> float:
+        if self.device_share is not None:
+            return self.device_share
+        total = self.step_s(images, megapixels, cfg)
+        return (total - self.step_fixed_s) / total if total > 0 else 1.0
+
+    def post_s(self, images: int, megapixels: float) -> float:
+        vae = self.vae_per_image_s * images * megapixels / self.ref_megapixels
+        return vae + self.per_image_overhead_s * images
+
+    def call_s(self, images: int, megapixels: float, steps: int, cfg: bool) -> float:
+        """Seconds of one call at full speed, the model already loaded."""
+        return (
+            self.call_overhead_s
+            + steps * self.step_s(images, megapixels, cfg)
+            + self.post_s(images, megapixels)
+        )
+
+
+class Profile(_Strict):
+    """A device and the cost of each family's calls on it."""
+
+    name: str = Field(min_length=1, description="Short name (used in reports).")
+    device: str = Field(min_length=1, description="What one simulated GPU stands for.")
+    description: str = Field(default="", description="Where the numbers come from.")
+    replica_start_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Seconds from placing a new replica to its first model load (process "
+        "start, imports); the scaler's added replicas are ready after it plus their loads.",
+    )
+    submit_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Seconds from a client's send to the scheduler queueing the job (HTTP, "
+        "gateway, job store write).",
+    )
+    respond_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Seconds from a call's end to the client seeing the result.",
+    )
+    families: dict[str, FamilyCost] = Field(
+        min_length=1, description="Cost model per model family (sd15, sdxl, flux)."
+    )
+
+    def cost(self, family: str) -> FamilyCost:
+        try:
+            return self.families[family]
+        except KeyError:
+            raise ProfileError(
+                self.name, f"families.{family}", "no cost model for this family"
+            ) from None
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used, located by file and field."""
+
+    def __init__(self, file: str, field: str, message: str):
+        self.file, self.field = file, field
+        super().__init__(f"{file}: {field}: {message}")
+
+
+def resolve_profile_path(name_or_path: str | Path) -> Path:
+    """A profile name (``gpu``, ``tiny-cpu``) from ``profiles/``, or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return PROFILES_DIR / f"{name_or_path}.yaml"
+
+
+def parse_profile(data: object, file: str) -> Profile:
+    if not isinstance(data, dict):
+        raise ProfileError(file, "(root)", "must be a mapping")
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as e:
+        field, message = field_errors(e)[0]
+        raise ProfileError(file, field, message) from None
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    path = resolve_profile_path(name_or_path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise ProfileError(
+            str(path), "(file)", f"{e.strerror or e}; built-in profiles: {known}"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(yaml)"
+        raise ProfileError(str(path), where, f"invalid YAML: {e}") from None
+    return parse_profile(data, str(path))
+
+
+def dump_profile(profile: Profile, path: Path, header: str = "") -> Path:
+    body = yaml.safe_dump(profile.model_dump(exclude_none=True), sort_keys=False)
+    path.write_text(header + body)
+    return path
