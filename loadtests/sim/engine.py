@@ -42,9 +42,9 @@ from genmedia.deployments.scheduling import (
 from genmedia.deployments.tenants import RateLimiter, TenantsFile
 from genmedia.loadtests.records import RequestRecord
 from genmedia.loadtests.sim.cluster import Cluster, Gpu, Packing, Replica, place, replica_counts
-from genmedia.loadtests.sim.profile import FamilyCost, Profile
-from genmedia.loadtests.sim.requests import SimRequest
+from genmedia.loadtests.sim.costs import FamilyCost, Profile
 from genmedia.loadtests.sim.scaling import ClusterSnapshot, FamilySnapshot, Scaler
+from genmedia.loadtests.sim.workload import SimRequest
 from genmedia.models.catalog import Catalog
 
 # Mirrors of constants in modules that import Ray (checked against their source by the tests).
@@ -223,6 +223,8 @@ class Simulation:
         """Device-seconds each family's requests need (batch class at full batches)."""
         work = dict.fromkeys(self.fams, 0.0)
         for r in requests:
+            if r.error is not None:
+                continue
             cost = self.costs[r.family]
             batch = 1 if r.priority == "interactive" else self.max_images_of[r.model_id]
             per_image = cost.call_s(batch, r.megapixels, r.steps, r.cfg) / batch

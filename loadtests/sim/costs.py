@@ -127,12 +127,18 @@ class Profile(_Strict):
         min_length=1, description="Cost model per model family (sd15, sdxl, flux)."
     )
 
+    source: str | None = Field(
+        default=None, exclude=True, description="File the profile was read from (set on load)."
+    )
+
     def cost(self, family: str) -> FamilyCost:
         try:
             return self.families[family]
         except KeyError:
             raise ProfileError(
-                self.name, f"families.{family}", "no cost model for this family"
+                self.source or self.name,
+                f"families.{family}",
+                f"no cost model for this family (the profile has {', '.join(self.families)})",
             ) from None
 
 
@@ -156,7 +162,7 @@ def parse_profile(data: object, file: str) -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(file, "(root)", "must be a mapping")
     try:
-        return Profile.model_validate(data)
+        return Profile.model_validate({**data, "source": file})
     except ValidationError as e:
         field, message = field_errors(e)[0]
         raise ProfileError(file, field, message) from None

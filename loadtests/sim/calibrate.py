@@ -1,0 +1,294 @@
+"""Calibrate the simulator's ``tiny-cpu`` profile on this machine.
+
+1. Bare pipelines: the real tiny pipelines of ``genmedia.models`` (default catalog), one torch
+   thread as a worker replica gets, timed per phase through the step callback at a few batch
+   sizes, resolutions and guidance settings; least squares fit ``step = f + q * b * (mp/ref)``
+   (with and without classifier-free guidance), the VAE/output phase per image, the call overhead
+   and the load time; PNG encoding + storage per image.
+2. Serving path (``--serving``, needs Ray: run under ``flock /tmp/genmedia-ray.lock``): the real
+   stack (``genmedia serve``) at idle, one sync request at a time per model: what the client
+   waits beyond the server's own timings (HTTP, proxy, gateway: ``submit_s`` / ``respond_s``),
+   the scheduler-to-worker hand-off, and how much slower a pipeline computes inside the stack
+   than bare (other processes share the two cores).
+
+Writes ``loadtests/sim/profiles/tiny-cpu.yaml`` and the raw samples under
+``loadtests/results/sim-calibration-<stamp>.jsonl``.
+
+    flock /tmp/genmedia-ray.lock python loadtests/sim/calibrate.py [--serving] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+
+from genmedia.loadtests.sim.costs import PROFILES_DIR, FamilyCost, Profile, dump_profile
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+console = Console()
+SIZES = (64, 128)
+BATCHES = (1, 2, 4, 8)
+STEPS = 4
+UNET_FAMILIES = ("sd15", "sdxl")  # classifier-free guidance when guidance_scale > 1
+
+
+def _jobs(entry, batch: int, size: int, steps: int, guidance: float | None, seed: int):
+    from genmedia.models.params import GenerateRequest, resolve_request
+
+    out = []
+    for i in range(batch):
+        job, errors = resolve_request(
+            entry,
+            GenerateRequest(
+                prompt="a red fox in the snow",
+                width=size,
+                height=size,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                seed=seed + i,
+            ),
+            request_id=f"cal-{seed}-{i}",
+        )
+        assert not errors, errors
+        out.append(job)
+    return out
+
+
+def time_call(model, jobs) -> dict:
+    """One pipeline call split into phases by the step callback."""
+    from genmedia.models.runner import run_text_to_image
+
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    run_text_to_image(model, jobs, on_step=lambda s, n: marks.append(time.perf_counter()))
+    t1 = time.perf_counter()
+    steps = [b - a for a, b in itertools.pairwise(marks)]
+    step = statistics.median(steps) if steps else (marks[0] - t0)
+    return {
+        "pre_s": marks[0] - t0 - step,  # before the first step: text encoders, set-up
+        "step_s": step,
+        "post_s": t1 - marks[-1],  # VAE decode, conversion
+        "total_s": t1 - t0,
+    }
+
+
+def time_store(model, jobs, images_per_call: int) -> float:
+    """Seconds per image to PNG-encode and store (the worker's storage step)."""
+    from genmedia.deployments.outputs import store_images
+    from genmedia.deployments.storage import LocalDirStorage
+    from genmedia.models.runner import run_text_to_image
+
+    images = run_text_to_image(model, jobs)
+    with tempfile.TemporaryDirectory() as d:
+        storage = LocalDirStorage(Path(d))
+        t0 = time.perf_counter()
+        for job, imgs in zip(jobs, images, strict=True):
+            store_images(storage, job, imgs, prefix="cal/", extra={}, now=time.time())
+        return (time.perf_counter() - t0) / images_per_call
+
+
+def fit_family(samples: list[dict], family: str, ref_mp: float) -> dict:
+    """Least squares: step = f + q_cfg * x (guided) or f + q * x (unguided), x = b * mp / ref."""
+    rows, ys = [], []
+    for s in samples:
+        x = s["batch"] * (s["size"] ** 2 / 1e6) / ref_mp
+        cfg = s["cfg"] and family in UNET_FAMILIES
+        rows.append([1.0, x if cfg else 0.0, 0.0 if cfg else x])
+        ys.append(s["step_s"])
+    a = np.array(rows)
+    has_plain = a[:, 2].any()
+    if not has_plain:
+        a = a[:, :2]
+    coef, *_ = np.linalg.lstsq(a, np.array(ys), rcond=None)
+    f = max(0.0, float(coef[0]))
+    q_cfg = max(1e-6, float(coef[1]))
+    q = max(1e-6, float(coef[2])) if has_plain else q_cfg
+    post_rows = [[1.0, s["batch"] * (s["size"] ** 2 / 1e6) / ref_mp] for s in samples]
+    pcoef, *_ = np.linalg.lstsq(
+        np.array(post_rows), np.array([s["post_s"] for s in samples]), rcond=None
+    )
+    return {
+        "step_fixed_s": f,
+        "step_per_image_s": q,
+        "cfg_multiplier": min(4.0, max(1.0, q_cfg / q)) if has_plain else 1.0,
+        "post_fixed_s": max(0.0, float(pcoef[0])),
+        "vae_per_image_s": max(0.0, float(pcoef[1])),
+        "pre_s": statistics.median(s["pre_s"] for s in samples),
+    }
+
+
+def calibrate_bare(reps: int, raw: list[dict]) -> dict[str, dict]:
+    import torch
+
+    from genmedia.models.catalog import load_catalog
+    from genmedia.models.runner import load_model
+    from genmedia.models.weights import resolve_source
+
+    torch.set_num_threads(1)  # a worker replica's budget (num_cpus 0.5 -> one torch thread)
+    catalog = load_catalog()
+    by_family = {}
+    for m in catalog.models:
+        by_family.setdefault(m.family, m)  # the first model of each family
+    fits = {}
+    grid = [(b, s, True) for s in SIZES for b in BATCHES] + [(b, 64, False) for b in (1, 4, 8)]
+    with Progress(console=console) as progress:
+        task = progress.add_task("bare pipelines", total=len(by_family) * len(grid) * reps)
+        for family, entry in by_family.items():
+            path = resolve_source(entry.weights)
+            loads = []
+            for _ in range(2):
+                loads.append(load_model(entry, path, "cpu").load_s)
+            model = load_model(entry, path, "cpu")
+            time_call(model, _jobs(entry, 1, 64, STEPS, None, 0))  # warm-up
+            samples = []
+            for batch, size, cfg in grid:
+                guidance = None if cfg else 0.0
+                if not cfg and family not in UNET_FAMILIES:
+                    progress.advance(task, reps)
+                    continue
+                runs = []
+                for r in range(reps):
+                    runs.append(time_call(model, _jobs(entry, batch, size, STEPS, guidance, r)))
+                    progress.advance(task)
+                med = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+                sample = {"family": family, "batch": batch, "size": size, "cfg": cfg, **med}
+                samples.append(sample)
+                raw.append({"kind": "bare", **sample, "runs": runs})
+            ref_mp = 64 * 64 / 1e6
+            fit = fit_family(samples, family, ref_mp)
+            fit["ref_megapixels"] = ref_mp
+            fit["load_s"] = statistics.median(loads)
+            fit["store_per_image_s"] = time_store(model, _jobs(entry, 4, 64, 1, None, 0), 4)
+            raw.append({"kind": "fit", "family": family, **fit, "loads": loads})
+            fits[family] = fit
+    return fits
+
+
+def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict:
+    """Idle sync requests through the real stack; returns overheads and per-family factors."""
+    import httpx
+
+    from genmedia.loadtests.sim.localstack import default_catalog_data, local_stack
+    from genmedia.models.catalog import parse_catalog
+
+    catalog = parse_catalog(default_catalog_data(), "<default>")
+    outside, handoff, factor = [], [], {f: [] for f in fits}
+    with (
+        local_stack() as stack,
+        httpx.Client(
+            base_url=stack.url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=120
+        ) as client,
+        Progress(console=console) as progress,
+    ):
+        task = progress.add_task("serving path (idle)", total=len(catalog.models) * (reps + 2))
+        for m in catalog.models:
+            for i in range(reps + 2):
+                t0 = time.perf_counter()
+                r = client.post(f"/v1/models/{m.id}/generate", json={"prompt": "a red fox"})
+                latency = time.perf_counter() - t0
+                progress.advance(task)
+                r.raise_for_status()
+                body = r.json()
+                t = body["timings"]
+                raw.append({"kind": "serving", "model": m.id, "latency_s": latency, **t})
+                if i < 2:
+                    continue  # warm-up
+                outside.append(latency - t["total_s"])
+                handoff.append(t["total_s"] - t["compute_s"] - t["store_s"] - t["queue_s"])
+                fit = fits[m.family]
+                p = m.parameters
+                cfg = p.guidance.default > 1.0 and m.family in UNET_FAMILIES
+                bare = (
+                    fit["pre_s"]
+                    + p.steps.default
+                    * (
+                        fit["step_fixed_s"]
+                        + fit["step_per_image_s"] * (fit["cfg_multiplier"] if cfg else 1.0)
+                    )
+                    + fit["post_fixed_s"]
+                    + fit["vae_per_image_s"]
+                )
+                factor[m.family].append(t["compute_s"] / bare)
+    return {
+        "outside_s": statistics.median(outside),
+        "handoff_s": max(0.0, statistics.median(handoff)),
+        "factor": {f: statistics.median(v) for f, v in factor.items() if v},
+    }
+
+
+def build_profile(fits: dict[str, dict], serving: dict | None) -> Profile:
+    cpus = os.cpu_count() or 1
+    families = {}
+    for family, fit in fits.items():
+        k = (serving or {}).get("factor", {}).get(family, 1.0)
+        families[family] = FamilyCost(
+            step_fixed_s=round(fit["step_fixed_s"] * k, 6),
+            step_per_image_s=round(fit["step_per_image_s"] * k, 6),
+            ref_megapixels=fit["ref_megapixels"],
+            cfg_multiplier=round(fit["cfg_multiplier"], 3),
+            vae_per_image_s=round(fit["vae_per_image_s"] * k, 6),
+            call_overhead_s=round(
+                (fit["pre_s"] + fit["post_fixed_s"]) * k + (serving or {}).get("handoff_s", 0.0),
+                6,
+            ),
+            per_image_overhead_s=round(fit["store_per_image_s"], 6),
+            load_s=round(fit["load_s"], 3),
+            device_share=round(min(1.0, 1 / cpus), 3),  # one torch thread of the machine's CPUs
+        )
+    outside = (serving or {}).get("outside_s", 0.0)
+    return Profile(
+        name="tiny-cpu",
+        device=f"this machine's {cpus} CPU cores (no GPU), one torch thread per worker replica",
+        description="Calibrated by loadtests/sim/calibrate.py from the tiny random-weight models.",
+        submit_s=round(outside / 2, 6),
+        respond_s=round(outside / 2, 6),
+        replica_start_s=10.0,
+        families=families,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--serving", action="store_true", help="also measure the real stack")
+    ap.add_argument("--out", type=Path, default=PROFILES_DIR / "tiny-cpu.yaml")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    raw: list[dict] = []
+    fits = calibrate_bare(args.reps, raw)
+    serving = calibrate_serving(args.reps * 3, raw, fits) if args.serving else None
+    profile = build_profile(fits, serving)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    raw_path = RESULTS / f"sim-calibration-{stamp}.jsonl"
+    with raw_path.open("w") as fh:
+        for r in raw:
+            fh.write(json.dumps(r) + "\n")
+    header = (
+        f"# Calibrated on this machine by loadtests/sim/calibrate.py at {stamp}"
+        f"{' (with --serving)' if serving else ''}; raw samples: "
+        f"loadtests/results/{raw_path.name}\n"
+    )
+    if serving:
+        header += (
+            f"# serving path at idle: client-side overhead {serving['outside_s'] * 1000:.1f} ms, "
+            f"scheduler-worker hand-off {serving['handoff_s'] * 1000:.1f} ms, stack/bare compute "
+            + ", ".join(f"{f} x{v:.2f}" for f, v in serving["factor"].items())
+            + "\n"
+        )
+    dump_profile(profile, args.out, header)
+    console.print(f"profile → {args.out}\nraw samples → {raw_path}")
+
+
+if __name__ == "__main__":
+    main()
