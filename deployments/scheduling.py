@@ -89,7 +89,16 @@ class FairQueue:
     def take(self, batch: list[QueuedJob]) -> None:
         """Dequeue a dispatched batch; virtual time advances to the head's start tag."""
         ids = {j.id for j in batch}
-        self.jobs = [j for j in self.jobs if j.id not in ids]
+        # A batch is the head and compatible jobs close behind it: find them from the front and
+        # delete in place, instead of rebuilding a long queue on every dispatch.
+        found: list[int] = []
+        for i, j in enumerate(self.jobs):
+            if j.id in ids:
+                found.append(i)
+                if len(found) == len(ids):
+                    break
+        for i in reversed(found):
+            del self.jobs[i]
         if batch:
             self.virtual_time = max(self.virtual_time, min(j.start_tag for j in batch))
         if not self.jobs:  # idle: forget history so a returning tenant is not penalised
