@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from genmedia.deployments.http_errors import ApiError, BodySizeLimit, install_error_handlers
 from genmedia.deployments.service import GatewayService
 from genmedia.deployments.tenants import Tenant
+from genmedia.models.catalog import LoraEntry
 from genmedia.models.params import GenerateRequest
 
 CONTENT_TYPES = {
@@ -193,6 +194,40 @@ def build_api(service: GatewayService) -> FastAPI:
     @app.get("/v1/usage", tags=["usage"], summary="The caller's usage per model")
     async def usage(caller: Caller) -> dict:
         return await service.usage(caller)
+
+    @app.post(
+        "/v1/files",
+        tags=["files"],
+        status_code=201,
+        summary="Upload an input image (raw body, Content-Type image/png, image/jpeg or "
+        "image/webp); use its id as 'image' or 'mask_image'",
+    )
+    async def upload_file(request: Request, caller: Caller) -> dict:
+        data = await request.body()
+        return await service.upload(
+            caller, data, request.headers.get("content-type"), str(request.base_url)
+        )
+
+    @app.get("/v1/loras", tags=["loras"], summary="LoRA adapters of the models the caller uses")
+    async def list_loras(caller: Caller) -> dict:
+        return await service.adapters(caller)
+
+    @app.post(
+        "/v1/admin/loras",
+        tags=["loras"],
+        status_code=201,
+        summary="Register a LoRA adapter (admin tenants); checked against its base model first",
+    )
+    async def register_lora(body: LoraEntry, caller: Caller) -> dict:
+        return await service.register_adapter(caller, body.model_dump())
+
+    @app.delete(
+        "/v1/admin/loras/{adapter_id}",
+        tags=["loras"],
+        summary="Remove a LoRA adapter registered at run time (admin tenants)",
+    )
+    async def delete_lora(adapter_id: str, caller: Caller) -> dict:
+        return await service.delete_adapter(caller, adapter_id)
 
     @app.get("/v1/files/{path:path}", tags=["files"], summary="A stored output or its sidecar")
     async def get_file(path: str, caller: Caller) -> Response:

@@ -60,6 +60,15 @@ class RaySchedulerClient:
     async def usage(self, tenant: str) -> list[dict]:
         return await self.handle.usage.remote(tenant)
 
+    async def adapters(self) -> list[dict]:
+        return await self.handle.adapters.remote()
+
+    async def register_adapter(self, spec: dict) -> dict:
+        return await self.handle.register_adapter.remote(spec)
+
+    async def delete_adapter(self, adapter_id: str) -> dict:
+        return await self.handle.delete_adapter.remote(adapter_id)
+
     async def metrics_text(self) -> bytes:
         return await self.handle.metrics_text.remote()
 

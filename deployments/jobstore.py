@@ -120,6 +120,16 @@ class JobStore(Protocol):
 
     def webhooks_pending(self) -> list[JobRecord]: ...
 
+    def put_adapter(self, adapter_id: str, record: dict) -> None:
+        """Register (or replace) a LoRA adapter registered at run time."""
+        ...
+
+    def delete_adapter(self, adapter_id: str) -> bool: ...
+
+    def adapters(self) -> dict[str, dict]:
+        """Adapters registered at run time, by id."""
+        ...
+
     def usage(self, tenant: str) -> list[dict]:
         """Per model: jobs, images, steps and compute seconds of the tenant's finished jobs."""
         ...
@@ -152,6 +162,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
     ON jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('IN_QUEUE', 'IN_PROGRESS');
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, status);
+CREATE TABLE IF NOT EXISTS adapters (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
 """
 
 
@@ -302,6 +316,22 @@ class SQLiteJobStore:
                 "SELECT * FROM jobs WHERE webhook_pending = 1 ORDER BY finished_at"
             ).fetchall()
         return [JobRecord.from_row(r) for r in rows]
+
+    def put_adapter(self, adapter_id: str, record: dict) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO adapters (id, record) VALUES (?, ?)",
+                (adapter_id, json.dumps(record)),
+            )
+
+    def delete_adapter(self, adapter_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,)).rowcount > 0
+
+    def adapters(self) -> dict[str, dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, record FROM adapters ORDER BY id").fetchall()
+        return {r["id"]: json.loads(r["record"]) for r in rows}
 
     def usage(self, tenant: str) -> list[dict]:
         with self._lock:

@@ -34,10 +34,22 @@ class StoredImage:
         return asdict(self)
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """uint8 HxWx3 to PNG bytes (no timestamps or other varying chunks)."""
+IMAGE_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+IMAGE_SUFFIXES = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
+    """uint8 HxWx3 to PNG (lossless, no varying chunks), JPEG or WebP bytes at ``quality``."""
     buf = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG", optimize=False, compress_level=6)
+    img = Image.fromarray(pixels, mode="RGB")
+    if fmt == "png":
+        img.save(buf, format="PNG", optimize=False, compress_level=6)
+    elif fmt == "jpeg":
+        img.save(buf, format="JPEG", quality=quality)
+    elif fmt == "webp":
+        img.save(buf, format="WEBP", quality=quality)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}")
     return buf.getvalue()
 
 
@@ -56,10 +68,13 @@ def store_images(
 ) -> list[StoredImage]:
     """Write each image and its sidecar under ``prefix``; returns what was written."""
     base = prefix + output_prefix(job.request_id, now)
+    output = job.extra.get("output") or {}
+    fmt, quality = output.get("format", "png"), int(output.get("quality", 90))
+    content_type = IMAGE_CONTENT_TYPES[fmt]
     out: list[StoredImage] = []
     for i, pixels in enumerate(images):
-        data = encode_png(pixels)
-        key = f"{base}/{i}.png"
+        data = encode_image(pixels, fmt, quality)
+        key = f"{base}/{i}.{IMAGE_SUFFIXES[fmt]}"
         sidecar = {
             "request_id": job.request_id,
             "index": i,
@@ -69,7 +84,7 @@ def store_images(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             **extra,
         }
-        storage.put(key, data, "image/png")
+        storage.put(key, data, content_type)
         storage.put(f"{base}/{i}.json", json.dumps(sidecar, indent=2).encode(), "application/json")
         out.append(
             StoredImage(
@@ -77,7 +92,7 @@ def store_images(
                 seed=job.seed + i,
                 width=int(pixels.shape[1]),
                 height=int(pixels.shape[0]),
-                content_type="image/png",
+                content_type=content_type,
                 sha256=hashlib.sha256(data).hexdigest(),
             )
         )

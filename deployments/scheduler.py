@@ -43,8 +43,8 @@ from genmedia.deployments.scheduling import (
 from genmedia.deployments.tenants import RateLimiter, TenantsFile
 from genmedia.deployments.webhooks import WebhookPolicy, deliver
 from genmedia.deployments.worker import BatchRequest, yield_cpu_to_workers
-from genmedia.models.catalog import Catalog, parse_catalog
-from genmedia.models.params import GenerationJob, GenerationParams
+from genmedia.models.catalog import LORA_FAMILIES, Catalog, parse_catalog
+from genmedia.models.params import AdapterUse, GenerationJob, GenerationParams, adapter_set_key
 
 logger = logging.getLogger("ray.serve")
 
@@ -124,7 +124,22 @@ class Scheduler:
         self.metrics = SchedulerMetrics()
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        # LoRA adapters: the catalog's, then those registered at run time (the store's)
+        self.adapter_registry: dict[str, dict] = {
+            a.id: {
+                "id": a.id,
+                "base_model": a.base_model,
+                "source": self._adapter_source(a.source),
+                "description": a.description,
+                "origin": "catalog",
+                "status": "pending",
+            }
+            for a in self.catalog.loras
+        }
+        for aid, record in self.store.adapters().items():
+            self.adapter_registry[aid] = {**record, "origin": "api"}
         self._recover()
+        self._spawn(self._check_catalog_adapters())
         self._spawn(self._dispatch_loop())
         self._spawn(self._poll_replicas())
         for rec in self.store.webhooks_pending():
@@ -219,6 +234,9 @@ class Scheduler:
             if existing is not None:
                 return {"created": False, **self._status_of(existing.id)}
         family = self.family_of[sub.model_id]
+        bad_adapter = self._adapter_rejection(sub.model_id, sub.job.params.adapters)
+        if bad_adapter is not None:
+            return {"rejected": bad_adapter}
         tenant_jobs = [j for j in self.queued.values() if j.tenant == sub.tenant]
         running = sum(1 for t in self.running_tenant.values() if t == sub.tenant)
         model_queued = sum(1 for j in self.queued.values() if j.model_id == sub.model_id)
@@ -400,6 +418,120 @@ class Scheduler:
     async def usage(self, tenant: str) -> list[dict]:
         return self.store.usage(tenant)
 
+    # -- LoRA adapters -----------------------------------------------------------------------
+    def _adapter_source(self, source: str) -> str:
+        if source.startswith(("s3://", "tiny://")):
+            return source
+        return str(self.catalog.resolve_path(source.removeprefix("file://")))
+
+    async def _check_adapter(self, base_model: str, source: str) -> dict:
+        """The base model's worker reads the adapter and checks it against the loaded model."""
+        family = self.family_of[base_model]
+        handle = self.workers[family].options(multiplexed_model_id=base_model)
+        return await handle.check_adapter.remote(
+            base_model, source, self.catalog.server.max_adapter_bytes
+        )
+
+    async def _check_catalog_adapters(self) -> None:
+        for aid, record in list(self.adapter_registry.items()):
+            if record["origin"] != "catalog":
+                continue
+            try:
+                out = await self._check_adapter(record["base_model"], record["source"])
+            except Exception as e:  # the worker is gone: requests naming it fail at dispatch
+                out = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+            if "error" in out:
+                logger.error("LoRA adapter %s is unusable: %s", aid, out["error"])
+                record.update(status="failed", error=out["error"])
+            else:
+                record.update(status="ready", **out["info"])
+
+    async def adapters(self) -> list[dict]:
+        return [
+            {k: v for k, v in a.items() if k not in ("path",)}
+            for a in sorted(self.adapter_registry.values(), key=lambda a: a["id"])
+        ]
+
+    async def register_adapter(self, spec: dict) -> dict:
+        """Check an adapter against its base model, then keep it (store first)."""
+
+        def error(status: int, type_: str, field: str, message: str) -> dict:
+            return {"error": {"status": status, "type": type_, "field": field, "message": message}}
+
+        aid, base = spec["id"], spec["base_model"]
+        entry = self.catalog.model(base)
+        if entry is None:
+            return error(422, "invalid_request", "base_model", f"no model {base!r}")
+        if entry.family not in LORA_FAMILIES:
+            return error(
+                422, "invalid_request", "base_model", f"the {entry.family} family takes no LoRA"
+            )
+        existing = self.adapter_registry.get(aid)
+        if existing is not None and existing["origin"] == "catalog":
+            return error(409, "conflict", "id", f"adapter {aid!r} is defined in the catalog")
+        source = self._adapter_source(spec["source"])
+        try:
+            out = await self._check_adapter(base, source)
+        except Exception as e:
+            return error(503, "unavailable", "base_model", f"{type(e).__name__}: {e}")
+        if "error" in out:
+            return error(422, "invalid_adapter", "source", out["error"])
+        record = {
+            "id": aid,
+            "base_model": base,
+            "source": source,
+            "description": spec.get("description", ""),
+            "status": "ready",
+            "registered_at": self.clock(),
+            **out["info"],
+        }
+        self.store.put_adapter(aid, record)
+        self.adapter_registry[aid] = {**record, "origin": "api"}
+        return {k: v for k, v in self.adapter_registry[aid].items() if k != "path"}
+
+    async def delete_adapter(self, adapter_id: str) -> dict:
+        record = self.adapter_registry.get(adapter_id)
+        if record is None:
+            return {
+                "error": {
+                    "status": 404,
+                    "type": "not_found",
+                    "message": f"no adapter {adapter_id!r}",
+                }
+            }
+        if record["origin"] == "catalog":
+            return {
+                "error": {
+                    "status": 409,
+                    "type": "conflict",
+                    "message": f"adapter {adapter_id!r} is defined in the catalog",
+                }
+            }
+        self.store.delete_adapter(adapter_id)
+        del self.adapter_registry[adapter_id]
+        return {"id": adapter_id, "deleted": True}
+
+    def _adapter_rejection(self, model_id: str, adapters) -> dict | None:
+        """422 for an adapter a request names that this model cannot use."""
+        for i, (aid, _) in enumerate(adapters):
+            record = self.adapter_registry.get(aid)
+            message = None
+            if record is None:
+                message = f"unknown adapter {aid!r} (GET /v1/loras lists them)"
+            elif record["base_model"] != model_id:
+                message = f"adapter {aid!r} is for model {record['base_model']!r}, not {model_id!r}"
+            elif record.get("status") == "failed":
+                message = f"adapter {aid!r} is unusable: {record.get('error')}"
+            if message:
+                return {
+                    "status": 422,
+                    "type": "invalid_request",
+                    "message": f"loras[{i}].id: {message}",
+                    "field": f"loras[{i}].id",
+                    "retry_after_s": None,
+                }
+        return None
+
     # -- dispatch ----------------------------------------------------------------------------
     def _max_images(self, model_id: str) -> int:
         return self.catalog.model(model_id).max_batch_size
@@ -559,19 +691,25 @@ class Scheduler:
         self, family: str, slot: str, cls: str, batch_id: str, recs: list[JobRecord]
     ) -> None:
         model_id = recs[0].model_id
-        req = BatchRequest(
-            batch_id=batch_id,
-            model_id=model_id,
-            priority=cls,
-            jobs=[job_from_dict(r.job) for r in recs],
-            tenants={r.id: r.tenant for r in recs},
-        )
-        handle = self.workers[family].options(multiplexed_model_id=model_id, stream=True)
-        stream = handle.run_batch.remote(req)
+        jobs = [job_from_dict(r.job) for r in recs]
         ids = [r.id for r in recs]
-        self.batches[batch_id] = (ids, stream)
         result = None
         try:
+            adapters = self._adapter_uses(model_id, jobs[0].params.adapters)
+            req = BatchRequest(
+                batch_id=batch_id,
+                model_id=model_id,
+                priority=cls,
+                jobs=jobs,
+                tenants={r.id: r.tenant for r in recs},
+                adapters=adapters,
+            )
+            # Routing affinity: replicas that already hold this adapter set are preferred, and
+            # a busy one spills the set over to another replica (Serve's multiplexed routing).
+            mux_id = model_id + (f"@{adapter_set_key(adapters)}" if adapters else "")
+            handle = self.workers[family].options(multiplexed_model_id=mux_id, stream=True)
+            stream = handle.run_batch.remote(req)
+            self.batches[batch_id] = (ids, stream)
             async for event in stream:
                 if event["type"] == "progress":
                     for jid in ids:
@@ -618,6 +756,7 @@ class Scheduler:
                 "timings": {
                     "queue_s": round(started - rec.submitted_at, 6),
                     "load_s": round(result.get("load_s", 0.0), 6),
+                    "adapter_load_s": round(result.get("adapter_load_s", 0.0), 6),
                     "wait_s": round(result.get("wait_s", 0.0), 6),
                     "compute_s": round(result["compute_s"], 6),
                     "store_s": round(result.get("store_s", 0.0), 6),
@@ -630,6 +769,8 @@ class Scheduler:
                 },
                 "device": result.get("device"),
                 "acceleration": result.get("acceleration", {}),
+                "loras": result.get("adapters", []),
+                "task": job.params.task,
             }
             usage = {
                 "images": job.num_images,
@@ -639,6 +780,15 @@ class Scheduler:
             done.append((rec.id, {"result": payload, "usage": usage}))
         self._finish_many(done, {JobStatus.IN_PROGRESS}, JobStatus.COMPLETED)
         self.estimator.observe(recs[0].model_id, total_cost, result["compute_s"])
+
+    def _adapter_uses(self, model_id: str, adapters) -> list[AdapterUse]:
+        uses = []
+        for aid, scale in adapters:
+            record = self.adapter_registry.get(aid)
+            if record is None or record["base_model"] != model_id:
+                raise LookupError(f"adapter {aid!r} was removed after the job was accepted")
+            uses.append(AdapterUse(aid, scale, record["source"]))
+        return uses
 
     def _failed(self, recs: list[JobRecord], error: Exception) -> None:
         from ray.exceptions import ActorDiedError, RayActorError

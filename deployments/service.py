@@ -13,6 +13,16 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from genmedia.deployments.http_errors import ApiError
+from genmedia.deployments.inputs import (
+    UPLOAD_TYPES,
+    InputError,
+    InputImage,
+    check_image,
+    check_mask,
+    load_input,
+    new_upload_id,
+    upload_key,
+)
 from genmedia.deployments.metrics import GatewayMetrics
 from genmedia.deployments.scheduler import Submission
 from genmedia.deployments.storage import Storage, make_storage
@@ -42,6 +52,12 @@ class SchedulerClient(Protocol):
     def watch(self, job_id: str, tenant: str) -> AsyncIterator[dict]: ...
 
     async def usage(self, tenant: str) -> list[dict]: ...
+
+    async def adapters(self) -> list[dict]: ...
+
+    async def register_adapter(self, spec: dict) -> dict: ...
+
+    async def delete_adapter(self, adapter_id: str) -> dict: ...
 
     async def metrics_text(self) -> bytes: ...
 
@@ -188,7 +204,9 @@ class GatewayService:
                     f"webhook_url: {e}",
                     [{"field": "webhook_url", "message": str(e), "limit": e.rule}],
                 ) from None
-        job, errors = resolve_request(entry, req, request_id=uuid.uuid4().hex)
+        request_id = uuid.uuid4().hex
+        inputs, image_size = await self._inputs(tenant, entry, req, request_id)
+        job, errors = resolve_request(entry, req, request_id=request_id, image_size=image_size)
         if errors:
             raise ApiError(
                 422,
@@ -197,6 +215,8 @@ class GatewayService:
                 [e.as_dict() for e in errors],
             )
         assert job is not None
+        if inputs:
+            job.extra["inputs"] = inputs
         return Submission(
             tenant=tenant.id,
             model_id=model_id,
@@ -206,6 +226,128 @@ class GatewayService:
             idempotency_key=key,
             webhook_url=req.webhook_url,
         )
+
+    async def _inputs(
+        self, tenant: Tenant, entry: ModelEntry, req: GenerateRequest, request_id: str
+    ) -> tuple[dict[str, str], tuple[int, int] | None]:
+        """Check the request's input images and store the inline ones; returns their storage
+        keys (what the worker reads) and the image's size (the output's size)."""
+        if req.image is None and req.mask_image is None:
+            return {}, None
+        p = entry.parameters
+        max_pixels = p.width.max * p.height.max
+
+        def load(value: str, field: str) -> tuple[InputImage, str]:
+            img, key = load_input(
+                value,
+                field,
+                tenant=tenant.id,
+                read=self.storage.get,
+                find_upload=lambda uid: self._find_upload(tenant, uid),
+                max_pixels=max_pixels,
+            )
+            if key is None:
+                key = f"{tenant.id}/inputs/{request_id}/{field}"
+                self.storage.put(key, img.data, "application/octet-stream")
+            return img, key
+
+        keys: dict[str, str] = {}
+        try:
+            image = mask = None
+            if req.image is not None:
+                image, keys["image"] = await asyncio.to_thread(load, req.image, "image")
+            if req.mask_image is not None:
+                mask, keys["mask"] = await asyncio.to_thread(load, req.mask_image, "mask_image")
+            if image is not None and mask is not None:
+                check_mask(mask, image)
+        except InputError as e:
+            raise ApiError(
+                e.status,
+                "invalid_input" if e.status == 422 else "file_not_found",
+                f"{e.field}: {e}",
+                [{"field": e.field, "message": str(e), "limit": e.limit}],
+            ) from None
+        return keys, (image.width, image.height) if image is not None else None
+
+    def _find_upload(self, tenant: Tenant, upload_id: str) -> str | None:
+        for suffix in UPLOAD_TYPES.values():
+            key = upload_key(tenant.id, upload_id, suffix)
+            if self.storage.get(key) is not None:
+                return key
+        return None
+
+    async def upload(
+        self, tenant: Tenant, data: bytes, content_type: str | None, base_url: str
+    ) -> dict:
+        """``POST /v1/files``: keep an input image for later requests (image / mask_image)."""
+        ctype = (content_type or "").split(";", 1)[0].strip().lower()
+        if ctype not in UPLOAD_TYPES:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be one of {', '.join(UPLOAD_TYPES)}",
+                [
+                    {
+                        "field": "Content-Type",
+                        "message": "not an accepted image type",
+                        "limit": list(UPLOAD_TYPES),
+                    }
+                ],
+            )
+        max_pixels = max(
+            m.parameters.width.max * m.parameters.height.max for m in self.catalog.models
+        )
+        try:
+            img = await asyncio.to_thread(check_image, data, "body", max_pixels)
+        except InputError as e:
+            raise ApiError(
+                422,
+                "invalid_input",
+                f"body: {e}",
+                [{"field": "body", "message": str(e), "limit": e.limit}],
+            ) from None
+        upload_id = new_upload_id()
+        key = upload_key(tenant.id, upload_id, UPLOAD_TYPES[ctype])
+        await asyncio.to_thread(self.storage.put, key, data, ctype)
+        return {
+            "id": upload_id,
+            "path": key,
+            "url": self.storage.url(key, base_url),
+            "content_type": ctype,
+            "bytes": len(data),
+            "width": img.width,
+            "height": img.height,
+        }
+
+    # -- LoRA adapters ----------------------------------------------------------------------
+    async def adapters(self, tenant: Tenant) -> dict:
+        items = await self._call(self.scheduler.adapters())
+        return {"loras": [a for a in items if tenant.allows_model(a["base_model"])]}
+
+    def _admin(self, tenant: Tenant) -> None:
+        if not tenant.admin:
+            raise ApiError(403, "forbidden", f"tenant {tenant.id!r} is not an admin tenant")
+
+    async def register_adapter(self, tenant: Tenant, spec: dict) -> dict:
+        self._admin(tenant)
+        out = await self._call(self.scheduler.register_adapter(spec))
+        if "error" in out:
+            e = out["error"]
+            raise ApiError(
+                e["status"],
+                e["type"],
+                f"{e['field']}: {e['message']}",
+                [{"field": e["field"], "message": e["message"], "limit": e.get("limit")}],
+            )
+        return out
+
+    async def delete_adapter(self, tenant: Tenant, adapter_id: str) -> dict:
+        self._admin(tenant)
+        out = await self._call(self.scheduler.delete_adapter(adapter_id))
+        if "error" in out:
+            e = out["error"]
+            raise ApiError(e["status"], e["type"], e["message"])
+        return out
 
     def _check_refused(self, sub: Submission, result: dict) -> None:
         """Count the outcome; raise the scheduler's refusal as 429 with Retry-After."""
@@ -219,12 +361,13 @@ class GatewayService:
             if r.get("field")
             else None
         )
+        retry = r.get("retry_after_s")
         raise ApiError(
             r["status"],
             r["type"],
             r["message"],
             fields,
-            headers={"Retry-After": retry_after_header(r["retry_after_s"])},
+            headers={"Retry-After": retry_after_header(retry)} if retry is not None else None,
         )
 
     async def submit(

@@ -149,6 +149,10 @@ class Tenant(_Strict):
         default=None, description="Model ids the tenant may use; left out: every model served."
     )
     quotas: Quotas = Field(default_factory=Quotas, description="Concurrency, rate and queue caps.")
+    admin: bool = Field(
+        default=False,
+        description="May register and delete LoRA adapters (POST/DELETE /v1/admin/loras).",
+    )
     webhook_secret: str | None = Field(
         default=None,
         min_length=16,
@@ -373,7 +377,7 @@ def new_api_key(description: str = "") -> tuple[str, str, ApiKeyRecord]:
 
 
 def development_tenants() -> tuple[TenantsFile, str]:
-    """The embedded default: one tenant 'dev' with every class and model; (file, plaintext key).
+    """The embedded default: one admin tenant 'dev' with every class and model; (file, key).
 
     The key is $GENMEDIA_DEV_API_KEY when set (it must be well-formed: TenantsError otherwise),
     else freshly generated: print it at start-up. $GENMEDIA_DEV_WEBHOOK_SECRET (16+ chars), when
@@ -398,7 +402,7 @@ def development_tenants() -> tuple[TenantsFile, str]:
         key, record = env_key, key_record(env_key, f"development key from ${DEV_KEY_ENV}")
     else:
         _, key, record = new_api_key("development key generated at start-up")
-    tenant: dict = {"id": DEV_TENANT_ID, "api_keys": [record.model_dump()]}
+    tenant: dict = {"id": DEV_TENANT_ID, "api_keys": [record.model_dump()], "admin": True}
     secret = os.environ.get(DEV_WEBHOOK_SECRET_ENV)
     if secret:
         tenant["webhook_secret"] = secret

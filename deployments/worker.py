@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray import serve
@@ -29,7 +31,7 @@ from genmedia.deployments.gate import Cancelled, StepGate
 from genmedia.deployments.outputs import store_images
 from genmedia.deployments.storage import make_storage
 from genmedia.models.catalog import ModelEntry, ServerSettings
-from genmedia.models.params import GenerationJob
+from genmedia.models.params import AdapterUse, GenerationJob, adapter_set_key
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,6 +55,7 @@ class BatchRequest:
     priority: str
     jobs: list[GenerationJob]
     tenants: dict[str, str]  # job id -> tenant (output paths are per tenant)
+    adapters: list[AdapterUse] = field(default_factory=list)  # LoRA set of the whole batch
 
 
 CONTROL_PLANE_NICENESS = 10
@@ -105,6 +108,7 @@ class FamilyWorker:
             total = torch.cuda.get_device_properties(0).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 2**30 / total))
         settings = ServerSettings.model_validate(server)
+        self.max_adapter_bytes = settings.max_adapter_bytes
         self.storage = make_storage(settings.storage, Path)  # paths already absolute
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_id.unique_id if ctx else f"pid{os.getpid()}"
@@ -113,12 +117,22 @@ class FamilyWorker:
             max_workers=SLOTS_PER_REPLICA + 2, thread_name_prefix="pipeline"
         )
         self.running: dict[str, str] = {}  # batch id -> priority
+        self.running_adapters: dict[str, tuple[str, set[str]]] = {}  # batch id -> (model, ids)
+        self.models: OrderedDict[str, object] = OrderedDict()  # base pipelines, LRU
+        self.max_loaded_models = max_loaded_models
+        self._loading: dict[str, asyncio.Task] = {}
+        self.adapter_files: dict[str, object] = {}  # adapter source -> local file
 
-        async def _load(model_id: str):
-            return await self._load_model(model_id)
+        async def _load(mux_id: str):
+            # "<model>" or "<model>@<adapter ids>": Serve routes a batch to replicas that hold
+            # its id; the base pipeline is one object whatever adapters a batch adds to it.
+            return await self._base_model(mux_id.split("@", 1)[0])
 
         self._load_fn = _load  # Serve keeps its LRU wrapper on this function object
-        self._get_model = serve.multiplexed(max_num_models_per_replica=max_loaded_models)(_load)
+        adapters_per_model = max(e.max_loaded_adapters for e in self.entries.values())
+        self._get_model = serve.multiplexed(
+            max_num_models_per_replica=max_loaded_models * (1 + adapters_per_model)
+        )(_load)
         # Preload what fits so readiness means "models loaded", not "first request will load".
         for model_id in list(self.entries)[:max_loaded_models]:
             await self._get_model(model_id)
@@ -129,6 +143,23 @@ class FamilyWorker:
             self.device,
             threads,
         )
+
+    async def _base_model(self, model_id: str):
+        """The loaded pipeline of a model (loading it once; least recently used evicted)."""
+        if model_id in self.models:
+            self.models.move_to_end(model_id)
+            return self.models[model_id]
+        if model_id not in self._loading:
+            self._loading[model_id] = asyncio.ensure_future(self._load_model(model_id))
+        try:
+            model = await asyncio.shield(self._loading[model_id])
+        finally:
+            self._loading.pop(model_id, None)
+        self.models[model_id] = model
+        while len(self.models) > self.max_loaded_models:
+            evicted, _ = self.models.popitem(last=False)  # running calls keep their reference
+            logger.info("unloaded %s (LRU)", evicted)
+        return model
 
     async def _load_model(self, model_id: str):
         from genmedia.models.runner import load_model
@@ -144,27 +175,81 @@ class FamilyWorker:
         logger.info("loaded %s in %.2fs", model_id, model.load_s)
         return model
 
+    def _inputs(self, req: BatchRequest) -> list[dict] | None:
+        """Input images of an image-to-image / inpainting batch, read from storage."""
+        if req.jobs[0].params.task == "text-to-image":
+            return None
+        from PIL import Image
+
+        out = []
+        for job in req.jobs:
+            keys = job.extra.get("inputs") or {}
+            item = {}
+            for name, mode in (("image", "RGB"), ("mask", "L")):
+                if name in keys:
+                    data = self.storage.get(keys[name])
+                    if data is None:
+                        raise FileNotFoundError(f"input {name} of {job.request_id} is gone")
+                    item[name] = Image.open(io.BytesIO(data)).convert(mode)
+            out.append(item)
+        return out
+
+    def _adapter_files(self, uses: list[AdapterUse]) -> dict[str, object]:
+        from genmedia.models.lora import resolve_adapter_file
+
+        files = {}
+        for use in uses:
+            if use.source not in self.adapter_files:
+                self.adapter_files[use.source] = resolve_adapter_file(
+                    use.source, max_bytes=self.max_adapter_bytes
+                )
+            files[use.id] = self.adapter_files[use.source]
+        return files
+
+    def _pinned(self, model_id: str, batch_id: str) -> set[str]:
+        """Adapters of the other calls on this model: paused at a step, they still need them."""
+        out: set[str] = set()
+        for other, (mid, ids) in self.running_adapters.items():
+            if other != batch_id and mid == model_id:
+                out |= ids
+        return out
+
     def _run(self, model, req: BatchRequest, cancel: threading.Event, emit) -> dict:
         """The pipeline call, in a thread: gate, steps (with checkpoints), then storage."""
-        from genmedia.models.runner import run_text_to_image
+        from genmedia.models.runner import run_images
 
         prio = PRIORITY[req.priority]
         # A step-cached model keeps per-call state in its shared modules: its calls run to the
         # end once started (they neither yield nor are interleaved with another call).
         yields = not model.step_cached
+        inputs = self._inputs(req)
+        files = self._adapter_files(req.adapters)
+        self.running_adapters[req.batch_id] = (req.model_id, set(files))
+        adapter_s = 0.0
+
+        def on_gate() -> None:
+            """Whenever this call (re)takes the gate: its adapters, and only they, are set."""
+            nonlocal adapter_s
+            if files or model.adapters.loaded:
+                pinned = self._pinned(req.model_id, req.batch_id)
+                adapter_s += model.adapters.ensure(model.pipe, files, pinned)
+                model.adapters.activate(model.pipe, req.adapters)
+
         waited = time.perf_counter()
         ticket = self.gate.acquire(prio, cancel)
         started = time.perf_counter()
         paused = 0.0
         state = {"ticket": ticket}
-
         last_emit = 0.0
 
         def on_step(step: int, total: int) -> None:
             nonlocal paused, last_emit
             before = time.perf_counter()
             if yields:
-                state["ticket"] = self.gate.checkpoint(state["ticket"], prio, cancel)
+                held = state["ticket"]
+                state["ticket"] = self.gate.checkpoint(held, prio, cancel)
+                if state["ticket"] != held:  # another call ran meanwhile
+                    on_gate()
             elif cancel.is_set():
                 raise Cancelled()
             after = time.perf_counter()
@@ -176,11 +261,13 @@ class FamilyWorker:
                 emit({"type": "progress", "step": step, "total": total})
 
         try:
-            images = run_text_to_image(model, req.jobs, on_step=on_step)
+            on_gate()
+            images = run_images(model, req.jobs, on_step=on_step, inputs=inputs)
         finally:
             self.gate.release(state["ticket"])
+            self.running_adapters.pop(req.batch_id, None)
         done = time.perf_counter()
-        compute_s = done - started - paused
+        compute_s = done - started - paused - adapter_s
         now = time.time()
         results = []
         total_images = sum(j.num_images for j in req.jobs)
@@ -210,6 +297,8 @@ class FamilyWorker:
             "wait_s": started - waited,
             "paused_s": paused,
             "store_s": time.perf_counter() - done,
+            "adapter_load_s": adapter_s,
+            "adapters": [{"id": u.id, "scale": u.scale} for u in req.adapters],
             "replica": self.replica,
             "device": self.device,
             "acceleration": model.acceleration,
@@ -221,7 +310,10 @@ class FamilyWorker:
             raise KeyError(f"model {req.model_id!r} is not served by the {self.family} worker")
         loop = asyncio.get_running_loop()
         load_start = time.perf_counter()
-        model = await self._get_model(req.model_id)
+        mux_id = req.model_id
+        if req.adapters:
+            mux_id += "@" + adapter_set_key(req.adapters)
+        model = await self._get_model(mux_id)
         load_s = time.perf_counter() - load_start
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -257,9 +349,30 @@ class FamilyWorker:
 
     async def ready(self) -> dict:
         """Loaded models of this replica (readiness probe of the gateway)."""
-        wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
-        loaded = list(wrapper.models) if wrapper is not None else []
-        return {"replica": self.replica, "loaded": loaded, "running": len(self.running)}
+        adapters = {m: list(model.adapters.loaded) for m, model in self.models.items()}
+        return {
+            "replica": self.replica,
+            "loaded": list(self.models),
+            "adapters": adapters,
+            "running": len(self.running),
+        }
+
+    async def check_adapter(self, model_id: str, source: str, max_bytes: int) -> dict:
+        """Registration: resolve an adapter and check its keys against the loaded model (read
+        only: running calls are not disturbed). ``{"info": ...}`` or ``{"error": message}``."""
+        from genmedia.models.lora import AdapterError, check_adapter
+
+        model = await self._base_model(model_id)
+
+        def _check():
+            return check_adapter(model.pipe, model.entry.family, source, max_bytes=max_bytes)
+
+        try:
+            path, info = await asyncio.get_running_loop().run_in_executor(self.executor, _check)
+        except AdapterError as e:
+            return {"error": str(e)}
+        self.adapter_files[source] = path
+        return {"info": info}
 
     async def info(self) -> dict:
         """Where this replica runs and what it holds (for ``genmedia status`` and tests)."""

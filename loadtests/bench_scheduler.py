@@ -1,21 +1,26 @@
 """Scheduler benchmark: interactive latency under a bulk flood, batch throughput, fairness.
 
 One local Ray Serve, the tiny SD1.5-style model, open-loop traffic (arrivals on a schedule,
-whatever the responses), measured in one run:
+whatever the responses). Scenarios, each ``--seconds`` long:
 
 - ``idle``: a light interactive stream alone → interactive p99 on an idle cluster;
 - ``flood``: batch-class jobs from three tenants (weights 1, 1, 2) offered above capacity
   → batch throughput alone, Jain's index across the equal-weight tenants, weighted shares;
 - ``mixed``: the flood and the interactive stream together → interactive p99 under the flood,
-  batch throughput with interactive traffic;
-- ``mixed`` again with the scheduler in FIFO mode (redeployed) for comparison.
+  batch throughput with interactive traffic.
+
+With the priority scheduler the three run interleaved for ``--rounds`` rounds (idle, flood,
+mixed, idle, flood, mixed, ...) so that the machine's drift hits every scenario alike; samples
+are pooled per scenario. Then the scheduler is redeployed in FIFO mode for one mixed round.
 
 Targets (issue): p99 under flood ≤ 1.5 x idle p99; batch throughput with interactive traffic
 >= 0.9 x without; Jain ≥ 0.95; weighted shares within 10 %. Interactive requests preempt a
 running batch-class call at its next denoising step (the worker's step gate), so they never wait
-for a whole bulk call. Raw samples and a summary go to ``loadtests/results/``.
+for a whole bulk call; the compute they take is reported (``interactive_compute_share``): batch
+throughput cannot stay above 1 - that share. Raw samples and a summary go to
+``loadtests/results/``.
 
-    python loadtests/bench_scheduler.py [--seconds 50] [--interactive-rps 1] [--flood-rps 12]
+    python loadtests/bench_scheduler.py [--rounds 3] [--seconds 30] [--interactive-rps 0.5]
 """
 
 from __future__ import annotations
@@ -127,8 +132,15 @@ async def _interactive(client, arrivals, t0, steps, samples):
             headers={"Authorization": f"Bearer {KEYS['web'][0]}"},
             json={"prompt": "now", "num_inference_steps": steps},
         )
+        body = r.json() if r.status_code == 200 else {}
         samples.append(
-            {"kind": "interactive", "sent": sent, "done": time.time(), "status": r.status_code}
+            {
+                "kind": "interactive",
+                "sent": sent,
+                "done": time.time(),
+                "status": r.status_code,
+                "compute_s": (body.get("timings") or {}).get("compute_s"),
+            }
         )
 
     await asyncio.gather(*(one(a) for a in arrivals))
@@ -177,6 +189,7 @@ async def _collect(client, submitted):
 
 
 async def scenario(url, *, seconds, interactive_rps, flood_rps, steps, images, seed):
+    """One open-loop run; returns raw samples and the measurement window."""
     rng = random.Random(seed)
     inter = poisson(interactive_rps, seconds, rng) if interactive_rps else []
     flood = (
@@ -193,34 +206,39 @@ async def scenario(url, *, seconds, interactive_rps, flood_rps, steps, images, s
             _interactive(client, inter, t0, steps, samples),
             _flood(client, flood, t0, images, submitted),
         )
-        t_end = t0 + seconds
         flood_done = await _collect(client, submitted)
         await asyncio.sleep(2.0)  # let cancelled calls stop
-    window = [t0 + 5.0, t_end]  # skip the first seconds (queues filling)
-    lat = sorted(
-        s["done"] - s["sent"]
-        for s in samples
-        if s["status"] == 200 and window[0] <= s["sent"] <= window[1]
-    )
+    # Skip the first seconds (queues filling); the window ends when the schedule does.
+    return {"window": [t0 + 5.0, t0 + seconds], "samples": samples, "flood": flood_done}
+
+
+def summarize(parts: list[dict], images: int) -> dict:
+    """Pool the rounds of one scenario: latency percentiles, throughput per tenant."""
+    span = sum(p["window"][1] - p["window"][0] for p in parts)
+    lat, compute, errors, rejected = [], 0.0, 0, 0
     per_tenant = {t: 0 for t in FLOOD_TENANTS}
-    for d in flood_done:
-        if (
-            d["final"] == "COMPLETED"
-            and d["finished_at"]
-            and window[0] <= d["finished_at"] <= window[1]
-        ):
-            per_tenant[d["tenant"]] += images
-    span = window[1] - window[0]
+    for p in parts:
+        lo, hi = p["window"]
+        for s in p["samples"]:
+            errors += s["status"] != 200
+            if s["status"] == 200 and lo <= s["sent"] <= hi:
+                lat.append(s["done"] - s["sent"])
+                compute += s.get("compute_s") or 0.0
+        for d in p["flood"]:
+            rejected += d["status"] != 202
+            if d["final"] == "COMPLETED" and d["finished_at"] and lo <= d["finished_at"] <= hi:
+                per_tenant[d["tenant"]] += images
+    lat.sort()
     return {
         "interactive_n": len(lat),
-        "interactive_errors": sum(1 for s in samples if s["status"] != 200),
+        "interactive_errors": errors,
         "interactive_p50_s": statistics.median(lat) if lat else None,
         "interactive_p99_s": percentile(lat, 99) if lat else None,
+        "interactive_compute_share": compute / span,
         "batch_images_per_s": sum(per_tenant.values()) / span,
         "per_tenant_images_per_s": {t: v / span for t, v in per_tenant.items()},
-        "flood_rejected": sum(1 for s in submitted if s["status"] != 202),
-        "samples": samples,
-        "flood": flood_done,
+        "flood_rejected": rejected,
+        "measured_s": span,
     }
 
 
@@ -236,8 +254,9 @@ def jain(values: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=50.0)
-    ap.add_argument("--interactive-rps", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (priority)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="length of one scenario")
+    ap.add_argument("--interactive-rps", type=float, default=0.5)
     ap.add_argument(
         "--flood-rps",
         type=float,
@@ -266,9 +285,9 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     common = dict(seconds=args.seconds, steps=args.steps, images=args.flood_images)
-    runs: dict[str, dict] = {}
+    raw: dict[str, list[dict]] = {}
     try:
-        for policy in ("priority", "fifo"):
+        for policy, rounds in (("priority", args.rounds), ("fifo", 1)):
             catalog = _catalog(policy, workdir, args.steps, args.batch)
             assert not check_weights(catalog, build_tiny=True)
             console.print(f"[bold]deploying with the {policy} scheduler[/]")
@@ -278,18 +297,27 @@ def main() -> None:
                 ("flood", 0.0, args.flood_rps),
                 ("mixed", args.interactive_rps, args.flood_rps),
             ]
-            for name, irps, frps in plan:
-                console.print(f"  {policy}/{name} ({args.seconds:g} s)")
-                runs[f"{policy}/{name}"] = asyncio.run(
-                    scenario(
-                        url, interactive_rps=irps, flood_rps=frps, seed=hash(name) % 1000, **common
+            if policy == "fifo":
+                plan = plan[2:]
+            for r in range(rounds):
+                for name, irps, frps in plan:
+                    console.print(f"  {policy}/{name} round {r + 1}/{rounds} ({args.seconds:g} s)")
+                    part = asyncio.run(
+                        scenario(
+                            url,
+                            interactive_rps=irps,
+                            flood_rps=frps,
+                            seed=1000 * r + len(name),
+                            **common,
+                        )
                     )
-                )
+                    raw.setdefault(f"{policy}/{name}", []).append(part)
             serve.delete(APP_NAME)
     finally:
         serve.shutdown()
         ray.shutdown()
 
+    runs = {k: summarize(parts, args.flood_images) for k, parts in raw.items()}
     idle = runs["priority/idle"]["interactive_p99_s"]
     mixed = runs["priority/mixed"]
     fifo_mixed = runs["fifo/mixed"]
@@ -300,7 +328,8 @@ def main() -> None:
         "model": "tiny sd15 (64 px)",
         "steps": args.steps,
         "batch": args.batch,
-        "seconds": args.seconds,
+        "seconds_per_scenario": args.seconds,
+        "rounds": args.rounds,
         "interactive_rps": args.interactive_rps,
         "flood_jobs_per_s": args.flood_rps,
         "flood_images_per_job": args.flood_images,
@@ -312,14 +341,12 @@ def main() -> None:
         "batch_throughput_alone": flood["batch_images_per_s"],
         "batch_throughput_with_interactive": mixed["batch_images_per_s"],
         "batch_throughput_ratio": mixed["batch_images_per_s"] / flood["batch_images_per_s"],
+        "interactive_compute_share": mixed["interactive_compute_share"],
         "jain_equal_weight_tenants": jain([shares["bulk-a"], shares["bulk-b"]]),
         "weighted_share_ratio_c_over_mean_ab": shares["bulk-c"]
         / statistics.fmean([shares["bulk-a"], shares["bulk-b"]]),
         "weighted_share_target": 2.0,
-        "runs": {
-            k: {kk: vv for kk, vv in v.items() if kk not in ("samples", "flood")}
-            for k, v in runs.items()
-        },
+        "runs": runs,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -327,11 +354,13 @@ def main() -> None:
     base = RESULTS / f"bench_scheduler-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     base.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     with base.with_suffix(".jsonl").open("w") as fh:
-        for k, v in runs.items():
-            for s in v["samples"]:
-                fh.write(json.dumps({"run": k, **s}) + "\n")
-            for s in v["flood"]:
-                fh.write(json.dumps({"run": k, "kind": "flood", **s}) + "\n")
+        for k, parts in raw.items():
+            for n, part in enumerate(parts):
+                tag = {"run": k, "round": n, "window": part["window"]}
+                for s in part["samples"]:
+                    fh.write(json.dumps({**tag, **s}) + "\n")
+                for s in part["flood"]:
+                    fh.write(json.dumps({**tag, "kind": "flood", **s}) + "\n")
 
     t = Table(
         "run",
@@ -361,6 +390,7 @@ def main() -> None:
         "p99_ratio_priority",
         "p99_ratio_fifo",
         "batch_throughput_ratio",
+        "interactive_compute_share",
         "jain_equal_weight_tenants",
         "weighted_share_ratio_c_over_mean_ab",
     ):

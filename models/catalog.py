@@ -33,6 +33,9 @@ ModelId = Annotated[
 ]
 
 
+LORA_FAMILIES = ("sd15", "sdxl", "flux")  # families whose pipelines load LoRA adapters
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -96,6 +99,18 @@ class ParameterBounds(_Strict):
     max_prompt_chars: int = Field(
         default=2000, ge=1, le=100_000, description="Longest prompt (and negative prompt) accepted."
     )
+    strength: FloatBounds = Field(
+        default=FloatBounds(default=0.8, min=0.01, max=1.0),
+        description="Image-to-image and inpainting: how much of the input image is re-noised "
+        "(1.0 ignores it; small values stay close to it).",
+    )
+    lora_scale: FloatBounds = Field(
+        default=FloatBounds(default=1.0, min=-2.0, max=2.0),
+        description="Scale of each LoRA adapter a request names.",
+    )
+    max_loras: int = Field(
+        default=3, ge=0, le=16, description="Most LoRA adapters one request may combine."
+    )
 
 
 class ModelEntry(_Strict):
@@ -151,6 +166,13 @@ class ModelEntry(_Strict):
     )
     priority_class: Literal["interactive", "batch"] = Field(
         default="interactive", description="Priority class of requests that do not name one."
+    )
+    max_loaded_adapters: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="LoRA adapters a worker replica keeps loaded into this model (least recently "
+        "used evicted beyond); switching between loaded adapters never reloads the base model.",
     )
     acceleration: KernelOptions = Field(
         default_factory=KernelOptions,
@@ -262,10 +284,17 @@ class ServerSettings(_Strict):
         description="Where outputs go: 'local' (default) or 's3'.",
     )
     max_body_bytes: int = Field(
-        default=1_048_576,
+        default=16 * 1_048_576,
         ge=1024,
         le=1_073_741_824,
-        description="Largest request body accepted; larger ones get 413.",
+        description="Largest request body accepted (inline base64 images and uploads "
+        "included); larger ones get 413.",
+    )
+    max_adapter_bytes: int = Field(
+        default=512 * 1_048_576,
+        ge=1024,
+        le=16 * 1_073_741_824,
+        description="Largest LoRA adapter file accepted.",
     )
     gateway_replicas: int = Field(default=1, ge=1, le=100, description="Gateway replicas.")
     gateway_num_cpus: float = Field(
@@ -279,6 +308,24 @@ class ServerSettings(_Strict):
     )
 
 
+class LoraEntry(_Strict):
+    """A LoRA adapter the catalog serves (more can be registered at run time)."""
+
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Adapter id a request names in 'loras': lowercase letters, digits, '.', '_', "
+        "'-'.",
+    )
+    base_model: str = Field(description="Id of the catalog model the adapter was trained on.")
+    source: str = Field(
+        min_length=1,
+        description="A .safetensors file: a local path (absolute, or relative to the catalog "
+        "file), 's3://bucket/key.safetensors', or 'tiny://<family>/<name>' for a built-in "
+        "random test adapter.",
+    )
+    description: str = Field(default="", description="Free text shown by GET /v1/loras.")
+
+
 class Catalog(_Strict):
     """A catalog file: server settings, per-family worker settings and the models."""
 
@@ -288,6 +335,9 @@ class Catalog(_Strict):
         default_factory=dict, description="Worker settings per family (defaults when absent)."
     )
     models: list[ModelEntry] = Field(min_length=1, description="The models served.")
+    loras: list[LoraEntry] = Field(
+        default_factory=list, description="LoRA adapters served from start-up."
+    )
     source: str | None = Field(
         default=None, exclude=True, description="File the catalog was read from (set on load)."
     )
@@ -428,6 +478,26 @@ def parse_catalog(data: object, file: str = "<catalog>") -> Catalog:
                         f"gpu_fraction sums to {total:g} > 1 (one worker replica sits on one GPU)",
                     )
                 )
+    by_id = {e.id: e for e in entries}
+    for lora in catalog.loras if catalog is not None else ():
+        base = by_id.get(lora.base_model)
+        if base is None:
+            issues.append(CatalogIssue(file, None, f"loras.{lora.id}.base_model", "no such model"))
+        elif base.family not in LORA_FAMILIES:
+            issues.append(
+                CatalogIssue(
+                    file,
+                    None,
+                    f"loras.{lora.id}.base_model",
+                    f"the {base.family} family takes no LoRA adapters",
+                )
+            )
+        if not (lora.source.endswith(".safetensors") or lora.source.startswith("tiny://")):
+            issues.append(
+                CatalogIssue(file, None, f"loras.{lora.id}.source", "must be a .safetensors file")
+            )
+    if catalog is not None and len({x.id for x in catalog.loras}) != len(catalog.loras):
+        issues.append(CatalogIssue(file, None, "loras", "duplicate adapter id"))
     for family in data.get("workers") or {}:
         if family not in FAMILIES:
             issues.append(

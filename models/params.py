@@ -19,6 +19,21 @@ from genmedia.models.registry import FAMILIES
 
 MAX_SEED = 2**32 - 1
 HARD_MAX_PROMPT_CHARS = 100_000
+MAX_INLINE_INPUT_CHARS = 30_000_000  # base64 of a ~20 MB image; the body limit applies first
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+DEFAULT_QUALITY = 90
+Task = Literal["text-to-image", "image-to-image", "inpainting"]
+
+
+class LoraRequest(BaseModel):
+    """One LoRA adapter a request applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, description="Adapter id (GET /v1/loras).")
+    scale: float | None = Field(
+        default=None, description="Adapter strength; default and bounds from the model."
+    )
 
 
 class GenerateRequest(BaseModel):
@@ -47,7 +62,33 @@ class GenerateRequest(BaseModel):
         "model, parameters and seed give the same output.",
     )
     scheduler: str | None = Field(default=None, description="Scheduler (sampler) name.")
-    output_format: Literal["png"] = Field(default="png", description="Image encoding.")
+    image: str | None = Field(
+        default=None,
+        max_length=MAX_INLINE_INPUT_CHARS,
+        description="Image-to-image / inpainting input: an uploaded file's id (POST /v1/files), "
+        "a URL of a file this service stores (.../v1/files/<path>), or base64 (a data: URL or "
+        "bare). Sets the output size.",
+    )
+    mask_image: str | None = Field(
+        default=None,
+        max_length=MAX_INLINE_INPUT_CHARS,
+        description="Inpainting mask, same forms as 'image' and the same size: white pixels are "
+        "repainted, black ones kept.",
+    )
+    strength: float | None = Field(
+        default=None,
+        description="Image-to-image / inpainting: how much of the input is re-noised (0-1].",
+    )
+    loras: list[LoraRequest] = Field(
+        default_factory=list, description="LoRA adapters to apply, with their scales."
+    )
+    output_format: str | None = Field(
+        default=None,
+        description="Output encoding: png, jpeg or webp for images (default png).",
+    )
+    output_quality: int | None = Field(
+        default=None, ge=1, le=100, description="jpeg/webp quality (default 90)."
+    )
     priority: Literal["interactive", "batch"] | None = Field(
         default=None,
         description="Priority class: 'interactive' (latency) or 'batch' (throughput). Default: "
@@ -61,6 +102,21 @@ class GenerateRequest(BaseModel):
     return_base64: bool = Field(
         default=False, description="Also return each image inline as base64 in the response."
     )
+
+
+@dataclass(frozen=True)
+class AdapterUse:
+    """One LoRA adapter of a batch: which one, how strongly, and where its file comes from (the
+    registry's source; each worker resolves it to a local file)."""
+
+    id: str
+    scale: float
+    source: str
+
+
+def adapter_set_key(uses) -> str:
+    """A stable name for a set of adapters (routing affinity): their ids, sorted."""
+    return "+".join(sorted(u.id for u in uses))
 
 
 @dataclass(frozen=True)
@@ -85,10 +141,17 @@ class GenerationParams:
     num_inference_steps: int
     guidance_scale: float
     scheduler: str
+    task: Task = "text-to-image"
+    strength: float | None = None  # image-to-image / inpainting
+    adapters: tuple[tuple[str, float], ...] = ()  # LoRA (id, scale), in request order
+
+    def __post_init__(self) -> None:  # JSON round trips turn tuples into lists
+        object.__setattr__(self, "adapters", tuple((a, float(w)) for a, w in self.adapters))
 
     @property
     def batch_key(self) -> tuple:
-        """The parameters requests must share to run in one pipeline call."""
+        """The parameters requests must share to run in one pipeline call: one adapter set with
+        the same scales, one task and strength (a pipeline call takes one of each)."""
         return (
             self.model_id,
             self.width,
@@ -96,7 +159,15 @@ class GenerationParams:
             self.num_inference_steps,
             self.guidance_scale,
             self.scheduler,
+            self.task,
+            self.strength,
+            self.adapters,
         )
+
+    @property
+    def adapter_set(self) -> str:
+        """The adapters' ids, sorted: a worker holding them runs the batch without loading."""
+        return "+".join(sorted(a for a, _ in self.adapters))
 
 
 @dataclass
@@ -121,8 +192,10 @@ class GenerationJob:
 
     def describe(self) -> dict:
         """What the JSON sidecar and the response record about the parameters."""
+        params = asdict(self.params)
+        params["loras"] = [{"id": a, "scale": w} for a, w in params.pop("adapters")]
         return {
-            **asdict(self.params),
+            **params,
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
@@ -152,15 +225,74 @@ def _float_in(name: str, value: float | None, b: FloatBounds, errors: list[Field
     return value
 
 
+def resolve_task(entry: ModelEntry, req: GenerateRequest) -> tuple[str, list[FieldError]]:
+    """Which task a request asks for: a mask makes it inpainting, an image image-to-image."""
+    task = "inpainting" if req.mask_image else "image-to-image" if req.image else entry.task
+    errors = []
+    if req.mask_image and not req.image:
+        errors.append(FieldError("image", "inpainting needs the image the mask applies to", None))
+    tasks = FAMILIES[entry.family].tasks
+    if task not in tasks:
+        field = "mask_image" if task == "inpainting" else "image"
+        errors.append(
+            FieldError(field, f"model {entry.id!r} does not do {task}; it does {list(tasks)}", None)
+        )
+    return task, errors
+
+
 def resolve_request(
-    entry: ModelEntry, req: GenerateRequest, *, request_id: str, now: float = 0.0
+    entry: ModelEntry,
+    req: GenerateRequest,
+    *,
+    request_id: str,
+    now: float = 0.0,
+    image_size: tuple[int, int] | None = None,
 ) -> tuple[GenerationJob | None, list[FieldError]]:
-    """Fill defaults from the catalog entry and check every bound; all errors at once."""
+    """Fill defaults from the catalog entry and check every bound; all errors at once.
+    ``image_size`` is the decoded input image's (width, height): it sets the output size."""
     errors: list[FieldError] = []
     p = entry.parameters
     multiple = FAMILIES[entry.family].size_multiple
-    width = _int_in("width", req.width, p.width, errors)
-    height = _int_in("height", req.height, p.height, errors)
+    task, task_errors = resolve_task(entry, req)
+    errors += task_errors
+    if image_size is not None:
+        for name, asked, got in (
+            ("width", req.width, image_size[0]),
+            ("height", req.height, image_size[1]),
+        ):
+            if asked is not None and asked != got:
+                errors.append(
+                    FieldError(name, f"is set by the input image ({got}); leave it out", got)
+                )
+    width = _int_in("width", image_size[0] if image_size else req.width, p.width, errors)
+    height = _int_in("height", image_size[1] if image_size else req.height, p.height, errors)
+    strength = None
+    if task != "text-to-image":
+        strength = _float_in("strength", req.strength, p.strength, errors)
+    elif req.strength is not None:
+        errors.append(FieldError("strength", "needs an input image", None))
+    adapters: list[tuple[str, float]] = []
+    if len(req.loras) > p.max_loras:
+        errors.append(
+            FieldError("loras", f"at most {p.max_loras} adapters per request", p.max_loras)
+        )
+    for i, lora in enumerate(req.loras):
+        if any(a == lora.id for a, _ in adapters):
+            errors.append(FieldError(f"loras[{i}].id", f"{lora.id!r} is listed twice", None))
+        scale = _float_in(f"loras[{i}].scale", lora.scale, p.lora_scale, errors)
+        adapters.append((lora.id, float(scale)))
+    output_format = (req.output_format or "png").lower()
+    if output_format not in IMAGE_FORMATS:
+        errors.append(
+            FieldError(
+                "output_format",
+                f"{output_format!r} is not an output of {task}; allowed: "
+                f"{', '.join(IMAGE_FORMATS)}",
+                list(IMAGE_FORMATS),
+            )
+        )
+    if req.output_quality is not None and output_format == "png":
+        errors.append(FieldError("output_quality", "applies to jpeg and webp only", None))
     for name, v in (("width", width), ("height", height)):
         if v % multiple:
             errors.append(FieldError(name, f"must be a multiple of {multiple}", multiple))
@@ -194,9 +326,28 @@ def resolve_request(
     seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
     if seed + num_images - 1 > MAX_SEED:
         errors.append(FieldError("seed", f"seed + num_images - 1 must be <= {MAX_SEED}", MAX_SEED))
+    if strength is not None and not errors and int(steps * strength) < 1:
+        errors.append(
+            FieldError(
+                "strength",
+                f"with num_inference_steps={steps} it must be >= {1 / steps:.3g} (strength x "
+                "steps denoising steps run; at least one)",
+                1 / steps,
+            )
+        )
     if errors:
         return None, errors
-    params = GenerationParams(entry.id, width, height, steps, float(guidance), scheduler)
+    params = GenerationParams(
+        entry.id,
+        width,
+        height,
+        steps,
+        float(guidance),
+        scheduler,
+        task=task,
+        strength=None if strength is None else float(strength),
+        adapters=tuple(adapters),
+    )
     job = GenerationJob(
         request_id,
         params,
@@ -205,6 +356,12 @@ def resolve_request(
         seed,
         num_images,
         submitted_at=now,
+        extra={
+            "output": {
+                "format": output_format,
+                "quality": req.output_quality or DEFAULT_QUALITY,
+            }
+        },
     )
     return job, []
 
@@ -237,6 +394,15 @@ def parameter_schema(entry: ModelEntry) -> dict:
             "enum": entry.allowed_schedulers(),
             "default": entry.scheduler_default(),
         },
-        "output_format": {"type": "string", "enum": ["png"], "default": "png"},
+        "image": {"type": "string", "description": "image-to-image / inpainting input"},
+        "mask_image": {"type": "string", "description": "inpainting mask (white = repaint)"},
+        "strength": rng(p.strength),
+        "loras": {
+            "type": "array",
+            "maxItems": p.max_loras,
+            "items": {"id": {"type": "string"}, "scale": rng(p.lora_scale)},
+        },
+        "output_format": {"type": "string", "enum": list(IMAGE_FORMATS), "default": "png"},
+        "output_quality": {"type": "integer", "minimum": 1, "maximum": 100},
         "return_base64": {"type": "boolean", "default": False},
     }

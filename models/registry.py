@@ -30,7 +30,7 @@ FAMILIES: dict[str, FamilySpec] = {
         FamilySpec(
             name="sd15",
             module="genmedia.models.sd15",
-            tasks=("text-to-image",),
+            tasks=("text-to-image", "image-to-image", "inpainting"),
             schedulers=("ddim", "euler", "euler_a", "dpmpp_2m", "pndm"),
             default_scheduler="euler",
             size_multiple=8,
@@ -39,7 +39,7 @@ FAMILIES: dict[str, FamilySpec] = {
         FamilySpec(
             name="sdxl",
             module="genmedia.models.sdxl",
-            tasks=("text-to-image",),
+            tasks=("text-to-image", "image-to-image", "inpainting"),
             schedulers=("ddim", "euler", "euler_a", "dpmpp_2m", "pndm"),
             default_scheduler="euler",
             size_multiple=8,
@@ -48,7 +48,7 @@ FAMILIES: dict[str, FamilySpec] = {
         FamilySpec(
             name="flux",
             module="genmedia.models.flux",
-            tasks=("text-to-image",),
+            tasks=("text-to-image", "image-to-image", "inpainting"),
             schedulers=("flow_euler",),
             default_scheduler="flow_euler",
             size_multiple=16,

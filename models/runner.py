@@ -1,13 +1,18 @@
-"""Run one batch of compatible text-to-image jobs through a loaded diffusers pipeline.
+"""Run one batch of compatible image jobs (text-to-image, image-to-image, inpainting) through a
+loaded diffusers pipeline.
 
 Called by the family worker from a thread (never on its event loop), one batch at a time per
 pipeline. Each image gets its own CPU ``torch.Generator`` seeded with ``seed + i``, so a request's
-images depend on its seed, not on the batch it happened to share.
+images depend on its seed, not on the batch it happened to share. Image-to-image and inpainting
+run diffusers' own pipelines for those tasks built with ``from_pipe`` over the same modules: no
+second copy of the weights, and LoRA adapters loaded into the shared modules apply to every task.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from genmedia.models.catalog import ModelEntry
+from genmedia.models.lora import AdapterCache
 from genmedia.models.params import GenerationJob
 from genmedia.models.registry import family_module
 
@@ -39,16 +45,31 @@ class LoadedModel:
     load_s: float
     _scheduler_config: dict = field(default_factory=dict)
     acceleration: dict = field(default_factory=dict)  # what kernels/options are active
+    adapters: AdapterCache = field(default_factory=lambda: AdapterCache(8))
+    _task_pipes: dict = field(default_factory=dict)
 
     @property
     def step_cached(self) -> bool:
         """Step caching keeps state in the shared modules: its calls must not interleave."""
         return bool(self.acceleration.get("cache"))
 
-    def call_view(self, scheduler: str) -> Any:
+    def task_pipe(self, task: str) -> Any:
+        """The pipeline of a task over the same modules (built once, on first use)."""
+        if task == "text-to-image":
+            return self.pipe
+        if task not in self._task_pipes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForInpainting if task == "inpainting" else AutoPipelineForImage2Image
+            pipe = auto.from_pipe(self.pipe)
+            pipe.set_progress_bar_config(disable=True)
+            self._task_pipes[task] = pipe
+        return self._task_pipes[task]
+
+    def call_view(self, scheduler: str, task: str = "text-to-image") -> Any:
         """A pipeline for one call: the same modules (weights are never copied) with a scheduler
         instance of its own, so calls paused at a step boundary do not disturb each other."""
-        view = copy.copy(self.pipe)
+        view = copy.copy(self.task_pipe(task))
         view.scheduler = self.family.SCHEDULERS[scheduler].from_config(self._scheduler_config)
         return view
 
@@ -77,8 +98,14 @@ def load_model(entry: ModelEntry, path: Path, device: str | None = None) -> Load
         time.perf_counter() - start,
         _scheduler_config=dict(pipe.scheduler.config),
         acceleration=record,
+        adapters=AdapterCache(entry.max_loaded_adapters),
     )
     return model
+
+
+@functools.cache
+def _call_parameters(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.__call__).parameters)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -86,32 +113,56 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def run_text_to_image(
-    model: LoadedModel, jobs: list[GenerationJob], on_step: StepCallback | None = None
+def run_images(
+    model: LoadedModel,
+    jobs: list[GenerationJob],
+    on_step: StepCallback | None = None,
+    inputs: list[dict] | None = None,
 ) -> list[list[np.ndarray]]:
-    """One pipeline call for compatible jobs; returns each job's images as uint8 HxWx3 arrays."""
+    """One pipeline call for compatible jobs; returns each job's images as uint8 HxWx3 arrays.
+    ``inputs`` gives each job's input images for image-to-image / inpainting
+    (``{"image": PIL.Image, "mask": PIL.Image}``)."""
     if not jobs:
         return []
     params = jobs[0].params
     if any(j.batch_key != jobs[0].batch_key for j in jobs):
-        raise ValueError("run_text_to_image got incompatible jobs in one batch")
+        raise ValueError("run_images got incompatible jobs in one batch")
+    task = params.task
+    if task != "text-to-image" and (inputs is None or len(inputs) != len(jobs)):
+        raise ValueError(f"{task} needs one input per job")
     prompts: list[str] = []
     negatives: list[str] = []
     generators: list[torch.Generator] = []
-    for job in jobs:
+    images_in: list[Any] = []
+    masks_in: list[Any] = []
+    for n, job in enumerate(jobs):
         for i in range(job.num_images):
             prompts.append(job.prompt)
             negatives.append(job.negative_prompt or "")  # all set or none (batch_key)
             generators.append(torch.Generator("cpu").manual_seed(job.seed + i))
-    pipe = model.call_view(params.scheduler)
+            if task != "text-to-image":
+                images_in.append(inputs[n]["image"])
+                if task == "inpainting":
+                    masks_in.append(inputs[n]["mask"])
+    pipe = model.call_view(params.scheduler, task)
     kwargs = model.family.call_kwargs(
         guidance_scale=params.guidance_scale,
         negative_prompts=negatives if any(negatives) else None,
     )
+    if task != "text-to-image":
+        kwargs["image"] = images_in
+        kwargs["strength"] = params.strength
+    if task == "inpainting":
+        kwargs["mask_image"] = masks_in
+    if task == "text-to-image" or "width" in _call_parameters(type(pipe)):
+        kwargs["width"], kwargs["height"] = params.width, params.height
     if on_step is not None:
-        total = params.num_inference_steps
 
         def _callback(pipe, step, timestep, callback_kwargs):
+            # strength < 1 runs only the last part of the schedule: count what really runs
+            total = params.num_inference_steps
+            if task != "text-to-image":
+                total = getattr(pipe, "_num_timesteps", None) or total
             on_step(min(step + 1, total), total)  # PNDM calls back steps + 1 times
             return callback_kwargs
 
@@ -120,8 +171,6 @@ def run_text_to_image(
         with torch.inference_mode():
             out = pipe(
                 prompt=prompts,
-                width=params.width,
-                height=params.height,
                 num_inference_steps=params.num_inference_steps,
                 generator=generators,
                 output_type="np",

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from genmedia.deployments.api import build_api
-from genmedia.deployments.outputs import encode_png
+from genmedia.deployments.outputs import encode_image
 from genmedia.deployments.service import GatewayService
 from genmedia.deployments.storage import LocalDirStorage
 from genmedia.deployments.tenants import Authenticator, key_record, parse_tenants
@@ -45,7 +45,7 @@ class FakeScheduler:
                 (job.params.height, job.params.width, 3), (job.seed + i) % 256, np.uint8
             )
             key = f"{sub.tenant}/x/{job.request_id}/{i}.png"
-            self.storage.put(key, encode_png(pixels), "image/png")
+            self.storage.put(key, encode_image(pixels), "image/png")
             images.append(
                 {
                     "key": key,

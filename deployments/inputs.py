@@ -1,0 +1,126 @@
+"""Input images of image-to-image and inpainting requests, and uploads (``POST /v1/files``).
+
+Sits in the gateway, before a job is resolved: ``load_input`` turns what a request sent in
+``image`` / ``mask_image`` (an upload id, a ``/v1/files/...`` URL of the caller's own files, or
+base64) into checked image bytes; the gateway stores them under the caller's tenant and the job
+carries only the storage key, which the family worker reads. Errors name the field and the rule.
+No Ray imports.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+UPLOAD_ID = re.compile(r"^upl_[0-9a-f]{32}$")
+UPLOAD_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_DATA_URL = re.compile(r"^data:(?P<type>[\w/+.-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
+
+
+class InputError(ValueError):
+    """A request input that is not acceptable: ``field`` names it, ``limit`` gives the rule."""
+
+    def __init__(self, field: str, message: str, limit: object = None, status: int = 422):
+        self.field, self.limit, self.status = field, limit, status
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """A checked input image: its bytes as sent, and its size."""
+
+    data: bytes
+    width: int
+    height: int
+    mode: str
+
+
+def upload_key(tenant: str, upload_id: str, suffix: str) -> str:
+    return f"{tenant}/uploads/{upload_id}.{suffix}"
+
+
+def new_upload_id() -> str:
+    return f"upl_{uuid.uuid4().hex}"
+
+
+def check_image(data: bytes, field: str, max_pixels: int) -> InputImage:
+    """Bytes that Pillow reads as an image within ``max_pixels`` (checked before decoding)."""
+    if not data:
+        raise InputError(field, "is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise InputError(
+                    field,
+                    f"{width}x{height} is over the pixel limit of {max_pixels} pixels",
+                    max_pixels,
+                )
+            img.load()  # decode fully: truncated files fail here, not on the worker
+            mode = img.mode
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise InputError(field, "is not an image Pillow can read (png, jpeg, webp, ...)") from None
+    return InputImage(data, width, height, mode)
+
+
+def decode_base64(value: str, field: str) -> bytes:
+    m = _DATA_URL.match(value)
+    payload = value[m.end() :] if m else value
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(
+            field,
+            "must be an uploaded file id (upl_...), a /v1/files/... URL of this service, or "
+            "base64 image data",
+        ) from None
+
+
+def load_input(
+    value: str,
+    field: str,
+    *,
+    tenant: str,
+    read: Callable[[str], bytes | None],
+    find_upload: Callable[[str], str | None],
+    max_pixels: int,
+) -> tuple[InputImage, str | None]:
+    """Resolve and check one input. Returns the image and, when it is already stored (an upload
+    or one of the caller's files), its storage key; a foreign or missing file answers as
+    missing (the caller cannot tell another tenant's files from none)."""
+    value = value.strip()
+    key: str | None = None
+    if UPLOAD_ID.match(value):
+        key = find_upload(value)
+        if key is None:
+            raise InputError(field, f"no uploaded file {value!r}", status=404)
+    elif "/v1/files/" in value:
+        path = value.split("/v1/files/", 1)[1].split("?", 1)[0]
+        if path.split("/", 1)[0] != tenant or ".." in path.split("/"):
+            raise InputError(field, f"no file {path!r}", status=404)
+        key = path
+    if key is not None:
+        data = read(key)
+        if data is None:
+            raise InputError(field, f"no file {value!r}", status=404)
+        return check_image(data, field, max_pixels), key
+    return check_image(decode_base64(value, field), field, max_pixels), None
+
+
+def check_mask(mask: InputImage, image: InputImage) -> None:
+    if (mask.width, mask.height) != (image.width, image.height):
+        raise InputError(
+            "mask_image",
+            f"is {mask.width}x{mask.height}; it must be the image's size "
+            f"{image.width}x{image.height}",
+            [image.width, image.height],
+        )
