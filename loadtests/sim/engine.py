@@ -532,20 +532,30 @@ class Simulation:
         call.held_since = now
         call.since = now
         gpu = rep.gpu
-        self._advance_gpu(gpu)
-        gpu.active.append(call)
-        gpu.load += call.share
-        self._rerate(gpu, call)
+        if len(gpu.replicas) == 1:  # alone on its device: one call computes, at full speed
+            gpu.active.append(call)
+            gpu.load += call.share
+            call.rate = 1.0
+            self._schedule(call)
+        else:
+            self._advance_gpu(gpu)
+            gpu.active.append(call)
+            gpu.load += call.share
+            self._rerate(gpu, call)
         if call.first_step_at is None:
             call.first_step_at = now + max(0.0, call.pre + call.step - call.done) / call.rate
 
     def _release(self, rep: Replica, call: Call) -> None:
         gpu = rep.gpu
+        call.compute += self.now - call.held_since
+        rep.holder = None
+        if len(gpu.replicas) == 1:
+            gpu.active.remove(call)
+            gpu.load -= call.share
+            return
         self._advance_gpu(gpu)
         gpu.active.remove(call)
         gpu.load -= call.share
-        call.compute += self.now - call.held_since
-        rep.holder = None
         self._rerate(gpu, None)
 
     def _grant(self, rep: Replica) -> None:
