@@ -46,6 +46,7 @@ WORKLOAD = {
 }
 TENANTS = {"web": 2.0, "mobile": 1.0, "studio": 1.0, "backfill": 0.5}  # ids and their weights
 SLO_S = {"interactive": 10.0, "batch": 120.0}  # end to end, per class
+FAMILIES = ("sd15", "sdxl", "flux")
 CONFIGS = [
     ("fifo", "dedicated"),
     ("priority", "dedicated"),
@@ -94,7 +95,7 @@ def tenants_file():
     )
 
 
-def measure(records: list[RequestRecord], gpus: int) -> dict:
+def measure(records: list[RequestRecord], gpus: int, family_of: dict[str, str]) -> dict:
     ok = [r for r in records if r.status == "COMPLETED"]
     span = max(r.t_done for r in ok) - min(r.t_submit for r in records)
     good = [r for r in ok if r.latency <= SLO_S[r.priority]]
@@ -105,6 +106,15 @@ def measure(records: list[RequestRecord], gpus: int) -> dict:
         "images_per_s": sum(r.images for r in ok) / span,
         "goodput_images_per_s": sum(r.images for r in good) / span,
         "goodput_per_gpu": sum(r.images for r in good) / span / gpus,
+    }
+    out["interactive_p99_by_family_s"] = {
+        fam: float(np.percentile(lat, 99))
+        for fam in sorted(set(family_of.values()))
+        if len(
+            lat := [
+                r.latency for r in ok if r.priority == "interactive" and family_of[r.model] == fam
+            ]
+        )
     }
     for cls in ("interactive", "batch"):
         lat = np.array([r.latency for r in ok if r.priority == cls])
@@ -132,6 +142,7 @@ def run_study(n: int, gpus: int, loads: list[float], seed: int) -> dict:
     catalog = load_catalog(CATALOG)
     profile = load_profile("gpu")
     tenants = tenants_file()
+    family_of = {m.id: m.family for m in catalog.models}
     runs = []
     with Progress(console=console) as progress:
         task = progress.add_task("simulating", total=len(loads) * len(CONFIGS))
@@ -155,7 +166,7 @@ def run_study(n: int, gpus: int, loads: list[float], seed: int) -> dict:
                         "calls": res.calls,
                         "preemptions": res.preemptions,
                         "wall_s": res.wall_s,
-                        **measure(res.records, res.gpus),
+                        **measure(res.records, res.gpus, family_of),
                         "cdf_interactive_s": cdf_points(res.records, "interactive"),
                     }
                 )
@@ -255,17 +266,20 @@ def markdown(study: dict, plots: list[str], wall_s: float) -> str:
         f"split by offered work, as many as fit ({g} GPUs). Whole study: {wall_s:.0f} s wall.",
         "",
         "| load (req/s) | policy | packing | replicas (sd15/sdxl/flux) | images/s | goodput/GPU "
-        "| interactive p50 / p99 (s) | interactive queue p99 (s) | batch p99 (s) "
-        "| interactive SLO met | preemptions |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| interactive p50 / p99 (s) | interactive p99 sd15 / sdxl / flux (s) "
+        "| interactive queue p99 (s) | batch p99 (s) | interactive SLO met | preemptions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in study["runs"]:
-        reps = "/".join(str(r["replicas"].get(f, 0)) for f in ("sd15", "sdxl", "flux"))
+        reps = "/".join(str(r["replicas"].get(f, 0)) for f in FAMILIES)
         i, b = r["interactive"], r["batch"]
+        fam = r["interactive_p99_by_family_s"]
+        by_family = " / ".join(f"{fam[f]:.2f}" if f in fam else "-" for f in FAMILIES)
         lines.append(
             f"| {r['load_rps']:g} | {r['policy']} | {r['packing']} | {reps} | "
             f"{r['images_per_s']:.0f} | {r['goodput_per_gpu']:.3f} | "
-            f"{i['p50_s']:.2f} / {i['p99_s']:.2f} | {i['queue_p99_s']:.2f} | {b['p99_s']:.1f} | "
+            f"{i['p50_s']:.2f} / {i['p99_s']:.2f} | {by_family} | {i['queue_p99_s']:.2f} | "
+            f"{b['p99_s']:.1f} | "
             f"{i['slo_met']:.1%} | "
             f"{r['preemptions']} |"
         )
@@ -285,7 +299,14 @@ def markdown(study: dict, plots: list[str], wall_s: float) -> str:
             f"Fractional vs dedicated (priority): goodput/GPU "
             f"{pf['goodput_per_gpu']:.3f} vs {pd['goodput_per_gpu']:.3f} "
             f"(x{pf['goodput_per_gpu'] / pd['goodput_per_gpu']:.2f}), interactive p99 "
-            f"x{pf['interactive']['p99_s'] / pd['interactive']['p99_s']:.2f}."
+            f"x{pf['interactive']['p99_s'] / pd['interactive']['p99_s']:.2f} (by family, "
+            + ", ".join(
+                f"{f} {pf['interactive_p99_by_family_s'][f]:.2f} s vs "
+                f"{pd['interactive_p99_by_family_s'][f]:.2f} s"
+                for f in FAMILIES
+                if f in pf["interactive_p99_by_family_s"]
+            )
+            + ")."
         )
     lines += [
         "",
