@@ -202,11 +202,12 @@ def _family_step(
     target = min(cap, max(floor, d.keep))
     if target >= current:
         return current, replace(st, low_since=None), "steady"
+    if target == 0:  # idle for the keep-warm time already (>= downscale_delay_s)
+        return 0, FamilyState(None, now, idle_since), "idle: scale to zero"
     low_since = st.low_since if st.low_since is not None else now
     settled = st.last_change is None or now - st.last_change >= config.downscale_delay_s
     if now - low_since >= config.downscale_delay_s and settled:
-        why = "idle: scale to zero" if target == 0 else f"work needs {d.keep} at hysteresis"
-        return target, FamilyState(None, now, idle_since), why
+        return target, FamilyState(None, now, idle_since), f"work needs {d.keep} (hysteresis)"
     return current, replace(st, low_since=low_since), "cooling down"
 
 
