@@ -19,13 +19,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from genmedia.deployments.infra_cli import infra_app
 from genmedia.deployments.tenants import (
     TenantsError,
     TenantsFile,
     development_tenants,
     load_tenants,
 )
-from genmedia.deployments.infra_cli import infra_app
 from genmedia.deployments.tenants_cli import tenants_app
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
 
