@@ -101,3 +101,63 @@ def plan(
         f"[green]✓[/] minimum replicas fit on {len(placement.gpus)} of {gpus} GPU(s) "
         f"of {gpu_memory_gb:g} GiB"
     )
+
+
+@infra_app.command("render")
+def render_cmd(
+    target: Annotated[
+        str, typer.Argument(help="serve-config | kuberay | dockerfile | prometheus | grafana | all")
+    ],
+    catalog_file: CatalogOpt = None,
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="File to write (a directory for 'all'; default: stdout)."),
+    ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus", min=1, help="GPU budget (default: what every family at max replicas needs)."
+        ),
+    ] = None,
+    gpu_memory_gb: Annotated[
+        float, typer.Option("--gpu-memory-gb", min=0.001, help="Memory of one GPU, GiB.")
+    ] = DEFAULT_GPU_MEMORY_GB,
+    variant: Annotated[str, typer.Option(help="Dockerfile variant: cpu | cuda.")] = "cpu",
+) -> None:
+    """Render a deploy artifact from the catalog (the files under infra/ are made this way)."""
+    from genmedia.infra.render import (
+        TARGETS,
+        Cluster,
+        RenderError,
+        gpus_for_max,
+        render,
+        render_all,
+    )
+
+    if target not in (*TARGETS, "all"):
+        raise _fail(f"unknown render target {target!r}; known: {', '.join(TARGETS)}, all")
+    catalog = _catalog(catalog_file)
+    cluster = Cluster(gpus or gpus_for_max(catalog, gpu_memory_gb), gpu_memory_gb)
+    try:
+        if target == "all":
+            files = render_all(catalog, cluster)
+        else:
+            files = {"": render(target, catalog, cluster, variant)}
+    except PlacementError as e:
+        for issue in e.issues:
+            console.print(f"[red]✗[/] {catalog.source}: {issue}", highlight=False)
+        raise _fail(f"the catalog does not fit {cluster.gpus} GPU(s)") from None
+    except RenderError as e:
+        raise _fail(str(e)) from None
+    if target == "all":
+        if out_path is None:
+            raise _fail("'render all' needs --out DIR")
+        out_path.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (out_path / name).write_text(text)
+            console.print(f"wrote {out_path / name}", highlight=False)
+    elif out_path is None:
+        sys.stdout.write(files[""])
+    else:
+        out_path.write_text(files[""])
+        console.print(f"wrote {out_path}", highlight=False)

@@ -458,6 +458,9 @@ class Scheduler:
         for (model, cls), n in depth.items():
             self.metrics.queue_depth.labels(model, cls).set(n)
         self.metrics.running.set(len(self.batch_of))
+        for m in self.catalog.models:
+            share = m.gpu_fraction * self.replicas.get(m.family, 0)
+            self.metrics.gpu_share.labels(m.id, m.family).set(share)
         return self.metrics.render()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
