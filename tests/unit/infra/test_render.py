@@ -93,7 +93,9 @@ def _subset(ours, theirs, path="") -> list[str]:
         if not isinstance(theirs, list) or len(theirs) != len(ours):
             return [path]
         return [
-            p for i, (a, b) in enumerate(zip(ours, theirs)) for p in _subset(a, b, f"{path}[{i}]")
+            p
+            for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
+            for p in _subset(a, b, f"{path}[{i}]")
         ]
     return [] if ours == theirs else [path]
 
