@@ -16,7 +16,7 @@ from rich.table import Table
 
 from genmedia.autoscaling.placement import PlacementError, plan_placement
 from genmedia.autoscaling.policy import PolicyConfig, zero_blockers
-from genmedia.models.catalog import Catalog, CatalogError, load_catalog
+from genmedia.models.catalog import Catalog
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -32,17 +32,15 @@ DEFAULT_GPU_MEMORY_GB = 24.0
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(2)
+    from genmedia.deployments.cli import _fail as fail  # one error style for the whole CLI
+
+    return fail(message)
 
 
 def _catalog(path: Path | None) -> Catalog:
-    try:
-        return load_catalog(path)
-    except CatalogError as e:
-        for issue in e.issues:
-            console.print(f"[red]✗[/] {issue}", highlight=False)
-        raise _fail(f"{len(e.issues)} problem(s) in the catalog") from None
+    from genmedia.deployments.cli import _load
+
+    return _load(path)
 
 
 @infra_app.command("plan")

@@ -104,3 +104,17 @@ def test_plan_names_the_models_that_do_not_fit(tmp_path):
     assert r.exit_code == 2
     assert "'big': gpu_fraction" in r.output and "does not fit 1 GPU(s) of 6 GiB" in r.output
     assert "Traceback" not in r.output
+
+
+def test_render_unknown_target_is_a_clear_error():
+    r = runner.invoke(app, ["render", "helm"])
+    assert r.exit_code == 2
+    assert "unknown render target 'helm'; known: serve-config, kuberay" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_render_writes_the_file(tmp_path):
+    out = tmp_path / "prometheus.yml"
+    r = runner.invoke(app, ["render", "prometheus", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "job_name: genmedia" in out.read_text()
