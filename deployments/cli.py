@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from genmedia.deployments.infra_cli import infra_app
 from genmedia.deployments.tenants import (
     TenantsError,
     TenantsFile,
@@ -41,6 +42,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints.")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(infra_app)  # plan, render
 app.command("sim")(sim_command)
 
 TenantsOpt = Annotated[

@@ -86,6 +86,12 @@ class SchedulerMetrics:
             registry=r,
         )
         self.running = Gauge("genmedia_jobs_running", "Jobs in a pipeline call.", registry=r)
+        self.gpu_share = Gauge(
+            "genmedia_model_gpu_share",
+            "GPUs reserved for a model: its gpu_fraction x its family worker's replicas.",
+            ["model", "family"],
+            registry=r,
+        )
         self.tenant_jobs = Counter(
             "genmedia_tenant_jobs",
             "Finished jobs per tenant.",

@@ -117,6 +117,7 @@ class Scheduler:
         self.running_tenant: dict[str, str] = {}  # running job id -> tenant
         # batch id -> (family, slot, expected end or None), for ETAs
         self.running_ends: dict[str, tuple[str, str, float | None]] = {}
+        self.running_work: dict[str, tuple[str, float]] = {}  # batch id -> (model, cost)
         self.batches: dict[str, tuple[list[str], object]] = {}  # batch id -> (job ids, stream)
         self.watchers: dict[str, list[asyncio.Queue]] = defaultdict(list)  # progress streams
         self.done: dict[str, asyncio.Event] = {}  # sync waits: set when the job ends
@@ -589,7 +590,23 @@ class Scheduler:
         for (model, cls), n in depth.items():
             self.metrics.queue_depth.labels(model, cls).set(n)
         self.metrics.running.set(len(self.batch_of))
+        for m in self.catalog.models:
+            share = m.gpu_fraction * self.replicas.get(m.family, 0)
+            self.metrics.gpu_share.labels(m.id, m.family).set(share)
         return self.metrics.render()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Queued work per model and class and running work per model, in work units, with the
+        measured seconds per unit: what the autoscaler (``autoscaling/serve_adapter.py``) reads
+        when the app runs under its policy."""
+        from genmedia.autoscaling.signals import encode
+
+        return encode(
+            ((j.model_id, j.priority, j.cost) for j in self.queued.values()),
+            self.running_work.values(),
+            self.estimator.per_cost,
+            (m.id for m in self.catalog.models),
+        )
 
     async def ready(self) -> dict:
         """Each family worker's readiness (the gateway's /readyz)."""
@@ -680,6 +697,7 @@ class Scheduler:
         cost = sum(j.cost for j in batch)
         expected = self.estimator.seconds(batch[0].model_id, cost)
         self.running_ends[batch_id] = (family, slot, None if expected is None else now + expected)
+        self.running_work[batch_id] = (batch[0].model_id, cost)
         for rec in started:
             self.batch_of[rec.id] = batch_id
             self.running_tenant[rec.id] = rec.tenant
@@ -728,6 +746,7 @@ class Scheduler:
         finally:
             self.batches.pop(batch_id, None)
             self.running_ends.pop(batch_id, None)
+            self.running_work.pop(batch_id, None)
             for jid in ids:
                 self.batch_of.pop(jid, None)
                 self.running_tenant.pop(jid, None)

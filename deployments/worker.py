@@ -69,6 +69,12 @@ def yield_cpu_to_workers() -> None:
         os.nice(CONTROL_PLANE_NICENESS)
 
 
+def _assigned_gpu_share() -> float:
+    import ray
+
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+
+
 def torch_threads_for(num_cpus: float) -> int:
     """Torch intra-op threads for a replica with ``num_cpus`` Ray CPUs (at least one)."""
     return max(1, int(num_cpus))
@@ -100,13 +106,11 @@ class FamilyWorker:
         self.entries = {e["id"]: ModelEntry.model_validate(e) for e in entries}
         self.weights = weights
         self.threads = threads
-        from genmedia.models.runner import pick_device
+        from genmedia.models.runner import cap_gpu_memory, pick_device
 
         self.device = pick_device()
-        if self.device == "cuda" and memory_gb:
-            # Ray's GPU fractions are bookkeeping only: cap this process at its share.
-            total = torch.cuda.get_device_properties(0).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 2**30 / total))
+        # Ray's GPU fractions are bookkeeping only: cap this process at its share.
+        cap_gpu_memory(_assigned_gpu_share(), memory_gb)
         settings = ServerSettings.model_validate(server)
         self.max_adapter_bytes = settings.max_adapter_bytes
         self.storage = make_storage(settings.storage, Path)  # paths already absolute

@@ -113,6 +113,44 @@ class ParameterBounds(_Strict):
     )
 
 
+class ClassTargets(_Strict):
+    """Latency targets per priority class: submit to result, in seconds. The autoscaler sizes a
+    family's replicas so that queued work of each class finishes within its target."""
+
+    interactive_s: float = Field(
+        default=30.0, gt=0.0, le=86_400.0, description="Target for interactive-class requests."
+    )
+    batch_s: float = Field(
+        default=3600.0, gt=0.0, le=604_800.0, description="Target for batch-class requests."
+    )
+
+
+class ModelScaling(_Strict):
+    """What the autoscaler and the placement planner need to know of a model's costs."""
+
+    seconds_per_unit: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=3600.0,
+        description="Expected seconds of one work unit (one denoising step of one image at one "
+        "megapixel) on the target GPU: the service-time estimate until the scheduler has "
+        "measured calls, and the floor of the class-target check.",
+    )
+    load_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=3600.0,
+        description="Cold start: seconds from a new worker replica being placed to this model "
+        "being loaded and ready.",
+    )
+    scale_to_zero: bool = Field(
+        default=False,
+        description="Let this model's worker scale to zero when idle even though its cold start "
+        "(load_s) is longer than its interactive target. Without it, a family with "
+        "min_replicas 0 goes to zero only when every model's cold start fits its target.",
+    )
+
+
 class ModelEntry(_Strict):
     """One servable model."""
 
@@ -179,6 +217,22 @@ class ModelEntry(_Strict):
         description="Attention backend, fused Triton ops (kernels: [...]), torch.compile, step "
         "caching and quantization installed into the pipeline at load time.",
     )
+    slo: ClassTargets = Field(
+        default_factory=ClassTargets,
+        description="Latency targets per priority class (submit to result), in seconds.",
+    )
+    scaling: ModelScaling = Field(
+        default_factory=ModelScaling,
+        description="Service-time and cold-start estimates for the autoscaler; scale-to-zero "
+        "opt-in.",
+    )
+
+    def min_service_s(self) -> float:
+        """The shortest possible service time: the smallest request the bounds allow (fewest
+        images and steps, smallest size) at the expected seconds per work unit."""
+        p = self.parameters
+        units = p.num_images.min * p.steps.min * p.width.min * p.height.min / 1e6
+        return units * self.scaling.seconds_per_unit
 
     def allowed_schedulers(self) -> list[str]:
         spec = FAMILIES.get(self.family)
@@ -423,11 +477,44 @@ def _entry_issues(entry: ModelEntry, file: str) -> list[CatalogIssue]:
                 )
     for field, message in check_options(entry.family, entry.acceleration, None, entry.dtype):
         add(f"acceleration.{field}", message)
+    shortest = entry.min_service_s()
+    for cls in ("interactive", "batch"):
+        target = getattr(entry.slo, f"{cls}_s")
+        if target <= shortest:
+            add(
+                f"slo.{cls}_s",
+                f"target {target:g} s is shorter than the shortest possible service time "
+                f"{shortest:.3g} s (scaling.seconds_per_unit {entry.scaling.seconds_per_unit:g} x "
+                "the smallest request the parameter bounds allow)",
+            )
     if entry.parameters.num_images.max > entry.max_batch_size:
         add(
             "parameters.num_images.max",
             f"{entry.parameters.num_images.max} exceeds max_batch_size {entry.max_batch_size}",
         )
+    return issues
+
+
+def _inverted_replica_issues(
+    workers: object, by_family: dict[str, list[ModelEntry]], file: str
+) -> list[CatalogIssue]:
+    """Inverted replica bounds, reported on every model the family's worker serves."""
+    issues: list[CatalogIssue] = []
+    for family, raw in (workers if isinstance(workers, dict) else {}).items():
+        if not isinstance(raw, dict):
+            continue
+        lo, hi = raw.get("min_replicas", 1), raw.get("max_replicas", 1)
+        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+            for m in by_family.get(family, []):
+                issues.append(
+                    CatalogIssue(
+                        file,
+                        m.id,
+                        f"workers.{family}.min_replicas",
+                        f"{lo} is greater than workers.{family}.max_replicas {hi} (the {family} "
+                        "worker serves this model)",
+                    )
+                )
     return issues
 
 
@@ -498,6 +585,7 @@ def parse_catalog(data: object, file: str = "<catalog>") -> Catalog:
             )
     if catalog is not None and len({x.id for x in catalog.loras}) != len(catalog.loras):
         issues.append(CatalogIssue(file, None, "loras", "duplicate adapter id"))
+    issues += _inverted_replica_issues(data.get("workers"), by_family, file)
     for family in data.get("workers") or {}:
         if family not in FAMILIES:
             issues.append(

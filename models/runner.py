@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from genmedia.models.catalog import ModelEntry
 from genmedia.models.lora import AdapterCache
 from genmedia.models.params import GenerationJob
 from genmedia.models.registry import family_module
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -76,6 +79,25 @@ class LoadedModel:
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cap_gpu_memory(share: float, memory_gb: float | None = None) -> float | None:
+    """Cap this process's CUDA memory at its GPU share: Ray's fractional GPUs are bookkeeping
+    only, so replicas packed on one GPU would otherwise take each other's memory. ``share`` is
+    the fraction Ray assigned (the placement planner checked the models fit in it); without one,
+    ``memory_gb`` sets the cap. Returns the fraction applied; None on CPU (logged, no-op)."""
+    if not torch.cuda.is_available():
+        logger.info("no CUDA device: GPU memory cap (share %.3g) not applied", share)
+        return None
+    fraction = share if 0.0 < share < 1.0 else None
+    if fraction is None and memory_gb:
+        total = torch.cuda.get_device_properties(0).total_memory
+        fraction = min(1.0, memory_gb * 2**30 / total)
+    if fraction is None:
+        return None
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    logger.info("GPU memory capped at %.3g of the device", fraction)
+    return fraction
 
 
 def load_model(entry: ModelEntry, path: Path, device: str | None = None) -> LoadedModel:

@@ -37,6 +37,7 @@ def make_tenants():
                 {
                     "id": "dev",
                     "api_keys": keys(API_KEY),
+                    "admin": True,
                     "quotas": big,
                     "webhook_secret": WEBHOOK_SECRET,
                 },

@@ -145,3 +145,27 @@ def test_acceleration_options_are_checked_per_family():
     assert ("bad-op", "acceleration.kernels") in found
     assert ("unknown-op", "acceleration.kernels") in found
     assert not any(i.model_id == "fine" for i in issues)
+
+
+def test_inverted_replica_bounds_name_each_model_and_field():
+    issues = _issues(
+        {
+            "models": [_model(id="a"), _model(id="b")],
+            "workers": {"sd15": {"min_replicas": 3, "max_replicas": 1}},
+        }
+    )
+    found = {(i.model_id, i.field) for i in issues}
+    assert {("a", "workers.sd15.min_replicas"), ("b", "workers.sd15.min_replicas")} <= found
+    assert any("3 is greater than workers.sd15.max_replicas 1" in i.message for i in issues)
+
+
+def test_class_target_shorter_than_any_service_time_names_model_and_field():
+    slow = _model(
+        id="slow",
+        parameters={"steps": {"default": 20, "min": 10, "max": 50}},
+        scaling={"seconds_per_unit": 2.0},  # min: 1 x 10 x 256x256 px = 0.655 units: 1.31 s
+        slo={"interactive_s": 1.0, "batch_s": 600},
+    )
+    issues = _issues({"models": [slow, _model(id="ok", slo={"interactive_s": 1.0})]})
+    assert [(i.model_id, i.field) for i in issues] == [("slow", "slo.interactive_s")]
+    assert "1.31 s" in issues[0].message

@@ -86,3 +86,35 @@ def test_serve_refuses_options_this_device_cannot_run(tmp_path, monkeypatch):
     r = runner.invoke(app, ["serve", "--catalog", str(f)])
     assert r.exit_code == 2
     assert "model 'x': acceleration.attention" in r.output
+
+
+def test_plan_prints_the_packing(tmp_path):
+    r = runner.invoke(app, ["plan", "--gpus", "1"])
+    assert r.exit_code == 0, r.output
+    assert "sd15 #1 (sd15-tiny, sd15-tiny-turbo)" in r.output
+    assert "minimum replicas fit on 1 of 1 GPU(s)" in r.output
+
+
+def test_plan_names_the_models_that_do_not_fit(tmp_path):
+    f = write(
+        tmp_path,
+        [{"id": "big", "family": "sdxl", "weights": "tiny://sdxl", "gpu_fraction": 0.5}],
+    )
+    r = runner.invoke(app, ["plan", "--gpus", "1", "--gpu-memory-gb", "6", "--catalog", str(f)])
+    assert r.exit_code == 2
+    assert "'big': gpu_fraction" in r.output and "does not fit 1 GPU(s) of 6 GiB" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_render_unknown_target_is_a_clear_error():
+    r = runner.invoke(app, ["render", "helm"])
+    assert r.exit_code == 2
+    assert "unknown render target 'helm'; known: serve-config, kuberay" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_render_writes_the_file(tmp_path):
+    out = tmp_path / "prometheus.yml"
+    r = runner.invoke(app, ["render", "prometheus", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "job_name: genmedia" in out.read_text()

@@ -1,0 +1,235 @@
+"""SLO-aware scaling policy, pure: a snapshot of queued work in, replicas per family out.
+
+Called by the Ray Serve adapter (``serve_adapter.py``) on the controller about every 0.1 s and
+by the load-test simulator with its own clock; both hand it a ``Snapshot`` (queued and in-flight
+work per model and class, measured service and load times, current replicas, ``now``) and the
+``FamilyState`` it returned last time. Nothing here reads a clock or imports Ray.
+
+- Demand: a family needs ``sum over models of work / drain`` replicas per class, where work is
+  the compute-seconds that must finish before the class's last queued job (in-flight work, the
+  interactive queue, and for the batch class the batch queue too) and drain is the class target
+  less one job's service time. The larger of the two classes wins.
+- Damping: up at once (latency matters); down only to what the work needs at
+  ``down_utilisation`` of the replicas (hysteresis), after the demand stayed that low for
+  ``downscale_delay_s`` and at least that long after the last change (cooldown).
+- Scale to zero: only for a family with ``min_replicas: 0`` whose models all let it (cold start
+  within the interactive target, or ``scaling.scale_to_zero`` set), after it was idle as long as
+  a cold start costs (rent-or-buy: keeping a replica that long costs at most what a cold start
+  does), and never sooner than ``downscale_delay_s``.
+- One GPU budget: minimums are placed first, then replicas above them one per family in turn,
+  most interactive pressure first (``placement.allocate``), so a burst cannot starve the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from genmedia.autoscaling.placement import GpuPool, ReplicaShape, allocate, replica_shapes
+from genmedia.models.catalog import Catalog, ModelEntry
+
+CLASSES = ("interactive", "batch")
+
+
+@dataclass(frozen=True)
+class ModelTargets:
+    """A model's static facts from the catalog: targets and cost estimates."""
+
+    model_id: str
+    interactive_s: float
+    batch_s: float
+    seconds_per_unit: float
+    load_s: float
+    job_units: float  # work units of a request with the default parameters
+    scale_to_zero: bool
+
+    @classmethod
+    def of(cls, m: ModelEntry) -> ModelTargets:
+        p = m.parameters
+        units = p.num_images.default * p.steps.default * p.width.default * p.height.default / 1e6
+        return cls(
+            m.id,
+            m.slo.interactive_s,
+            m.slo.batch_s,
+            m.scaling.seconds_per_unit,
+            m.scaling.load_s,
+            units,
+            m.scaling.scale_to_zero,
+        )
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Everything static the policy needs: families, models, GPUs and damping knobs."""
+
+    shapes: dict[str, ReplicaShape]
+    models: dict[str, dict[str, ModelTargets]]  # family -> model id -> targets
+    gpu_count: int
+    gpu_memory_gb: float
+    downscale_delay_s: float = 30.0
+    down_utilisation: float = 0.7
+    replica_start_s: float = 5.0  # process start + Serve registration, before model loads
+
+    @classmethod
+    def from_catalog(
+        cls, catalog: Catalog, gpu_count: int, gpu_memory_gb: float, **knobs
+    ) -> PolicyConfig:
+        models = {
+            f: {m.id: ModelTargets.of(m) for m in entries}
+            for f, entries in catalog.families().items()
+        }
+        return cls(replica_shapes(catalog), models, gpu_count, gpu_memory_gb, **knobs)
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """One model's work right now, in work units (images x steps x megapixels)."""
+
+    queued_units: dict[str, float] = field(default_factory=dict)  # per class
+    inflight_units: float = 0.0
+    seconds_per_unit: float | None = None  # measured (EWMA); None: use the catalog's
+    load_s: float | None = None  # measured cold load; None: use the catalog's
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the policy sees at ``now``: current (target) replicas and each model's load."""
+
+    now: float
+    replicas: dict[str, int]
+    models: dict[str, ModelLoad]
+
+
+@dataclass(frozen=True)
+class FamilyState:
+    """Damping memory of one family between decisions."""
+
+    low_since: float | None = None  # demand below the current replicas since
+    last_change: float | None = None
+    idle_since: float | None = None  # no queued or in-flight work since
+
+
+@dataclass(frozen=True)
+class FamilyDemand:
+    """A family's demand in replicas: to scale up (``up``) and to stay at (``keep``)."""
+
+    up: int
+    keep: int
+    interactive: float  # replicas the interactive class alone needs
+    busy: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Replicas per family, the state to pass back next time, and why."""
+
+    replicas: dict[str, int]
+    state: dict[str, FamilyState]
+    reasons: dict[str, str]
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)
+
+
+def family_demand(config: PolicyConfig, family: str, snap: Snapshot) -> FamilyDemand:
+    need = dict.fromkeys(CLASSES, 0.0)
+    busy = False
+    for mid, t in config.models[family].items():
+        load = snap.models.get(mid, ModelLoad())
+        rate = load.seconds_per_unit or t.seconds_per_unit
+        service = rate * t.job_units
+        inflight = load.inflight_units * rate
+        q_i = load.queued_units.get("interactive", 0.0) * rate
+        q_b = load.queued_units.get("batch", 0.0) * rate
+        busy = busy or inflight > 0 or q_i > 0 or q_b > 0
+        for cls, work, target in (
+            ("interactive", inflight + q_i, t.interactive_s),
+            ("batch", inflight + q_i + q_b, t.batch_s),
+        ):
+            need[cls] += work / max(target - service, 0.1 * target)
+    demand = max(need.values())
+    floor = 1 if busy else 0
+    return FamilyDemand(
+        up=max(floor, _ceil(demand)),
+        keep=max(floor, _ceil(demand / config.down_utilisation)),
+        interactive=need["interactive"],
+        busy=busy,
+    )
+
+
+def cold_start_s(config: PolicyConfig, t: ModelTargets, load: ModelLoad | None) -> float:
+    measured = load.load_s if load is not None else None
+    return config.replica_start_s + (measured if measured is not None else t.load_s)
+
+
+def zero_blockers(config: PolicyConfig, family: str, snap: Snapshot | None = None) -> list[str]:
+    """Why a family may not scale to zero (empty: it may). Its ``min_replicas`` must be 0, and
+    every model's cold start must fit its interactive target unless the model opted in."""
+    out = []
+    if config.shapes[family].min_replicas > 0:
+        out.append(f"min_replicas is {config.shapes[family].min_replicas}")
+    for mid, t in config.models[family].items():
+        cold = cold_start_s(config, t, snap.models.get(mid) if snap else None)
+        if cold > t.interactive_s and not t.scale_to_zero:
+            out.append(f"{mid}: cold start {cold:.3g} s > interactive target {t.interactive_s:g} s")
+    return out
+
+
+def _family_step(
+    config: PolicyConfig, family: str, snap: Snapshot, st: FamilyState, d: FamilyDemand
+) -> tuple[int, FamilyState, str]:
+    now = snap.now
+    shape = config.shapes[family]
+    current = snap.replicas.get(family, shape.min_replicas)
+    idle_since = None if d.busy else (st.idle_since if st.idle_since is not None else now)
+    st = replace(st, idle_since=idle_since)
+    floor = max(shape.min_replicas, 1)
+    if shape.min_replicas == 0 and not d.busy and not zero_blockers(config, family, snap):
+        keep_warm = max(
+            config.downscale_delay_s,
+            max(
+                cold_start_s(config, t, snap.models.get(mid))
+                for mid, t in config.models[family].items()
+            ),
+        )
+        if now - idle_since >= keep_warm:
+            floor = 0
+    cap = shape.max_replicas
+    up = min(cap, max(floor, d.up))
+    if up > current:
+        return up, replace(st, low_since=None, last_change=now), f"work needs {d.up}"
+    target = min(cap, max(floor, d.keep))
+    if target >= current:
+        return current, replace(st, low_since=None), "steady"
+    if target == 0:  # idle for the keep-warm time already (>= downscale_delay_s)
+        return 0, FamilyState(None, now, idle_since), "idle: scale to zero"
+    low_since = st.low_since if st.low_since is not None else now
+    settled = st.last_change is None or now - st.last_change >= config.downscale_delay_s
+    if now - low_since >= config.downscale_delay_s and settled:
+        return target, FamilyState(None, now, idle_since), f"work needs {d.keep} (hysteresis)"
+    return current, replace(st, low_since=low_since), "cooling down"
+
+
+def decide(config: PolicyConfig, snap: Snapshot, state: dict[str, FamilyState]) -> Decision:
+    """Replicas per family for this snapshot (pure; ``state`` is the last Decision's)."""
+    wanted: dict[str, int] = {}
+    reasons: dict[str, str] = {}
+    new_state: dict[str, FamilyState] = {}
+    pressure: dict[str, float] = {}
+    floors: dict[str, int] = {}
+    for family in config.shapes:
+        d = family_demand(config, family, snap)
+        n, st, why = _family_step(config, family, snap, state.get(family, FamilyState()), d)
+        wanted[family], new_state[family], reasons[family] = n, st, why
+        pressure[family] = d.interactive / max(1, snap.replicas.get(family, 1))
+        floors[family] = min(n, config.shapes[family].min_replicas)
+    order = sorted(config.shapes, key=lambda f: (-pressure[f], f))
+    pool = GpuPool(config.gpu_count, config.gpu_memory_gb)
+    granted = allocate(config.shapes, floors, wanted, pool, order)
+    for family, n in granted.items():
+        if n < wanted[family]:
+            reasons[family] = f"{reasons[family]}; GPU budget allows {n} of {wanted[family]}"
+            if n != snap.replicas.get(family):
+                new_state[family] = replace(new_state[family], last_change=snap.now)
+    return Decision(granted, new_state, reasons)

@@ -1,0 +1,59 @@
+"""The autoscaling signals the scheduler records and the adapter reads, as flat metrics.
+
+Ray Serve carries a deployment's ``record_autoscaling_stats()`` to the controller as a mapping
+of metric name to number; the scheduler (``deployments/scheduler.py``) encodes its queues with
+``encode`` and the adapter (``serve_adapter.py``) decodes them into the policy's ``ModelLoad``.
+Pure; no Ray.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from genmedia.autoscaling.policy import ModelLoad
+
+SEP = "|"
+
+
+def encode(
+    queued: Iterable[tuple[str, str, float]],
+    running: Iterable[tuple[str, float]],
+    seconds_per_unit: Mapping[str, float],
+    models: Iterable[str],
+) -> dict[str, float]:
+    """Metrics from queued jobs (model, class, units), running calls (model, units) and
+    measured seconds per unit; every model gets its zeros, so idle is a value, not a gap."""
+    out: dict[str, float] = {}
+    for m in models:
+        out[f"queued{SEP}{m}{SEP}interactive"] = 0.0
+        out[f"queued{SEP}{m}{SEP}batch"] = 0.0
+        out[f"inflight{SEP}{m}"] = 0.0
+    for m, cls, units in queued:
+        key = f"queued{SEP}{m}{SEP}{cls}"
+        out[key] = out.get(key, 0.0) + units
+    for m, units in running:
+        key = f"inflight{SEP}{m}"
+        out[key] = out.get(key, 0.0) + units
+    for m, rate in seconds_per_unit.items():
+        out[f"rate{SEP}{m}"] = float(rate)
+    return out
+
+
+def decode(metrics: Mapping[str, float]) -> dict[str, ModelLoad]:
+    """Per model load from ``encode``'s metrics (unknown names are ignored)."""
+    queued: dict[str, dict[str, float]] = defaultdict(dict)
+    inflight: dict[str, float] = {}
+    rate: dict[str, float] = {}
+    for key, value in metrics.items():
+        parts = key.split(SEP)
+        if parts[0] == "queued" and len(parts) == 3:
+            queued[parts[1]][parts[2]] = float(value)
+        elif parts[0] == "inflight" and len(parts) == 2:
+            inflight[parts[1]] = float(value)
+        elif parts[0] == "rate" and len(parts) == 2 and value > 0:
+            rate[parts[1]] = float(value)
+    return {
+        m: ModelLoad(dict(queued.get(m, {})), inflight.get(m, 0.0), rate.get(m))
+        for m in set(queued) | set(inflight) | set(rate)
+    }

@@ -1,0 +1,373 @@
+"""Deploy artifacts rendered from a catalog: never hand-edited, always ``genmedia render``.
+
+- ``serve-config``: the Serve config (``serve deploy``) of ``serve_config.py``;
+- ``kuberay``: a KubeRay ``RayService`` (head group + one GPU worker group sized by the
+  placement planner) whose ``serveConfigV2`` is that Serve config;
+- ``dockerfile``: the image, CPU or CUDA variant (torch pinned as in the Makefile);
+- ``prometheus``: a scrape configuration for genmedia's ``/metrics`` and Ray's metrics port;
+- ``grafana``: a dashboard (queue depth and wait per class, latency percentiles, batch sizes,
+  GPU share per model, per-tenant usage) over the metric names ``deployments/metrics.py``
+  exports.
+
+``render_all`` gives the files committed under ``infra/`` for the embedded catalog; a test
+checks they equal a fresh render. Pure text building; the validators live in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import yaml
+
+from genmedia.autoscaling.placement import GpuPool, allocate, plan_placement, replica_shapes
+from genmedia.infra.serve_config import application_config
+from genmedia.models.catalog import Catalog
+
+TARGETS = ("serve-config", "kuberay", "dockerfile", "prometheus", "grafana")
+VARIANTS = ("cpu", "cuda")
+TORCH_PIN = "torch==2.13.0"  # as the Makefile; never loosen
+RAY_VERSION = "2.60.0"
+SERVICE = "genmedia"
+TENANTS_FILE = "/etc/genmedia/tenants.yaml"
+SERVE_PORT = 8000
+RAY_METRICS_PORT = 8080
+
+
+class RenderError(ValueError):
+    """A render request that cannot be honoured (unknown target or variant, bad option)."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the artifacts assume of the cluster."""
+
+    gpus: int  # GPU budget of the autoscaler and the worker group's maxReplicas
+    gpu_memory_gb: float = 24.0
+    image: str = "genmedia"
+    tag: str = "latest"
+
+
+def gpus_for_max(catalog: Catalog, gpu_memory_gb: float) -> int:
+    """GPUs that hold every family at its max replicas (first-fit, as the planner packs)."""
+    shapes = replica_shapes(catalog)
+    want = {f: s.max_replicas for f, s in shapes.items()}
+    pool = GpuPool(sum(want.values()), gpu_memory_gb)
+    allocate(shapes, {}, want, pool)
+    return len(pool.gpus)
+
+
+class _Dumper(yaml.SafeDumper):
+    """No anchors (the catalog appears twice on purpose); multi-line strings as blocks."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _yaml(data: object) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def serve_config(catalog: Catalog, cluster: Cluster) -> dict:
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+        "applications": [
+            application_config(
+                catalog,
+                gpus=cluster.gpus,
+                gpu_memory_gb=cluster.gpu_memory_gb,
+                tenants_file=TENANTS_FILE,
+            )
+        ],
+    }
+
+
+def _container(name: str, image: str, cpu: str, memory: str, gpus: int) -> dict:
+    limits = {"cpu": cpu, "memory": memory}
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+    return {
+        "name": name,
+        "image": image,
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
+        "env": [{"name": "GENMEDIA_HOME", "value": "/var/cache/genmedia"}],
+        "volumeMounts": [
+            {"name": "tenants", "mountPath": "/etc/genmedia", "readOnly": True},
+            {"name": "cache", "mountPath": "/var/cache/genmedia"},
+        ],
+    }
+
+
+def _pod(container: dict, ports: list[tuple[str, int]], gpu: bool) -> dict:
+    container = {
+        **container,
+        "ports": [{"name": n, "containerPort": p} for n, p in ports],
+    }
+    spec: dict = {
+        "containers": [container],
+        "volumes": [
+            {"name": "tenants", "secret": {"secretName": "genmedia-tenants"}},
+            {"name": "cache", "emptyDir": {}},
+        ],
+    }
+    if gpu:
+        spec["tolerations"] = [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    return {"metadata": {"labels": {"app.kubernetes.io/name": SERVICE}}, "spec": spec}
+
+
+def head_pod_template(cluster: Cluster) -> dict:
+    c = _container("ray-head", f"{cluster.image}:{cluster.tag}-cpu", "2", "8Gi", 0)
+    ports = [
+        ("gcs", 6379),
+        ("dashboard", 8265),
+        ("client", 10001),
+        ("serve", SERVE_PORT),
+        ("metrics", RAY_METRICS_PORT),
+    ]
+    return _pod(c, ports, gpu=False)
+
+
+def gpu_worker_pod_template(cluster: Cluster) -> dict:
+    c = _container("ray-worker", f"{cluster.image}:{cluster.tag}-cuda", "8", "32Gi", 1)
+    return _pod(c, [("metrics", RAY_METRICS_PORT)], gpu=True)
+
+
+def rayservice(catalog: Catalog, cluster: Cluster) -> dict:
+    minimum = len(plan_placement(catalog, cluster.gpus, cluster.gpu_memory_gb).gpus)
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": SERVICE},
+        "spec": {
+            "serveConfigV2": _yaml(serve_config(catalog, cluster)),
+            "rayClusterConfig": {
+                "rayVersion": RAY_VERSION,
+                "enableInTreeAutoscaling": True,
+                "headGroupSpec": {
+                    # the head runs the control plane (proxy, gateway, scheduler), no GPU work
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
+                    "template": head_pod_template(cluster),
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "gpu",
+                        "replicas": minimum,
+                        "minReplicas": minimum,
+                        "maxReplicas": cluster.gpus,
+                        "rayStartParams": {},
+                        "template": gpu_worker_pod_template(cluster),
+                    }
+                ],
+            },
+        },
+    }
+
+
+def dockerfile(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise RenderError(f"unknown Dockerfile variant {variant!r}; known: {', '.join(VARIANTS)}")
+    base = f"rayproject/ray:{RAY_VERSION}-py311" + ("-gpu" if variant == "cuda" else "")
+    extras = "[gpu]" if variant == "cuda" else ""
+    torch_note = (
+        "# torch from the default index: its Linux wheels carry CUDA."
+        if variant == "cuda"
+        else "# CPU image: pass --build-arg TORCH_INDEX_URL=<a CPU wheel index> for a small torch."
+    )
+    return f"""# Rendered by `genmedia render dockerfile --variant {variant}`; do not edit.
+# genmedia image ({variant}): Ray {RAY_VERSION} + genmedia; the same image runs head and workers.
+FROM {base}
+ARG TORCH_INDEX_URL=""
+ENV GENMEDIA_HOME=/var/cache/genmedia \\
+    HF_HUB_DISABLE_PROGRESS_BARS=1 \\
+    PYTHONUNBUFFERED=1
+WORKDIR /opt/genmedia
+{torch_note}
+RUN pip install --no-cache-dir ${{TORCH_INDEX_URL:+--index-url $TORCH_INDEX_URL}} "{TORCH_PIN}"
+COPY pyproject.toml README.md ARCHITECTURE.md ./
+COPY deployments deployments
+COPY models models
+COPY kernels kernels
+COPY autoscaling autoscaling
+COPY infra infra
+COPY loadtests loadtests
+RUN pip install --no-cache-dir ".{extras}"
+EXPOSE {SERVE_PORT} {RAY_METRICS_PORT}
+CMD ["genmedia", "--help"]
+"""
+
+
+def prometheus(
+    genmedia_targets: list[str] | None = None,
+    ray_targets: list[str] | None = None,
+    scrape_interval_s: float = 15.0,
+) -> dict:
+    """Scrape genmedia's /metrics (gateway + scheduler) and Ray's metrics export."""
+    interval = f"{scrape_interval_s:g}s"
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [
+            {
+                "job_name": "genmedia",
+                "metrics_path": "/metrics",
+                "static_configs": [
+                    {"targets": genmedia_targets or [f"{SERVICE}-serve-svc:{SERVE_PORT}"]}
+                ],
+            },
+            {
+                "job_name": "ray",
+                "static_configs": [
+                    {"targets": ray_targets or [f"{SERVICE}-head-svc:{RAY_METRICS_PORT}"]}
+                ],
+            },
+        ],
+    }
+
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def _panel(pid: int, title: str, unit: str, exprs: list[tuple[str, str]], x: int, y: int):
+    return {
+        "type": "timeseries",
+        "id": pid,
+        "title": title,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [
+            {
+                "refId": chr(ord("A") + i),
+                "datasource": DATASOURCE,
+                "expr": expr,
+                "legendFormat": legend,
+            }
+            for i, (expr, legend) in enumerate(exprs)
+        ],
+    }
+
+
+def _quantiles(metric: str, by: str) -> list[tuple[str, str]]:
+    return [
+        (
+            f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket[$__rate_interval])))",
+            f"p{round(q * 100)} {{{{{by.replace(', ', '}} {{')}}}}}",
+        )
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+def grafana() -> dict:
+    panels = [
+        (
+            "Queue depth per model and class",
+            "short",
+            [
+                ("sum by (model, priority) (genmedia_queue_depth)", "{{model}} {{priority}}"),
+                ("sum(genmedia_jobs_running)", "running"),
+            ],
+        ),
+        ("Queue wait per class", "s", _quantiles("genmedia_queue_seconds", "priority")),
+        ("Request latency per model", "s", _quantiles("genmedia_request_seconds", "model")),
+        ("Compute time per call", "s", _quantiles("genmedia_compute_seconds", "model")),
+        ("Batch size (images per call)", "short", _quantiles("genmedia_batch_size", "model")),
+        (
+            "GPU share per model",
+            "short",
+            [
+                ("sum by (model) (genmedia_model_gpu_share)", "{{model}}"),
+            ],
+        ),
+        (
+            "Requests by status and refusals",
+            "reqps",
+            [
+                (
+                    "sum by (model, status) (rate(genmedia_requests_total[$__rate_interval]))",
+                    "{{model}} {{status}}",
+                ),
+                (
+                    "sum by (reason) (rate(genmedia_rejected_total[$__rate_interval]))",
+                    "refused: {{reason}}",
+                ),
+            ],
+        ),
+        (
+            "Per-tenant usage: compute seconds and images",
+            "short",
+            [
+                (
+                    "sum by (tenant) (rate(genmedia_tenant_compute_seconds_total"
+                    "[$__rate_interval]))",
+                    "{{tenant}} compute s/s",
+                ),
+                (
+                    "sum by (tenant) (rate(genmedia_tenant_images_total[$__rate_interval]))",
+                    "{{tenant}} images/s",
+                ),
+            ],
+        ),
+    ]
+    return {
+        "uid": "genmedia-serving",
+        "title": "genmedia serving",
+        "tags": ["genmedia"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {
+            "list": [{"type": "datasource", "name": "datasource", "query": "prometheus"}]
+        },
+        "panels": [
+            _panel(i + 1, title, unit, exprs, 12 * (i % 2), 8 * (i // 2))
+            for i, (title, unit, exprs) in enumerate(panels)
+        ],
+    }
+
+
+def render(
+    target: str, catalog: Catalog, cluster: Cluster | None = None, variant: str = "cpu"
+) -> str:
+    """The text of one artifact; RenderError for an unknown target or variant."""
+    cluster = cluster or Cluster(gpus_for_max(catalog, 24.0))
+    if target == "serve-config":
+        return "# Rendered by `genmedia render serve-config`; do not edit.\n" + _yaml(
+            serve_config(catalog, cluster)
+        )
+    if target == "kuberay":
+        return "# Rendered by `genmedia render kuberay`; do not edit.\n" + _yaml(
+            rayservice(catalog, cluster)
+        )
+    if target == "dockerfile":
+        return dockerfile(variant)
+    if target == "prometheus":
+        return "# Rendered by `genmedia render prometheus`; do not edit.\n" + _yaml(prometheus())
+    if target == "grafana":
+        return json.dumps(grafana(), indent=2) + "\n"
+    raise RenderError(f"unknown render target {target!r}; known: {', '.join(TARGETS)}")
+
+
+FILES = {
+    "serve-config.yaml": ("serve-config", "cpu"),
+    "rayservice.yaml": ("kuberay", "cpu"),
+    "Dockerfile.cpu": ("dockerfile", "cpu"),
+    "Dockerfile.cuda": ("dockerfile", "cuda"),
+    "prometheus.yml": ("prometheus", "cpu"),
+    "grafana-dashboard.json": ("grafana", "cpu"),
+}
+
+
+def render_all(catalog: Catalog, cluster: Cluster | None = None) -> dict[str, str]:
+    """Every artifact by its file name under ``infra/``."""
+    return {name: render(t, catalog, cluster, v) for name, (t, v) in FILES.items()}

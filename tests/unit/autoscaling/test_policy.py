@@ -1,0 +1,158 @@
+"""Scaling policy driven by a fake clock: demand per class, damping, scale to zero, budget."""
+
+from __future__ import annotations
+
+from genmedia.autoscaling.policy import (
+    Decision,
+    FamilyState,
+    ModelLoad,
+    PolicyConfig,
+    Snapshot,
+    decide,
+    zero_blockers,
+)
+from tests.unit.autoscaling.conftest import catalog, model
+
+# Default request of the test models: 2.62 work units; at 0.1 s a unit a job takes 0.262 s.
+RATE = 0.1
+
+
+def _config(models, workers, gpus=8, **knobs) -> PolicyConfig:
+    return PolicyConfig.from_catalog(catalog(models, workers), gpus, 80, **knobs)
+
+
+class Driver:
+    """Calls the policy as the adapter does: the last decision's replicas and state fed back."""
+
+    def __init__(self, config: PolicyConfig, replicas: dict[str, int]):
+        self.config = config
+        self.replicas = dict(replicas)
+        self.state: dict[str, FamilyState] = {}
+        self.now = 1000.0
+
+    def step(self, models: dict[str, ModelLoad], dt: float = 1.0) -> Decision:
+        self.now += dt
+        d = decide(self.config, Snapshot(self.now, dict(self.replicas), models), self.state)
+        self.replicas, self.state = dict(d.replicas), d.state
+        return d
+
+
+def _queued(interactive=0.0, batch=0.0, inflight=0.0) -> ModelLoad:
+    return ModelLoad({"interactive": interactive, "batch": batch}, inflight)
+
+
+def test_interactive_work_scales_up_at_once_to_meet_its_target():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0, "batch_s": 3600})],
+        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
+    )
+    drv = Driver(cfg, {"sd15": 1})
+    # 300 units = 30 s of work; drain time = 10 s - 0.262 s: ceil(30 / 9.738) = 4
+    d = drv.step({"a": _queued(interactive=300)})
+    assert d.replicas == {"sd15": 4}
+
+
+def test_batch_work_is_held_to_its_own_longer_target():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0, "batch_s": 100.0})],
+        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
+    )
+    drv = Driver(cfg, {"sd15": 1})
+    assert drv.step({"a": _queued(batch=300)}).replicas == {"sd15": 1}  # 30 s within 100 s
+    assert drv.step({"a": _queued(batch=3000)}).replicas == {"sd15": 4}  # 300 s: 4 replicas
+
+
+def test_measured_service_time_overrides_the_catalog_estimate():
+    cfg = _config([model("a", slo={"interactive_s": 10.0})], {"sd15": {"max_replicas": 10}})
+    drv = Driver(cfg, {"sd15": 1})
+    slow = ModelLoad({"interactive": 300}, 0.0, seconds_per_unit=0.3)
+    assert drv.step({"a": slow}).replicas == {"sd15": 10}  # 90 s of work, capped at max
+
+
+def test_downscale_waits_for_the_delay_with_hysteresis():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0})],
+        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
+        downscale_delay_s=30.0,
+        down_utilisation=0.5,
+    )
+    drv = Driver(cfg, {"sd15": 1})
+    assert drv.step({"a": _queued(interactive=300)}).replicas["sd15"] == 4
+    # 150 units need 2 replicas; at 50 % utilisation 4 are still right: no change at all
+    for _ in range(60):
+        assert drv.step({"a": _queued(interactive=150)}).replicas["sd15"] == 4
+    # load gone: nothing happens for 30 s, then straight to the minimum
+    seen = [drv.step({"a": _queued()}).replicas["sd15"] for _ in range(40)]
+    assert seen[:29] == [4] * 29 and seen[-1] == 1
+    assert seen.index(1) in (29, 30)
+
+
+def test_a_short_dip_does_not_scale_down():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0})],
+        {"sd15": {"max_replicas": 10}},
+        downscale_delay_s=30.0,
+    )
+    drv = Driver(cfg, {"sd15": 1})
+    drv.step({"a": _queued(interactive=300)})
+    for _ in range(5):
+        for _ in range(20):
+            assert drv.step({"a": _queued()}).replicas["sd15"] == 4
+        drv.step({"a": _queued(interactive=300)})  # load returns before the delay ends
+
+
+def test_scale_to_zero_after_idle_as_long_as_a_cold_start():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 120.0}, scaling={"load_s": 55.0})],
+        {"sd15": {"min_replicas": 0, "max_replicas": 2}},
+        downscale_delay_s=10.0,
+    )
+    assert zero_blockers(cfg, "sd15") == []
+    drv = Driver(cfg, {"sd15": 1})
+    seen = [drv.step({"a": _queued()}).replicas["sd15"] for _ in range(70)]
+    assert seen[58] == 1 and seen[-1] == 0  # idle 60 s (5 s start + 55 s load), not 10 s
+    # work arrives: back to one replica at once
+    assert drv.step({"a": _queued(interactive=1)}).replicas["sd15"] == 1
+
+
+def test_never_to_zero_when_the_cold_start_misses_the_interactive_target():
+    models = [model("a", slo={"interactive_s": 20.0}, scaling={"load_s": 30.0})]
+    workers = {"sd15": {"min_replicas": 0, "max_replicas": 2}}
+    cfg = _config(models, workers, downscale_delay_s=1.0)
+    assert "cold start 35 s > interactive target 20 s" in zero_blockers(cfg, "sd15")[0]
+    drv = Driver(cfg, {"sd15": 1})
+    assert {drv.step({"a": _queued()}).replicas["sd15"] for _ in range(300)} == {1}
+    # ... unless the catalog opts the model in
+    models[0]["scaling"]["scale_to_zero"] = True
+    drv = Driver(_config(models, workers, downscale_delay_s=1.0), {"sd15": 1})
+    assert [drv.step({"a": _queued()}).replicas["sd15"] for _ in range(40)][-1] == 0
+
+
+def test_a_burst_on_one_family_cannot_starve_the_others_minimum():
+    models = [
+        model("a", "sd15", gpu_fraction=0.5, slo={"interactive_s": 10.0}),
+        model("b", "sdxl", gpu_fraction=0.5, slo={"interactive_s": 10.0}),
+        model("c", "flux", gpu_fraction=0.5, slo={"interactive_s": 10.0}),
+    ]
+    workers = {f: {"min_replicas": 1, "max_replicas": 20} for f in ("sd15", "sdxl", "flux")}
+    cfg = _config(models, workers, gpus=4)  # room for 8 replicas of half a GPU
+    drv = Driver(cfg, {"sd15": 1, "sdxl": 1, "flux": 1})
+    d = drv.step({"a": _queued(interactive=10_000)})
+    assert d.replicas == {"sd15": 6, "sdxl": 1, "flux": 1}
+    assert "GPU budget allows 6 of 20" in d.reasons["sd15"]
+    # a second family bursts too: the room above the minimums is shared in turn
+    d = drv.step({"a": _queued(interactive=10_000), "b": _queued(interactive=10_000)})
+    # (the family with less per replica goes first in each turn)
+    assert d.replicas["flux"] == 1 and sorted((d.replicas["sd15"], d.replicas["sdxl"])) == [3, 4]
+
+
+def test_interactive_pressure_goes_first_when_the_budget_is_short():
+    models = [
+        model("a", "sd15", gpu_fraction=1.0, memory_gb=10, slo={"interactive_s": 10.0}),
+        model("b", "sdxl", gpu_fraction=1.0, memory_gb=10, slo={"interactive_s": 10.0}),
+    ]
+    workers = {f: {"min_replicas": 0, "max_replicas": 5} for f in ("sd15", "sdxl")}
+    cfg = _config(models, workers, gpus=1)
+    drv = Driver(cfg, {"sd15": 0, "sdxl": 0})
+    d = drv.step({"a": _queued(batch=100), "b": _queued(interactive=100)})
+    assert d.replicas == {"sd15": 0, "sdxl": 1}
