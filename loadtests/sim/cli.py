@@ -68,6 +68,14 @@ def sim(
         list[str] | None,
         typer.Option("--replicas", help="Initial replicas of a family, FAMILY=N (repeatable)."),
     ] = None,
+    autoscale: Annotated[
+        bool,
+        typer.Option(
+            "--autoscale",
+            help="Scale families with genmedia.autoscaling's policy every second (default: the "
+            "initial replicas stay).",
+        ),
+    ] = False,
     out_dir: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Output directory (default: loadtests/results/sim-*)."),
@@ -76,12 +84,19 @@ def sim(
     """Simulate a scenario on a modelled cluster with the scheduler's own policy code."""
     try:
         inputs = load_inputs(scenario, profile, catalog, tenants)
+        scaler = None
+        if autoscale:
+            from genmedia.loadtests.sim.scaling import autoscaling_scaler
+
+            scaler = autoscaling_scaler(inputs.catalog, gpus or len(inputs.catalog.families()))
         config = SimConfig(
             policy=policy,
             packing=packing,
             gpus=gpus,
             replicas=parse_replicas(replicas or []),
             tenants=inputs.tenants,
+            scaler=scaler,
+            scale_interval_s=1.0,
         )
         result = run_sim(inputs, config)
     except (InputError, ProfileError, TraceError, TenantsError, ValueError) as e:
@@ -101,6 +116,7 @@ def sim(
             "profile": inputs.profile.name,
             "policy": policy,
             "packing": packing,
+            "autoscale": autoscale,
         },
     )
     table = Table(title=f"simulated {len(result.records)} requests on {result.gpus} GPU(s)")

@@ -44,7 +44,7 @@ from genmedia.deployments.tenants import RateLimiter, TenantsFile
 from genmedia.loadtests.records import RequestRecord
 from genmedia.loadtests.sim.cluster import Cluster, Gpu, Packing, Replica, place, replica_counts
 from genmedia.loadtests.sim.costs import FamilyCost, Profile
-from genmedia.loadtests.sim.scaling import ClusterSnapshot, FamilySnapshot, Scaler
+from genmedia.loadtests.sim.scaling import ClusterSnapshot, FamilySnapshot, ModelSnapshot, Scaler
 from genmedia.loadtests.sim.workload import SimRequest
 from genmedia.models.catalog import Catalog
 
@@ -214,6 +214,7 @@ class Simulation:
         self.tenant_queued: dict[str, int] = {}
         self.tenant_running: dict[str, int] = {}
         self.model_queued: dict[str, int] = {}
+        self.model_inflight: dict[str, float] = dict.fromkeys(self.entries, 0.0)  # work units
         self.records: list[RequestRecord] = []
         self.reqs: list[SimRequest] = []
         self.timeline: list[dict] = []
@@ -461,6 +462,7 @@ class Simulation:
         fs.inflight[slot] += 1
         if slot == "main" and cls == "batch":
             fs.main_batch_calls += 1
+        self.model_inflight[call.model_id] += call.cost
         expected = self.estimator.seconds(call.model_id, call.cost)
         fs.running_ends[call.id] = (slot, None if expected is None else now + expected)
         for j in batch:
@@ -621,6 +623,7 @@ class Simulation:
         if call.slot == "main" and call.cls == "batch":
             fs.main_batch_calls -= 1
         fs.running_ends.pop(call.id, None)
+        self.model_inflight[call.model_id] -= call.cost
         self.estimator.observe(call.model_id, call.cost, call.compute)
         done_at = now + self.profile.respond_s
         for j in call.jobs:
@@ -711,12 +714,27 @@ class Simulation:
                 },
             )
             fs.arrivals = fs.completed = 0
+        queued = {m: dict.fromkeys(CLASSES, 0.0) for m in self.entries}
+        for fs in self.fams.values():
+            for q in fs.queues.values():
+                for j in q.jobs:
+                    queued[j.model_id][j.priority] += j.cost
+        models = {
+            m: ModelSnapshot(
+                queued_units=queued[m],
+                inflight_units=self.model_inflight[m],
+                seconds_per_unit=self.estimator.per_cost.get(m),
+                load_s=self.costs[e.family].load_s,
+            )
+            for m, e in self.entries.items()
+        }
         return ClusterSnapshot(
             now=now,
             interval_s=self.config.scale_interval_s,
             gpus=len(self.cluster.gpus),
             free_gpu=sum(g.free for g in self.cluster.gpus),
             families=fams,
+            models=models,
         )
 
 

@@ -8,7 +8,9 @@ through a small adapter from this snapshot to their own input. No Ray imports.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from genmedia.models.catalog import Catalog
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,16 @@ class FamilySnapshot:
 
 
 @dataclass(frozen=True)
+class ModelSnapshot:
+    """One model's work at one tick, in work units (images x steps x megapixels)."""
+
+    queued_units: dict[str, float]  # per class
+    inflight_units: float  # of the calls dispatched and not finished
+    seconds_per_unit: float | None  # the scheduler's estimate (EWMA of observed calls)
+    load_s: float  # cost of loading it into a replica
+
+
+@dataclass(frozen=True)
 class ClusterSnapshot:
     """The cluster at one tick."""
 
@@ -36,6 +48,7 @@ class ClusterSnapshot:
     gpus: int
     free_gpu: float  # unreserved GPU fractions summed over devices
     families: dict[str, FamilySnapshot]
+    models: dict[str, ModelSnapshot] = field(default_factory=dict)
 
 
 Scaler = Callable[[ClusterSnapshot], dict[str, int]]
@@ -45,3 +58,37 @@ Scaler = Callable[[ClusterSnapshot], dict[str, int]]
 def fixed_replicas(snapshot: ClusterSnapshot) -> dict[str, int]:
     """The default: keep every family at what it has."""
     return {f: s.replicas + s.starting for f, s in snapshot.families.items()}
+
+
+def autoscaling_scaler(catalog: Catalog, gpus: int, gpu_memory_gb: float = 80.0) -> Scaler:
+    """The SLO-aware policy of ``genmedia.autoscaling.policy`` as a simulator ``Scaler``: this
+    snapshot in its ``Snapshot``, its ``Decision`` replicas out, its damping state kept between
+    ticks (the simulated clock is its ``now``)."""
+    from genmedia.autoscaling.policy import ModelLoad, PolicyConfig, Snapshot, decide
+
+    config = PolicyConfig.from_catalog(catalog, gpus, gpu_memory_gb)
+    state: dict = {}
+
+    def scale(snap: ClusterSnapshot) -> dict[str, int]:
+        nonlocal state
+        decision = decide(
+            config,
+            Snapshot(
+                now=snap.now,
+                replicas={f: s.replicas + s.starting for f, s in snap.families.items()},
+                models={
+                    mid: ModelLoad(
+                        queued_units=dict(m.queued_units),
+                        inflight_units=m.inflight_units,
+                        seconds_per_unit=m.seconds_per_unit,
+                        load_s=m.load_s,
+                    )
+                    for mid, m in snap.models.items()
+                },
+            ),
+            state,
+        )
+        state = decision.state
+        return decision.replicas
+
+    return scale

@@ -220,3 +220,26 @@ def test_slot_constants_mirror_the_scheduler_and_worker():
     )
     assert _constant(deployments / "worker.py", "SLOTS_PER_REPLICA") == engine.SLOTS_PER_REPLICA
     assert _constant(deployments / "worker.py", "PRIORITY") == engine.GATE_PRIORITY
+
+
+def test_the_autoscaling_policy_plugs_in_as_a_scaler():
+    from genmedia.loadtests.sim.scaling import autoscaling_scaler
+
+    base = catalog()
+    data = base.model_dump(exclude={"source"})
+    data["workers"] = {"sd15": {"min_replicas": 1, "max_replicas": 4}}
+    data["models"][0]["slo"] = {"interactive_s": 5.0, "batch_s": 60.0}
+    cat = parse_catalog(data, "<test>")
+    trace = [req(i * 0.1, "interactive") for i in range(20)]
+    fixed = run(trace, cat=cat, gpus=4, replicas={"sd15": 1})
+    scaled = run(
+        trace,
+        cat=cat,
+        gpus=4,
+        replicas={"sd15": 1},
+        scaler=autoscaling_scaler(cat, gpus=4),
+        scale_interval_s=0.5,
+    )
+    assert fixed.replicas["sd15"] == 1
+    assert scaled.replicas["sd15"] == 4  # the policy's cap (max_replicas)
+    assert max(r.t_done for r in scaled.records) < max(r.t_done for r in fixed.records)
