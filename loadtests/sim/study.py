@@ -285,8 +285,9 @@ def markdown(study: dict, plots: list[str], wall_s: float) -> str:
         + f"; tenants {', '.join(f'{t} (weight {w:g})' for t, w in TENANTS.items())}. "
         f"SLOs (end to end): interactive {SLO_S['interactive']:g} s, batch "
         f"{SLO_S['batch']:g} s; goodput counts images of requests within their SLO completed "
-        f"between {WINDOW[0]:.0%} and {WINDOW[1]:.0%} of the arrival window. Every run uses the same trace per load; replicas per family are "
-        f"split by offered work, as many as fit ({g} GPUs). Whole study: {wall_s:.0f} s wall.",
+        f"between {WINDOW[0]:.0%} and {WINDOW[1]:.0%} of the arrival window. Every run uses "
+        f"the same trace per load; replicas per family are split by offered work, as many as "
+        f"fit ({g} GPUs). Whole study: {wall_s:.0f} s wall.",
         "",
         "| load (req/s) | policy | packing | replicas (sd15/sdxl/flux) | images/s | goodput/GPU "
         "| interactive p50 / p99 (s) | interactive p99 sd15 / sdxl / flux (s) "
