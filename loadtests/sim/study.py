@@ -338,9 +338,10 @@ def markdown(study: dict, plots: list[str], wall_s: float) -> str:
         "",
         f"Reading: flux holds {flux_gpus} of {g} GPUs under both packings (a flux replica "
         "serves flux-dev and flux-schnell, whose fractions sum to one GPU), and flux saturates "
-        "first, so packing cannot raise goodput per GPU on this catalog; it gives the small "
-        "families several replicas per GPU, which helps their tail near saturation and costs "
-        "them latency at light load, when packed calls slow each other down. The priority "
+        "first, so packing changes goodput per GPU by a few per cent at most on this catalog; "
+        "it gives the small families several replicas per GPU, which helps their tail near "
+        "saturation and costs them latency at light load, when packed calls slow each other "
+        "down. The priority "
         "scheduler keeps interactive latency near its service time as load passes capacity "
         "(preemption at step boundaries, interactive first) and makes batch work wait and "
         "batch up (higher batch p99).",
