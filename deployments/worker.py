@@ -393,6 +393,7 @@ class FamilyWorker:
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "preemptions": self.gate.preemptions,
+            "busy_s": self.gate.busy_s,
         }
 
 
