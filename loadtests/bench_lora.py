@@ -94,6 +94,19 @@ def build_sd15_size(out: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+def load_materialized(ckpt: Path):
+    """The base pipeline loaded and its weights read into memory. ``from_pretrained`` maps the
+    safetensors files lazily; on a GPU the copy to the device reads every byte, on the CPU the
+    first call would. Touching every tensor here makes the CPU number the same kind of load."""
+    from genmedia.models import sd15
+
+    pipe = sd15.load_pipeline(ckpt)
+    for name in ("unet", "vae", "text_encoder"):
+        for p in getattr(pipe, name).parameters():
+            p.data = p.data.clone()
+    return pipe
+
+
 def measure_load_times(workdir: Path, rounds: int, switches: int) -> dict:
     from genmedia.models import sd15
     from genmedia.models.lora import AdapterCache, build_tiny_adapter
@@ -113,20 +126,24 @@ def measure_load_times(workdir: Path, rounds: int, switches: int) -> dict:
     del pipe
     gc.collect()
     base, load, switch = [], [], []
+    first_injection = []
     for r in range(rounds):
         console.print(f"  load-time round {r + 1}/{rounds}")
         t = time.perf_counter()
-        pipe = sd15.load_pipeline(ckpt)
+        pipe = load_materialized(ckpt)
         base.append(time.perf_counter() - t)
-        cache = AdapterCache(capacity=8)
-        for aid in ("a0", "a1"):  # two adapters to switch between
-            cache.ensure(pipe, {aid: files[aid]}, set())
+        # The worker's cache with every slot taken (the steady state of a busy replica): a new
+        # adapter is hot-swapped into the least recently used slot.
+        cache = AdapterCache(capacity=2, max_rank=16)
+        for aid in ("a0", "a1"):
+            first_injection.append(cache.ensure(pipe, {aid: files[aid]}, set()))
         fresh = f"a{r + 2}"
         t = time.perf_counter()
         cache.ensure(pipe, {fresh: files[fresh]}, set())
         load.append(time.perf_counter() - t)
+        cache.ensure(pipe, {"a0": files["a0"]}, {fresh})  # two adapters to switch between
         for k in range(switches):
-            use = [AdapterUse(f"a{k % 2}", 1.0, "")]
+            use = [AdapterUse(fresh if k % 2 else "a0", 1.0, "")]
             t = time.perf_counter()
             cache.activate(pipe, use)
             switch.append(time.perf_counter() - t)
@@ -138,6 +155,8 @@ def measure_load_times(workdir: Path, rounds: int, switches: int) -> dict:
         "checkpoint_bytes": size,
         "adapter_bytes": files["a0"].stat().st_size,
         "adapter_rank": 16,
+        "adapter_load": "hot-swap into the least recently used slot (all slots taken)",
+        "adapter_first_injection_s": first_injection,
         "base_load_s": base,
         "adapter_load_s": load,
         "adapter_switch_s": switch,
@@ -191,8 +210,8 @@ def _tenants():
     from genmedia.deployments.tenants import key_record, parse_tenants
 
     quotas = {
-        "max_concurrent_jobs": 100_000,
-        "requests_per_minute": 10_000_000,
+        "max_concurrent_jobs": 10_000,
+        "requests_per_minute": 1_000_000,
         "max_queued_jobs": 100_000,
     }
     return parse_tenants(
