@@ -26,6 +26,7 @@ from genmedia.deployments.tenants import (
     load_tenants,
 )
 from genmedia.deployments.tenants_cli import tenants_app
+from genmedia.loadtests.loadtest_cli import loadtest_app
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
 
 console = Console(stderr=True, soft_wrap=True)  # errors never wrap mid-path
@@ -40,6 +41,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints.")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(loadtest_app, name="loadtest")
 
 TenantsOpt = Annotated[
     Path | None,

@@ -31,7 +31,8 @@ def latency_cdf(path: Path, records: list[RequestRecord], summary: dict) -> Path
         slo = summary["slo_s"].get(cls)
         if slo is not None:
             ax.axvline(slo, color=color, linestyle=":", linewidth=1, label=f"{cls} SLO {slo:g} s")
-    ax.set_xlabel("end-to-end latency (s)")
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end latency (s, log scale)")
     ax.set_ylabel("fraction of completed requests")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -50,8 +51,8 @@ def over_time(path: Path, summary: dict, series: dict) -> Path:
         if cls != "all" and cls not in summary["classes"]:
             continue
         top.plot(t, series["throughput"][cls], color=color, label=cls, linewidth=1.2)
-        bottom.step(t, series["queue_depth"][cls], where="mid", color=color, label=cls)
-    top.set_ylabel("completed images / s")
+        bottom.step(series["queue_t"], series["queue_depth"][cls], color=color, label=cls)
+    top.set_ylabel(f"completed images / s ({series['bin_s']:.3g} s bins)")
     top.set_title(f"{summary['scenario']}: throughput and queue depth")
     bottom.set_ylabel("requests queued")
     bottom.set_xlabel("time since start (s)")

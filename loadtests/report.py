@@ -185,11 +185,21 @@ def _queue_interval(r: RequestRecord, end: float) -> tuple[float, float] | None:
     return enter, max(enter, leave)
 
 
-def timeline(records: list[RequestRecord], window: float, bins: int = 60) -> dict:
-    """Completed images per second and queue depth over time, overall and per class."""
-    step = max(window / bins, 1e-9)
+def timeline(
+    records: list[RequestRecord], window: float, bins: int = 60, points: int = 400
+) -> dict:
+    """Completed images per second (bins of at least 1 s) and queue depth (sampled at
+    ``points`` instants) over time, overall and per class."""
+    step = max(window / bins, 1.0)
     edges = np.arange(0.0, window + step, step)
-    out: dict = {"t": edges[:-1].tolist(), "bin_s": step, "throughput": {}, "queue_depth": {}}
+    at = np.linspace(0.0, window, points)
+    out: dict = {
+        "t": edges[:-1].tolist(),
+        "bin_s": step,
+        "throughput": {},
+        "queue_t": at.tolist(),
+        "queue_depth": {},
+    }
     for cls in ("all", *CLASSES):
         recs = [r for r in records if cls == "all" or r.priority == cls]
         done = [r for r in recs if r.status == "COMPLETED" and r.t_done is not None]
@@ -200,7 +210,6 @@ def timeline(records: list[RequestRecord], window: float, bins: int = 60) -> dic
         spans = [s for s in (_queue_interval(r, window) for r in recs) if s is not None]
         enters = np.sort([s[0] for s in spans])
         leaves = np.sort([s[1] for s in spans])
-        at = edges[:-1] + step / 2
         depth = np.searchsorted(enters, at, "right") - np.searchsorted(leaves, at, "right")
         out["queue_depth"][cls] = depth.tolist()
     return out
@@ -217,6 +226,10 @@ def _fmt(v: object, digits: int = 3) -> str:
     return str(v)
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
 def _group_table(title: str, groups: dict) -> list[str]:
     lines = [
         f"### {title}",
@@ -229,8 +242,8 @@ def _group_table(title: str, groups: dict) -> list[str]:
         q, e = g["queue_wait_s"], g["latency_s"]
         lines.append(
             f"| {name} | {g['requests']} | {g['images']} | {_fmt(g['throughput_images_per_s'])} "
-            f"| {_fmt(g['goodput_images_per_s'])} | {_fmt(g['slo_attainment'])} "
-            f"| {_fmt(g['rate_429'])} | {_fmt(g['error_rate'])} "
+            f"| {_fmt(g['goodput_images_per_s'])} | {_pct(g['slo_attainment'])} "
+            f"| {_pct(g['rate_429'])} | {_pct(g['error_rate'])} "
             f"| {_fmt(q['p50'])} / {_fmt(q['p90'])} / {_fmt(q['p99'])} "
             f"| {_fmt(e['p50'])} / {_fmt(e['p90'])} / {_fmt(e['p99'])} |"
         )
@@ -249,9 +262,9 @@ def markdown(summary: dict, plots: Iterable[str] = ()) -> str:
         f"Outcomes: {', '.join(f'{k} {v}' for k, v in o['by_status'].items())}.",
         "",
         f"- throughput **{_fmt(o['throughput_images_per_s'])} images/s**, goodput "
-        f"**{_fmt(o['goodput_images_per_s'])} images/s** (SLO met by "
-        f"{_fmt(o['slo_attainment'])} of requests)",
-        f"- 429 rate {_fmt(o['rate_429'])}, error rate {_fmt(o['error_rate'])}",
+        f"**{_fmt(o['goodput_images_per_s'])} images/s** ({_pct(o['slo_attainment'])} of "
+        "requests met their class SLO)",
+        f"- 429 rate {_pct(o['rate_429'])}, error rate {_pct(o['error_rate'])}",
         f"- compute seconds per image {_fmt(summary['compute_s_per_image'])}",
         "- Jain's fairness (weight-normalised images): "
         + ", ".join(f"{k} {_fmt(v)}" for k, v in summary["fairness"].items()),
