@@ -21,6 +21,7 @@ COLORS = {"all": "black", "interactive": "tab:red", "batch": "tab:blue"}
 
 def latency_cdf(path: Path, records: list[RequestRecord], summary: dict) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    drawn = False
     for cls, color in COLORS.items():
         if cls == "all":
             continue
@@ -28,6 +29,7 @@ def latency_cdf(path: Path, records: list[RequestRecord], summary: dict) -> Path
         if lat.size == 0:
             continue
         ax.step(lat, np.arange(1, lat.size + 1) / lat.size, where="post", color=color, label=cls)
+        drawn = True
         slo = summary["slo_s"].get(cls)
         if slo is not None:
             ax.axvline(slo, color=color, linestyle=":", linewidth=1, label=f"{cls} SLO {slo:g} s")
@@ -36,7 +38,10 @@ def latency_cdf(path: Path, records: list[RequestRecord], summary: dict) -> Path
     ax.set_ylabel("fraction of completed requests")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if drawn:
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no completed request", ha="center", transform=ax.transAxes)
     ax.set_title(f"{summary['scenario']}: latency CDF per class")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
