@@ -174,36 +174,38 @@ def _print_summary(summary: dict, where: Path) -> None:
     out.print(f"[green]✓[/] report: {where / 'report.md'}")
 
 
+TraceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--trace", "-T", help="Trace JSONL to replay (with --scenario: SLOs and weights)."
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="GENMEDIA_API_KEY", help="API key for tenants without --key."),
+]
+KeysOpt = Annotated[
+    list[str] | None,
+    typer.Option("--key", "-k", help="TENANT=KEY: the key of one trace tenant (repeatable)."),
+]
+OutDirOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Output directory (default loadtests/results/<name>-<UTC>)."),
+]
+
+
 @loadtest_app.command("run")
 def run_cmd(
     url: Annotated[str, typer.Option(help="Base URL of the genmedia gateway.")],
     scenario: ScenarioOpt = None,
-    trace: Annotated[
-        Path | None,
-        typer.Option(
-            "--trace", "-T", help="Trace JSONL to replay (with --scenario: SLOs and weights)."
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key", envvar="GENMEDIA_API_KEY", help="API key for tenants without --key."
-        ),
-    ] = None,
-    key: Annotated[
-        list[str] | None,
-        typer.Option("--key", "-k", help="TENANT=KEY: the key of one trace tenant (repeatable)."),
-    ] = None,
+    trace: TraceOpt = None,
+    api_key: ApiKeyOpt = None,
+    key: KeysOpt = None,
     api: Annotated[str, typer.Option(help="sync or queue.")] = "queue",
-    follow: Annotated[
-        str, typer.Option(help="Queue API: follow jobs by 'stream' (SSE) or 'poll'.")
-    ] = "stream",
-    out_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", "-o", help="Output directory (default loadtests/results/<name>-<UTC>)."
-        ),
-    ] = None,
+    follow: Annotated[str, typer.Option(help="Queue API: follow by 'stream' (SSE) or 'poll'.")] = (
+        "stream"
+    ),
+    out_dir: OutDirOpt = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds a request may take from submit to final status.")
     ] = 300.0,
