@@ -148,6 +148,9 @@ def _summary_table(summary: dict, title: str) -> Table:
     def f(v: float | None, unit: str = "") -> str:
         return "-" if v is None else f"{v:.3g}{unit}"
 
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f} %"
+
     rows = [("all", summary["overall"]), *summary["classes"].items()]
     rows += [(f"model {k}", v) for k, v in summary["models"].items()]
     for name, g in rows:
@@ -157,9 +160,9 @@ def _summary_table(summary: dict, title: str) -> Table:
             str(g["images"]),
             f(g["throughput_images_per_s"]),
             f(g["goodput_images_per_s"]),
-            f(g["slo_attainment"]),
-            f(g["rate_429"]),
-            f(g["error_rate"]),
+            pct(g["slo_attainment"]),
+            pct(g["rate_429"]),
+            pct(g["error_rate"]),
             f(g["queue_wait_s"]["p99"], " s"),
             f(g["latency_s"]["p50"], " s"),
             f(g["latency_s"]["p99"], " s"),

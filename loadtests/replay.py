@@ -233,7 +233,7 @@ class Replayer:
         except TimeoutError:
             r.status, r.error = "ERROR", f"no final status within {self.cfg.request_timeout_s:g}s"
             await self._cancel(r, headers)
-        except (httpx.HTTPError, ValueError, KeyError) as e:
+        except Exception as e:  # one request's failure is a record, never the run's end
             r.status, r.error = "ERROR", f"{type(e).__name__}: {e}"[:300]
         if r.t_done is None:
             r.t_done = self.now()  # when the refusal or the error was known
