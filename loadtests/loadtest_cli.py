@@ -11,6 +11,7 @@ import asyncio
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from genmedia.loadtests.compare import compare, compare_markdown
 from genmedia.loadtests.records import RequestRecord, write_records
-from genmedia.loadtests.replay import LiveStats, PreflightError, ReplayConfig, replay
+from genmedia.loadtests.replay import LiveStats, Locate, PreflightError, ReplayConfig, replay
 from genmedia.loadtests.report import (
     ReportError,
     RunInfo,
@@ -90,6 +91,71 @@ def _keys(pairs: list[str]) -> dict[str, str]:
             raise _fail(f"--key {pair!r}: expected TENANT=KEY")
         keys[tenant.strip()] = key.strip()
     return keys
+
+
+def _inputs(
+    scenario: str | None, trace: Path | None
+) -> tuple[Path | None, Scenario | None, list[TraceRecord], Locate]:
+    """Scenario and/or trace → (scenario file, scenario, trace, where each record comes from)."""
+    spec_path, spec = _scenario(scenario) if scenario is not None else (None, None)
+    if trace is not None:
+        records = _trace(trace)
+        lines = record_lines(trace)
+
+        def locate(i: int, field: str) -> str:
+            return f"{trace}:{lines[i]}: {field}"
+
+        return spec_path, spec, records, locate
+    assert spec is not None and spec_path is not None
+    indexed = generate_indexed(spec)
+    return (
+        spec_path,
+        spec,
+        [r for _, r in indexed],
+        stream_locator(spec_path, [i for i, _ in indexed]),
+    )
+
+
+def _replay_live(
+    records: list[TraceRecord],
+    cfg: ReplayConfig,
+    locate: Locate,
+    duration: float,
+    prepare: Callable[[], None],
+) -> list[RequestRecord]:
+    """The replay with a live view from its first request; exit 2 when the preflight fails."""
+    stats = LiveStats()
+    live = Live(console=console, refresh_per_second=2, transient=False)
+    started = time.monotonic()
+
+    def on_start() -> None:
+        nonlocal started
+        prepare()
+        started = time.monotonic()
+        live.update(_live_table(stats, started, duration))
+        live.start()
+
+    async def main() -> list[RequestRecord]:
+        async def refresh() -> None:
+            while True:
+                live.update(_live_table(stats, started, duration))
+                await asyncio.sleep(0.5)
+
+        ticker = asyncio.create_task(refresh())
+        try:
+            return await replay(records, cfg, locate, stats, on_start)
+        finally:
+            ticker.cancel()
+
+    try:
+        return asyncio.run(main())
+    except PreflightError as e:
+        raise _fail(str(e)) from None
+    finally:
+        if live.is_started:
+            live.update(_live_table(stats, started, duration))
+            live.stop()
+            console.print()
 
 
 @loadtest_app.command("trace")
@@ -222,23 +288,10 @@ def run_cmd(
         raise _fail("--timeout must be > 0")
     if scenario is None and trace is None:
         raise _fail("give --scenario or --trace")
-    spec_path, spec = _scenario(scenario) if scenario is not None else (None, None)
-    if trace is not None:
-        records = _trace(trace)
-        lines = record_lines(trace)
-
-        def locate(i: int, field: str) -> str:
-            return f"{trace}:{lines[i]}: {field}"
-
-        name = spec.name if spec else trace.stem
-    else:
-        assert spec is not None and spec_path is not None
-        indexed = generate_indexed(spec)
-        records = [r for _, r in indexed]
-        locate = stream_locator(spec_path, [i for i, _ in indexed])
-        name = spec.name
+    spec_path, spec, records, locate = _inputs(scenario, trace)
     if not records:
         raise _fail("the trace holds no request")
+    name = spec.name if spec else trace.stem if trace else "run"
     cfg = ReplayConfig(
         url=url.rstrip("/"),
         keys=_keys(key or []),
@@ -266,43 +319,16 @@ def run_cmd(
         started_utc=stamp,
         notes={"follow": follow, "trace": str(trace) if trace else None},
     )
-    stats = LiveStats()
-    live = Live(console=console, refresh_per_second=2, transient=False)
-    started = time.monotonic()
 
-    def on_start() -> None:
-        nonlocal started
+    def prepare() -> None:  # after the preflight, before the first request
         target.mkdir(parents=True, exist_ok=True)
         write_trace(target / "trace.jsonl", records)
         if spec_path is not None:
             shutil.copyfile(spec_path, target / "scenario.yaml")
         write_run_info(target, info)
         console.print(f"sending {len(records)} requests over {duration:.0f} s to {cfg.url} ({api})")
-        started = time.monotonic()
-        live.update(_live_table(stats, started, duration))
-        live.start()
 
-    async def main() -> list[RequestRecord]:
-        async def refresh() -> None:
-            while True:
-                live.update(_live_table(stats, started, duration))
-                await asyncio.sleep(0.5)
-
-        ticker = asyncio.create_task(refresh())
-        try:
-            return await replay(records, cfg, locate, stats, on_start)
-        finally:
-            ticker.cancel()
-
-    try:
-        results = asyncio.run(main())
-    except PreflightError as e:
-        raise _fail(str(e)) from None
-    finally:
-        if live.is_started:
-            live.update(_live_table(stats, started, duration))
-            live.stop()
-            console.print()
+    results = _replay_live(records, cfg, locate, duration, prepare)
     write_records(target / "requests.jsonl", results)
     summary = write_report(target, results, info)
     _print_summary(summary, target)

@@ -125,7 +125,10 @@ def test_open_loop_sends_on_schedule_while_responses_are_slow(gateway, tmp_path)
     assert len(records) > 10
     assert all(x.latency >= 1.0 for x in records)
     lag = [x.t_submit - x.t_scheduled for x in records]
-    assert max(lag) < 0.25, lag  # closed loop would lag by seconds
+    # Closed loop would send the second request only after the first answer (>= 1 s) and lag
+    # by seconds at the end; open loop stays on schedule (slack for a busy 2-core machine).
+    assert max(lag) < 0.8, lag
+    assert records[-1].t_submit < records[0].t_done
 
 
 def test_refusals_are_recorded_as_429(gateway, tmp_path):
@@ -236,6 +239,8 @@ def test_malformed_trace_line_named(gateway, tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps({**good, "model": "nope"}) + "\n")
     r = runner.invoke(app, [*args, "--api-key", KEY])
     assert_refused(r, "t.jsonl:1: model: model 'nope' is not served")
+    (tmp_path / "t.jsonl").write_text("\n")
+    assert_refused(runner.invoke(app, [*args, "--api-key", KEY]), "the trace holds no request")
     assert scheduler.subs == []
 
 
