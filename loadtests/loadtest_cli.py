@@ -278,6 +278,9 @@ def run_cmd(
     timeout: Annotated[
         float, typer.Option(help="Seconds a request may take from submit to final status.")
     ] = 300.0,
+    note: Annotated[
+        str | None, typer.Option(help="What was served (catalog, quotas...), kept in the report.")
+    ] = None,
 ) -> None:
     """Replay a scenario or trace open loop against URL; write raw records and the report."""
     if api not in ("sync", "queue"):
@@ -317,7 +320,7 @@ def run_cmd(
         api=api,
         url=cfg.url,
         started_utc=stamp,
-        notes={"follow": follow, "trace": str(trace) if trace else None},
+        notes={"follow": follow, "trace": str(trace) if trace else None, "note": note},
     )
 
     def prepare() -> None:  # after the preflight, before the first request

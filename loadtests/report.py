@@ -172,6 +172,7 @@ def summarize(records: list[RequestRecord], info: RunInfo) -> dict:
         "fairness": fairness(records, info.weights),
         "compute_s_per_image": sum(compute) / done_images if done_images else None,
         "send_lag_s": percentiles(r.t_submit - r.t_scheduled for r in records),
+        "note": info.notes.get("note"),
     }
 
 
@@ -260,6 +261,7 @@ def markdown(summary: dict, plots: Iterable[str] = ()) -> str:
         f"{o['requests']} requests over {summary['window_s']:.1f} s "
         f"(arrivals over {summary['duration_s']:g} s); SLOs end to end: {slo}.",
         f"Outcomes: {', '.join(f'{k} {v}' for k, v in o['by_status'].items())}.",
+        *([f"Note: {summary['note']}"] if summary.get("note") else []),
         "",
         f"- throughput **{_fmt(o['throughput_images_per_s'])} images/s**, goodput "
         f"**{_fmt(o['goodput_images_per_s'])} images/s** ({_pct(o['slo_attainment'])} of "

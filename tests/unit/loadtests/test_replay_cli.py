@@ -81,7 +81,7 @@ def test_param_problems_against_a_model_schema():
 
 def test_queue_stream_run_records_every_step_and_writes_the_report(gateway, tmp_path):
     url, scheduler = gateway
-    r, out = run(url, tmp_path)
+    r, out = run(url, tmp_path, "--note", "instant fake scheduler")
     assert r.exit_code == 0, r.output
     records = read_records(out / "requests.jsonl")
     trace = [json.loads(line) for line in (out / "trace.jsonl").read_text().splitlines()]
@@ -101,6 +101,7 @@ def test_queue_stream_run_records_every_step_and_writes_the_report(gateway, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["overall"]["by_status"] == {"COMPLETED": len(records)}
     assert summary["tenants"]["other"]["weight"] == 2
+    assert "Note: instant fake scheduler" in (out / "report.md").read_text()
     assert "unit (replay)" in r.output
 
 
