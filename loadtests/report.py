@@ -187,7 +187,7 @@ def _queue_interval(r: RequestRecord, end: float) -> tuple[float, float] | None:
 
 
 def timeline(
-    records: list[RequestRecord], window: float, bins: int = 60, points: int = 400
+    records: list[RequestRecord], window: float, bins: int = 30, points: int = 400
 ) -> dict:
     """Completed images per second (bins of at least 1 s) and queue depth (sampled at
     ``points`` instants) over time, overall and per class."""
