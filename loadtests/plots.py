@@ -72,12 +72,20 @@ def over_time(path: Path, summary: dict, series: dict) -> Path:
 
 def tenant_share(path: Path, summary: dict) -> Path:
     tenants = list(summary["tenants"])
-    share = [summary["tenants"][t]["share"] or 0.0 for t in tenants]
-    weight = [summary["tenants"][t]["weight_share"] for t in tenants]
+    stats = summary["tenants"]
+    bars = [
+        ("share of completed images", [stats[t]["share"] or 0.0 for t in tenants], "tab:green"),
+        (
+            "share while all served",
+            [stats[t]["contested_share"] or 0.0 for t in tenants],
+            "tab:olive",
+        ),
+        ("weight share", [stats[t]["weight_share"] for t in tenants], "tab:gray"),
+    ]
     x = np.arange(len(tenants))
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(tenants) + 2), 4))
-    ax.bar(x - 0.2, share, 0.4, label="share of completed images", color="tab:green")
-    ax.bar(x + 0.2, weight, 0.4, label="weight share", color="tab:gray")
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(tenants) + 2), 4))
+    for k, (label, values, color) in enumerate(bars):
+        ax.bar(x + (k - 1) * 0.27, values, 0.27, label=label, color=color)
     ax.set_xticks(x, tenants)
     ax.set_ylabel("fraction")
     ax.set_title(f"{summary['scenario']}: per-tenant share")

@@ -114,14 +114,40 @@ def _grouped(
     return {k: group_stats(v, window, slo_s) for k, v in sorted(groups.items())}
 
 
+def contested(records: list[RequestRecord]) -> tuple[float, float, dict[str, int]] | None:
+    """The span in which every tenant of ``records`` was still being served — from the last
+    tenant's first submit to the first tenant's last completion — and the images each tenant
+    completed in it. Shares measured there are the scheduler's choice, not the demand's: once a
+    tenant's backlog drains, the others finish theirs alone. None without such a span."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for r in records:
+        first[r.tenant] = min(first.get(r.tenant, math.inf), r.t_submit)
+        if r.status == "COMPLETED" and r.t_done is not None:
+            last[r.tenant] = max(last.get(r.tenant, -math.inf), r.t_done)
+    if not last:
+        return None
+    start, end = max(first.values()), min(last.values())
+    if end <= start:
+        return None
+    images = dict.fromkeys(sorted(first), 0)
+    for r in records:
+        if r.status == "COMPLETED" and r.t_done is not None and start <= r.t_done <= end:
+            images[r.tenant] += r.images
+    return start, end, images
+
+
 def tenant_stats(records: list[RequestRecord], window: float, weights: dict[str, float]) -> dict:
-    """Per tenant: completed images, throughput, share of all images, weight share."""
+    """Per tenant: completed images, throughput, share of all images (whole run and while every
+    tenant was served), weight share."""
     tenants = sorted({r.tenant for r in records})
-    images = {t: 0 for t in tenants}
+    images = dict.fromkeys(tenants, 0)
     for r in records:
         if r.status == "COMPLETED":
             images[r.tenant] += r.images
     total = sum(images.values())
+    span = contested(records)
+    both = sum(span[2].values()) if span else 0
     wsum = sum(weights.get(t, 1.0) for t in tenants)
     return {
         t: {
@@ -130,27 +156,31 @@ def tenant_stats(records: list[RequestRecord], window: float, weights: dict[str,
             "images": images[t],
             "throughput_images_per_s": images[t] / window,
             "share": images[t] / total if total else None,
+            "contested_share": span[2][t] / both if span and both else None,
             "weight_share": weights.get(t, 1.0) / wsum,
         }
         for t in tenants
     }
 
 
-def fairness(records: list[RequestRecord], weights: dict[str, float]) -> dict:
-    """Jain's index of weight-normalised completed images across tenants: over all tenants and
-    among the tenants of each class. Meaningful when the tenants compared are all backlogged
-    (a tenant that asks for less than its share lowers it)."""
-    out: dict = {}
+def fairness(records: list[RequestRecord], weights: dict[str, float]) -> tuple[dict, dict]:
+    """Jain's index of weight-normalised completed images across tenants — over all tenants and
+    among the tenants of each class — counted in the span where all of them were served
+    (``contested``), with those spans. A tenant that asks for less than its share lowers it."""
+    index: dict = {}
+    spans: dict = {}
     for cls in (None, *CLASSES):
-        sent: dict[str, float] = {}
-        for r in records:
-            if cls is None or r.priority == cls:
-                sent.setdefault(r.tenant, 0.0)
-                if r.status == "COMPLETED":
-                    sent[r.tenant] += r.images / weights.get(r.tenant, 1.0)
-        if sent:
-            out["jain" if cls is None else f"jain_{cls}"] = jain(sent.values())
-    return out
+        recs = [r for r in records if cls is None or r.priority == cls]
+        key = "jain" if cls is None else f"jain_{cls}"
+        span = contested(recs)
+        if span is None:
+            if recs:
+                index[key] = None
+            continue
+        start, end, images = span
+        index[key] = jain(n / weights.get(t, 1.0) for t, n in images.items())
+        spans[key] = [start, end]
+    return index, spans
 
 
 def summarize(records: list[RequestRecord], info: RunInfo) -> dict:
@@ -159,6 +189,7 @@ def summarize(records: list[RequestRecord], info: RunInfo) -> dict:
     done = [r for r in records if r.status == "COMPLETED"]
     compute = [r.compute_s for r in done if r.compute_s is not None]
     done_images = sum(r.images for r in done if r.compute_s is not None)
+    index, spans = fairness(records, info.weights)
     return {
         "scenario": info.scenario,
         "source": info.source,
@@ -169,7 +200,8 @@ def summarize(records: list[RequestRecord], info: RunInfo) -> dict:
         "classes": _grouped(records, lambda r: r.priority, window, info.slo_s),
         "models": _grouped(records, lambda r: r.model, window, info.slo_s),
         "tenants": tenant_stats(records, window, info.weights),
-        "fairness": fairness(records, info.weights),
+        "fairness": index,
+        "fairness_spans_s": spans,
         "compute_s_per_image": sum(compute) / done_images if done_images else None,
         "send_lag_s": percentiles(r.t_submit - r.t_scheduled for r in records),
         "note": info.notes.get("note"),
@@ -268,7 +300,7 @@ def markdown(summary: dict, plots: Iterable[str] = ()) -> str:
         "requests met their class SLO)",
         f"- 429 rate {_pct(o['rate_429'])}, error rate {_pct(o['error_rate'])}",
         f"- compute seconds per image {_fmt(summary['compute_s_per_image'])}",
-        "- Jain's fairness (weight-normalised images): "
+        "- Jain's fairness (weight-normalised images while every tenant compared was served): "
         + ", ".join(f"{k} {_fmt(v)}" for k, v in summary["fairness"].items()),
         f"- send lag (open loop, sent - scheduled) p99 {_fmt(summary['send_lag_s']['p99'])} s",
         "",
@@ -276,14 +308,15 @@ def markdown(summary: dict, plots: Iterable[str] = ()) -> str:
         *_group_table("Per model", summary["models"]),
         "### Per tenant",
         "",
-        "| tenant | weight | requests | images | img/s | share | weight share |",
-        "|---|---|---|---|---|---|---|",
+        "| tenant | weight | requests | images | img/s | share | share while all served "
+        "| weight share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t, s in summary["tenants"].items():
         lines.append(
             f"| {t} | {_fmt(s['weight'])} | {s['requests']} | {s['images']} "
             f"| {_fmt(s['throughput_images_per_s'])} | {_fmt(s['share'])} "
-            f"| {_fmt(s['weight_share'])} |"
+            f"| {_fmt(s['contested_share'])} | {_fmt(s['weight_share'])} |"
         )
     lines.append("")
     for p in plots:

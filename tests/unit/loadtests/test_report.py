@@ -120,6 +120,23 @@ def test_fairness_normalises_by_weight_per_class():
     assert unfair["fairness"]["jain_batch"] == pytest.approx(jain([10, 2.5]))
 
 
+def test_fairness_counts_only_while_every_tenant_is_served():
+    # b (weight 1) and c (weight 2) are backlogged from t=0; c gets 2 images/s, b 1/s, until c
+    # drains at t=10; b then finishes its backlog alone until t=30. Whole-run totals are the
+    # demand (30 vs 20); the scheduler's split while both waited is 1:2, i.e. fair.
+    records = [rec(i, tenant="b", priority="batch", latency=1.0 + i) for i in range(30)]
+    records += [rec(100 + i, tenant="c", priority="batch", latency=1.0 + i / 2) for i in range(20)]
+    s = summarize(records, INFO)
+    assert s["fairness_spans_s"]["jain_batch"] == [0.0, pytest.approx(10.5)]
+    assert s["fairness"]["jain_batch"] == pytest.approx(jain([10 / 1, 20 / 2]))
+    assert s["fairness"]["jain_batch"] > 0.99
+    assert jain([30 / 1, 20 / 2]) < 0.85  # what whole-run totals would have said
+    assert s["tenants"]["c"]["contested_share"] == pytest.approx(20 / 30)
+    assert s["tenants"]["c"]["share"] == pytest.approx(20 / 50)
+    starved = [rec(0, tenant="b", priority="batch"), rec(1, tenant="c", status="ERROR")]
+    assert summarize(starved, INFO)["fairness"]["jain"] == pytest.approx(0.5)
+
+
 def test_timeline_counts_images_and_queue_depth():
     records = [rec(i, t=float(i), latency=2.0, queue=1.5, images=2) for i in range(10)]
     series = timeline(records, 20.0, bins=20, points=201)
