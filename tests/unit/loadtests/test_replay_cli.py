@@ -259,3 +259,6 @@ def test_bad_scenario_and_options_named(tmp_path):
     assert_refused(r, "give --scenario or --trace")
     r = runner.invoke(app, ["loadtest", "trace", "-s", str(tmp_path / "none.yaml")])
     assert_refused(r, "none.yaml: (file)")
+    assert_refused(runner.invoke(app, ["loadtest", "trace"]), "--scenario is required")
+    r, _ = run(url, tmp_path, "--timeout", "0")
+    assert_refused(r, "--timeout must be > 0")
