@@ -27,6 +27,7 @@ from genmedia.deployments.tenants import (
     load_tenants,
 )
 from genmedia.deployments.tenants_cli import tenants_app
+from genmedia.loadtests.loadtest_cli import loadtest_app
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
 
 console = Console(stderr=True, soft_wrap=True)  # errors never wrap mid-path
@@ -42,6 +43,7 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(infra_app)  # plan, render
+app.add_typer(loadtest_app, name="loadtest")
 
 TenantsOpt = Annotated[
     Path | None,
