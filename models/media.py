@@ -13,6 +13,7 @@ video, soundfile (libsndfile) for audio. Same input, same bytes: no timestamps a
 from __future__ import annotations
 
 import io
+import math
 import tempfile
 from fractions import Fraction
 from functools import lru_cache
@@ -143,7 +144,11 @@ def video_codec() -> str:
 
 def _check_fps(fps: int | float | Fraction) -> Fraction:
     low, high = FPS_RANGE
-    if isinstance(fps, bool) or not isinstance(fps, int | float | Fraction):
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, int | float | Fraction)
+        or (isinstance(fps, float) and not math.isfinite(fps))
+    ):
         raise MediaError(f"fps must be a number from {low} to {high}, got {fps!r}")
     rate = Fraction(fps).limit_denominator(1001)
     if not low <= rate <= high:
@@ -187,7 +192,11 @@ def encode_video(frames: np.ndarray, fps: int | float | Fraction, fmt: str = "mp
             if codec != "libx264":
                 stream.bit_rate = max(200_000, out_w * out_h * 4)
             for pixels in frames:
-                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                # Converted here, one frame at a time: the encoder's own converter (a scaler
+                # context kept across frames) made some runs' bytes differ.
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(
+                    format="yuv420p"
+                )
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))  # flush the encoder
         return path.read_bytes()

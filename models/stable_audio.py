@@ -33,7 +33,7 @@ from diffusers import (
 )
 from transformers import T5Config, T5EncoderModel
 
-from genmedia.models import weights
+from genmedia.models.family_io import load_checkpoint, save_tiny, swap_scheduler
 from genmedia.models.tiny_tokenizers import build_t5_tokenizer
 
 FAMILY = "stable-audio"
@@ -141,33 +141,19 @@ def build_components(seed: int = 0) -> dict[str, Any]:
 def build_tiny(out_dir: Path, seed: int = 0) -> None:
     """Write a deterministic random-weight Stable Audio checkpoint to ``out_dir`` (atomically)."""
     pipe = PIPELINE_CLASS(**build_components(seed))
-    marker = {"family": FAMILY, "seed": seed, "version": TINY_VERSION}
-    weights.save_pipeline_atomically(pipe, Path(out_dir), {weights.TINY_MARKER: marker})
+    save_tiny(pipe, out_dir, family=FAMILY, seed=seed, version=TINY_VERSION)
 
 
 def load_pipeline(
     path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> DiffusionPipeline:
     """Load a safetensors-only Stable Audio checkpoint directory, offline, onto ``device``."""
-    path = Path(path)
-    weights.check_safetensors_only(path)
-    pipe = PIPELINE_CLASS.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, local_files_only=True
-    )
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_checkpoint(PIPELINE_CLASS, path, dtype, device)
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Replace ``pipe.scheduler`` by scheduler ``name`` built from the checkpoint's config."""
-    try:
-        cls = SCHEDULERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown scheduler {name!r} for {FAMILY}; allowed: {', '.join(sorted(SCHEDULERS))}"
-        ) from None
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    swap_scheduler(pipe, FAMILY, SCHEDULERS, name)
 
 
 def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from diffusers import (
 from transformers import UMT5Config, UMT5EncoderModel
 
 from genmedia.models import weights
+from genmedia.models.family_io import load_checkpoint, save_tiny, swap_scheduler
 from genmedia.models.tiny_tokenizers import T5_MAX_LENGTH, build_t5_tokenizer
 
 FAMILY = "wan"
@@ -97,7 +98,9 @@ DEFAULT_SCHEDULER = "unipc"
 
 def valid_num_frames(n: int) -> bool:
     """True when the Wan VAE can encode a clip of ``n`` frames (``n = 4k + 1``, in bounds)."""
-    return isinstance(n, int) and 1 <= n <= MAX_NUM_FRAMES and n % TEMPORAL_FACTOR == 1
+    if isinstance(n, bool) or not isinstance(n, int):
+        return False
+    return 1 <= n <= MAX_NUM_FRAMES and n % TEMPORAL_FACTOR == 1
 
 
 def check_num_frames(n: int) -> int:
@@ -106,9 +109,11 @@ def check_num_frames(n: int) -> int:
         return n
     if not isinstance(n, int) or isinstance(n, bool):
         raise ValueError(f"{NUM_FRAMES_RULE}; got {n!r}")
-    lower = max(1, min(MAX_NUM_FRAMES, (n - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR + 1))
-    upper = min(MAX_NUM_FRAMES, lower + TEMPORAL_FACTOR)
-    near = f"{lower}" if lower == upper else f"{lower} or {upper}"
+    if n < 1 or n > MAX_NUM_FRAMES:
+        near = "1" if n < 1 else f"{MAX_NUM_FRAMES}"
+    else:
+        lower = (n - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR + 1
+        near = f"{lower} or {lower + TEMPORAL_FACTOR}"
     raise ValueError(f"{NUM_FRAMES_RULE}; got {n} (nearest valid: {near})")
 
 
@@ -174,8 +179,7 @@ def build_components(seed: int = 0) -> dict[str, Any]:
 def build_tiny(out_dir: Path, seed: int = 0) -> None:
     """Write a deterministic random-weight Wan checkpoint to ``out_dir`` (atomically)."""
     pipe = PIPELINE_CLASS(**build_components(seed))
-    marker = {"family": FAMILY, "seed": seed, "version": TINY_VERSION}
-    weights.save_pipeline_atomically(pipe, Path(out_dir), {weights.TINY_MARKER: marker})
+    save_tiny(pipe, out_dir, family=FAMILY, seed=seed, version=TINY_VERSION)
 
 
 def load_pipeline(
@@ -186,28 +190,18 @@ def load_pipeline(
     The VAE stays in float32 whatever ``dtype`` is (Wan's own recommendation: its decoder loses
     detail in half precision).
     """
-    path = Path(path)
-    weights.check_safetensors_only(path)
-    vae = AutoencoderKLWan.from_pretrained(
-        path / "vae", dtype=torch.float32, use_safetensors=True, local_files_only=True
-    )
-    pipe = PIPELINE_CLASS.from_pretrained(
-        path, vae=vae, dtype=dtype, use_safetensors=True, local_files_only=True
-    )
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    components: dict[str, Any] = {}
+    if dtype != torch.float32:
+        weights.check_safetensors_only(Path(path))  # before any file of it is read
+        components["vae"] = AutoencoderKLWan.from_pretrained(
+            path, subfolder="vae", dtype=torch.float32, use_safetensors=True, local_files_only=True
+        )
+    return load_checkpoint(PIPELINE_CLASS, path, dtype, device, **components)
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Replace ``pipe.scheduler`` by scheduler ``name`` with the checkpoint's flow shift."""
-    try:
-        factory = SCHEDULERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown scheduler {name!r} for {FAMILY}; allowed: {', '.join(sorted(SCHEDULERS))}"
-        ) from None
-    pipe.scheduler = factory.from_config(pipe.scheduler.config)
+    swap_scheduler(pipe, FAMILY, SCHEDULERS, name)
 
 
 def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) -> dict[str, Any]:
