@@ -16,7 +16,8 @@ Open. Its longest clip is ``256 * 256 / 16000 = 4.096`` seconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,9 @@ _LATENT_CHANNELS = 8
 _LATENT_LENGTH = 256  # DiT sample_size: latent frames of the longest clip
 _SAMPLE_RATE = 16_000
 _DOWNSAMPLING = [2, 4, 4, 8]  # hop length 256 samples per latent frame
+# The tiny checkpoint's audio format and longest clip (``duration_bounds`` reads any checkpoint's).
+TINY_SAMPLE_RATE = _SAMPLE_RATE
+TINY_MAX_DURATION_S = _LATENT_LENGTH * int(np.prod(_DOWNSAMPLING)) / _SAMPLE_RATE
 
 # (steps done, total steps); called between denoising steps, may raise to stop the call
 StepCallback = Callable[[int, int], None]
@@ -173,12 +177,31 @@ def sample_rate(pipe: DiffusionPipeline) -> int:
     return int(pipe.vae.config.sampling_rate)
 
 
+def _bounds(transformer_config: Mapping[str, Any], vae_config: Mapping[str, Any]):
+    hop = int(np.prod(vae_config["downsampling_ratios"]))
+    longest = transformer_config["sample_size"] * hop / vae_config["sampling_rate"]
+    return MIN_DURATION_S, float(longest)
+
+
 def duration_bounds(pipe: DiffusionPipeline) -> tuple[float, float]:
     """``(min, max)`` seconds a request may ask for: the model's longest clip is its latent
     length times the VAE hop, over the sample rate."""
-    hop = int(np.prod(pipe.vae.config.downsampling_ratios))
-    longest = pipe.transformer.config.sample_size * hop / sample_rate(pipe)
-    return MIN_DURATION_S, float(longest)
+    return _bounds(pipe.transformer.config, pipe.vae.config)
+
+
+def checkpoint_duration_bounds(path: Path) -> tuple[float, float]:
+    """``duration_bounds`` read from a checkpoint directory's config files, without loading it
+    (for checking a catalog's ``duration_s`` bounds at deploy time)."""
+    path = Path(path)
+    try:
+        transformer = json.loads((path / "transformer" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        return _bounds(transformer, vae)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"cannot read the audio length limits of {path} (transformer/config.json "
+            f"sample_size, vae/config.json downsampling_ratios and sampling_rate): {exc}"
+        ) from exc
 
 
 def check_duration(pipe: DiffusionPipeline, duration_s: float) -> float:

@@ -283,6 +283,22 @@ def test_audio_duration_bounds(audio_built) -> None:
     assert longest.shape[-1] == int(high * stable_audio.sample_rate(pipe))
 
 
+def test_audio_bounds_from_checkpoint_files(audio_built, tmp_path: Path) -> None:
+    path, pipe = audio_built
+    bounds = stable_audio.checkpoint_duration_bounds(path)
+    assert bounds == stable_audio.duration_bounds(pipe)
+    assert bounds[1] == stable_audio.TINY_MAX_DURATION_S
+    assert stable_audio.sample_rate(pipe) == stable_audio.TINY_SAMPLE_RATE
+    broken = tmp_path / "ckpt"
+    shutil.copytree(path, broken)
+    (broken / "vae" / "config.json").write_text('{"sampling_rate": 16000}')
+    with pytest.raises(ValueError, match=r"vae/config\.json downsampling_ratios") as excinfo:
+        stable_audio.checkpoint_duration_bounds(broken)
+    assert str(broken) in str(excinfo.value) and "'downsampling_ratios'" in str(excinfo.value)
+    with pytest.raises(ValueError, match="cannot read the audio length limits"):
+        stable_audio.checkpoint_duration_bounds(tmp_path / "missing")
+
+
 @pytest.mark.parametrize("duration", [0.1, 4.5, -1.0, "2", True, float("nan")])
 def test_bad_duration_names_the_bounds(audio_built, duration) -> None:
     _, pipe = audio_built
