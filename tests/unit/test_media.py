@@ -166,9 +166,10 @@ def test_video_round_trip() -> None:
 
 
 def test_video_bytes_are_reproducible() -> None:
-    """Noise is the hard case: a stateful colour converter once made 1 run in 15 differ."""
+    """Noise is the hard case: before frames were converted one by one and encoded on one
+    thread, some runs in a few dozen gave other bytes."""
     noise = np.random.default_rng(0).integers(0, 256, (17, 64, 96, 3), dtype=np.uint8)
-    assert len({media.encode_video(noise, 16) for _ in range(30)}) == 1
+    assert len({media.encode_video(noise, 16) for _ in range(20)}) == 1
 
 
 def test_video_odd_size_is_padded_to_even() -> None:
