@@ -36,7 +36,7 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from genmedia.models import weights
 from genmedia.models.family_io import load_checkpoint, save_tiny, swap_scheduler
-from genmedia.models.tiny_tokenizers import T5_MAX_LENGTH, build_t5_tokenizer
+from genmedia.models.tiny_tokenizers import build_t5_tokenizer
 
 FAMILY = "wan"
 PIPELINE_CLASS = WanPipeline
@@ -52,8 +52,9 @@ NUM_FRAMES_RULE = (
     f"frame and compresses the rest by {TEMPORAL_FACTOR}"
 )
 TINY_VERSION = 1  # bump when build_tiny changes, so cached tiny checkpoints get rebuilt
-# UMT5 sequence length passed to the pipeline (Wan's own default pads every prompt to 512 tokens).
-MAX_SEQUENCE_LENGTH = T5_MAX_LENGTH
+# Longest UMT5 prompt in tokens (Wan's own default); a checkpoint whose tokenizer is shorter
+# (the tiny one: 64) uses its tokenizer's length, so prompts are not padded past it.
+MAX_SEQUENCE_LENGTH = 512
 FLOW_SHIFT = 3.0  # Wan 2.1's shift for 480p; the scheduler config carries it
 
 _TEXT_HIDDEN = 32
@@ -74,7 +75,6 @@ class FlowScheduler:
     """
 
     cls: type
-    name: str
 
     def from_config(self, config: Mapping[str, Any]) -> Any:
         shift = float(config.get("flow_shift", config.get("shift", FLOW_SHIFT)))
@@ -90,8 +90,8 @@ class FlowScheduler:
 
 
 SCHEDULERS: dict[str, FlowScheduler] = {
-    "unipc": FlowScheduler(UniPCMultistepScheduler, "unipc"),
-    "flow_euler": FlowScheduler(FlowMatchEulerDiscreteScheduler, "flow_euler"),
+    "unipc": FlowScheduler(UniPCMultistepScheduler),
+    "flow_euler": FlowScheduler(FlowMatchEulerDiscreteScheduler),
 }
 DEFAULT_SCHEDULER = "unipc"
 
@@ -210,13 +210,15 @@ def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) ->
     A missing negative prompt is the empty prompt in Wan, so ``None`` and ``[""] * n`` give the
     same videos (requests with and without negative prompts can share a batch).
     """
-    kwargs: dict[str, Any] = {
-        "guidance_scale": float(guidance_scale),
-        "max_sequence_length": MAX_SEQUENCE_LENGTH,
-    }
+    kwargs: dict[str, Any] = {"guidance_scale": float(guidance_scale)}
     if negative_prompts is not None:
         kwargs["negative_prompt"] = list(negative_prompts)
     return kwargs
+
+
+def sequence_length(pipe: DiffusionPipeline) -> int:
+    """Prompt tokens the pipeline encodes: the tokenizer's length, at most Wan's 512."""
+    return min(MAX_SEQUENCE_LENGTH, int(pipe.tokenizer.model_max_length))
 
 
 def _check_size(width: int, height: int) -> None:
@@ -255,6 +257,7 @@ def run_text_to_video(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     kwargs = call_kwargs(guidance_scale=guidance_scale, negative_prompts=negative_prompts)
+    kwargs["max_sequence_length"] = sequence_length(pipe)
     if on_step is not None:
 
         def _callback(_pipe, step, _timestep, callback_kwargs):

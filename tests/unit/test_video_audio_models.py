@@ -187,6 +187,7 @@ def test_video_shapes_steps_and_encoding(wan_built) -> None:
     assert frames.dtype == np.uint8
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert frames[0].std(axis=0).mean() > 1.0  # frames differ over time: a clip, not a still
+    assert wan.sequence_length(pipe) == 64  # the tiny tokenizer's length, not Wan's 512
 
     data = media.encode_video(frames[0], wan.DEFAULT_FPS)
     with av.open(io.BytesIO(data)) as container:
