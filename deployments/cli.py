@@ -27,6 +27,7 @@ from genmedia.deployments.tenants import (
     load_tenants,
 )
 from genmedia.deployments.tenants_cli import tenants_app
+from genmedia.loadtests.loadtest_cli import loadtest_app
 from genmedia.loadtests.sim.cli import sim as sim_command
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
 
@@ -43,6 +44,7 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(infra_app)  # plan, render
+app.add_typer(loadtest_app, name="loadtest")
 app.command("sim")(sim_command)
 
 TenantsOpt = Annotated[

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 
 class Cancelled(Exception):
@@ -23,6 +24,8 @@ class StepGate:
         self._waiting: dict[int, tuple[int, int]] = {}  # ticket -> (priority, seq)
         self._seq = itertools.count()
         self.preemptions = 0
+        self.busy_s = 0.0  # total time a call held the gate (the pipeline's busy time)
+        self._held_since = 0.0
 
     def _best_waiter(self) -> int | None:
         if not self._waiting:
@@ -42,12 +45,14 @@ class StepGate:
             finally:
                 self._waiting.pop(ticket, None)
             self._holder = ticket
+            self._held_since = time.perf_counter()
             return ticket
 
     def release(self, ticket: int) -> None:
         with self._cond:
             if self._holder == ticket:
                 self._holder = None
+                self.busy_s += time.perf_counter() - self._held_since
                 self._cond.notify_all()
 
     def checkpoint(self, ticket: int, priority: int, cancel: threading.Event | None = None) -> int:

@@ -369,7 +369,13 @@ class FamilyWorker:
         model = await self._base_model(model_id)
 
         def _check():
-            return check_adapter(model.pipe, model.entry.family, source, max_bytes=max_bytes)
+            return check_adapter(
+                model.pipe,
+                model.entry.family,
+                source,
+                max_bytes=max_bytes,
+                max_rank=model.entry.max_lora_rank,
+            )
 
         try:
             path, info = await asyncio.get_running_loop().run_in_executor(self.executor, _check)
@@ -393,6 +399,7 @@ class FamilyWorker:
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "preemptions": self.gate.preemptions,
+            "busy_s": self.gate.busy_s,
         }
 
 

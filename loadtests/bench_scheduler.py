@@ -188,8 +188,9 @@ async def _collect(client, submitted):
     return done
 
 
-async def scenario(url, *, seconds, interactive_rps, flood_rps, steps, images, seed):
-    """One open-loop run; returns raw samples and the measurement window."""
+async def scenario(url, *, seconds, interactive_rps, flood_rps, steps, images, seed, busy=None):
+    """One open-loop run; returns raw samples, the measurement window and how long the worker's
+    pipeline was busy in it (``busy()``: the worker's cumulative gate-held seconds)."""
     rng = random.Random(seed)
     inter = poisson(interactive_rps, seconds, rng) if interactive_rps else []
     flood = (
@@ -202,14 +203,27 @@ async def scenario(url, *, seconds, interactive_rps, flood_rps, steps, images, s
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         t0 = time.time() + 0.5
-        await asyncio.gather(
+
+        async def probe_busy():
+            await asyncio.sleep(max(0.0, t0 + 5.0 - time.time()))
+            first = await busy() if busy else None
+            await asyncio.sleep(max(0.0, t0 + seconds - time.time()))
+            return None if first is None else (await busy()) - first
+
+        busy_in_window, *_ = await asyncio.gather(
+            probe_busy(),
             _interactive(client, inter, t0, steps, samples),
             _flood(client, flood, t0, images, submitted),
         )
         flood_done = await _collect(client, submitted)
         await asyncio.sleep(2.0)  # let cancelled calls stop
     # Skip the first seconds (queues filling); the window ends when the schedule does.
-    return {"window": [t0 + 5.0, t0 + seconds], "samples": samples, "flood": flood_done}
+    return {
+        "window": [t0 + 5.0, t0 + seconds],
+        "busy_s": busy_in_window,
+        "samples": samples,
+        "flood": flood_done,
+    }
 
 
 def summarize(parts: list[dict], images: int) -> dict:
@@ -229,7 +243,9 @@ def summarize(parts: list[dict], images: int) -> dict:
             if d["final"] == "COMPLETED" and d["finished_at"] and lo <= d["finished_at"] <= hi:
                 per_tenant[d["tenant"]] += images
     lat.sort()
+    busy = [p["busy_s"] for p in parts if p.get("busy_s") is not None]
     return {
+        "pipeline_busy_fraction": sum(busy) / span if busy else None,
         "interactive_n": len(lat),
         "interactive_errors": errors,
         "interactive_p50_s": statistics.median(lat) if lat else None,
@@ -292,6 +308,11 @@ def main() -> None:
             assert not check_weights(catalog, build_tiny=True)
             console.print(f"[bold]deploying with the {policy} scheduler[/]")
             serve.run(build_app(catalog, tenants), name=APP_NAME, route_prefix="/")
+            worker = serve.get_deployment_handle("worker-sd15", app_name=APP_NAME)
+
+            async def worker_busy(worker=worker) -> float:
+                return (await worker.info.remote())["busy_s"]
+
             plan = [
                 ("idle", args.interactive_rps, 0.0),
                 ("flood", 0.0, args.flood_rps),
@@ -308,6 +329,7 @@ def main() -> None:
                             interactive_rps=irps,
                             flood_rps=frps,
                             seed=1000 * r + len(name),
+                            busy=worker_busy,
                             **common,
                         )
                     )
@@ -342,6 +364,8 @@ def main() -> None:
         "batch_throughput_with_interactive": mixed["batch_images_per_s"],
         "batch_throughput_ratio": mixed["batch_images_per_s"] / flood["batch_images_per_s"],
         "interactive_compute_share": mixed["interactive_compute_share"],
+        "pipeline_busy_fraction_flood": flood["pipeline_busy_fraction"],
+        "pipeline_busy_fraction_mixed": mixed["pipeline_busy_fraction"],
         "jain_equal_weight_tenants": jain([shares["bulk-a"], shares["bulk-b"]]),
         "weighted_share_ratio_c_over_mean_ab": shares["bulk-c"]
         / statistics.fmean([shares["bulk-a"], shares["bulk-b"]]),
@@ -391,6 +415,8 @@ def main() -> None:
         "p99_ratio_fifo",
         "batch_throughput_ratio",
         "interactive_compute_share",
+        "pipeline_busy_fraction_flood",
+        "pipeline_busy_fraction_mixed",
         "jain_equal_weight_tenants",
         "weighted_share_ratio_c_over_mean_ab",
     ):

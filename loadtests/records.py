@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -59,6 +59,7 @@ class RequestRecord:
 
 
 _FIELDS = {f.name for f in fields(RequestRecord)}
+_REQUIRED = {f.name for f in fields(RequestRecord) if f.default is MISSING}
 
 
 def write_records(path: str | Path, records: Iterable[RequestRecord]) -> Path:
@@ -76,9 +77,17 @@ def read_records(path: str | Path) -> list[RequestRecord]:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            data = json.loads(line)
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON: {e.msg}") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}:{n}: must be a JSON object")
             unknown = set(data) - _FIELDS
             if unknown:
                 raise ValueError(f"{path}:{n}: unknown fields {sorted(unknown)}")
+            missing = _REQUIRED - set(data)
+            if missing:
+                raise ValueError(f"{path}:{n}: {sorted(missing)[0]}: field required")
             out.append(RequestRecord(**data))
     return out

@@ -84,6 +84,12 @@ def read_trace(path: str | Path) -> list[TraceRecord]:
     return records
 
 
+def record_lines(path: str | Path) -> list[int]:
+    """The file line of each record of a trace (blank lines hold none), for messages."""
+    with Path(path).open() as fh:
+        return [n for n, text in enumerate(fh, start=1) if text.strip()]
+
+
 def iter_jsonl(records: Iterable[TraceRecord]) -> Iterator[str]:
     for r in records:
         yield r.model_dump_json(exclude_none=True) + "\n"

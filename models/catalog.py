@@ -210,7 +210,14 @@ class ModelEntry(_Strict):
         ge=1,
         le=256,
         description="LoRA adapters a worker replica keeps loaded into this model (least recently "
-        "used evicted beyond); switching between loaded adapters never reloads the base model.",
+        "used replaced beyond); switching between loaded adapters never reloads the base model.",
+    )
+    max_lora_rank: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Largest LoRA rank accepted for this model; every adapter slot is padded to it "
+        "so a new adapter is hot-swapped into a slot instead of injecting new layers.",
     )
     acceleration: KernelOptions = Field(
         default_factory=KernelOptions,

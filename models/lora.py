@@ -20,6 +20,7 @@ import os
 import re
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +201,13 @@ def _dims(layer: torch.nn.Module) -> tuple[int, int] | None:
 
 
 def check_adapter(
-    pipe: Any, family: str, source: str, *, max_bytes: int, s3_endpoint_url: str | None = None
+    pipe: Any,
+    family: str,
+    source: str,
+    *,
+    max_bytes: int,
+    max_rank: int = 64,
+    s3_endpoint_url: str | None = None,
 ) -> tuple[Path, dict]:
     """Resolve, read and check an adapter against a loaded pipeline; ``AdapterError`` lists the
     problems. Returns the local file and what the registry records about it."""
@@ -211,6 +218,8 @@ def check_adapter(
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise AdapterError("adapter does not fit the base model: " + "; ".join(problems[:5]) + more)
     rank = max((s[0] for k, s in shapes.items() if ".lora_A." in k), default=0)
+    if rank > max_rank:
+        raise AdapterError(f"adapter rank {rank} is over the model's max_lora_rank {max_rank}")
     return path, {
         "path": str(path),
         "bytes": path.stat().st_size,
@@ -228,46 +237,82 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class AdapterCache:
-    """The adapters loaded into one base pipeline (at most ``capacity``, LRU). Not thread-safe:
-    the worker calls it only while holding its step gate, when no other call is mid-step."""
+@dataclass
+class _Slot:
+    """An adapter slot of the pipeline (a peft adapter name) and the adapter it now holds."""
 
-    def __init__(self, capacity: int):
+    name: str
+    path: str
+
+
+class AdapterCache:
+    """The adapters loaded into one base pipeline (at most ``capacity``, least recently used
+    replaced). Not thread-safe: the worker calls it only while holding its step gate, when no
+    other call is mid-step.
+
+    Adapters live in slots (peft adapter names ``slot0``, ``slot1``, ...). A new adapter takes a
+    free slot (diffusers injects the LoRA layers once per slot) or, when all are taken, is
+    hot-swapped into the least recently used slot no paused call needs (diffusers'
+    ``hotswap=True``: the weights are copied into the existing layers, no injection), which is
+    what keeps loading a new adapter cheap. Ranks are padded to ``max_rank``
+    (``enable_lora_hotswap``) so any accepted adapter fits any slot."""
+
+    def __init__(self, capacity: int, max_rank: int = 64):
         self.capacity = max(1, capacity)
-        self.loaded: OrderedDict[str, str] = OrderedDict()  # adapter id -> path
+        self.max_rank = max_rank
+        self.loaded: OrderedDict[str, _Slot] = OrderedDict()  # adapter id -> slot
         self.active: tuple[tuple[str, float], ...] | None = None
+        self.enabled = True
         self.loads = 0
+        self.hotswaps = 0
         self.evictions = 0
+        self._prepared = False
+        self._slots = 0
+
+    def slot_of(self, adapter_id: str) -> str:
+        return self.loaded[adapter_id].name
 
     def ensure(self, pipe: Any, files: dict[str, Path], pinned: set[str]) -> float:
         """Load the adapters (id → local file) that are not loaded yet; returns seconds spent.
-        Adapters in ``pinned`` (used by calls paused at a step boundary) are never evicted."""
+        Adapters in ``pinned`` (used by calls paused at a step boundary) are never replaced."""
         spent = 0.0
+        if not self._prepared:
+            pipe.enable_lora_hotswap(target_rank=self.max_rank)
+            self._prepared = True
         for aid, path in files.items():
-            if self.loaded.get(aid) == str(path):
+            current = self.loaded.get(aid)
+            if current is not None and current.path == str(path):
                 self.loaded.move_to_end(aid)
                 continue
-            if aid in self.loaded:  # re-registered from another file
-                self._evict(pipe, aid)
-            keep = pinned | set(files)
-            while len(self.loaded) >= self.capacity:
-                victim = next((a for a in self.loaded if a not in keep), None)
-                if victim is None:
-                    break  # every loaded adapter is in use: go over capacity for now
-                self._evict(pipe, victim)
             start = time.perf_counter()
-            pipe.load_lora_weights(load_file(str(path)), adapter_name=aid)
+            state = load_file(str(path))
+            keep = pinned | set(files)
+            if current is not None:  # re-registered from another file: reuse its own slot
+                victim = aid
+            elif len(self.loaded) >= self.capacity:
+                victim = next((a for a in self.loaded if a not in keep), None)
+            else:
+                victim = None
+            slot = None
+            if victim is not None:
+                slot = self.loaded.pop(victim)
+                try:
+                    pipe.load_lora_weights(state, adapter_name=slot.name, hotswap=True)
+                    self.hotswaps += 1
+                except (ValueError, RuntimeError, KeyError):
+                    # not swappable into this slot (other target modules): drop the slot
+                    pipe.delete_adapters([slot.name])
+                    slot = None
+                self.evictions += 1
+            if slot is None:
+                slot = _Slot(f"slot{self._slots}", "")
+                self._slots += 1
+                pipe.load_lora_weights(state, adapter_name=slot.name)
+            self.loaded[aid] = _Slot(slot.name, str(path))
             spent += time.perf_counter() - start
-            self.loaded[aid] = str(path)
             self.loads += 1
             self.active = None  # loading changes which adapters are set
         return spent
-
-    def _evict(self, pipe: Any, adapter_id: str) -> None:
-        pipe.delete_adapters([adapter_id])
-        self.loaded.pop(adapter_id, None)
-        self.evictions += 1
-        self.active = None
 
     def activate(self, pipe: Any, uses: list[AdapterUse]) -> None:
         """Make exactly ``uses`` (with their scales) the active adapters of the pipeline."""
@@ -278,10 +323,15 @@ class AdapterCache:
             self.active = want
             return
         if uses:
-            pipe.enable_lora()
-            pipe.set_adapters([u.id for u in uses], adapter_weights=[u.scale for u in uses])
+            if not self.enabled:
+                pipe.enable_lora()
+                self.enabled = True
+            pipe.set_adapters(
+                [self.slot_of(u.id) for u in uses], adapter_weights=[u.scale for u in uses]
+            )
         else:
             pipe.disable_lora()
+            self.enabled = False
         self.active = want
 
 

@@ -54,6 +54,24 @@ FAMILIES: dict[str, FamilySpec] = {
             size_multiple=16,
             title="Flux-style (MMDiT transformer + CLIP + T5)",
         ),
+        FamilySpec(
+            name="wan",
+            module="genmedia.models.wan",
+            tasks=("text-to-video",),
+            schedulers=("unipc", "flow_euler"),
+            default_scheduler="unipc",
+            size_multiple=16,
+            title="Wan 2.1-style video (3D DiT + causal video VAE + UMT5)",
+        ),
+        FamilySpec(
+            name="stable-audio",
+            module="genmedia.models.stable_audio",
+            tasks=("text-to-audio",),
+            schedulers=("cosine_dpmpp_2m_sde", "edm_dpmpp_2m"),
+            default_scheduler="cosine_dpmpp_2m_sde",
+            size_multiple=1,
+            title="Stable Audio Open-style audio (DiT + Oobleck VAE + T5)",
+        ),
     )
 }
 

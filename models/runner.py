@@ -120,7 +120,7 @@ def load_model(entry: ModelEntry, path: Path, device: str | None = None) -> Load
         time.perf_counter() - start,
         _scheduler_config=dict(pipe.scheduler.config),
         acceleration=record,
-        adapters=AdapterCache(entry.max_loaded_adapters),
+        adapters=AdapterCache(entry.max_loaded_adapters, entry.max_lora_rank),
     )
     return model
 

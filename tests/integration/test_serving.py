@@ -225,7 +225,7 @@ def test_every_v1_call_needs_a_key(base_url):
         assert anon.get("/healthz").status_code == 200  # health and metrics stay open
 
 
-def test_unknown_model_malformed_json_and_oversized_body(http):
+def test_unknown_model_malformed_json_and_oversized_body(http, serve_app):
     r = generate(http, "no-such-model")
     assert r.status_code == 404 and "no-such-model" in r.json()["error"]["message"]
     r = http.post(
@@ -236,7 +236,7 @@ def test_unknown_model_malformed_json_and_oversized_body(http):
     assert r.status_code == 400 and r.json()["error"]["type"] == "malformed_json"
     r = http.post(
         "/v1/models/sd15-tiny/generate",
-        content=json.dumps({"prompt": "x" * 2_000_000}).encode(),
+        content=json.dumps({"prompt": "x" * (serve_app[1].server.max_body_bytes + 1)}).encode(),
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 413

@@ -84,3 +84,14 @@ def test_cancel_stops_at_checkpoint_and_while_waiting():
     assert errors == ["cancelled"]
     gate.release(holder)
     assert not gate.busy
+
+
+def test_busy_time_counts_only_held_time():
+    gate = StepGate()
+    time.sleep(0.05)  # idle: not counted
+    t = gate.acquire(1)
+    time.sleep(0.05)
+    gate.release(t)
+    assert 0.05 <= gate.busy_s < 0.5
+    gate.release(t)  # a second release of the same ticket adds nothing
+    assert gate.busy_s < 0.5

@@ -147,22 +147,30 @@ def test_adapters_change_output_and_switching_is_exact(model, adapters):
     assert not np.array_equal(both, with_a) and not np.array_equal(both, with_b)
 
 
-def test_cache_evicts_least_recently_used_but_never_a_pinned_adapter(model, adapters):
-    pipe = model.pipe
-    for a in list(model.adapters.loaded):  # start from a pipeline without adapters
-        model.adapters._evict(pipe, a)
-    cache = AdapterCache(capacity=2)
+def test_cache_replaces_least_recently_used_but_never_a_pinned_adapter(model, adapters):
+    fresh = load_model(model.entry, model.entry.weights and _weights(model), "cpu")
+    pipe = fresh.pipe
+    cache = AdapterCache(capacity=2, max_rank=8)
     files = dict(adapters)
     cache.ensure(pipe, {"a": files["a"]}, set())
     cache.ensure(pipe, {"b": files["b"]}, set())
+    assert (cache.slot_of("a"), cache.slot_of("b")) == ("slot0", "slot1")
     cache.ensure(pipe, {"c": files["c"]}, pinned={"a"})  # a is in use by a paused call
-    assert list(cache.loaded) == ["a", "c"] and cache.evictions == 1
+    assert list(cache.loaded) == ["a", "c"] and cache.slot_of("c") == "slot1"
+    assert cache.hotswaps == 1 and cache.evictions == 1  # b's slot took c without injection
     cache.ensure(pipe, {"a": files["a"]}, set())  # loaded already: no load
     assert cache.loads == 3
-    cache.ensure(pipe, {"b": files["b"]}, pinned={"a", "c"})  # all pinned: over capacity
-    assert set(cache.loaded) == {"a", "b", "c"}
-    for a in list(cache.loaded):
-        cache._evict(pipe, a)
+    cache.ensure(pipe, {"b": files["b"]}, pinned={"a", "c"})  # all pinned: a third slot
+    assert set(cache.loaded) == {"a", "b", "c"} and cache.slot_of("b") == "slot2"
+    # the hot-swapped slot computes what a freshly injected adapter computes
+    job = _job(fresh, loras=[{"id": "c", "scale": 1.0}])
+    cache.activate(pipe, [AdapterUse("c", 1.0, "")])
+    swapped = run_images(fresh, [job])[0][0]
+    np.testing.assert_array_equal(swapped, _run(model, job, adapters))
+
+
+def _weights(model):
+    return model.entry.weights
 
 
 def _picture(size=64, seed=0):

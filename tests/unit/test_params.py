@@ -102,3 +102,72 @@ def test_parameter_schema(catalog):
     assert s["width"]["multipleOf"] == 16
     assert s["num_inference_steps"]["maximum"] == 50
     assert s["scheduler"]["enum"] == ["flow_euler"]
+
+
+def _fields(errors):
+    return {e.field: e for e in errors}
+
+
+def test_task_follows_the_inputs(catalog):
+    assert resolve(catalog)[0].params.task == "text-to-image"
+    job, errors = resolve(catalog, image="x")
+    assert not errors and job.params.task == "image-to-image" and job.params.strength == 0.8
+    job, errors = resolve(catalog, image="x", mask_image="m", strength=0.5)
+    assert not errors and job.params.task == "inpainting" and job.params.strength == 0.5
+    a = resolve(catalog, image="x", strength=0.5)[0]
+    b = resolve(catalog, image="x", strength=0.6)[0]
+    assert a.batch_key != b.batch_key  # one strength per pipeline call
+
+
+def test_input_image_sets_the_size(catalog):
+    entry = catalog.model("sd15-tiny")
+    req = GenerateRequest(prompt="x", image="x")
+    job, errors = resolve_request(entry, req, request_id="r", image_size=(48, 40))
+    assert not errors and (job.params.width, job.params.height) == (48, 40)
+    req = GenerateRequest(prompt="x", image="x", width=64)
+    _, errors = resolve_request(entry, req, request_id="r", image_size=(48, 40))
+    assert "set by the input image" in _fields(errors)["width"].message
+    _, errors = resolve_request(entry, req, request_id="r", image_size=(4096, 40))
+    assert _fields(errors)["width"].limit == 512
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"mask_image": "m"}, "image", "inpainting needs the image"),
+        ({"strength": 0.5}, "strength", "needs an input image"),
+        ({"image": "x", "strength": 0.0}, "strength", ">= 0.01"),
+        ({"image": "x", "strength": 1.5}, "strength", "<= 1"),
+        ({"image": "x", "strength": 0.1, "num_inference_steps": 4}, "strength", "at least one"),
+        ({"output_format": "gif"}, "output_format", "not an output of text-to-image"),
+        ({"output_format": "mp4"}, "output_format", "allowed: png, jpeg, webp"),
+        ({"output_quality": 80}, "output_quality", "jpeg and webp only"),
+        ({"loras": [{"id": "a", "scale": 3}]}, "loras[0].scale", "<= 2"),
+        ({"loras": [{"id": "a"}, {"id": "a"}]}, "loras[1].id", "listed twice"),
+        ({"loras": [{"id": f"a{i}"} for i in range(4)]}, "loras", "at most 3"),
+    ],
+)
+def test_bad_task_and_adapter_fields(catalog, body, field, words):
+    _, errors = resolve(catalog, **body)
+    assert words in _fields(errors)[field].message, errors
+
+
+def test_adapters_are_part_of_the_batch_key_and_recorded(catalog):
+    a = resolve(catalog, loras=[{"id": "s", "scale": 0.5}])[0]
+    b = resolve(catalog, loras=[{"id": "s", "scale": 0.6}])[0]
+    c = resolve(catalog)[0]
+    assert len({a.batch_key, b.batch_key, c.batch_key}) == 3
+    assert a.params.adapter_set == "s" and c.params.adapter_set == ""
+    assert a.describe()["loras"] == [{"id": "s", "scale": 0.5}]
+    job, _ = resolve(catalog, output_format="webp", output_quality=70)
+    assert job.extra["output"] == {"format": "webp", "quality": 70}
+
+
+def test_adapters_survive_a_json_round_trip(catalog):
+    from dataclasses import asdict
+
+    from genmedia.models.params import GenerationParams
+
+    p = resolve(catalog, loras=[{"id": "s", "scale": 0.5}])[0].params
+    again = GenerationParams(**{**asdict(p), "adapters": [list(x) for x in p.adapters]})
+    assert again.batch_key == p.batch_key and hash(again.batch_key)

@@ -114,7 +114,7 @@ def test_tiny_without_building_is_an_error(_isolated_home: Path) -> None:
 
 
 def test_tiny_unknown_family_lists_known_ones() -> None:
-    with pytest.raises(WeightsError, match="known families: flux, sd15, sdxl"):
+    with pytest.raises(WeightsError, match="known families: flux, sd15, sdxl, stable-audio, wan"):
         resolve_source("tiny://sd3", build_missing_tiny=False)
 
 
@@ -136,7 +136,7 @@ def test_cache_dirs_follow_genmedia_home(
 
 
 def test_family_registry() -> None:
-    assert set(weights.FAMILY_MODULES) == {"sd15", "sdxl", "flux"}
-    with pytest.raises(ValueError, match="known families: flux, sd15, sdxl"):
+    assert set(weights.FAMILY_MODULES) == {"sd15", "sdxl", "flux", "wan", "stable-audio"}
+    with pytest.raises(ValueError, match="known families: flux, sd15, sdxl, stable-audio, wan"):
         registry.family_module("kandinsky")
     assert weights.family_module("flux").FAMILY == "flux"

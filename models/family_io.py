@@ -1,0 +1,51 @@
+"""Checkpoint writing, loading and scheduler swapping shared by the family modules.
+
+Where this sits: under ``models/<family>.py`` (``wan``, ``stable_audio``). A family's
+``build_tiny`` ends in ``save_tiny``, its ``load_pipeline`` in ``load_checkpoint`` and its
+``set_scheduler`` is ``swap_scheduler``; the family module keeps what differs (components,
+configs, call arguments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genmedia.models import weights
+
+
+def save_tiny(pipe: Any, out_dir: Path, *, family: str, seed: int, version: int) -> None:
+    """Write ``pipe`` to ``out_dir`` (atomically) with the tiny marker ``weights`` checks."""
+    marker = {"family": family, "seed": seed, "version": version}
+    weights.save_pipeline_atomically(pipe, Path(out_dir), {weights.TINY_MARKER: marker})
+
+
+def load_checkpoint(
+    pipeline_class: type, path: Path, dtype: torch.dtype, device: str, **components: Any
+) -> Any:
+    """A safetensors-only checkpoint directory through ``from_pretrained``, offline, on
+    ``device``, progress bars off. ``components`` replace the checkpoint's own (e.g. a VAE
+    loaded in another dtype)."""
+    path = Path(path)
+    weights.check_safetensors_only(path)
+    pipe = pipeline_class.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, local_files_only=True, **components
+    )
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def swap_scheduler(pipe: Any, family: str, schedulers: Mapping[str, Any], name: str) -> None:
+    """Replace ``pipe.scheduler`` by ``schedulers[name]`` built from the current config, or a
+    ValueError listing the family's schedulers."""
+    try:
+        factory = schedulers[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown scheduler {name!r} for {family}; allowed: {', '.join(sorted(schedulers))}"
+        ) from None
+    pipe.scheduler = factory.from_config(pipe.scheduler.config)
