@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genmedia.deployments.tenants import TenantsError
+from genmedia.loadtests.scenarios import ScenarioError
 from genmedia.loadtests.sim.costs import ProfileError
 from genmedia.loadtests.sim.engine import SimConfig
 from genmedia.loadtests.sim.run import InputError, load_inputs, run_sim, write_outputs
@@ -95,10 +96,15 @@ def sim(
             gpus=gpus,
             replicas=parse_replicas(replicas or []),
             tenants=inputs.tenants,
+            weights=inputs.info.weights,
             scaler=scaler,
             scale_interval_s=1.0,
         )
         result = run_sim(inputs, config)
+    except ScenarioError as e:
+        for issue in e.issues:
+            err.print(f"[red]error:[/red] {issue}", highlight=False)
+        raise typer.Exit(2) from None
     except (InputError, ProfileError, TraceError, TenantsError, ValueError) as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
@@ -107,12 +113,12 @@ def sim(
             err.print(f"[red]error:[/red] {issue}", highlight=False)
         raise typer.Exit(2) from None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out_dir = out_dir or RESULTS / f"sim-{Path(scenario).stem}-{stamp}"
+    out_dir = out_dir or RESULTS / f"sim-{inputs.info.scenario}-{stamp}"
     summary = write_outputs(
         out_dir,
         result,
+        inputs.info.model_copy(update={"started_utc": stamp}),
         {
-            "scenario": str(scenario),
             "profile": inputs.profile.name,
             "policy": policy,
             "packing": packing,
@@ -120,20 +126,21 @@ def sim(
         },
     )
     table = Table(title=f"simulated {len(result.records)} requests on {result.gpus} GPU(s)")
-    for col in ("class", "done", "p50 s", "p99 s", "queue p99 s", "images/s"):
+    for col in ("class", "completed", "p50 s", "p99 s", "queue p99 s", "images/s", "goodput/s"):
         table.add_column(col)
-    for cls, s in summary["classes"].items():
-        lat, q = s["latency_s"], s["queue_s"]
+    for cls, s in [*summary["classes"].items(), ("all", summary["overall"])]:
+        lat, q = s["latency_s"], s["queue_wait_s"]
         table.add_row(
             cls,
-            str(s["status"].get("COMPLETED", 0)),
+            str(s["by_status"].get("COMPLETED", 0)),
             _fmt(lat["p50"]),
             _fmt(lat["p99"]),
             _fmt(q["p99"]),
-            f"{s['images_per_s']:.2f}",
+            f"{s['throughput_images_per_s']:.2f}",
+            f"{s['goodput_images_per_s']:.2f}",
         )
     out.print(table)
-    out.print(f"{result.events} events in {result.wall_s:.2f}s wall; results in {out_dir}")
+    out.print(f"{result.events} events in {result.wall_s:.2f}s wall; report in {out_dir}")
 
 
 def _fmt(v: float | None) -> str:

@@ -71,7 +71,8 @@ class SimConfig:
     replicas: dict[str, int] | None = None  # initial replicas per family (default: see cluster)
     scaler: Scaler | None = None
     scale_interval_s: float = 10.0
-    tenants: TenantsFile | None = None  # weights and quotas; None: weight 1, no quotas
+    tenants: TenantsFile | None = None  # weights and quotas; None: no quotas
+    weights: dict[str, float] | None = None  # tenant weights without a tenants file (default 1)
     batch_min_share: float | None = None  # default: the catalog's scheduler setting
 
 
@@ -200,7 +201,7 @@ class Simulation:
         self.fams = {f: FamilyState(f, self.fifo) for f in catalog.families()}
         self.estimator = ServiceTimeEstimator()
         tenants = self.config.tenants.tenants if self.config.tenants else []
-        self.weights = {t.id: t.weight for t in tenants}
+        self.weights = {t.id: t.weight for t in tenants} or dict(self.config.weights or {})
         self.quotas = {t.id: t.quotas for t in tenants}
         self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in tenants})
         self.heap: list = []

@@ -22,10 +22,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from genmedia.loadtests.records import RequestRecord, read_records
+from genmedia.loadtests.report import read_run, summarize
+from genmedia.loadtests.scenarios import find_scenario, generate, load_scenario
+from genmedia.loadtests.sim.costs import load_profile
 from genmedia.loadtests.sim.engine import SimConfig
 from genmedia.loadtests.sim.localstack import local_stack, tenant_key
-from genmedia.loadtests.sim.run import RunInputs, quantile, run_sim, write_outputs
+from genmedia.loadtests.sim.run import RunInputs, run_sim, write_outputs
 from genmedia.models.catalog import load_catalog
 
 LOADTESTS = Path(__file__).resolve().parents[1]
@@ -34,20 +36,15 @@ TOLERANCE = 0.20
 console = Console()
 
 
-def metrics(records: list[RequestRecord]) -> dict:
-    """p50 / p99 end to end and throughput, overall and per class, of completed requests."""
+def metrics(summary: dict) -> dict:
+    """p50 / p99 end to end and throughput, overall and per class, from a harness summary."""
     out = {}
-    for cls in ("all", "interactive", "batch"):
-        ok = [r for r in records if r.status == "COMPLETED" and cls in ("all", r.priority)]
-        if not ok:
-            continue
-        lat = [r.latency for r in ok]
-        span = max(r.t_done for r in ok) - min(r.t_submit for r in records)
+    for cls, g in [("all", summary["overall"]), *summary["classes"].items()]:
         out[cls] = {
-            "completed": len(ok),
-            "p50_s": quantile(lat, 0.5),
-            "p99_s": quantile(lat, 0.99),
-            "throughput_images_per_s": sum(r.images for r in ok) / span if span > 0 else None,
+            "completed": g["by_status"].get("COMPLETED", 0),
+            "p50_s": g["latency_s"]["p50"],
+            "p99_s": g["latency_s"]["p99"],
+            "throughput_images_per_s": g["throughput_images_per_s"],
         }
     return out
 
@@ -66,7 +63,8 @@ def compare(real: dict, sim: dict) -> tuple[list[dict], bool]:
     return rows, ok
 
 
-def run_real(scenario: Path, out: Path, tenants: list[str]) -> list[RequestRecord]:
+def run_real(scenario: Path, out: Path, tenants: list[str]) -> None:
+    """The harness's replay of ``scenario`` against a local ``genmedia serve``."""
     with local_stack(tenant_ids=tenants) as stack:
         cmd = [
             str(Path(sys.executable).with_name("genmedia")),
@@ -80,38 +78,38 @@ def run_real(scenario: Path, out: Path, tenants: list[str]) -> list[RequestRecor
             stack.api_key,
             "--out",
             str(out),
+            "--note",
+            "sim validation: default tiny catalog, local genmedia serve",
         ]
         for t in tenants:
             cmd += ["--key", f"{t}={tenant_key(tenants, t)}"]
         subprocess.run(cmd, check=True)
-    return read_records(out / "requests.jsonl")
 
 
 def main() -> None:
-    from genmedia.loadtests.scenarios import generate, load_scenario  # the harness's
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", type=Path, default=LOADTESTS / "scenarios" / "smoke.yaml")
+    ap.add_argument("--scenario", default="smoke", help="scenario name or YAML file")
     ap.add_argument("--profile", default="tiny-cpu")
     args = ap.parse_args()
-    scenario = load_scenario(args.scenario)
-    trace = generate(scenario)
+    scenario_path = find_scenario(args.scenario)
+    trace = generate(load_scenario(scenario_path))
     tenants = sorted({r.tenant for r in trace})
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     base = RESULTS / f"sim-validation-{stamp}"
 
-    real_records = run_real(args.scenario, base / "real", tenants)
+    run_real(scenario_path, base / "real", tenants)
+    real_records, info = read_run(base / "real")
 
-    from genmedia.loadtests.sim.costs import load_profile
+    inputs = RunInputs(load_catalog(), load_profile(args.profile), None, trace, info)
+    # the catalog's replicas (one per family), packed on one GPU as Ray packs them
+    result = run_sim(inputs, SimConfig(weights=info.weights))
+    sim_info = info.model_copy(update={"source": "sim", "api": None, "url": None})
+    sim_summary = write_outputs(base / "sim", result, sim_info, {"profile": args.profile})
 
-    inputs = RunInputs(load_catalog(), load_profile(args.profile), None, trace)
-    result = run_sim(inputs, SimConfig())  # the catalog's replicas, packed as Ray packs them
-    write_outputs(base / "sim", result, {"scenario": str(args.scenario), "profile": args.profile})
-
-    real, sim = metrics(real_records), metrics(result.records)
+    real, sim = metrics(summarize(real_records, info)), metrics(sim_summary)
     rows, ok = compare(real, sim)
     summary = {
-        "scenario": str(args.scenario.relative_to(LOADTESTS.parent)),
+        "scenario": str(args.scenario),
         "profile": args.profile,
         "tolerance": TOLERANCE,
         "passed": ok,

@@ -107,8 +107,32 @@ def test_cli_writes_records_and_summary(tmp_path):
     assert r.exit_code == 0, r.output
     records = read_records(out / "requests.jsonl")
     assert [x.status for x in records] == ["COMPLETED", "COMPLETED"]
+    summary = json.loads((out / "summary.json").read_text())  # the harness's report
+    assert summary["overall"]["requests"] == 2
+    assert summary["source"] == "sim"
+    assert (out / "report.md").exists() and (out / "latency_cdf.png").exists()
+
+
+def test_cli_runs_a_committed_scenario_by_name(tmp_path):
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["sim", "--scenario", "smoke", "--out", str(out)])
+    assert r.exit_code == 0, r.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["classes"]["all"]["requests"] == 2
+    assert summary["scenario"] == "smoke"
+    assert summary["overall"]["by_status"] == {"COMPLETED": summary["overall"]["requests"]}
+    assert summary["slo_s"] == {"interactive": 5.0, "batch": 30.0}
+
+
+def test_cli_bad_scenario_names_file_line_and_field(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        "name: bad\nduration_s: 10\nstreams:\n  - tenant: a\n    priority: urgent\n"
+        "    model: sd15-tiny\n    arrival: {process: poisson, rate: 1}\n"
+    )
+    r = runner.invoke(app, ["sim", "--scenario", str(f)])
+    assert r.exit_code == 2
+    assert str(f) in r.output and "priority" in r.output
+    assert "Traceback" not in r.output
 
 
 @pytest.mark.parametrize(
