@@ -164,3 +164,17 @@ def test_cli_profile_without_a_catalog_family(tmp_path):
     r = runner.invoke(app, ["sim", "--scenario", str(f), "--profile", str(p)])
     assert r.exit_code == 2
     assert f"{p}: families.sdxl: no cost model" in r.output
+
+
+def test_local_stack_tenants_have_valid_distinct_keys():
+    from genmedia.deployments.tenants import parse_api_key, parse_tenants, verify_api_key
+    from genmedia.loadtests.sim.localstack import TENANT, tenant_key, tenants_data
+
+    ids = ["web", "studio"]
+    tf = parse_tenants(tenants_data(ids), "<test>")
+    assert [t.id for t in tf.tenants] == [TENANT, *ids]
+    keys = {t: tenant_key(ids, t) for t in [TENANT, *ids]}
+    assert len(set(keys.values())) == 3
+    for t in tf.tenants:
+        assert parse_api_key(keys[t.id]) is not None
+        assert verify_api_key(keys[t.id], t.api_keys[0])
