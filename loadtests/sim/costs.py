@@ -123,6 +123,13 @@ class Profile(_Strict):
         ge=0.0,
         description="Seconds from a call's end to the client seeing the result.",
     )
+    control_plane_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="CPU seconds the control plane (proxy, gateway, the one scheduler replica) "
+        "spends on each submit and on each completion, served one at a time: bursts queue "
+        "there. 0: not modelled (a large cluster's control plane is not the bottleneck).",
+    )
     families: dict[str, FamilyCost] = Field(
         min_length=1, description="Cost model per model family (sd15, sdxl, flux)."
     )

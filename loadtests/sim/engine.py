@@ -220,6 +220,7 @@ class Simulation:
         self.reqs: list[SimRequest] = []
         self.timeline: list[dict] = []
         self.cluster: Cluster | None = None
+        self.cp_free = 0.0  # when the control plane is next free (profile.control_plane_s)
 
     # -- set-up ------------------------------------------------------------------------------
     def offered_work(self, requests: list[SimRequest]) -> dict[str, float]:
@@ -272,17 +273,24 @@ class Simulation:
         if self.config.scaler is not None:
             self._push(self.config.scale_interval_s, SCALE)
         submit_s = self.profile.submit_s
+        cp_s = self.profile.control_plane_s
         heap = self.heap
         arrivals = iter(requests)
         nxt = next(arrivals, None)
         pop = heapq.heappop
         while nxt is not None or heap:
-            if nxt is not None and (not heap or heap[0][0] > nxt.t + submit_s):
-                self.now = nxt.t + submit_s
-                self.events += 1
-                self._arrive(nxt)
-                nxt = next(arrivals, None)
-                continue
+            if nxt is not None:
+                at = nxt.t + submit_s
+                if cp_s:  # the control plane takes submits one at a time
+                    at = max(at, self.cp_free) + cp_s
+                if not heap or heap[0][0] > at:
+                    self.now = at
+                    if cp_s:
+                        self.cp_free = at
+                    self.events += 1
+                    self._arrive(nxt)
+                    nxt = next(arrivals, None)
+                    continue
             t, kind, _, a, b = pop(heap)
             self.now = t
             self.events += 1
@@ -626,18 +634,26 @@ class Simulation:
         fs.running_ends.pop(call.id, None)
         self.model_inflight[call.model_id] -= call.cost
         self.estimator.observe(call.model_id, call.cost, call.compute)
-        done_at = now + self.profile.respond_s
         for j in call.jobs:
             rec = self.records[int(j.id)]
             rec.status = "COMPLETED"
             rec.t_first_progress = call.first_step_at
-            rec.t_done = done_at
+            rec.t_done = self._respond(now)
             rec.compute_s = call.compute * j.images / call.images
             rec.queue_s = rec.t_started - rec.t_admitted
             self.tenant_running[j.tenant] -= 1
         fs.completed += len(call.jobs)
         self._route_waiting(fs)
         self._dispatch(fs)
+
+    def _respond(self, now: float) -> float:
+        """When the client learns a job's end (a completion costs the control plane too)."""
+        at = now + self.profile.respond_s
+        cp_s = self.profile.control_plane_s
+        if cp_s:
+            at = max(at, self.cp_free) + cp_s
+            self.cp_free = at
+        return at
 
     # -- replicas and scaling ----------------------------------------------------------------
     def _set_ready(self, rep: Replica) -> None:

@@ -243,3 +243,11 @@ def test_the_autoscaling_policy_plugs_in_as_a_scaler():
     assert fixed.replicas["sd15"] == 1
     assert scaled.replicas["sd15"] == 4  # the policy's cap (max_replicas)
     assert max(r.t_done for r in scaled.records) < max(r.t_done for r in fixed.records)
+
+
+def test_the_control_plane_serves_submits_and_completions_one_at_a_time():
+    prof = Profile(name="t", device="t", control_plane_s=0.5, families={"sd15": ONE_SECOND_STEP})
+    res = run([req(0.0, num_inference_steps=1), req(0.0, num_inference_steps=2)], prof=prof)
+    assert [r.t_admitted for r in res.records] == pytest.approx([0.5, 1.0])
+    # first computes 0.5..1.5, answered 2.0; second (waits at the gate) 1.5..3.5, answered 4.0
+    assert [r.t_done for r in res.records] == pytest.approx([2.0, 4.0])
