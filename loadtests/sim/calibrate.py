@@ -204,6 +204,7 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
         cfg = ReplayConfig(url=stack.url, keys={"sim": stack.api_key})
         records = asyncio.run(replay(trace, cfg, lambda i, f: f"calibration request {i}: {f}"))
     outside, factor = [], {f: [] for f in fits}
+    spread: dict[str, list[float]] = {}  # compute seconds per model
     warm = 2 * len(catalog.models)
     for n, (rec, tr) in enumerate(zip(records, trace, strict=True)):
         m = catalog.model(tr.model)
@@ -223,11 +224,19 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
             + fit["vae_per_image_s"]
         )
         factor[m.family].append(rec.compute_s / bare)
+        spread.setdefault(m.id, []).append(rec.compute_s)
     if not outside:
         raise RuntimeError("no request completed through the stack")
+    cv_of: dict[str, list[float]] = {}
+    for mid, v in spread.items():
+        if len(v) > 1:
+            cv_of.setdefault(catalog.model(mid).family, []).append(
+                statistics.stdev(v) / statistics.fmean(v)
+            )
     return {
         "outside_s": statistics.median(outside),
         "factor": {f: statistics.median(v) for f, v in factor.items() if v},
+        "cv": {f: statistics.median(v) for f, v in cv_of.items()},
     }
 
 
@@ -244,6 +253,7 @@ def build_profile(fits: dict[str, dict], serving: dict | None) -> Profile:
             vae_per_image_s=round(fit["vae_per_image_s"] * k, 6),
             call_overhead_s=round((fit["pre_s"] + fit["post_fixed_s"]) * k, 6),
             per_image_overhead_s=round(fit["store_per_image_s"], 6),
+            cv=round((serving or {}).get("cv", {}).get(family, 0.0), 3),
             load_s=round(fit["load_s"], 3),
             device_share=round(min(1.0, 1 / cpus), 3),  # one torch thread of the machine's CPUs
         )

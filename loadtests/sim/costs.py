@@ -67,6 +67,13 @@ class FamilyCost(_Strict):
     load_s: float = Field(
         ge=0.0, description="Seconds to load one model of the family into a replica."
     )
+    cv: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=2.0,
+        description="Coefficient of variation of a call's duration (log-normal factor with "
+        "mean 1, drawn per call from the run's seeded generator): 0 for a deterministic device.",
+    )
     device_share: float | None = Field(
         default=None,
         gt=0.0,

@@ -22,6 +22,7 @@ import gc
 import heapq
 import itertools
 import math
+import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class SimConfig:
     tenants: TenantsFile | None = None  # weights and quotas; None: no quotas
     weights: dict[str, float] | None = None  # tenant weights without a tenants file (default 1)
     batch_min_share: float | None = None  # default: the catalog's scheduler setting
+    seed: int = 0  # of the per-call duration noise (FamilyCost.cv)
 
 
 class Call:
@@ -221,6 +223,13 @@ class Simulation:
         self.timeline: list[dict] = []
         self.cluster: Cluster | None = None
         self.cp_free = 0.0  # when the control plane is next free (profile.control_plane_s)
+        self.rng = random.Random(self.config.seed)
+        # log-normal duration factor with mean 1 per family: (mu, sigma)
+        self.noise = {
+            f: (-math.log(1 + c.cv**2) / 2, math.sqrt(math.log(1 + c.cv**2)))
+            for f, c in self.costs.items()
+            if c.cv > 0
+        }
 
     # -- set-up ------------------------------------------------------------------------------
     def offered_work(self, requests: list[SimRequest]) -> dict[str, float]:
@@ -480,11 +489,14 @@ class Simulation:
             self.tenant_running[j.tenant] = self.tenant_running.get(j.tenant, 0) + 1
         r = self.reqs[int(batch[0].id)]
         cost = self.costs[fs.name]
-        call.step = cost.step_s(call.images, r.megapixels, r.cfg)
+        k = 1.0
+        if fs.name in self.noise:
+            k = self.rng.lognormvariate(*self.noise[fs.name])
+        call.step = cost.step_s(call.images, r.megapixels, r.cfg) * k
         call.steps = r.steps
-        call.pre = cost.call_overhead_s
+        call.pre = cost.call_overhead_s * k
         call.share = cost.share(call.images, r.megapixels, r.cfg)
-        call.total = call.pre + call.steps * call.step + cost.post_s(call.images, r.megapixels)
+        call.total = call.pre + call.steps * call.step + cost.post_s(call.images, r.megapixels) * k
         call.started = now
         if not self._route(fs, call):
             fs.unrouted.append(call)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -121,6 +122,13 @@ def main() -> None:
     ap.add_argument("--scenario", default="smoke", help="scenario name or YAML file")
     ap.add_argument("--profile", default="tiny-cpu")
     ap.add_argument("--rounds", type=int, default=3, help="real replays, pooled (noisy machine)")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="an earlier validation's directory: compare against its recorded real rounds "
+        "(no Ray) after a change to the simulator or the profile",
+    )
     args = ap.parse_args()
     scenario_path = find_scenario(args.scenario)
     trace = generate(load_scenario(scenario_path))
@@ -128,7 +136,18 @@ def main() -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     base = RESULTS / f"sim-validation-{stamp}"
 
-    runs = [read_run(d) for d in run_real(scenario_path, base, tenants, args.rounds)]
+    if args.reuse is not None:  # real rounds recorded by an earlier validation
+        dirs = sorted(args.reuse.glob("real-*"))
+        if not dirs:
+            raise SystemExit(f"{args.reuse}: no real-<i> run directories")
+        args.rounds = len(dirs)
+        base.mkdir(parents=True, exist_ok=True)
+        for d in dirs:
+            shutil.copytree(d, base / d.name)
+        dirs = [base / d.name for d in dirs]
+    else:
+        dirs = run_real(scenario_path, base, tenants, args.rounds)
+    runs = [read_run(d) for d in dirs]
     info = runs[0][1]
 
     inputs = RunInputs(load_catalog(), load_profile(args.profile), None, trace, info)

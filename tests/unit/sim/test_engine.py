@@ -251,3 +251,15 @@ def test_the_control_plane_serves_submits_and_completions_one_at_a_time():
     assert [r.t_admitted for r in res.records] == pytest.approx([0.5, 1.0])
     # first computes 0.5..1.5, answered 2.0; second (waits at the gate) 1.5..3.5, answered 4.0
     assert [r.t_done for r in res.records] == pytest.approx([2.0, 4.0])
+
+
+def test_duration_noise_is_seeded_with_mean_one():
+    prof = Profile(name="t", device="t", families={"sd15": {**ONE_SECOND_STEP, "cv": 0.3}})
+    trace = [req(float(i) * 10, num_inference_steps=4) for i in range(200)]  # never queued
+    a, b = run(trace, prof=prof, seed=1), run(trace, prof=prof, seed=1)
+    c = run(trace, prof=prof, seed=2)
+    assert a.records == b.records
+    assert a.records != c.records
+    lat = [latency(a, i) for i in range(200)]
+    assert sum(lat) / len(lat) == pytest.approx(4.0, rel=0.08)
+    assert min(lat) < 3.0 < 5.0 < max(lat)
