@@ -164,7 +164,8 @@ class Scheduler:
             priority="batch" if self.fifo else rec.priority,  # fifo: one queue for all
             key=job.batch_key,
             images=job.num_images,
-            cost=job_cost(job.num_images, p.num_inference_steps, p.width, p.height),
+            # pixels per output: video counts its frames, audio its seconds (params.pixels)
+            cost=job_cost(job.num_images, p.num_inference_steps, int(p.pixels), 1),
             arrived=rec.submitted_at,
             weight=weight,
             deadline=rec.deadline,
@@ -765,7 +766,7 @@ class Scheduler:
             r = by_job[rec.id]
             job = job_from_dict(rec.job)
             total_cost += job_cost(
-                job.num_images, job.params.num_inference_steps, job.params.width, job.params.height
+                job.num_images, job.params.num_inference_steps, int(job.params.pixels), 1
             )
             started = rec.started_at or now
             payload = {

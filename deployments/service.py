@@ -461,7 +461,7 @@ class GatewayService:
 
     def result_body(self, status: dict, base_url: str, return_base64: bool) -> dict:
         result = dict(status["result"])
-        images = []
+        outputs = []
         for img in result["images"]:
             d = {**img, "url": self.storage.url(img["key"], base_url), "path": img["key"]}
             if return_base64:
@@ -469,8 +469,12 @@ class GatewayService:
 
                 data = self.storage.get(img["key"])
                 d["base64"] = base64.b64encode(data).decode() if data is not None else None
-            images.append(d)
-        result["images"] = images
+            outputs.append(d)
+        # "outputs" for every task; image tasks also answer under their historical "images"
+        result.pop("images")
+        result["outputs"] = outputs
+        if result.get("task", "text-to-image") in ("text-to-image", "image-to-image", "inpainting"):
+            result["images"] = outputs
         return {
             "id": status["request_id"],
             "request_id": status["request_id"],
