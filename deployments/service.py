@@ -29,7 +29,12 @@ from genmedia.deployments.storage import Storage, make_storage
 from genmedia.deployments.tenants import Authenticator, Tenant, retry_after_header
 from genmedia.deployments.webhooks import WebhookUrlError, validate_webhook_url
 from genmedia.models.catalog import Catalog, ModelEntry
-from genmedia.models.params import GenerateRequest, parameter_schema, resolve_request
+from genmedia.models.params import (
+    GenerateRequest,
+    parameter_schema,
+    resolve_request,
+    resolve_task,
+)
 from genmedia.models.registry import FAMILIES
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
@@ -181,7 +186,13 @@ class GatewayService:
     ) -> Submission:
         """Everything checked at the gateway, as a submission for the scheduler."""
         entry = self.entry(model_id)
-        priority = req.priority or ("interactive" if sync else tenant.default_class)
+        priority = req.priority
+        if priority is None:
+            # long jobs (a batch-class model: video, audio) default to batch on both APIs
+            if entry.priority_class == "batch" and tenant.allows_class("batch"):
+                priority = "batch"
+            else:
+                priority = "interactive" if sync else tenant.default_class
         self.auth.authorize(tenant, model_id, priority)
         deadline_s = parse_deadline(deadline)
         key = parse_idempotency_key(idempotency_key)
@@ -234,6 +245,8 @@ class GatewayService:
         keys (what the worker reads) and the image's size (the output's size)."""
         if req.image is None and req.mask_image is None:
             return {}, None
+        if resolve_task(entry, req)[1]:
+            return {}, None  # the task itself is refused: resolve_request names why
         p = entry.parameters
         max_pixels = p.width.max * p.height.max
 

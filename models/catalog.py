@@ -217,7 +217,10 @@ class ModelEntry(_Strict):
         default=4.0, gt=0.0, le=1024.0, description="GPU memory footprint when loaded, in GiB."
     )
     priority_class: Literal["interactive", "batch"] = Field(
-        default="interactive", description="Priority class of requests that do not name one."
+        default="interactive",
+        description="'batch' makes requests that name no class batch-class on both APIs (long "
+        "jobs: video, audio); 'interactive' leaves the default to the API (sync: interactive, "
+        "queue: the tenant's default class).",
     )
     max_loaded_adapters: int = Field(
         default=8,

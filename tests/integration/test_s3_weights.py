@@ -181,7 +181,7 @@ def test_outputs_and_sidecars_go_to_an_s3_bucket(s3, s3_endpoint: str) -> None:
     import httpx
     import numpy as np
 
-    from genmedia.deployments.outputs import store_images
+    from genmedia.deployments.outputs import store_outputs
     from genmedia.deployments.storage import S3BucketStorage
     from genmedia.models.catalog import S3Storage, load_catalog
     from genmedia.models.params import GenerateRequest, resolve_request
@@ -197,7 +197,7 @@ def test_outputs_and_sidecars_go_to_an_s3_bucket(s3, s3_endpoint: str) -> None:
         entry, GenerateRequest(prompt="fox", seed=9, num_images=2), request_id="r1"
     )
     pixels = [np.full((64, 64, 3), v, np.uint8) for v in (10, 20)]
-    stored = store_images(storage, job, pixels, prefix="dev/", extra={}, now=0.0)
+    stored = store_outputs(storage, job, pixels, prefix="dev/", extra={}, now=0.0)
     assert [s.key for s in stored] == ["dev/1970/01/01/r1/0.png", "dev/1970/01/01/r1/1.png"]
     head = s3.head_object(Bucket="genmedia-outputs", Key="out/dev/1970/01/01/r1/0.png")
     assert head["ContentType"] == "image/png"
