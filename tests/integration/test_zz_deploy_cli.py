@@ -42,4 +42,6 @@ def test_deploy_onto_a_running_cluster(base_url, genmedia_home):
             "sd15-tiny-turbo",
             "sdxl-tiny",
             "flux-tiny",
+            "wan-tiny",
+            "stable-audio-tiny",
         }
