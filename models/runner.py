@@ -171,34 +171,30 @@ def run_batch(
     if any(j.batch_key != jobs[0].batch_key for j in jobs):
         raise ValueError("run_batch got incompatible jobs in one batch")
     params = jobs[0].params
-    if params.task == "text-to-video":
+    if params.task in ("text-to-video", "text-to-audio"):
+        if params.task == "text-to-video":
+            run, shape = (
+                model.family.run_text_to_video,
+                {
+                    "num_frames": params.num_frames,
+                    "width": params.width,
+                    "height": params.height,
+                },
+            )
+        else:
+            run, shape = model.family.run_text_to_audio, {"duration_s": params.duration_s}
         prompts, negatives, generators = _seeded(jobs)
-        frames = model.family.run_text_to_video(
+        outputs = run(
             model.call_view(params.scheduler),
             prompts,
-            num_frames=params.num_frames,
-            width=params.width,
-            height=params.height,
             steps=params.num_inference_steps,
             generators=generators,
             guidance_scale=params.guidance_scale,
             negative_prompts=negatives if jobs[0].negative_prompt is not None else None,
             on_step=on_step,
+            **shape,
         )
-        return _per_job(jobs, frames)
-    if params.task == "text-to-audio":
-        prompts, negatives, generators = _seeded(jobs)
-        waves = model.family.run_text_to_audio(
-            model.call_view(params.scheduler),
-            prompts,
-            duration_s=params.duration_s,
-            steps=params.num_inference_steps,
-            generators=generators,
-            guidance_scale=params.guidance_scale,
-            negative_prompts=negatives if jobs[0].negative_prompt is not None else None,
-            on_step=on_step,
-        )
-        return _per_job(jobs, waves)
+        return _per_job(jobs, outputs)
     return run_images(model, jobs, on_step=on_step, inputs=inputs)
 
 
