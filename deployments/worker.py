@@ -41,9 +41,10 @@ PROGRESS_HZ = 2.0
 # replica (Serve's event loop, Ray's core worker) take it over every switch interval. A longer
 # interval lets the pipeline run in longer stretches; the event loop waits a little longer.
 GIL_SWITCH_INTERVAL_S = 0.02
-# Two main slots (one computing, one staged at the gate) and a preempt slot (interactive only);
-# the scheduler never sends more, so waiting happens in its queue.
-SLOTS_PER_REPLICA = 3
+# Two main slots (one computing, one staged at the gate) and two preempt slots (interactive only:
+# one computing, one staged behind it); the scheduler never sends more, so waiting happens in its
+# queue.
+SLOTS_PER_REPLICA = 4
 
 
 @dataclass
