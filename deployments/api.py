@@ -19,18 +19,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from genmedia.deployments.http_errors import ApiError, BodySizeLimit, install_error_handlers
 from genmedia.deployments.service import GatewayService
 from genmedia.deployments.tenants import Tenant
+from genmedia.models import media
 from genmedia.models.catalog import LoraEntry
 from genmedia.models.params import GenerateRequest
 
-CONTENT_TYPES = {
-    ".png": "image/png",
-    ".json": "application/json",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".webp": "image/webp",
-    ".mp4": "video/mp4",
-    ".wav": "audio/wav",
-}
+CONTENT_TYPES = {f".{ext}": media.content_type(fmt) for fmt, ext in media.EXTENSIONS.items()}
+CONTENT_TYPES.update({".json": "application/json", ".jpeg": "image/jpeg"})
 
 
 def _version() -> str:

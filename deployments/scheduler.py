@@ -49,6 +49,7 @@ from genmedia.models.params import AdapterUse, GenerationJob, GenerationParams, 
 logger = logging.getLogger("ray.serve")
 
 MAIN_SLOTS_PER_REPLICA = 2
+PREEMPT_SLOTS_PER_REPLICA = 2
 MAX_ATTEMPTS = 3  # a job whose worker died this many times fails instead of running again
 REPLICA_POLL_S = 2.0
 
@@ -164,7 +165,8 @@ class Scheduler:
             priority="batch" if self.fifo else rec.priority,  # fifo: one queue for all
             key=job.batch_key,
             images=job.num_images,
-            cost=job_cost(job.num_images, p.num_inference_steps, p.width, p.height),
+            # pixels per output: video counts its frames, audio its seconds (params.pixels)
+            cost=job_cost(job.num_images, p.num_inference_steps, int(p.pixels), 1),
             arrived=rec.submitted_at,
             weight=weight,
             deadline=rec.deadline,
@@ -668,12 +670,13 @@ class Scheduler:
     def _slots(self, family: str, slot: str, cap: int) -> int:
         """Main slots: ``MAIN_SLOTS_PER_REPLICA`` per replica, one call computing and one staged
         at the worker's gate, so the pipeline never idles while a result travels back and the
-        next batch travels out. Preempt slots: only as many as main slots hold batch-class
-        calls; an interactive call behind an interactive one could not start sooner, and
-        committing it early would only shrink the batch it could still join."""
+        next batch travels out. Preempt slots: two per replica (one computing, one staged at the
+        gate, so a second interactive call starts the moment the first ends instead of a
+        dispatch and a batch step later), and never more than main slots hold batch-class
+        calls."""
         if slot == "main":
             return MAIN_SLOTS_PER_REPLICA * cap
-        return min(cap, self.main_batch_calls[family])
+        return min(PREEMPT_SLOTS_PER_REPLICA * cap, self.main_batch_calls[family])
 
     def _launch(self, family: str, slot: str, cls: str, batch: list[QueuedJob], now: float) -> None:
         qs = self.queues[family][cls]
@@ -765,7 +768,7 @@ class Scheduler:
             r = by_job[rec.id]
             job = job_from_dict(rec.job)
             total_cost += job_cost(
-                job.num_images, job.params.num_inference_steps, job.params.width, job.params.height
+                job.num_images, job.params.num_inference_steps, int(job.params.pixels), 1
             )
             started = rec.started_at or now
             payload = {

@@ -10,7 +10,7 @@ The scheduler deployment (``scheduler.py``) owns the state below and calls these
 - Batches hold only compatible jobs (same ``batch_key``), up to the model's ``max_batch_size``
   images; interactive dispatches at once with what is waiting, batch waits up to
   ``batch_wait_s`` for a fuller batch.
-- Slots: each worker replica has a ``main`` slot (any class) and a ``preempt`` slot (interactive
+- Slots: each worker replica has ``main`` slots (any class) and ``preempt`` slots (interactive
   only; the worker pauses a running batch-class call at a step boundary to run it).
 No Ray imports.
 """

@@ -29,7 +29,12 @@ from genmedia.deployments.storage import Storage, make_storage
 from genmedia.deployments.tenants import Authenticator, Tenant, retry_after_header
 from genmedia.deployments.webhooks import WebhookUrlError, validate_webhook_url
 from genmedia.models.catalog import Catalog, ModelEntry
-from genmedia.models.params import GenerateRequest, parameter_schema, resolve_request
+from genmedia.models.params import (
+    GenerateRequest,
+    parameter_schema,
+    resolve_request,
+    resolve_task,
+)
 from genmedia.models.registry import FAMILIES
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
@@ -181,7 +186,13 @@ class GatewayService:
     ) -> Submission:
         """Everything checked at the gateway, as a submission for the scheduler."""
         entry = self.entry(model_id)
-        priority = req.priority or ("interactive" if sync else tenant.default_class)
+        priority = req.priority
+        if priority is None:
+            # long jobs (a batch-class model: video, audio) default to batch on both APIs
+            if entry.priority_class == "batch" and tenant.allows_class("batch"):
+                priority = "batch"
+            else:
+                priority = "interactive" if sync else tenant.default_class
         self.auth.authorize(tenant, model_id, priority)
         deadline_s = parse_deadline(deadline)
         key = parse_idempotency_key(idempotency_key)
@@ -234,6 +245,8 @@ class GatewayService:
         keys (what the worker reads) and the image's size (the output's size)."""
         if req.image is None and req.mask_image is None:
             return {}, None
+        if resolve_task(entry, req)[1]:
+            return {}, None  # the task itself is refused: resolve_request names why
         p = entry.parameters
         max_pixels = p.width.max * p.height.max
 
@@ -461,7 +474,7 @@ class GatewayService:
 
     def result_body(self, status: dict, base_url: str, return_base64: bool) -> dict:
         result = dict(status["result"])
-        images = []
+        outputs = []
         for img in result["images"]:
             d = {**img, "url": self.storage.url(img["key"], base_url), "path": img["key"]}
             if return_base64:
@@ -469,8 +482,12 @@ class GatewayService:
 
                 data = self.storage.get(img["key"])
                 d["base64"] = base64.b64encode(data).decode() if data is not None else None
-            images.append(d)
-        result["images"] = images
+            outputs.append(d)
+        # "outputs" for every task; image tasks also answer under their historical "images"
+        result.pop("images")
+        result["outputs"] = outputs
+        if result.get("task", "text-to-image") in ("text-to-image", "image-to-image", "inpainting"):
+            result["images"] = outputs
         return {
             "id": status["request_id"],
             "request_id": status["request_id"],

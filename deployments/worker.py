@@ -5,7 +5,7 @@ jobs (``run_batch``, a streaming call): the replica takes the model's pipeline (
 through ``@serve.multiplexed``, LRU beyond ``max_loaded_models``), runs the call in a thread of
 its own under the replica's ``StepGate`` (one call computes at a time; an interactive call makes
 a running batch-class call pause at its next step boundary), streams per-step progress back,
-stores the images and their sidecars, and returns what it wrote. Cancelling the streaming call
+stores the outputs and their sidecars, and returns what it wrote. Cancelling the streaming call
 stops the pipeline at the next step boundary. Torch threads are sized from the replica's CPU share.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from ray import serve
 
 from genmedia.deployments.gate import Cancelled, StepGate
-from genmedia.deployments.outputs import store_images
+from genmedia.deployments.outputs import store_outputs
 from genmedia.deployments.storage import make_storage
 from genmedia.models.catalog import ModelEntry, ServerSettings
 from genmedia.models.params import AdapterUse, GenerationJob, adapter_set_key
@@ -41,9 +41,10 @@ PROGRESS_HZ = 2.0
 # replica (Serve's event loop, Ray's core worker) take it over every switch interval. A longer
 # interval lets the pipeline run in longer stretches; the event loop waits a little longer.
 GIL_SWITCH_INTERVAL_S = 0.02
-# Two main slots (one computing, one staged at the gate) and a preempt slot (interactive only);
-# the scheduler never sends more, so waiting happens in its queue.
-SLOTS_PER_REPLICA = 3
+# Two main slots (one computing, one staged at the gate) and two preempt slots (interactive only:
+# one computing, one staged behind it); the scheduler never sends more, so waiting happens in its
+# queue.
+SLOTS_PER_REPLICA = 4
 
 
 @dataclass
@@ -220,7 +221,7 @@ class FamilyWorker:
 
     def _run(self, model, req: BatchRequest, cancel: threading.Event, emit) -> dict:
         """The pipeline call, in a thread: gate, steps (with checkpoints), then storage."""
-        from genmedia.models.runner import run_images
+        from genmedia.models.runner import run_batch
 
         prio = PRIORITY[req.priority]
         # A step-cached model keeps per-call state in its shared modules: its calls run to the
@@ -266,7 +267,7 @@ class FamilyWorker:
 
         try:
             on_gate()
-            images = run_images(model, req.jobs, on_step=on_step, inputs=inputs)
+            outputs = run_batch(model, req.jobs, on_step=on_step, inputs=inputs)
         finally:
             self.gate.release(state["ticket"])
             self.running_adapters.pop(req.batch_id, None)
@@ -275,13 +276,17 @@ class FamilyWorker:
         now = time.time()
         results = []
         total_images = sum(j.num_images for j in req.jobs)
-        for job, imgs in zip(req.jobs, images, strict=True):
+        sample_rate = None
+        if req.jobs[0].params.task == "text-to-audio":
+            sample_rate = model.family.sample_rate(model.pipe)
+        for job, arrays in zip(req.jobs, outputs, strict=True):
             tenant = req.tenants.get(job.request_id, "_")
-            stored = store_images(
+            stored = store_outputs(
                 self.storage,
                 job,
-                imgs,
+                arrays,
                 prefix=f"{tenant}/",
+                sample_rate=sample_rate,
                 extra={"batch": req.batch_id, "batch_size": total_images},
                 now=now,
             )

@@ -122,7 +122,7 @@ def check_options(
     """
     issues: list[tuple[str, str]] = []
     known_family = family in DENOISERS
-    if not known_family:
+    if not known_family and opts != KernelOptions():  # defaults: nothing to install
         issues.append(
             (
                 "family",

@@ -20,7 +20,7 @@ for a whole bulk call; the compute they take is reported (``interactive_compute_
 throughput cannot stay above 1 - that share. Raw samples and a summary go to
 ``loadtests/results/``.
 
-    python loadtests/bench_scheduler.py [--rounds 3] [--seconds 30] [--interactive-rps 0.5]
+    python loadtests/bench_scheduler.py [--rounds 4] [--seconds 40] [--interactive-rps 0.75]
 """
 
 from __future__ import annotations
@@ -270,9 +270,9 @@ def jain(values: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (priority)")
-    ap.add_argument("--seconds", type=float, default=30.0, help="length of one scenario")
-    ap.add_argument("--interactive-rps", type=float, default=0.5)
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (priority)")
+    ap.add_argument("--seconds", type=float, default=40.0, help="length of one scenario")
+    ap.add_argument("--interactive-rps", type=float, default=0.75)
     ap.add_argument(
         "--flood-rps",
         type=float,

@@ -99,6 +99,18 @@ class ParameterBounds(_Strict):
     max_prompt_chars: int = Field(
         default=2000, ge=1, le=100_000, description="Longest prompt (and negative prompt) accepted."
     )
+    num_frames: IntBounds = Field(
+        default=IntBounds(default=17, min=1, max=81),
+        description="Video: frames per clip (the family may add a rule, e.g. 4k + 1 for Wan).",
+    )
+    fps: IntBounds = Field(
+        default=IntBounds(default=16, min=1, max=60),
+        description="Video: frames per second of the encoded MP4.",
+    )
+    duration_s: FloatBounds = Field(
+        default=FloatBounds(default=2.0, min=0.5, max=4.0),
+        description="Audio: clip length in seconds (never more than the checkpoint's longest).",
+    )
     strength: FloatBounds = Field(
         default=FloatBounds(default=0.8, min=0.01, max=1.0),
         description="Image-to-image and inpainting: how much of the input image is re-noised "
@@ -156,8 +168,10 @@ class ModelEntry(_Strict):
 
     id: ModelId
     family: str = Field(description=f"Model family; one of: {', '.join(sorted(FAMILIES))}.")
-    task: Literal["text-to-image"] = Field(
-        default="text-to-image", description="What the model does; the API route depends on it."
+    task: Literal["text-to-image", "text-to-video", "text-to-audio"] = Field(
+        default="text-to-image",
+        description="What the model makes; image models also take image-to-image and inpainting "
+        "requests when their family does.",
     )
     weights: str = Field(
         min_length=1,
@@ -203,7 +217,10 @@ class ModelEntry(_Strict):
         default=4.0, gt=0.0, le=1024.0, description="GPU memory footprint when loaded, in GiB."
     )
     priority_class: Literal["interactive", "batch"] = Field(
-        default="interactive", description="Priority class of requests that do not name one."
+        default="interactive",
+        description="'batch' makes requests that name no class batch-class on both APIs (long "
+        "jobs: video, audio); 'interactive' leaves the default to the API (sync: interactive, "
+        "queue: the tenant's default class).",
     )
     max_loaded_adapters: int = Field(
         default=8,
@@ -459,6 +476,9 @@ def _entry_issues(entry: ModelEntry, file: str) -> list[CatalogIssue]:
         return issues
     if entry.task not in spec.tasks:
         add("task", f"family {spec.name} does not do {entry.task!r}; it does {list(spec.tasks)}")
+    step = spec.num_frames_step
+    if step and (entry.parameters.num_frames.default - 1) % step:
+        add("parameters.num_frames.default", f"must be {step}k + 1 for the {spec.name} family")
     for name in entry.schedulers or ():
         if name not in spec.schedulers:
             add(

@@ -14,15 +14,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genmedia.models.catalog import FloatBounds, IntBounds, ModelEntry
+from genmedia.models.catalog import LORA_FAMILIES, FloatBounds, IntBounds, ModelEntry
+from genmedia.models.media import DEFAULT_FORMAT_BY_TASK, FORMATS_BY_TASK
 from genmedia.models.registry import FAMILIES
 
 MAX_SEED = 2**32 - 1
 HARD_MAX_PROMPT_CHARS = 100_000
 MAX_INLINE_INPUT_CHARS = 30_000_000  # base64 of a ~20 MB image; the body limit applies first
-IMAGE_FORMATS = ("png", "jpeg", "webp")
 DEFAULT_QUALITY = 90
-Task = Literal["text-to-image", "image-to-image", "inpainting"]
+Task = Literal["text-to-image", "image-to-image", "inpainting", "text-to-video", "text-to-audio"]
+MEDIA_TASK = {"image-to-image": "text-to-image", "inpainting": "text-to-image"}  # output kind
 
 
 class LoraRequest(BaseModel):
@@ -79,12 +80,16 @@ class GenerateRequest(BaseModel):
         default=None,
         description="Image-to-image / inpainting: how much of the input is re-noised (0-1].",
     )
+    num_frames: int | None = Field(default=None, description="Video: frames per clip.")
+    fps: int | None = Field(default=None, description="Video: frames per second of the MP4.")
+    duration_s: float | None = Field(default=None, description="Audio: clip length in seconds.")
     loras: list[LoraRequest] = Field(
         default_factory=list, description="LoRA adapters to apply, with their scales."
     )
     output_format: str | None = Field(
         default=None,
-        description="Output encoding: png, jpeg or webp for images (default png).",
+        description="Output encoding: png (default), jpeg or webp for images; mp4 for video; wav "
+        "(default), flac or mp3 for audio.",
     )
     output_quality: int | None = Field(
         default=None, ge=1, le=100, description="jpeg/webp quality (default 90)."
@@ -144,6 +149,8 @@ class GenerationParams:
     task: Task = "text-to-image"
     strength: float | None = None  # image-to-image / inpainting
     adapters: tuple[tuple[str, float], ...] = ()  # LoRA (id, scale), in request order
+    num_frames: int | None = None  # video
+    duration_s: float | None = None  # audio
 
     def __post_init__(self) -> None:  # JSON round trips turn tuples into lists
         object.__setattr__(self, "adapters", tuple((a, float(w)) for a, w in self.adapters))
@@ -162,7 +169,16 @@ class GenerationParams:
             self.task,
             self.strength,
             self.adapters,
+            self.num_frames,
+            self.duration_s,
         )
+
+    @property
+    def pixels(self) -> float:
+        """Pixels (or their equivalent) one output has: the size of the work per step."""
+        if self.duration_s is not None:  # audio: ~ one 64x64 image per second of sound
+            return 4096.0 * self.duration_s
+        return self.width * self.height * (self.num_frames or 1)
 
     @property
     def adapter_set(self) -> str:
@@ -272,6 +288,8 @@ def resolve_request(
     elif req.strength is not None:
         errors.append(FieldError("strength", "needs an input image", None))
     adapters: list[tuple[str, float]] = []
+    if req.loras and entry.family not in LORA_FAMILIES:
+        errors.append(FieldError("loras", f"the {entry.family} family takes no LoRA adapters", 0))
     if len(req.loras) > p.max_loras:
         errors.append(
             FieldError("loras", f"at most {p.max_loras} adapters per request", p.max_loras)
@@ -281,20 +299,51 @@ def resolve_request(
             errors.append(FieldError(f"loras[{i}].id", f"{lora.id!r} is listed twice", None))
         scale = _float_in(f"loras[{i}].scale", lora.scale, p.lora_scale, errors)
         adapters.append((lora.id, float(scale)))
-    output_format = (req.output_format or "png").lower()
-    if output_format not in IMAGE_FORMATS:
+    spec = FAMILIES[entry.family]
+    num_frames = duration_s = None
+    fps = None
+    if task == "text-to-video":
+        num_frames = _int_in("num_frames", req.num_frames, p.num_frames, errors)
+        step = spec.num_frames_step
+        if step and (num_frames - 1) % step:
+            low = (num_frames - 1) // step * step + 1
+            errors.append(
+                FieldError(
+                    "num_frames",
+                    f"must be {step}k + 1 for {entry.id} (e.g. {low} or {low + step})",
+                    step,
+                )
+            )
+        fps = _int_in("fps", req.fps, p.fps, errors)
+    if task == "text-to-audio":
+        duration_s = _float_in("duration_s", req.duration_s, p.duration_s, errors)
+        for name in ("width", "height"):
+            if getattr(req, name) is not None:
+                errors.append(FieldError(name, "is not used by text-to-audio", None))
+        width = height = 0  # no pixels; the clip length is duration_s
+    for name, value, kind in (
+        ("num_frames", req.num_frames, "text-to-video"),
+        ("fps", req.fps, "text-to-video"),
+        ("duration_s", req.duration_s, "text-to-audio"),
+    ):
+        if value is not None and task != kind:
+            errors.append(FieldError(name, f"applies to {kind} only", None))
+    media_task = MEDIA_TASK.get(task, task)
+    allowed = FORMATS_BY_TASK[media_task]
+    output_format = (req.output_format or DEFAULT_FORMAT_BY_TASK[media_task]).lower()
+    if output_format not in allowed:
         errors.append(
             FieldError(
                 "output_format",
-                f"{output_format!r} is not an output of {task}; allowed: "
-                f"{', '.join(IMAGE_FORMATS)}",
-                list(IMAGE_FORMATS),
+                f"{output_format!r} is not an output of {media_task}; allowed: "
+                f"{', '.join(allowed)}",
+                list(allowed),
             )
         )
-    if req.output_quality is not None and output_format == "png":
+    if req.output_quality is not None and output_format not in ("jpeg", "webp"):
         errors.append(FieldError("output_quality", "applies to jpeg and webp only", None))
     for name, v in (("width", width), ("height", height)):
-        if v % multiple:
+        if v and v % multiple:
             errors.append(FieldError(name, f"must be a multiple of {multiple}", multiple))
     steps = _int_in("num_inference_steps", req.num_inference_steps, p.steps, errors)
     guidance = _float_in("guidance_scale", req.guidance_scale, p.guidance, errors)
@@ -347,6 +396,8 @@ def resolve_request(
         task=task,
         strength=None if strength is None else float(strength),
         adapters=tuple(adapters),
+        num_frames=num_frames,
+        duration_s=None if duration_s is None else float(duration_s),
     )
     job = GenerationJob(
         request_id,
@@ -360,6 +411,7 @@ def resolve_request(
             "output": {
                 "format": output_format,
                 "quality": req.output_quality or DEFAULT_QUALITY,
+                **({"fps": fps} if fps is not None else {}),
             }
         },
     )
@@ -380,29 +432,46 @@ def parameter_schema(entry: ModelEntry) -> dict:
             **extra,
         }
 
-    return {
+    spec = FAMILIES[entry.family]
+    out: dict = {
         "prompt": {"type": "string", "minLength": 1, "maxLength": p.max_prompt_chars},
         "negative_prompt": {"type": "string", "maxLength": p.max_prompt_chars},
-        "width": rng(p.width, multipleOf=multiple),
-        "height": rng(p.height, multipleOf=multiple),
-        "num_inference_steps": rng(p.steps),
-        "guidance_scale": rng(p.guidance),
-        "num_images": rng(p.num_images),
-        "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
-        "scheduler": {
-            "type": "string",
-            "enum": entry.allowed_schedulers(),
-            "default": entry.scheduler_default(),
-        },
-        "image": {"type": "string", "description": "image-to-image / inpainting input"},
-        "mask_image": {"type": "string", "description": "inpainting mask (white = repaint)"},
-        "strength": rng(p.strength),
-        "loras": {
+    }
+    if entry.task != "text-to-audio":
+        out["width"] = rng(p.width, multipleOf=multiple)
+        out["height"] = rng(p.height, multipleOf=multiple)
+    out.update(
+        {
+            "num_inference_steps": rng(p.steps),
+            "guidance_scale": rng(p.guidance),
+            "num_images": rng(p.num_images),
+            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+            "scheduler": {
+                "type": "string",
+                "enum": entry.allowed_schedulers(),
+                "default": entry.scheduler_default(),
+            },
+        }
+    )
+    if entry.task == "text-to-video":
+        rule = f"{spec.num_frames_step}k + 1" if spec.num_frames_step else None
+        out["num_frames"] = rng(p.num_frames, **({"rule": rule} if rule else {}))
+        out["fps"] = rng(p.fps)
+    if entry.task == "text-to-audio":
+        out["duration_s"] = rng(p.duration_s)
+    if "image-to-image" in spec.tasks:
+        out["image"] = {"type": "string", "description": "image-to-image / inpainting input"}
+        out["mask_image"] = {"type": "string", "description": "inpainting mask (white = repaint)"}
+        out["strength"] = rng(p.strength)
+    if entry.family in LORA_FAMILIES:
+        out["loras"] = {
             "type": "array",
             "maxItems": p.max_loras,
             "items": {"id": {"type": "string"}, "scale": rng(p.lora_scale)},
-        },
-        "output_format": {"type": "string", "enum": list(IMAGE_FORMATS), "default": "png"},
-        "output_quality": {"type": "integer", "minimum": 1, "maximum": 100},
-        "return_base64": {"type": "boolean", "default": False},
-    }
+        }
+    formats = FORMATS_BY_TASK[entry.task]
+    out["output_format"] = {"type": "string", "enum": list(formats), "default": formats[0]}
+    if entry.task == "text-to-image":
+        out["output_quality"] = {"type": "integer", "minimum": 1, "maximum": 100}
+    out["return_base64"] = {"type": "boolean", "default": False}
+    return out

@@ -22,6 +22,9 @@ class FamilySpec:
     default_scheduler: str
     size_multiple: int
     title: str
+    num_frames_step: int | None = None  # video: num_frames must be step * k + 1
+    # negative prompts "none" and "" give different outputs: they must not share a batch
+    negative_prompt_splits: bool = True
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -62,6 +65,7 @@ FAMILIES: dict[str, FamilySpec] = {
             default_scheduler="unipc",
             size_multiple=16,
             title="Wan 2.1-style video (3D DiT + causal video VAE + UMT5)",
+            num_frames_step=4,
         ),
         FamilySpec(
             name="stable-audio",

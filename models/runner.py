@@ -109,9 +109,13 @@ def load_model(entry: ModelEntry, path: Path, device: str | None = None) -> Load
         dtype = torch.float32  # fp16 conv kernels are missing or very slow on CPU
     start = time.perf_counter()
     pipe = fam.load_pipeline(path, dtype=dtype, device=device)
+    from genmedia.kernels.options import DENOISERS, KernelOptions
     from genmedia.kernels.patcher import apply_kernel_options
 
-    record = apply_kernel_options(pipe, entry.family, entry.acceleration, device)
+    if entry.family in DENOISERS or entry.acceleration != KernelOptions():
+        record = apply_kernel_options(pipe, entry.family, entry.acceleration, device)
+    else:  # a family without kernel patterns, run as diffusers ships it
+        record = {"device": device, "kernels": {}, "note": f"no kernel patterns for {entry.family}"}
     model = LoadedModel(
         entry,
         pipe,
@@ -133,6 +137,65 @@ def _call_parameters(cls: type) -> frozenset[str]:
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Pipeline float output in [0, 1] (N, H, W, C) to uint8."""
     return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _seeded(jobs: list[GenerationJob]) -> tuple[list[str], list[str], list[torch.Generator]]:
+    """Prompts, negative prompts and one generator per output (``seed + i``), in job order."""
+    prompts, negatives, generators = [], [], []
+    for job in jobs:
+        for i in range(job.num_images):
+            prompts.append(job.prompt)
+            negatives.append(job.negative_prompt or "")
+            generators.append(torch.Generator("cpu").manual_seed(job.seed + i))
+    return prompts, negatives, generators
+
+
+def _per_job(jobs: list[GenerationJob], outputs: np.ndarray) -> list[list[np.ndarray]]:
+    result, k = [], 0
+    for job in jobs:
+        result.append([outputs[k + i] for i in range(job.num_images)])
+        k += job.num_images
+    return result
+
+
+def run_batch(
+    model: LoadedModel,
+    jobs: list[GenerationJob],
+    on_step: StepCallback | None = None,
+    inputs: list[dict] | None = None,
+) -> list[list[np.ndarray]]:
+    """One pipeline call of any task: images ``[H, W, 3]`` uint8, video frames
+    ``[F, H, W, 3]`` uint8 or audio ``[channels, samples]`` float32, per job."""
+    if not jobs:
+        return []
+    if any(j.batch_key != jobs[0].batch_key for j in jobs):
+        raise ValueError("run_batch got incompatible jobs in one batch")
+    params = jobs[0].params
+    if params.task in ("text-to-video", "text-to-audio"):
+        if params.task == "text-to-video":
+            run, shape = (
+                model.family.run_text_to_video,
+                {
+                    "num_frames": params.num_frames,
+                    "width": params.width,
+                    "height": params.height,
+                },
+            )
+        else:
+            run, shape = model.family.run_text_to_audio, {"duration_s": params.duration_s}
+        prompts, negatives, generators = _seeded(jobs)
+        outputs = run(
+            model.call_view(params.scheduler),
+            prompts,
+            steps=params.num_inference_steps,
+            generators=generators,
+            guidance_scale=params.guidance_scale,
+            negative_prompts=negatives if jobs[0].negative_prompt is not None else None,
+            on_step=on_step,
+            **shape,
+        )
+        return _per_job(jobs, outputs)
+    return run_images(model, jobs, on_step=on_step, inputs=inputs)
 
 
 def run_images(

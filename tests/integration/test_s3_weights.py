@@ -181,7 +181,7 @@ def test_outputs_and_sidecars_go_to_an_s3_bucket(s3, s3_endpoint: str) -> None:
     import httpx
     import numpy as np
 
-    from genmedia.deployments.outputs import store_images
+    from genmedia.deployments.outputs import store_outputs
     from genmedia.deployments.storage import S3BucketStorage
     from genmedia.models.catalog import S3Storage, load_catalog
     from genmedia.models.params import GenerateRequest, resolve_request
@@ -197,7 +197,7 @@ def test_outputs_and_sidecars_go_to_an_s3_bucket(s3, s3_endpoint: str) -> None:
         entry, GenerateRequest(prompt="fox", seed=9, num_images=2), request_id="r1"
     )
     pixels = [np.full((64, 64, 3), v, np.uint8) for v in (10, 20)]
-    stored = store_images(storage, job, pixels, prefix="dev/", extra={}, now=0.0)
+    stored = store_outputs(storage, job, pixels, prefix="dev/", extra={}, now=0.0)
     assert [s.key for s in stored] == ["dev/1970/01/01/r1/0.png", "dev/1970/01/01/r1/1.png"]
     head = s3.head_object(Bucket="genmedia-outputs", Key="out/dev/1970/01/01/r1/0.png")
     assert head["ContentType"] == "image/png"
@@ -209,3 +209,39 @@ def test_outputs_and_sidecars_go_to_an_s3_bucket(s3, s3_endpoint: str) -> None:
     assert got.status_code == 200 and got.content == storage.get(stored[0].key)
     with pytest.raises(ValueError):
         storage.put("../escape.png", b"x", "image/png")
+
+
+def test_lora_adapter_from_s3(s3, s3_endpoint, home, tiny_sd15, tmp_path):
+    """An adapter registered from s3:// is downloaded once (size checked first), then checked
+    against the base model like a local one."""
+    from genmedia.models.lora import (
+        AdapterError,
+        adapter_cache_dir,
+        build_tiny_adapter,
+        check_adapter,
+        resolve_adapter_file,
+    )
+
+    pipe = sd15.load_pipeline(tiny_sd15)
+    local = build_tiny_adapter(pipe, "sd15", tmp_path / "style.safetensors", seed=3)
+    s3.create_bucket(Bucket="genmedia-loras")
+    s3.upload_file(str(local), "genmedia-loras", "loras/style.safetensors")
+    s3.put_object(Bucket="genmedia-loras", Key="loras/style.bin", Body=b"\x80\x04")
+    source = "s3://genmedia-loras/loras/style.safetensors"
+
+    with pytest.raises(AdapterError, match="the limit is 100"):
+        resolve_adapter_file(source, max_bytes=100, s3_endpoint_url=s3_endpoint)
+    assert not list(adapter_cache_dir().rglob("*.safetensors"))  # refused before downloading
+
+    path, info = check_adapter(pipe, "sd15", source, max_bytes=1 << 24, s3_endpoint_url=s3_endpoint)
+    assert path.read_bytes() == local.read_bytes() and info["rank"] == 4
+    assert resolve_adapter_file(source, max_bytes=1 << 24, s3_endpoint_url=s3_endpoint) == path
+
+    with pytest.raises(AdapterError, match=r"must be a \.safetensors file"):
+        resolve_adapter_file("s3://genmedia-loras/loras/style.bin", max_bytes=1 << 24)
+    with pytest.raises(AdapterError, match="cannot read"):
+        resolve_adapter_file(
+            "s3://genmedia-loras/loras/missing.safetensors",
+            max_bytes=1 << 24,
+            s3_endpoint_url=s3_endpoint,
+        )

@@ -31,7 +31,7 @@ def test_deploy_onto_a_running_cluster(base_url, genmedia_home):
         env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "deployed 4 model(s)" in out.stdout
+    assert "deployed 6 model(s)" in out.stdout
     with httpx.Client(
         base_url=base_url, timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}
     ) as http:
@@ -42,4 +42,6 @@ def test_deploy_onto_a_running_cluster(base_url, genmedia_home):
             "sd15-tiny-turbo",
             "sdxl-tiny",
             "flux-tiny",
+            "wan-tiny",
+            "stable-audio-tiny",
         }

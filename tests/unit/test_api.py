@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from genmedia.deployments.api import build_api
-from genmedia.deployments.outputs import encode_image
 from genmedia.deployments.service import GatewayService
 from genmedia.deployments.storage import LocalDirStorage
 from genmedia.deployments.tenants import Authenticator, key_record, parse_tenants
 from genmedia.models.catalog import load_catalog
+from genmedia.models.media import encode_image
 
 
 class FakeScheduler:

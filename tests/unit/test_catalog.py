@@ -24,7 +24,8 @@ def _issues(data) -> list:
 
 def test_default_catalog_loads_and_fits_one_gpu():
     c = load_catalog()
-    assert {m.family for m in c.models} == {"sd15", "sdxl", "flux"}
+    assert {m.family for m in c.models} == {"sd15", "sdxl", "flux", "wan", "stable-audio"}
+    assert {m.task for m in c.models} == {"text-to-image", "text-to-video", "text-to-audio"}
     assert sum(m.gpu_fraction for m in c.models) <= 1.0
     assert len(c.families()["sd15"]) >= 2  # several models multiplexed on one worker
 

@@ -22,7 +22,7 @@ def test_validate_default_catalog_ok():
     path = resources.files("genmedia.models") / "catalogs" / "default.yaml"
     r = runner.invoke(app, ["catalog", "validate", str(path)])
     assert r.exit_code == 0, r.output
-    assert "4 model(s) valid" in r.output
+    assert "6 model(s) valid" in r.output
 
 
 def test_validate_reports_every_problem(tmp_path):

@@ -18,7 +18,13 @@ def _issues(c, gpus, mem) -> list:
 def test_default_catalog_packs_onto_one_gpu():
     p = plan_placement(load_catalog(), 1, 24)
     assert len(p.gpus) == 1
-    assert sorted(f for f, _ in p.gpus[0].replicas) == ["flux", "sd15", "sdxl"]
+    assert sorted(f for f, _ in p.gpus[0].replicas) == [
+        "flux",
+        "sd15",
+        "sdxl",
+        "stable-audio",
+        "wan",
+    ]
     assert p.gpus[0].fraction == pytest.approx(0.9)
 
 

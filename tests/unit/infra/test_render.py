@@ -36,7 +36,8 @@ def test_serve_config_passes_rays_schema(files):
     assert app.import_path == "genmedia.deployments.entrypoint:build"
     assert app.autoscaling_policy["policy_function"].endswith(":GenmediaAutoscaler")
     names = {d.name for d in app.deployments}
-    assert names == {"scheduler", "worker-sd15", "worker-sdxl", "worker-flux"}
+    assert names == {"scheduler"} | {f"worker-{f}" for f in load_catalog().families()}
+    assert "worker-wan" in names
 
 
 def test_rayservice_embeds_the_serve_config_and_valid_pod_templates(files):
