@@ -51,7 +51,8 @@ from genmedia.models.catalog import Catalog
 
 # Mirrors of constants in modules that import Ray (checked against their source by the tests).
 MAIN_SLOTS_PER_REPLICA = 2  # deployments/scheduler.py
-SLOTS_PER_REPLICA = 3  # deployments/worker.py: Serve's max_ongoing_requests of a worker
+PREEMPT_SLOTS_PER_REPLICA = 2  # deployments/scheduler.py
+SLOTS_PER_REPLICA = 4  # deployments/worker.py: Serve's max_ongoing_requests of a worker
 GATE_PRIORITY = {"interactive": 0, "batch": 1}  # deployments/worker.py PRIORITY
 
 UNLIMITED = 10**9
@@ -199,8 +200,12 @@ class Simulation:
         self.wait_of = {
             m.id: 0.0 if self.fifo else max(m.batch_wait_ms / 1000.0, 0.0) for m in catalog.models
         }
-        self.costs: dict[str, FamilyCost] = {f: profile.cost(f) for f in catalog.families()}
-        self.fams = {f: FamilyState(f, self.fifo) for f in catalog.families()}
+        # Families the profile has no cost model for get no replicas (a trace for them is
+        # refused before the run: ``run.run_sim``).
+        self.costs: dict[str, FamilyCost] = {
+            f: profile.families[f] for f in catalog.families() if f in profile.families
+        }
+        self.fams = {f: FamilyState(f, self.fifo) for f in self.costs}
         self.estimator = ServiceTimeEstimator()
         tenants = self.config.tenants.tenants if self.config.tenants else []
         self.weights = {t.id: t.weight for t in tenants} or dict(self.config.weights or {})
@@ -249,9 +254,10 @@ class Simulation:
         counts = cfg.replicas or replica_counts(
             self.catalog, cfg.packing, cfg.gpus, self.offered_work(requests)
         )
-        unknown = set(counts) - set(self.fams)
+        unknown = set(counts) - set(self.catalog.families())
         if unknown:
             raise ValueError(f"replicas for unknown families {sorted(unknown)}")
+        counts = {f: n for f, n in counts.items() if f in self.costs}
         cluster = place(self.catalog, cfg.packing, cfg.gpus, counts)
         for fam, reps in cluster.replicas.items():
             for rep in reps:
@@ -436,7 +442,7 @@ class Simulation:
     def _slots(self, fs: FamilyState, slot: str, cap: int) -> int:
         if slot == "main":
             return MAIN_SLOTS_PER_REPLICA * cap
-        return min(cap, fs.main_batch_calls)
+        return min(PREEMPT_SLOTS_PER_REPLICA * cap, fs.main_batch_calls)
 
     def _max_images(self, model_id: str) -> int:
         return self.max_images_of[model_id]

@@ -72,9 +72,10 @@ def load_inputs(
 
 
 def run_sim(inputs: RunInputs, config: SimConfig) -> SimResult:
-    for family in inputs.catalog.families():
+    requests = prepare(inputs.trace, inputs.catalog)
+    for family in sorted({r.family for r in requests if r.error is None}):
         inputs.profile.cost(family)  # ProfileError naming the file and the family
-    return simulate(inputs.catalog, inputs.profile, prepare(inputs.trace, inputs.catalog), config)
+    return simulate(inputs.catalog, inputs.profile, requests, config)
 
 
 def write_outputs(out: Path, result: SimResult, info: RunInfo, notes: dict) -> dict:

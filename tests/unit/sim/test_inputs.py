@@ -158,9 +158,9 @@ def test_cli_bad_trace_line_names_file_line_and_field(tmp_path):
     assert f"{f}:2: priority:" in r.output
 
 
-def test_cli_profile_without_a_catalog_family(tmp_path):
+def test_cli_profile_without_a_family_the_trace_uses(tmp_path):
     p = write(tmp_path, {"name": "x", "device": "d", "families": {"sd15": SDXL_LIKE}})
-    f = trace(tmp_path, [GOOD])
+    f = trace(tmp_path, [GOOD, {**GOOD, "t": 1.0, "model": "sdxl-tiny"}])
     r = runner.invoke(app, ["sim", "--scenario", str(f), "--profile", str(p)])
     assert r.exit_code == 2
     assert f"{p}: families.sdxl: no cost model" in r.output
