@@ -332,13 +332,19 @@ def markdown(study: dict, plots: list[str], wall_s: float) -> str:
             )
             + ")."
         )
+    gain = [
+        find(study, load, "priority", "fractional")["goodput_per_gpu"]
+        / find(study, load, "priority", "dedicated")["goodput_per_gpu"]
+        for load in study["loads_rps"]
+    ]
     first = study["runs"][0]
     flux_gpus = first["replicas"].get("flux", 0)  # a flux replica asks 0.5 + 0.5 = one GPU
     lines += [
         "",
         f"Reading: flux holds {flux_gpus} of {g} GPUs under both packings (a flux replica "
         "serves flux-dev and flux-schnell, whose fractions sum to one GPU), and flux saturates "
-        "first, so packing changes goodput per GPU by a few per cent at most on this catalog; "
+        "first, so packing changes goodput per GPU little on this catalog (fractional / "
+        f"dedicated under priority: x{min(gain):.2f} to x{max(gain):.2f} over the loads); "
         "it gives the small families several replicas per GPU, which helps their tail near "
         "saturation and costs them latency at light load, when packed calls slow each other "
         "down. The priority "
