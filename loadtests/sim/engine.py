@@ -163,6 +163,7 @@ class FamilyState:
         self.running_ends: dict[int, tuple[str, float | None]] = {}
         self.arrivals = 0
         self.completed = 0
+        self.running_jobs = 0  # jobs in dispatched calls (requests a replica is serving)
 
 
 @dataclass
@@ -484,6 +485,7 @@ class Simulation:
         if slot == "main":
             fs.shares.record(cls, call.cost, now)
         fs.inflight[slot] += 1
+        fs.running_jobs += len(batch)
         if slot == "main" and cls == "batch":
             fs.main_batch_calls += 1
         self.model_inflight[call.model_id] += call.cost
@@ -647,6 +649,7 @@ class Simulation:
         if rep.draining and rep.ongoing == 0:
             self.cluster.remove(rep)
         fs.inflight[call.slot] -= 1
+        fs.running_jobs -= len(call.jobs)
         if call.slot == "main" and call.cls == "batch":
             fs.main_batch_calls -= 1
         fs.running_ends.pop(call.id, None)
@@ -747,6 +750,7 @@ class Simulation:
                     c: (now - min(j.arrived for j in q.jobs)) if q.jobs else 0.0
                     for c, q in fs.queues.items()
                 },
+                running_jobs=fs.running_jobs,
             )
             fs.arrivals = fs.completed = 0
         queued = {m: dict.fromkeys(CLASSES, 0.0) for m in self.entries}
@@ -768,6 +772,7 @@ class Simulation:
             interval_s=self.config.scale_interval_s,
             gpus=len(self.cluster.gpus),
             free_gpu=sum(g.free for g in self.cluster.gpus),
+            occupied_gpus=sum(1 for g in self.cluster.gpus if g.replicas),
             families=fams,
             models=models,
         )

@@ -27,6 +27,7 @@ class FamilySnapshot:
     arrivals: int  # jobs admitted since the last tick
     completed: int  # jobs completed since the last tick
     oldest_wait_s: dict[str, float]  # age of the oldest queued job per class (0 if none)
+    running_jobs: int = 0  # jobs in the running calls (a batched call serves several)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ClusterSnapshot:
     free_gpu: float  # unreserved GPU fractions summed over devices
     families: dict[str, FamilySnapshot]
     models: dict[str, ModelSnapshot] = field(default_factory=dict)
+    occupied_gpus: int = 0  # GPUs holding at least one replica (starting, ready or draining)
 
 
 Scaler = Callable[[ClusterSnapshot], dict[str, int]]
