@@ -91,7 +91,6 @@ def load_input(
     *,
     tenant: str,
     read: Callable[[str], bytes | None],
-    find_upload: Callable[[str], str | None],
     max_pixels: int,
 ) -> tuple[InputImage, str | None]:
     """Resolve and check one input. Returns the image and, when it is already stored (an upload
@@ -100,10 +99,12 @@ def load_input(
     value = value.strip()
     key: str | None = None
     if UPLOAD_ID.match(value):
-        key = find_upload(value)
-        if key is None:
-            raise InputError(field, f"no uploaded file {value!r}", status=404)
-    elif "/v1/files/" in value:
+        for suffix in UPLOAD_TYPES.values():  # the upload's key has its type's suffix
+            data = read(upload_key(tenant, value, suffix))
+            if data is not None:
+                return check_image(data, field, max_pixels), upload_key(tenant, value, suffix)
+        raise InputError(field, f"no uploaded file {value!r}", status=404)
+    if "/v1/files/" in value:
         path = value.split("/v1/files/", 1)[1].split("?", 1)[0]
         if path.split("/", 1)[0] != tenant or ".." in path.split("/"):
             raise InputError(field, f"no file {path!r}", status=404)

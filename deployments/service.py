@@ -256,7 +256,6 @@ class GatewayService:
                 field,
                 tenant=tenant.id,
                 read=self.storage.get,
-                find_upload=lambda uid: self._find_upload(tenant, uid),
                 max_pixels=max_pixels,
             )
             if key is None:
@@ -281,13 +280,6 @@ class GatewayService:
                 [{"field": e.field, "message": str(e), "limit": e.limit}],
             ) from None
         return keys, (image.width, image.height) if image is not None else None
-
-    def _find_upload(self, tenant: Tenant, upload_id: str) -> str | None:
-        for suffix in UPLOAD_TYPES.values():
-            key = upload_key(tenant.id, upload_id, suffix)
-            if self.storage.get(key) is not None:
-                return key
-        return None
 
     async def upload(
         self, tenant: Tenant, data: bytes, content_type: str | None, base_url: str

@@ -24,17 +24,9 @@ def png(w=16, h=16, fmt="PNG") -> bytes:
     return buf.getvalue()
 
 
-def load(value, store=None, uploads=None, max_pixels=10_000):
+def load(value, store=None, max_pixels=10_000):
     store = store or {}
-    uploads = uploads or {}
-    return load_input(
-        value,
-        "image",
-        tenant="dev",
-        read=store.get,
-        find_upload=uploads.get,
-        max_pixels=max_pixels,
-    )
+    return load_input(value, "image", tenant="dev", read=store.get, max_pixels=max_pixels)
 
 
 @pytest.mark.parametrize("data_url", [False, True])
@@ -46,9 +38,9 @@ def test_base64_forms(data_url):
 
 def test_upload_id_and_own_file_url():
     uid = new_upload_id()
-    store = {"dev/uploads/x.png": png(8, 8), "dev/2026/a/0.png": png(24, 8)}
-    img, key = load(uid, store, {uid: "dev/uploads/x.png"})
-    assert key == "dev/uploads/x.png" and img.width == 8
+    store = {f"dev/uploads/{uid}.webp": png(8, 8, fmt="WEBP"), "dev/2026/a/0.png": png(24, 8)}
+    img, key = load(uid, store)
+    assert key == f"dev/uploads/{uid}.webp" and img.width == 8
     img, key = load("http://host:8000/v1/files/dev/2026/a/0.png", store)
     assert key == "dev/2026/a/0.png" and (img.width, img.height) == (24, 8)
 
