@@ -70,7 +70,7 @@ def bench_catalog(batch: int, steps: int, size: int, outputs: str):
 def measure_bare(model, batch: int, seconds: float, seed0: int) -> dict:
     """Images/s of back-to-back pipeline calls of ``batch`` images in this process."""
     from genmedia.models.params import GenerateRequest, resolve_request
-    from genmedia.models.runner import run_images
+    from genmedia.models.runner import run_batch
 
     def jobs(k: int):
         out = []
@@ -83,13 +83,13 @@ def measure_bare(model, batch: int, seconds: float, seed0: int) -> dict:
             out.append(job)
         return out
 
-    run_images(model, jobs(10**5))  # warm-up
+    run_batch(model, jobs(10**5))  # warm-up
     calls = []
     start = time.perf_counter()
     k = 0
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
-        run_images(model, jobs(k))
+        run_batch(model, jobs(k))
         calls.append(time.perf_counter() - t0)
         k += 1
     elapsed = time.perf_counter() - start

@@ -195,40 +195,29 @@ def run_batch(
             **shape,
         )
         return _per_job(jobs, outputs)
-    return run_images(model, jobs, on_step=on_step, inputs=inputs)
+    return _run_images(model, jobs, on_step, inputs)
 
 
-def run_images(
+def _run_images(
     model: LoadedModel,
     jobs: list[GenerationJob],
-    on_step: StepCallback | None = None,
-    inputs: list[dict] | None = None,
+    on_step: StepCallback | None,
+    inputs: list[dict] | None,
 ) -> list[list[np.ndarray]]:
-    """One pipeline call for compatible jobs; returns each job's images as uint8 HxWx3 arrays.
-    ``inputs`` gives each job's input images for image-to-image / inpainting
-    (``{"image": PIL.Image, "mask": PIL.Image}``)."""
-    if not jobs:
-        return []
+    """The image tasks' pipeline call. ``inputs`` gives each job's input images for
+    image-to-image / inpainting (``{"image": PIL.Image, "mask": PIL.Image}``)."""
     params = jobs[0].params
-    if any(j.batch_key != jobs[0].batch_key for j in jobs):
-        raise ValueError("run_images got incompatible jobs in one batch")
     task = params.task
     if task != "text-to-image" and (inputs is None or len(inputs) != len(jobs)):
         raise ValueError(f"{task} needs one input per job")
-    prompts: list[str] = []
-    negatives: list[str] = []
-    generators: list[torch.Generator] = []
+    prompts, negatives, generators = _seeded(jobs)  # negatives: all set or none (batch_key)
     images_in: list[Any] = []
     masks_in: list[Any] = []
-    for n, job in enumerate(jobs):
-        for i in range(job.num_images):
-            prompts.append(job.prompt)
-            negatives.append(job.negative_prompt or "")  # all set or none (batch_key)
-            generators.append(torch.Generator("cpu").manual_seed(job.seed + i))
-            if task != "text-to-image":
-                images_in.append(inputs[n]["image"])
-                if task == "inpainting":
-                    masks_in.append(inputs[n]["mask"])
+    if task != "text-to-image":
+        for n, job in enumerate(jobs):
+            images_in += [inputs[n]["image"]] * job.num_images
+            if task == "inpainting":
+                masks_in += [inputs[n]["mask"]] * job.num_images
     pipe = model.call_view(params.scheduler, task)
     kwargs = model.family.call_kwargs(
         guidance_scale=params.guidance_scale,
@@ -267,10 +256,4 @@ def run_images(
 
             reset_step_cache(model.pipe)
         raise
-    images = to_uint8(np.asarray(out.images))
-    result: list[list[np.ndarray]] = []
-    k = 0
-    for job in jobs:
-        result.append([images[k + i] for i in range(job.num_images)])
-        k += job.num_images
-    return result
+    return _per_job(jobs, to_uint8(np.asarray(out.images)))

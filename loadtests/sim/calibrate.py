@@ -67,11 +67,11 @@ def _jobs(entry, batch: int, size: int, steps: int, guidance: float | None, seed
 
 def time_call(model, jobs) -> dict:
     """One pipeline call split into phases by the step callback."""
-    from genmedia.models.runner import run_images
+    from genmedia.models.runner import run_batch
 
     marks: list[float] = []
     t0 = time.perf_counter()
-    run_images(model, jobs, on_step=lambda s, n: marks.append(time.perf_counter()))
+    run_batch(model, jobs, on_step=lambda s, n: marks.append(time.perf_counter()))
     t1 = time.perf_counter()
     steps = [b - a for a, b in itertools.pairwise(marks)]
     step = statistics.median(steps) if steps else (marks[0] - t0)
@@ -87,9 +87,9 @@ def time_store(model, jobs, images_per_call: int) -> float:
     """Seconds per image to PNG-encode and store (the worker's storage step)."""
     from genmedia.deployments.outputs import store_images
     from genmedia.deployments.storage import LocalDirStorage
-    from genmedia.models.runner import run_images
+    from genmedia.models.runner import run_batch
 
-    images = run_images(model, jobs)
+    images = run_batch(model, jobs)
     with tempfile.TemporaryDirectory() as d:
         storage = LocalDirStorage(Path(d))
         t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from genmedia.models.lora import (
     resolve_adapter_file,
 )
 from genmedia.models.params import AdapterUse, GenerateRequest, resolve_request
-from genmedia.models.runner import load_model, run_images
+from genmedia.models.runner import load_model, run_batch
 
 MB = 1 << 20
 
@@ -77,7 +77,7 @@ def _run(model, job, files: dict, inputs=None):
     uses = [AdapterUse(a, w, str(files.get(a, ""))) for a, w in job.params.adapters]
     model.adapters.ensure(model.pipe, {u.id: files[u.id] for u in uses}, set())
     model.adapters.activate(model.pipe, uses)
-    return run_images(model, [job], inputs=inputs)[0][0]
+    return run_batch(model, [job], inputs=inputs)[0][0]
 
 
 def test_tiny_adapter_fits_its_base_model(model, adapters):
@@ -165,7 +165,7 @@ def test_cache_replaces_least_recently_used_but_never_a_pinned_adapter(model, ad
     # the hot-swapped slot computes what a freshly injected adapter computes
     job = _job(fresh, loras=[{"id": "c", "scale": 1.0}])
     cache.activate(pipe, [AdapterUse("c", 1.0, "")])
-    swapped = run_images(fresh, [job])[0][0]
+    swapped = run_batch(fresh, [job])[0][0]
     np.testing.assert_array_equal(swapped, _run(model, job, adapters))
 
 
@@ -184,8 +184,8 @@ def test_image_to_image_shares_modules_and_follows_strength(model):
     high = _job(model, image="x", strength=1.0, num_inference_steps=10)
     assert low.params.task == "image-to-image" and low.params.strength == 0.2
     assert model.task_pipe("image-to-image").unet is model.pipe.unet  # no second copy
-    out_low = run_images(model, [low], inputs=[{"image": img}])[0][0]
-    out_high = run_images(model, [high], inputs=[{"image": img}])[0][0]
+    out_low = run_batch(model, [low], inputs=[{"image": img}])[0][0]
+    out_high = run_batch(model, [high], inputs=[{"image": img}])[0][0]
     src = np.asarray(img, dtype=np.float32)
     assert out_low.shape == (64, 64, 3)
     assert np.abs(out_low - src).mean() < np.abs(out_high - src).mean()
@@ -197,7 +197,7 @@ def test_inpainting_keeps_the_black_part_of_the_mask(model):
     mask[:, 32:] = 255  # repaint the right half
     job = _job(model, image="x", mask_image="m", strength=1.0)
     assert job.params.task == "inpainting"
-    out = run_images(model, [job], inputs=[{"image": img, "mask": Image.fromarray(mask)}])[0][0]
+    out = run_batch(model, [job], inputs=[{"image": img, "mask": Image.fromarray(mask)}])[0][0]
     src = np.asarray(img, dtype=np.float32)
     kept = np.abs(out[:, :24] - src[:, :24]).mean()
     repainted = np.abs(out[:, 40:] - src[:, 40:]).mean()
