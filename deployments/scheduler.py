@@ -75,6 +75,16 @@ def job_from_dict(d: dict) -> GenerationJob:
     return GenerationJob(**{**d, "params": GenerationParams(**d["params"])})
 
 
+def _adapter_error(status: int, type_: str, field: str, message: str) -> dict:
+    """An admin adapter call refused: the gateway answers it as ``status`` naming ``field``."""
+    return {"error": {"status": status, "type": type_, "field": field, "message": message}}
+
+
+def _public_adapter(record: dict) -> dict:
+    """What callers see of a registry record (the worker-local file path stays inside)."""
+    return {k: v for k, v in record.items() if k != "path"}
+
+
 class Scheduler:
     """See the module docstring. One replica; its state is rebuilt from the store."""
 
@@ -450,17 +460,12 @@ class Scheduler:
                 record.update(status="ready", **out["info"])
 
     async def adapters(self) -> list[dict]:
-        return [
-            {k: v for k, v in a.items() if k not in ("path",)}
-            for a in sorted(self.adapter_registry.values(), key=lambda a: a["id"])
-        ]
+        records = sorted(self.adapter_registry.values(), key=lambda a: a["id"])
+        return [_public_adapter(a) for a in records]
 
     async def register_adapter(self, spec: dict) -> dict:
         """Check an adapter against its base model, then keep it (store first)."""
-
-        def error(status: int, type_: str, field: str, message: str) -> dict:
-            return {"error": {"status": status, "type": type_, "field": field, "message": message}}
-
+        error = _adapter_error
         aid, base = spec["id"], spec["base_model"]
         entry = self.catalog.model(base)
         if entry is None:
@@ -490,26 +495,16 @@ class Scheduler:
         }
         self.store.put_adapter(aid, record)
         self.adapter_registry[aid] = {**record, "origin": "api"}
-        return {k: v for k, v in self.adapter_registry[aid].items() if k != "path"}
+        return _public_adapter(self.adapter_registry[aid])
 
     async def delete_adapter(self, adapter_id: str) -> dict:
         record = self.adapter_registry.get(adapter_id)
         if record is None:
-            return {
-                "error": {
-                    "status": 404,
-                    "type": "not_found",
-                    "message": f"no adapter {adapter_id!r}",
-                }
-            }
+            return _adapter_error(404, "not_found", "adapter_id", f"no adapter {adapter_id!r}")
         if record["origin"] == "catalog":
-            return {
-                "error": {
-                    "status": 409,
-                    "type": "conflict",
-                    "message": f"adapter {adapter_id!r} is defined in the catalog",
-                }
-            }
+            return _adapter_error(
+                409, "conflict", "adapter_id", f"adapter {adapter_id!r} is defined in the catalog"
+            )
         self.store.delete_adapter(adapter_id)
         del self.adapter_registry[adapter_id]
         return {"id": adapter_id, "deleted": True}

@@ -78,6 +78,19 @@ def _not_found(job_id: str) -> ApiError:
     )
 
 
+def _adapter_outcome(out: dict) -> dict:
+    """The scheduler's answer to an admin adapter call, or its refusal as an ApiError."""
+    if "error" in out:
+        e = out["error"]
+        raise ApiError(
+            e["status"],
+            e["type"],
+            f"{e['field']}: {e['message']}",
+            [{"field": e["field"], "message": e["message"], "limit": None}],
+        )
+    return out
+
+
 def parse_deadline(value: str | None) -> float | None:
     """The ``X-Deadline-Seconds`` header: seconds from now until the job must have started."""
     if value is None:
@@ -335,24 +348,11 @@ class GatewayService:
 
     async def register_adapter(self, tenant: Tenant, spec: dict) -> dict:
         self._admin(tenant)
-        out = await self._call(self.scheduler.register_adapter(spec))
-        if "error" in out:
-            e = out["error"]
-            raise ApiError(
-                e["status"],
-                e["type"],
-                f"{e['field']}: {e['message']}",
-                [{"field": e["field"], "message": e["message"], "limit": e.get("limit")}],
-            )
-        return out
+        return _adapter_outcome(await self._call(self.scheduler.register_adapter(spec)))
 
     async def delete_adapter(self, tenant: Tenant, adapter_id: str) -> dict:
         self._admin(tenant)
-        out = await self._call(self.scheduler.delete_adapter(adapter_id))
-        if "error" in out:
-            e = out["error"]
-            raise ApiError(e["status"], e["type"], e["message"])
-        return out
+        return _adapter_outcome(await self._call(self.scheduler.delete_adapter(adapter_id)))
 
     def _check_refused(self, sub: Submission, result: dict) -> None:
         """Count the outcome; raise the scheduler's refusal as 429 with Retry-After."""
