@@ -283,7 +283,7 @@ def resolve_request(
     width = _int_in("width", image_size[0] if image_size else req.width, p.width, errors)
     height = _int_in("height", image_size[1] if image_size else req.height, p.height, errors)
     strength = None
-    if task != "text-to-image":
+    if task in ("image-to-image", "inpainting"):
         strength = _float_in("strength", req.strength, p.strength, errors)
     elif req.strength is not None:
         errors.append(FieldError("strength", "needs an input image", None))

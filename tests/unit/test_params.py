@@ -171,3 +171,11 @@ def test_adapters_survive_a_json_round_trip(catalog):
     p = resolve(catalog, loras=[{"id": "s", "scale": 0.5}])[0].params
     again = GenerationParams(**{**asdict(p), "adapters": [list(x) for x in p.adapters]})
     assert again.batch_key == p.batch_key and hash(again.batch_key)
+
+
+@pytest.mark.parametrize("model", ["wan-tiny", "stable-audio-tiny"])
+def test_strength_belongs_to_image_inputs_only(catalog, model):
+    job, errors = resolve(catalog, model=model)
+    assert not errors and job.params.strength is None
+    _, errors = resolve(catalog, model=model, strength=0.5)
+    assert "needs an input image" in _fields(errors)["strength"].message
