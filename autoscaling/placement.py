@@ -122,9 +122,12 @@ def allocate(
     want: dict[str, int],
     pool: GpuPool,
     order: list[str] | None = None,
+    first: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Place ``floor`` replicas per family (largest first), then one more replica per family in
-    turn, in ``order``, while a family wants more and it fits. Returns the replicas placed."""
+    turn, in ``order``, while a family wants more and it fits: up to ``first`` (the part of the
+    want that goes before any family's rest) and then up to ``want``. Returns the replicas
+    placed."""
     granted = dict.fromkeys(shapes, 0)
     by_size = sorted(shapes.values(), key=lambda s: (-s.memory_gb, -s.gpu_fraction, s.family))
     for shape in by_size:
@@ -133,16 +136,20 @@ def allocate(
                 break
             granted[shape.family] += 1
     turn = [f for f in (order or sorted(shapes)) if f in shapes]
-    while True:
-        grew = False
-        for family in turn:
-            if granted[family] < want.get(family, 0):
-                if pool.place(shapes[family], granted[family] + 1) is None:
-                    continue
-                granted[family] += 1
-                grew = True
-        if not grew:
-            return granted
+    stages = [want]
+    if first is not None:
+        stages.insert(0, {f: min(first.get(f, 0), want.get(f, 0)) for f in shapes})
+    for stage in stages:
+        grew = True
+        while grew:
+            grew = False
+            for family in turn:
+                if granted[family] < stage.get(family, 0):
+                    if pool.place(shapes[family], granted[family] + 1) is None:
+                        continue
+                    granted[family] += 1
+                    grew = True
+    return granted
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,15 @@ by the load-test simulator with its own clock; both hand it a ``Snapshot`` (queu
 work per model and class, measured service and load times, current replicas, ``now``) and the
 ``FamilyState`` it returned last time. Nothing here reads a clock or imports Ray.
 
-- Demand: a family needs ``sum over models of work / drain`` replicas per class, where work is
-  the compute-seconds that must finish before the class's last queued job (in-flight work, the
-  interactive queue, and for the batch class the batch queue too) and drain is the class target
-  less one job's service time. The larger of the two classes wins.
+- Offered load: each model's admitted work per class (a counter the scheduler keeps) becomes a
+  rate by a trend-following moving average (``RateEstimate``), forecast one cold start ahead;
+  times the measured seconds per unit it is the replicas that class keeps busy. It does not grow
+  with the replicas, unlike in-flight work, which every added replica adds to.
+- Demand: interactive work gets square-root staffing, ``a + headroom * sqrt(a)`` replicas for an
+  offered load of ``a`` (a short wait for a free replica at every scale, little idle capacity at
+  large scale), plus its queued work over the drain window (the class target less one job's
+  service time); all work together, at ``batch_utilisation``, plus all queued work over the
+  batch target's window. The larger wins.
 - Damping: up at once (latency matters); down only to what the work needs at
   ``down_utilisation`` of the replicas (hysteresis), after the demand stayed that low for
   ``downscale_delay_s`` and at least that long after the last change (cooldown).
@@ -16,14 +21,15 @@ work per model and class, measured service and load times, current replicas, ``n
   within the interactive target, or ``scaling.scale_to_zero`` set), after it was idle as long as
   a cold start costs (rent-or-buy: keeping a replica that long costs at most what a cold start
   does), and never sooner than ``downscale_delay_s``.
-- One GPU budget: minimums are placed first, then replicas above them one per family in turn,
-  most interactive pressure first (``placement.allocate``), so a burst cannot starve the rest.
+- One GPU budget: minimums are placed first, then what interactive work needs, then the rest,
+  one replica per family in turn and most interactive pressure first (``placement.allocate``),
+  so a burst cannot starve the rest and batch work cannot crowd out interactive work.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from genmedia.autoscaling.placement import GpuPool, ReplicaShape, allocate, replica_shapes
 from genmedia.models.catalog import Catalog, ModelEntry
@@ -66,9 +72,14 @@ class PolicyConfig:
     models: dict[str, dict[str, ModelTargets]]  # family -> model id -> targets
     gpu_count: int
     gpu_memory_gb: float
+    # knobs (``policy_knobs``): damping, then sizing
     downscale_delay_s: float = 30.0
-    down_utilisation: float = 0.7
+    down_utilisation: float = 0.9
     replica_start_s: float = 5.0  # process start + Serve registration, before model loads
+    interactive_headroom: float = 1.0  # square-root staffing factor for interactive load
+    batch_utilisation: float = 0.97  # of the replicas, for all offered work together
+    rate_window_s: float = 10.0  # time constant of the arrival-rate average
+    rate_sample_s: float = 2.0  # rates are updated at most this often (metrics arrive ~1 s)
 
     @classmethod
     def from_catalog(
@@ -78,7 +89,40 @@ class PolicyConfig:
             f: {m.id: ModelTargets.of(m) for m in entries}
             for f, entries in catalog.families().items()
         }
-        return cls(replica_shapes(catalog), models, gpu_count, gpu_memory_gb, **knobs)
+        return cls(
+            replica_shapes(catalog), models, gpu_count, gpu_memory_gb, **policy_knobs(**knobs)
+        )
+
+
+KNOBS = (
+    "downscale_delay_s",
+    "down_utilisation",
+    "replica_start_s",
+    "interactive_headroom",
+    "batch_utilisation",
+    "rate_window_s",
+    "rate_sample_s",
+)
+
+
+def policy_knobs(**overrides: float) -> dict[str, float]:
+    """Every knob of the policy at its default, with ``overrides``; an unknown name or a value
+    out of range is a ``ValueError`` naming it."""
+    defaults = {f.name: f.default for f in fields(PolicyConfig) if f.name in KNOBS}
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown autoscaling knob(s) {unknown}; known: {sorted(defaults)}")
+    out = {**defaults, **{k: float(v) for k, v in overrides.items()}}
+    for name in ("down_utilisation", "batch_utilisation"):
+        if not 0 < out[name] <= 1:
+            raise ValueError(f"autoscaling knob {name} must be in (0, 1], got {out[name]}")
+    for name in ("rate_window_s", "rate_sample_s"):
+        if out[name] <= 0:
+            raise ValueError(f"autoscaling knob {name} must be > 0, got {out[name]}")
+    for name in ("downscale_delay_s", "replica_start_s", "interactive_headroom"):
+        if out[name] < 0:
+            raise ValueError(f"autoscaling knob {name} must be >= 0, got {out[name]}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,6 +133,40 @@ class ModelLoad:
     inflight_units: float = 0.0
     seconds_per_unit: float | None = None  # measured (EWMA); None: use the catalog's
     load_s: float | None = None  # measured cold load; None: use the catalog's
+    # work admitted per class since the scheduler started (a counter); None: not reported
+    admitted_units: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class RateEstimate:
+    """A counter turned into a rate: the last sample, the smoothed rate and its trend."""
+
+    t: float
+    counter: float
+    level: float = 0.0  # units per second
+    trend: float = 0.0  # units per second, per second
+    warm: bool = False  # a first rate was observed
+
+    def update(self, now: float, counter: float, window_s: float, sample_s: float):
+        """Holt's linear smoothing of the counter's rate, from the first observed rate on; a
+        counter that went back (the scheduler restarted) restarts the series and keeps the
+        level."""
+        if counter < self.counter:
+            return RateEstimate(now, counter, self.level, 0.0, self.warm)
+        dt = now - self.t
+        if dt < sample_s:
+            return self
+        observed = (counter - self.counter) / dt
+        if not self.warm:
+            return RateEstimate(now, counter, observed, 0.0, True)
+        a = 1.0 - math.exp(-dt / window_s)
+        level = max(0.0, (1 - a) * (self.level + self.trend * dt) + a * observed)
+        trend = (1 - a) * self.trend + a * (level - self.level) / dt
+        return RateEstimate(now, counter, level, trend, True)
+
+    def forecast(self, ahead_s: float) -> float:
+        """The rate ``ahead_s`` from the last sample; a falling trend is not extrapolated."""
+        return self.level + max(0.0, self.trend) * ahead_s
 
 
 @dataclass(frozen=True)
@@ -107,6 +185,7 @@ class FamilyState:
     low_since: float | None = None  # demand below the current replicas since
     last_change: float | None = None
     idle_since: float | None = None  # no queued or in-flight work since
+    rates: dict[str, RateEstimate] = field(default_factory=dict)  # "<model>|<class>"
 
 
 @dataclass(frozen=True)
@@ -132,28 +211,52 @@ def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
 
 
-def family_demand(config: PolicyConfig, family: str, snap: Snapshot) -> FamilyDemand:
-    need = dict.fromkeys(CLASSES, 0.0)
+def update_rates(
+    config: PolicyConfig, family: str, snap: Snapshot, rates: dict[str, RateEstimate]
+) -> dict[str, RateEstimate]:
+    """This family's arrival-rate estimates after the snapshot's counters (a new dict)."""
+    out = dict(rates)
+    for mid in config.models[family]:
+        admitted = snap.models.get(mid, ModelLoad()).admitted_units
+        for cls in CLASSES if admitted is not None else ():
+            key, counter = f"{mid}|{cls}", admitted.get(cls, 0.0)
+            prev = out.get(key)
+            out[key] = (
+                RateEstimate(snap.now, counter)
+                if prev is None
+                else prev.update(snap.now, counter, config.rate_window_s, config.rate_sample_s)
+            )
+    return out
+
+
+def family_demand(
+    config: PolicyConfig, family: str, snap: Snapshot, rates: dict[str, RateEstimate]
+) -> FamilyDemand:
+    offered = dict.fromkeys(CLASSES, 0.0)  # replicas kept busy, per class
+    backlog = dict.fromkeys(CLASSES, 0.0)  # replicas to drain the queues in time
     busy = False
     for mid, t in config.models[family].items():
         load = snap.models.get(mid, ModelLoad())
         rate = load.seconds_per_unit or t.seconds_per_unit
         service = rate * t.job_units
-        inflight = load.inflight_units * rate
+        ahead = cold_start_s(config, t, load)
         q_i = load.queued_units.get("interactive", 0.0) * rate
         q_b = load.queued_units.get("batch", 0.0) * rate
-        busy = busy or inflight > 0 or q_i > 0 or q_b > 0
-        for cls, work, target in (
-            ("interactive", inflight + q_i, t.interactive_s),
-            ("batch", inflight + q_i + q_b, t.batch_s),
-        ):
-            need[cls] += work / max(target - service, 0.1 * target)
-    demand = max(need.values())
+        busy = busy or load.inflight_units > 0 or q_i > 0 or q_b > 0
+        for cls in CLASSES:
+            est = rates.get(f"{mid}|{cls}")
+            offered[cls] += est.forecast(ahead) * rate if est is not None else 0.0
+        backlog["interactive"] += q_i / max(t.interactive_s - service, 0.1 * t.interactive_s)
+        backlog["batch"] += (q_i + q_b) / max(t.batch_s - service, 0.1 * t.batch_s)
+    a_i = offered["interactive"]
+    interactive = a_i + config.interactive_headroom * math.sqrt(a_i) + backlog["interactive"]
+    overall = (a_i + offered["batch"]) / config.batch_utilisation + backlog["batch"]
+    demand = max(interactive, overall)
     floor = 1 if busy else 0
     return FamilyDemand(
         up=max(floor, _ceil(demand)),
         keep=max(floor, _ceil(demand / config.down_utilisation)),
-        interactive=need["interactive"],
+        interactive=interactive,
         busy=busy,
     )
 
@@ -203,11 +306,15 @@ def _family_step(
     if target >= current:
         return current, replace(st, low_since=None), "steady"
     if target == 0:  # idle for the keep-warm time already (>= downscale_delay_s)
-        return 0, FamilyState(None, now, idle_since), "idle: scale to zero"
+        return 0, replace(st, low_since=None, last_change=now), "idle: scale to zero"
     low_since = st.low_since if st.low_since is not None else now
     settled = st.last_change is None or now - st.last_change >= config.downscale_delay_s
     if now - low_since >= config.downscale_delay_s and settled:
-        return target, FamilyState(None, now, idle_since), f"work needs {d.keep} (hysteresis)"
+        return (
+            target,
+            replace(st, low_since=None, last_change=now),
+            f"work needs {d.keep} (hysteresis)",
+        )
     return current, replace(st, low_since=low_since), "cooling down"
 
 
@@ -218,15 +325,19 @@ def decide(config: PolicyConfig, snap: Snapshot, state: dict[str, FamilyState]) 
     new_state: dict[str, FamilyState] = {}
     pressure: dict[str, float] = {}
     floors: dict[str, int] = {}
+    first: dict[str, int] = {}
     for family in config.shapes:
-        d = family_demand(config, family, snap)
-        n, st, why = _family_step(config, family, snap, state.get(family, FamilyState()), d)
+        prev = state.get(family, FamilyState())
+        prev = replace(prev, rates=update_rates(config, family, snap, prev.rates))
+        d = family_demand(config, family, snap, prev.rates)
+        n, st, why = _family_step(config, family, snap, prev, d)
         wanted[family], new_state[family], reasons[family] = n, st, why
         pressure[family] = d.interactive / max(1, snap.replicas.get(family, 1))
         floors[family] = min(n, config.shapes[family].min_replicas)
+        first[family] = min(n, _ceil(d.interactive))
     order = sorted(config.shapes, key=lambda f: (-pressure[f], f))
     pool = GpuPool(config.gpu_count, config.gpu_memory_gb)
-    granted = allocate(config.shapes, floors, wanted, pool, order)
+    granted = allocate(config.shapes, floors, wanted, pool, order, first=first)
     for family, n in granted.items():
         if n < wanted[family]:
             reasons[family] = f"{reasons[family]}; GPU budget allows {n} of {wanted[family]}"

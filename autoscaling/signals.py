@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from genmedia.autoscaling.policy import ModelLoad
+from genmedia.autoscaling.policy import CLASSES, ModelLoad
 
 SEP = "|"
 
@@ -21,14 +21,19 @@ def encode(
     running: Iterable[tuple[str, float]],
     seconds_per_unit: Mapping[str, float],
     models: Iterable[str],
+    admitted: Mapping[tuple[str, str], float] | None = None,
 ) -> dict[str, float]:
-    """Metrics from queued jobs (model, class, units), running calls (model, units) and
-    measured seconds per unit; every model gets its zeros, so idle is a value, not a gap."""
+    """Metrics from queued jobs (model, class, units), running calls (model, units), measured
+    seconds per unit and the units admitted per (model, class) so far (a counter); every model
+    gets its zeros, so idle is a value, not a gap."""
     out: dict[str, float] = {}
     for m in models:
-        out[f"queued{SEP}{m}{SEP}interactive"] = 0.0
-        out[f"queued{SEP}{m}{SEP}batch"] = 0.0
+        for cls in CLASSES:
+            out[f"queued{SEP}{m}{SEP}{cls}"] = 0.0
+            out[f"admitted{SEP}{m}{SEP}{cls}"] = 0.0
         out[f"inflight{SEP}{m}"] = 0.0
+    for (m, cls), units in (admitted or {}).items():
+        out[f"admitted{SEP}{m}{SEP}{cls}"] = float(units)
     for m, cls, units in queued:
         key = f"queued{SEP}{m}{SEP}{cls}"
         out[key] = out.get(key, 0.0) + units
@@ -43,17 +48,25 @@ def encode(
 def decode(metrics: Mapping[str, float]) -> dict[str, ModelLoad]:
     """Per model load from ``encode``'s metrics (unknown names are ignored)."""
     queued: dict[str, dict[str, float]] = defaultdict(dict)
+    admitted: dict[str, dict[str, float]] = defaultdict(dict)
     inflight: dict[str, float] = {}
     rate: dict[str, float] = {}
     for key, value in metrics.items():
         parts = key.split(SEP)
         if parts[0] == "queued" and len(parts) == 3:
             queued[parts[1]][parts[2]] = float(value)
+        elif parts[0] == "admitted" and len(parts) == 3:
+            admitted[parts[1]][parts[2]] = float(value)
         elif parts[0] == "inflight" and len(parts) == 2:
             inflight[parts[1]] = float(value)
         elif parts[0] == "rate" and len(parts) == 2 and value > 0:
             rate[parts[1]] = float(value)
     return {
-        m: ModelLoad(dict(queued.get(m, {})), inflight.get(m, 0.0), rate.get(m))
-        for m in set(queued) | set(inflight) | set(rate)
+        m: ModelLoad(
+            dict(queued.get(m, {})),
+            inflight.get(m, 0.0),
+            rate.get(m),
+            admitted_units=dict(admitted[m]) if m in admitted else None,
+        )
+        for m in set(queued) | set(inflight) | set(rate) | set(admitted)
     }

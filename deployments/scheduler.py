@@ -129,6 +129,8 @@ class Scheduler:
         # batch id -> (family, slot, expected end or None), for ETAs
         self.running_ends: dict[str, tuple[str, str, float | None]] = {}
         self.running_work: dict[str, tuple[str, float]] = {}  # batch id -> (model, cost)
+        # work units enqueued per (model, class) since start: the autoscaler's arrival rates
+        self.admitted_units: dict[tuple[str, str], float] = defaultdict(float)
         self.batches: dict[str, tuple[list[str], object]] = {}  # batch id -> (job ids, stream)
         self.watchers: dict[str, list[asyncio.Queue]] = defaultdict(list)  # progress streams
         self.done: dict[str, asyncio.Event] = {}  # sync waits: set when the job ends
@@ -183,6 +185,7 @@ class Scheduler:
         )
 
     def _enqueue(self, qj: QueuedJob) -> None:
+        self.admitted_units[(qj.model_id, qj.priority)] += qj.cost
         self.queues[qj.family][qj.priority].push(qj)
         self.queued[qj.id] = qj
         self._wakeup.set()
@@ -593,9 +596,10 @@ class Scheduler:
         return self.metrics.render()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Queued work per model and class and running work per model, in work units, with the
-        measured seconds per unit: what the autoscaler (``autoscaling/serve_adapter.py``) reads
-        when the app runs under its policy."""
+        """Queued work per model and class, running work per model and work enqueued so far
+        per model and class, in work units, with the measured seconds per unit: what the
+        autoscaler (``autoscaling/serve_adapter.py``) reads when the app runs under its
+        policy."""
         from genmedia.autoscaling.signals import encode
 
         return encode(
@@ -603,6 +607,7 @@ class Scheduler:
             self.running_work.values(),
             self.estimator.per_cost,
             (m.id for m in self.catalog.models),
+            self.admitted_units,
         )
 
     async def ready(self) -> dict:

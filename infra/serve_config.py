@@ -12,9 +12,11 @@ in the tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from genmedia.autoscaling.placement import replica_shapes
+from genmedia.autoscaling.policy import policy_knobs
 from genmedia.models.catalog import Catalog
 
 APP_NAME = "genmedia"  # as deployments/app.py
@@ -24,13 +26,12 @@ POLICY = "genmedia.autoscaling.serve_adapter:GenmediaAutoscaler"
 
 @dataclass(frozen=True)
 class ScalingKnobs:
-    """How often the scheduler reports and how the policy damps."""
+    """How often the scheduler reports, and the policy's knobs that differ from their defaults
+    (``autoscaling.policy.policy_knobs``; the config carries all of them)."""
 
     metrics_interval_s: float = 1.0
     look_back_period_s: float = 5.0
-    downscale_delay_s: float = 30.0
-    down_utilisation: float = 0.7
-    replica_start_s: float = 5.0
+    policy: Mapping[str, float] = field(default_factory=dict)
 
 
 def application_config(
@@ -90,9 +91,7 @@ def application_config(
                 "catalog": data,
                 "gpus": gpus,
                 "gpu_memory_gb": gpu_memory_gb,
-                "downscale_delay_s": knobs.downscale_delay_s,
-                "down_utilisation": knobs.down_utilisation,
-                "replica_start_s": knobs.replica_start_s,
+                **policy_knobs(**knobs.policy),
             },
         },
         "deployments": deployments,

@@ -5,8 +5,10 @@ Simulator at 1,000 GPUs (GPU profile ``sim/profiles/gpu.yaml``, catalog
 scenario's shape at datacenter rates). Every run replays the same trace through the same
 scheduler code on the same 1,000 GPUs with the same replica bounds; only the ``Scaler`` differs:
 
-- ``genmedia``: ``autoscaling_scaler`` (``autoscaling/policy.py``: queued compute-seconds per
-  class against each class target, one GPU budget);
+- ``genmedia``: ``autoscaling_scaler`` (``autoscaling/policy.py``: offered load per class from
+  the admitted-work counters, forecast one cold start ahead, square-root staffing for
+  interactive work, queued compute-seconds against each class target, one GPU budget with
+  interactive need placed first), planning with the profile's replica start time;
 - ``ray-default``: Ray Serve's own ``replica_queue_length_autoscaling_policy`` from the installed
   ray, with Ray's own scaling factors, delays and bounds (``RayDefaultScaler`` below), at Ray's
   default ``AutoscalingConfig`` (target_ongoing_requests 2, upscale_delay_s 30,
@@ -214,11 +216,14 @@ def run_one(name: str, scaler: Scaler, inputs, gpus: int, initial: dict[str, int
     }
 
 
-def runs(catalog: Catalog, gpus: int) -> list[tuple[str, Scaler]]:
+def runs(catalog: Catalog, gpus: int, replica_start_s: float) -> list[tuple[str, Scaler]]:
     ray_default = {"target_ongoing_requests": 2.0}  # every other field at Ray's default
     matched = {"upscale_delay_s": 0.0, "downscale_delay_s": 30.0}  # our policy's damping
     return [
-        ("genmedia", autoscaling_scaler(catalog, gpus, GPU_MEMORY_GB)),
+        (
+            "genmedia",
+            autoscaling_scaler(catalog, gpus, GPU_MEMORY_GB, replica_start_s=replica_start_s),
+        ),
         ("ray-default", RayDefaultScaler(catalog, **ray_default)),
         ("ray-default, matched delays", RayDefaultScaler(catalog, **ray_default, **matched)),
         ("ray-default, target 8", RayDefaultScaler(catalog, target_ongoing_requests=8.0)),
@@ -311,7 +316,7 @@ def main() -> None:
     initial = {f: catalog.worker(f).min_replicas for f in catalog.families()}
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     results = []
-    for name, scaler in runs(catalog, args.gpus):
+    for name, scaler in runs(catalog, args.gpus, inputs.profile.replica_start_s):
         console.print(f"[bold]{name}[/bold] ...")
         r = run_one(name, scaler, inputs, args.gpus, initial)
         console.print(

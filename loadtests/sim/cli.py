@@ -89,7 +89,11 @@ def sim(
         if autoscale:
             from genmedia.loadtests.sim.scaling import autoscaling_scaler
 
-            scaler = autoscaling_scaler(inputs.catalog, gpus or len(inputs.catalog.families()))
+            scaler = autoscaling_scaler(
+                inputs.catalog,
+                gpus or len(inputs.catalog.families()),
+                replica_start_s=inputs.profile.replica_start_s,
+            )
         config = SimConfig(
             policy=policy,
             packing=packing,

@@ -224,6 +224,9 @@ class Simulation:
         self.tenant_running: dict[str, int] = {}
         self.model_queued: dict[str, int] = {}
         self.model_inflight: dict[str, float] = dict.fromkeys(self.entries, 0.0)  # work units
+        self.model_admitted: dict[str, dict[str, float]] = {  # work units enqueued, per class
+            m: dict.fromkeys(CLASSES, 0.0) for m in self.entries
+        }
         self.records: list[RequestRecord] = []
         self.reqs: list[SimRequest] = []
         self.timeline: list[dict] = []
@@ -403,6 +406,7 @@ class Simulation:
         )
         fs.queues[cls].push(job)
         fs.arrivals += 1
+        self.model_admitted[r.model_id][cls] += r.cost
         self.tenant_queued[r.tenant] = queued + 1
         self.model_queued[r.model_id] = self.model_queued.get(r.model_id, 0) + 1
         if job.deadline is not None:
@@ -764,6 +768,7 @@ class Simulation:
                 inflight_units=self.model_inflight[m],
                 seconds_per_unit=self.estimator.per_cost.get(m),
                 load_s=self.costs[e.family].load_s,
+                admitted_units=dict(self.model_admitted[m]),
             )
             for m, e in self.entries.items()
         }

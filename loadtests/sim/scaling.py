@@ -38,6 +38,7 @@ class ModelSnapshot:
     inflight_units: float  # of the calls dispatched and not finished
     seconds_per_unit: float | None  # the scheduler's estimate (EWMA of observed calls)
     load_s: float  # cost of loading it into a replica
+    admitted_units: dict[str, float] = field(default_factory=dict)  # per class, since the start
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,16 @@ def fixed_replicas(snapshot: ClusterSnapshot) -> dict[str, int]:
     return {f: s.replicas + s.starting for f, s in snapshot.families.items()}
 
 
-def autoscaling_scaler(catalog: Catalog, gpus: int, gpu_memory_gb: float = 80.0) -> Scaler:
+def autoscaling_scaler(
+    catalog: Catalog, gpus: int, gpu_memory_gb: float = 80.0, **knobs: float
+) -> Scaler:
     """The SLO-aware policy of ``genmedia.autoscaling.policy`` as a simulator ``Scaler``: this
     snapshot in its ``Snapshot``, its ``Decision`` replicas out, its damping state kept between
-    ticks (the simulated clock is its ``now``)."""
+    ticks (the simulated clock is its ``now``). ``knobs`` are the policy's (``policy_knobs``);
+    pass the profile's ``replica_start_s`` so that it plans with the simulated start time."""
     from genmedia.autoscaling.policy import ModelLoad, PolicyConfig, Snapshot, decide
 
-    config = PolicyConfig.from_catalog(catalog, gpus, gpu_memory_gb)
+    config = PolicyConfig.from_catalog(catalog, gpus, gpu_memory_gb, **knobs)
     state: dict = {}
 
     def scale(snap: ClusterSnapshot) -> dict[str, int]:
@@ -84,6 +88,7 @@ def autoscaling_scaler(catalog: Catalog, gpus: int, gpu_memory_gb: float = 80.0)
                         inflight_units=m.inflight_units,
                         seconds_per_unit=m.seconds_per_unit,
                         load_s=m.load_s,
+                        admitted_units=dict(m.admitted_units),
                     )
                     for mid, m in snap.models.items()
                 },

@@ -80,7 +80,9 @@ def test_queued_work_scales_a_worker_up_then_down_when_idle(serve_app, tmp_path)
         route_prefix=PREFIX,
         tenants=make_tenants().model_dump(mode="json"),
         gpus_available=False,
-        knobs=ScalingKnobs(metrics_interval_s=0.5, look_back_period_s=2.0, downscale_delay_s=3.0),
+        knobs=ScalingKnobs(
+            metrics_interval_s=0.5, look_back_period_s=2.0, policy={"downscale_delay_s": 3.0}
+        ),
     )
     client = _get_global_client()
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": [config]}))

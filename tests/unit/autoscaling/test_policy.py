@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from genmedia.autoscaling.policy import (
     Decision,
     FamilyState,
     ModelLoad,
     PolicyConfig,
+    RateEstimate,
     Snapshot,
     decide,
+    policy_knobs,
     zero_blockers,
 )
 from tests.unit.autoscaling.conftest import catalog, model
@@ -29,6 +33,7 @@ class Driver:
         self.replicas = dict(replicas)
         self.state: dict[str, FamilyState] = {}
         self.now = 1000.0
+        self.admitted = 0.0  # a counter of admitted work, for the tests that need one
 
     def step(self, models: dict[str, ModelLoad], dt: float = 1.0) -> Decision:
         self.now += dt
@@ -156,3 +161,110 @@ def test_interactive_pressure_goes_first_when_the_budget_is_short():
     drv = Driver(cfg, {"sd15": 0, "sdxl": 0})
     d = drv.step({"a": _queued(batch=100), "b": _queued(interactive=100)})
     assert d.replicas == {"sd15": 0, "sdxl": 1}
+
+
+# --------------------------------------------------------------------------------------------
+# Offered load: arrival rates from the scheduler's admitted-work counter
+# --------------------------------------------------------------------------------------------
+
+
+def test_rate_estimate_follows_a_counter_and_its_trend():
+    est = RateEstimate(0.0, 0.0)
+    for t in range(2, 121, 2):  # 5 units/s
+        est = est.update(float(t), 5.0 * t, window_s=10.0, sample_s=2.0)
+    assert est.level == pytest.approx(5.0, rel=1e-3) and abs(est.trend) < 1e-3
+    assert est.update(121.0, 1000.0, 10.0, 2.0) is est  # closer than sample_s: unchanged
+    # a linear ramp, 5 units/s more every 10 s: the forecast looks ahead along the trend
+    counter = 600.0
+    for t in range(122, 241, 2):
+        counter += 2 * (5.0 + 0.5 * (t - 120))
+        est = est.update(float(t), counter, 10.0, 2.0)
+    now_rate = 5.0 + 0.5 * 120
+    assert est.level == pytest.approx(now_rate, rel=0.05)
+    assert est.forecast(30.0) == pytest.approx(now_rate + 0.5 * 30, rel=0.05)
+    # the scheduler restarted: its counter went back; the rate is kept, the series restarts
+    reset = est.update(242.0, 3.0, 10.0, 2.0)
+    assert (reset.counter, reset.level, reset.trend) == (3.0, est.level, 0.0)
+    # the first rate is taken as it is: no slow start from zero
+    first = RateEstimate(0.0, 0.0).update(2.0, 10.0, 10.0, 2.0)
+    assert (first.level, first.trend) == (5.0, 0.0)
+    # a falling trend is not extrapolated
+    assert RateEstimate(0.0, 0.0, level=4.0, trend=-1.0).forecast(30.0) == 4.0
+
+
+def _arrivals(drv: Driver, rate_units: float, seconds: int, **load) -> Decision:
+    """``rate_units`` of interactive work admitted per second for ``seconds``."""
+    d = None
+    for _ in range(seconds):
+        drv.admitted += rate_units
+        d = drv.step({"a": ModelLoad(admitted_units={"interactive": drv.admitted}, **load)})
+    return d
+
+
+def test_a_steady_stream_gets_square_root_staffing():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0})], {"sd15": {"max_replicas": 100}}, gpus=100
+    )
+    drv = Driver(cfg, {"sd15": 1})
+    # 400 units/s x 0.1 s/unit = 40 replicas busy; with headroom 1: 40 + sqrt(40) = 46.3
+    d = _arrivals(drv, 400.0, 120)
+    assert d.replicas == {"sd15": 47}
+
+
+def test_in_flight_work_does_not_feed_back_into_demand():
+    """More replicas carry more in-flight work; sizing from it grew replicas without end. The
+    same arrivals with ten times the in-flight work ask for the same replicas."""
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0})], {"sd15": {"max_replicas": 500}}, gpus=500
+    )
+    sizes = []
+    for inflight in (40.0, 400.0):
+        drv = Driver(cfg, {"sd15": 1})
+        sizes.append(_arrivals(drv, 400.0, 120, inflight_units=inflight).replicas["sd15"])
+    assert sizes == [47, 47]
+
+
+def test_batch_work_runs_near_full_utilisation():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0, "batch_s": 600.0})],
+        {"sd15": {"max_replicas": 100}},
+        gpus=100,
+    )
+    drv = Driver(cfg, {"sd15": 1})
+    admitted = 0.0
+    for _ in range(120):
+        admitted += 400.0  # 40 replicas busy, all batch
+        d = drv.step({"a": ModelLoad(admitted_units={"batch": admitted})})
+    assert d.replicas == {"sd15": 42}  # 40 / 0.97 = 41.2
+
+
+def test_interactive_need_is_granted_before_any_batch_rest():
+    models = [
+        model("a", "sd15", gpu_fraction=1.0, memory_gb=10, slo={"interactive_s": 10.0}),
+        model("b", "sdxl", gpu_fraction=1.0, memory_gb=10, slo={"batch_s": 100.0}),
+    ]
+    workers = {f: {"min_replicas": 1, "max_replicas": 50} for f in ("sd15", "sdxl")}
+    drv = Driver(_config(models, workers, gpus=20), {"sd15": 1, "sdxl": 1})
+    admitted = {"a": 0.0, "b": 0.0}
+    for _ in range(60):
+        admitted["a"] += 60.0  # 6 replicas of interactive work (+ sqrt headroom: 9)
+        admitted["b"] += 400.0  # 40 replicas of batch work: more than the 20 GPUs
+        d = drv.step(
+            {
+                "a": ModelLoad(admitted_units={"interactive": admitted["a"]}),
+                "b": ModelLoad(admitted_units={"batch": admitted["b"]}),
+            }
+        )
+    assert d.replicas == {"sd15": 9, "sdxl": 11}
+    assert "GPU budget allows 11" in d.reasons["sdxl"]
+
+
+def test_policy_knobs_have_defaults_and_refuse_unknown_or_out_of_range():
+    knobs = policy_knobs(replica_start_s=30)
+    assert knobs["replica_start_s"] == 30.0 and knobs["down_utilisation"] == 0.9
+    with pytest.raises(ValueError, match=r"unknown autoscaling knob\(s\) \['down_util'\]"):
+        policy_knobs(down_util=0.5)
+    with pytest.raises(ValueError, match=r"batch_utilisation must be in \(0, 1\], got 1.5"):
+        policy_knobs(batch_utilisation=1.5)
+    with pytest.raises(ValueError, match="rate_window_s must be > 0"):
+        PolicyConfig.from_catalog(catalog([model("a")]), 1, 80, rate_window_s=0)

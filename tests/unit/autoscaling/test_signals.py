@@ -12,10 +12,14 @@ def test_round_trip_sums_jobs_and_keeps_idle_models():
         [("a", 2.0), ("b", 1.0)],
         {"a": 0.25},
         ["a", "b", "c"],
+        {("a", "interactive"): 12.0, ("a", "batch"): 30.0},
     )
     loads = decode(metrics)
-    assert loads["a"] == ModelLoad({"interactive": 2.0, "batch": 4.0}, 2.0, 0.25)
-    assert loads["b"] == ModelLoad({"interactive": 0.0, "batch": 0.0}, 1.0, None)
+    assert loads["a"] == ModelLoad(
+        {"interactive": 2.0, "batch": 4.0}, 2.0, 0.25, None, {"interactive": 12.0, "batch": 30.0}
+    )
+    idle = {"interactive": 0.0, "batch": 0.0}
+    assert loads["b"] == ModelLoad(idle, 1.0, None, None, idle)
     assert loads["c"].inflight_units == 0.0 and loads["c"].seconds_per_unit is None
 
 
