@@ -121,6 +121,14 @@ def render_cmd(
         float, typer.Option("--gpu-memory-gb", min=0.001, help="Memory of one GPU, GiB.")
     ] = DEFAULT_GPU_MEMORY_GB,
     variant: Annotated[str, typer.Option(help="Dockerfile variant: cpu | cuda.")] = "cpu",
+    knob: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--knob",
+            help="NAME=VALUE: an autoscaling policy knob (repeatable), e.g. "
+            "replica_start_s=60 for the cluster's measured replica start time.",
+        ),
+    ] = None,
 ) -> None:
     """Render a deploy artifact from the catalog (the files under infra/ are made this way)."""
     from genmedia.infra.render import (
@@ -134,8 +142,25 @@ def render_cmd(
 
     if target not in (*TARGETS, "all"):
         raise _fail(f"unknown render target {target!r}; known: {', '.join(TARGETS)}, all")
+    from genmedia.autoscaling.policy import policy_knobs
+
     catalog = _catalog(catalog_file)
-    cluster = Cluster(gpus or gpus_for_max(catalog, gpu_memory_gb), gpu_memory_gb)
+    overrides: dict[str, float] = {}
+    for item in knob or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise _fail(f"--knob {item!r}: expected NAME=VALUE")
+        try:
+            overrides[name.strip()] = float(value)
+        except ValueError:
+            raise _fail(f"--knob {item!r}: the value must be a number (NAME=VALUE)") from None
+    try:
+        policy_knobs(**overrides)
+    except ValueError as e:
+        raise _fail(f"--knob: {e}") from None
+    cluster = Cluster(
+        gpus or gpus_for_max(catalog, gpu_memory_gb), gpu_memory_gb, policy_knobs=overrides
+    )
     try:
         if target == "all":
             files = render_all(catalog, cluster)

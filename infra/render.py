@@ -16,12 +16,12 @@ checks they equal a fresh render. Pure text building; the validators live in the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
 from genmedia.autoscaling.placement import GpuPool, allocate, plan_placement, replica_shapes
-from genmedia.infra.serve_config import application_config
+from genmedia.infra.serve_config import ScalingKnobs, application_config
 from genmedia.models.catalog import Catalog
 
 TARGETS = ("serve-config", "kuberay", "dockerfile", "prometheus", "grafana")
@@ -46,6 +46,7 @@ class Cluster:
     gpu_memory_gb: float = 24.0
     image: str = "genmedia"
     tag: str = "latest"
+    policy_knobs: dict[str, float] = field(default_factory=dict)  # autoscaling policy overrides
 
 
 def gpus_for_max(catalog: Catalog, gpu_memory_gb: float) -> int:
@@ -86,6 +87,7 @@ def serve_config(catalog: Catalog, cluster: Cluster) -> dict:
                 gpus=cluster.gpus,
                 gpu_memory_gb=cluster.gpu_memory_gb,
                 tenants_file=TENANTS_FILE,
+                knobs=ScalingKnobs(policy=cluster.policy_knobs),
             )
         ],
     }

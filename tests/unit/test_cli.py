@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -111,6 +112,28 @@ def test_render_unknown_target_is_a_clear_error():
     assert r.exit_code == 2
     assert "unknown render target 'helm'; known: serve-config, kuberay" in r.output
     assert "Traceback" not in r.output
+
+
+def test_render_carries_autoscaling_knobs_into_the_serve_config():
+    r = runner.invoke(app, ["render", "serve-config", "--knob", "replica_start_s=60"])
+    assert r.exit_code == 0, r.output
+    kwargs = yaml.safe_load(r.stdout)["applications"][0]["autoscaling_policy"]["policy_kwargs"]
+    assert kwargs["replica_start_s"] == 60.0 and kwargs["down_utilisation"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("knob", "message"),
+    [
+        ("replica_start_s", "expected NAME=VALUE"),
+        ("replica_start_s=soon", "the value must be a number"),
+        ("start=5", "unknown autoscaling knob(s) ['start']"),
+        ("batch_utilisation=2", "batch_utilisation must be in (0, 1], got 2.0"),
+    ],
+)
+def test_render_refuses_a_bad_knob(knob, message):
+    r = runner.invoke(app, ["render", "serve-config", "--knob", knob])
+    assert r.exit_code == 2
+    assert message in r.output and "Traceback" not in r.output
 
 
 def test_render_writes_the_file(tmp_path):
