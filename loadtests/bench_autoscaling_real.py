@@ -205,7 +205,7 @@ def run_variant(variant: str, data: dict, url: str, out: Path, tenant_ids: list[
         "slo_attainment": {c: s["slo_attainment"] for c, s in classes.items()},
         "by_status": summary["overall"]["by_status"],
         "requests": len(records),
-        "run_dir": str(out.relative_to(HERE.parent)),
+        "run_dir": str(out.relative_to(HERE.parent) if out.is_relative_to(HERE.parent) else out),
         "ticks": ticks,
     }
 
