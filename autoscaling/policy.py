@@ -6,14 +6,16 @@ work per model and class, measured service and load times, current replicas, ``n
 ``FamilyState`` it returned last time. Nothing here reads a clock or imports Ray.
 
 - Offered load: each model's admitted work per class (a counter the scheduler keeps) becomes a
-  rate by a trend-following moving average (``RateEstimate``), forecast one cold start ahead;
-  times the measured seconds per unit it is the replicas that class keeps busy. It does not grow
-  with the replicas, unlike in-flight work, which every added replica adds to.
-- Demand: interactive work gets square-root staffing, ``a + headroom * sqrt(a)`` replicas for an
-  offered load of ``a`` (a short wait for a free replica at every scale, little idle capacity at
-  large scale), plus its queued work over the drain window (the class target less one job's
-  service time); all work together, at ``batch_utilisation``, plus all queued work over the
-  batch target's window. The larger wins.
+  rate by a trend-following moving average (``RateEstimate``), forecast one cold start plus
+  ``forecast_margin_s`` ahead; times the measured seconds per unit it is the replicas that class
+  keeps busy. It does not grow with the replicas, unlike in-flight work, which every added
+  replica adds to.
+- Demand: interactive work gets its offered load ``a`` plus headroom from its latency slack (an
+  M/M/n wait-tail bound: ``s / (T - s) * ln(1 / interactive_late_share)`` replicas for service
+  time ``s`` and target ``T``) plus ``rate_noise_z`` standard errors of the rate estimate
+  (``sqrt(a * s / rate_window_s)``), plus its queued work over the drain window ``T - s``; all
+  work together, at ``batch_utilisation``, plus all queued work over the batch target's window.
+  The larger wins.
 - Damping: up at once (latency matters); down only to what the work needs at
   ``down_utilisation`` of the replicas (hysteresis), after the demand stayed that low for
   ``downscale_delay_s`` and at least that long after the last change (cooldown).
@@ -76,7 +78,9 @@ class PolicyConfig:
     downscale_delay_s: float = 30.0
     down_utilisation: float = 0.9
     replica_start_s: float = 5.0  # process start + Serve registration, before model loads
-    interactive_headroom: float = 1.0  # square-root staffing factor for interactive load
+    interactive_late_share: float = 0.01  # may wait past their slack (queueing headroom)
+    rate_noise_z: float = 2.0  # standard deviations of the rate estimate kept as headroom
+    forecast_margin_s: float = 20.0  # the rate is forecast this far beyond one cold start
     batch_utilisation: float = 0.97  # of the replicas, for all offered work together
     rate_window_s: float = 10.0  # time constant of the arrival-rate average
     rate_sample_s: float = 2.0  # rates are updated at most this often (metrics arrive ~1 s)
@@ -98,10 +102,12 @@ KNOBS = (
     "downscale_delay_s",
     "down_utilisation",
     "replica_start_s",
-    "interactive_headroom",
     "batch_utilisation",
     "rate_window_s",
     "rate_sample_s",
+    "interactive_late_share",
+    "rate_noise_z",
+    "forecast_margin_s",
 )
 
 
@@ -113,13 +119,13 @@ def policy_knobs(**overrides: float) -> dict[str, float]:
     if unknown:
         raise ValueError(f"unknown autoscaling knob(s) {unknown}; known: {sorted(defaults)}")
     out = {**defaults, **{k: float(v) for k, v in overrides.items()}}
-    for name in ("down_utilisation", "batch_utilisation"):
+    for name in ("down_utilisation", "batch_utilisation", "interactive_late_share"):
         if not 0 < out[name] <= 1:
             raise ValueError(f"autoscaling knob {name} must be in (0, 1], got {out[name]}")
     for name in ("rate_window_s", "rate_sample_s"):
         if out[name] <= 0:
             raise ValueError(f"autoscaling knob {name} must be > 0, got {out[name]}")
-    for name in ("downscale_delay_s", "replica_start_s", "interactive_headroom"):
+    for name in ("downscale_delay_s", "replica_start_s", "rate_noise_z", "forecast_margin_s"):
         if out[name] < 0:
             raise ValueError(f"autoscaling knob {name} must be >= 0, got {out[name]}")
     return out
@@ -234,22 +240,31 @@ def family_demand(
 ) -> FamilyDemand:
     offered = dict.fromkeys(CLASSES, 0.0)  # replicas kept busy, per class
     backlog = dict.fromkeys(CLASSES, 0.0)  # replicas to drain the queues in time
+    headroom = 0.0  # replicas beyond the interactive load, from the class's latency slack
+    svc_i = 0.0  # the longest interactive service time
     busy = False
     for mid, t in config.models[family].items():
         load = snap.models.get(mid, ModelLoad())
         rate = load.seconds_per_unit or t.seconds_per_unit
         service = rate * t.job_units
-        ahead = cold_start_s(config, t, load)
+        ahead = cold_start_s(config, t, load) + config.forecast_margin_s
         q_i = load.queued_units.get("interactive", 0.0) * rate
         q_b = load.queued_units.get("batch", 0.0) * rate
         busy = busy or load.inflight_units > 0 or q_i > 0 or q_b > 0
         for cls in CLASSES:
             est = rates.get(f"{mid}|{cls}")
             offered[cls] += est.forecast(ahead) * rate if est is not None else 0.0
-        backlog["interactive"] += q_i / max(t.interactive_s - service, 0.1 * t.interactive_s)
+        slack = max(t.interactive_s - service, 0.1 * t.interactive_s)
+        est = rates.get(f"{mid}|interactive")
+        if est is not None and est.level > 0:
+            headroom = max(headroom, service / slack * math.log(1 / config.interactive_late_share))
+            svc_i = max(svc_i, service)
+        backlog["interactive"] += q_i / slack
         backlog["batch"] += (q_i + q_b) / max(t.batch_s - service, 0.1 * t.batch_s)
     a_i = offered["interactive"]
-    interactive = a_i + config.interactive_headroom * math.sqrt(a_i) + backlog["interactive"]
+    # the rate estimate of Poisson arrivals over the window has a relative error 1/sqrt(n)
+    headroom += config.rate_noise_z * math.sqrt(a_i * svc_i / config.rate_window_s)
+    interactive = a_i + headroom + backlog["interactive"]
     overall = (a_i + offered["batch"]) / config.batch_utilisation + backlog["batch"]
     demand = max(interactive, overall)
     floor = 1 if busy else 0

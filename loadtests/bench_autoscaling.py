@@ -6,9 +6,10 @@ scenario's shape at datacenter rates). Every run replays the same trace through 
 scheduler code on the same 1,000 GPUs with the same replica bounds; only the ``Scaler`` differs:
 
 - ``genmedia``: ``autoscaling_scaler`` (``autoscaling/policy.py``: offered load per class from
-  the admitted-work counters, forecast one cold start ahead, square-root staffing for
-  interactive work, queued compute-seconds against each class target, one GPU budget with
-  interactive need placed first), planning with the profile's replica start time;
+  the admitted-work counters, forecast a cold start ahead, headroom for interactive work from
+  its latency slack and the rate's estimation error, queued compute-seconds against each class
+  target, one GPU budget with interactive need placed first), planning with the profile's
+  replica start time;
 - ``ray-default``: Ray Serve's own ``replica_queue_length_autoscaling_policy`` from the installed
   ray, with Ray's own scaling factors, delays and bounds (``RayDefaultScaler`` below), at Ray's
   default ``AutoscalingConfig`` (target_ongoing_requests 2, upscale_delay_s 30,
