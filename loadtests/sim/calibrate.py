@@ -198,7 +198,7 @@ def time_call(model, jobs) -> dict:
 
 def time_store(model, jobs, images_per_call: int) -> float:
     """Seconds per image to PNG-encode and store (the worker's storage step)."""
-    from genmedia.deployments.outputs import store_images
+    from genmedia.deployments.outputs import store_outputs
     from genmedia.deployments.storage import LocalDirStorage
     from genmedia.models.runner import run_batch
 
@@ -207,7 +207,7 @@ def time_store(model, jobs, images_per_call: int) -> float:
         storage = LocalDirStorage(Path(d))
         t0 = time.perf_counter()
         for job, imgs in zip(jobs, images, strict=True):
-            store_images(storage, job, imgs, prefix="cal/", extra={}, now=time.time())
+            store_outputs(storage, job, imgs, prefix="cal/", extra={}, now=time.time())
         return (time.perf_counter() - t0) / images_per_call
 
 
