@@ -252,7 +252,8 @@ def calibrate_bare(reps: int, raw: list[dict]) -> dict[str, dict]:
     catalog = load_catalog()
     by_family = {}
     for m in catalog.models:
-        by_family.setdefault(m.family, m)  # the first model of each family
+        if m.task == "text-to-image":  # the families the profiles model
+            by_family.setdefault(m.family, m)  # the first model of each family
     fits = {}
     grid = [(b, s, True) for s in SIZES for b in BATCHES] + [(b, 64, False) for b in (1, 4, 8)]
     with Progress(console=console) as progress:
@@ -302,16 +303,17 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
     from genmedia.models.catalog import parse_catalog
 
     catalog = parse_catalog(default_catalog_data(), "<default>")
+    models = [m for m in catalog.models if m.family in fits]  # the calibrated families
     trace = [
         TraceRecord(
-            t=SERVING_GAP_S * (i * len(catalog.models) + k),
+            t=SERVING_GAP_S * (i * len(models) + k),
             tenant="sim",
             priority="interactive",
             model=m.id,
             params={"prompt": "a red fox", "seed": i},
         )
         for i in range(reps + 2)
-        for k, m in enumerate(catalog.models)
+        for k, m in enumerate(models)
     ]
     workers = [worker_name(f) for f in catalog.families()]
 
@@ -339,7 +341,7 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
     outside, admit, done_wait, factor = [], [], [], {f: [] for f in fits}
     cp: dict[str, list[float]] = {ph: [] for ph in CP_PHASES}
     spread: dict[str, list[float]] = {}  # compute seconds per model
-    warm = 2 * len(catalog.models)
+    warm = 2 * len(models)
     for n, (rec, tr) in enumerate(zip(records, trace, strict=True)):
         m = catalog.model(tr.model)
         ok = rec.status == "COMPLETED" and rec.compute_s is not None
