@@ -71,8 +71,9 @@ class CpuSampler:
         self.interval_s = interval_s
         self.series: list[tuple[float, float]] = []
         self.names: dict[int, str] = {}
-        self._gone = 0.0  # CPU of processes that exited meanwhile
-        self._last: dict[int, float] = {}
+        self._gone = 0.0  # CPU of processes that exited meanwhile, since first seen
+        self._base: dict[int, float] = {}  # a process's CPU when first seen (counted from there)
+        self._last: dict[int, float] = {}  # its CPU since first seen, at the last sample
         self._procs: list = []
         self._stop = None
         self._thread = None
@@ -92,19 +93,19 @@ class CpuSampler:
         self._procs = keep
 
     def _total(self) -> float:
-        total = 0.0
         seen = {}
         for p in self._procs:
             try:
                 t = p.cpu_times()
             except self.psutil.Error:
                 continue
-            seen[p.pid] = t.user + t.system
+            used = t.user + t.system
+            seen[p.pid] = used - self._base.setdefault(p.pid, used)
         for pid, v in self._last.items():
             if pid not in seen:
                 self._gone += v
         self._last = seen
-        return total + sum(seen.values()) + self._gone
+        return sum(seen.values()) + self._gone
 
     def _loop(self) -> None:
         n = 0
