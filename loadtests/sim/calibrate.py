@@ -10,7 +10,7 @@
    replay (queue API + SSE): how much slower a pipeline computes inside the stack than bare
    (other processes share the two cores) and the spread of that compute (``duration_quantiles``,
    each model's compute_s over its mean); the control plane's CPU per request and phase
-   (``control_plane``: CPU seconds of every process of the stack but the workers, plus the
+   (``control_plane``: CPU seconds of Serve's proxy, the gateway and the scheduler plus the
    client's, sampled every 10 ms and cut at the request's submit, 202, first progress and final
    status, less the idle rate); what the client waits beyond that CPU and the compute
    (``submit_s`` / ``respond_s``: hops, event-loop wake-ups).
@@ -59,15 +59,16 @@ AFTER_WINDOW_S = 0.3  # after the final status: the client reads the result
 
 class CpuSampler:
     """Cumulative CPU seconds (user + system) of a set of processes, sampled in a thread: the
-    stack's processes (``genmedia serve`` and its descendants, Ray's included) but its workers,
-    plus this process (the load generator). ``series`` is (monotonic time, CPU seconds)."""
+    stack's processes on a request's way (``genmedia serve``'s descendants that ``on_path``
+    accepts: Serve's proxy and replicas but the workers) plus this process (the load
+    generator). ``series`` is (monotonic time, CPU seconds)."""
 
-    def __init__(self, root_pid: int, is_worker, interval_s: float = 0.01):
+    def __init__(self, root_pid: int, on_path, interval_s: float = 0.01):
         import psutil
 
         self.psutil = psutil
         self.root = psutil.Process(root_pid)
-        self.is_worker = is_worker
+        self.on_path = on_path
         self.interval_s = interval_s
         self.series: list[tuple[float, float]] = []
         self.names: dict[int, str] = {}
@@ -79,15 +80,15 @@ class CpuSampler:
         self._thread = None
 
     def _refresh(self) -> None:
-        procs = [self.psutil.Process(), self.root]
-        procs += self.root.children(recursive=True)
-        keep = []
-        for p in procs:
+        me = self.psutil.Process()
+        keep = [me]
+        self.names[me.pid] = "load generator (this process)"
+        for p in self.root.children(recursive=True):
             try:
-                cmd = " ".join(p.cmdline())
+                cmd = " ".join(p.cmdline()).strip()
             except self.psutil.Error:
                 continue
-            if not self.is_worker(cmd):
+            if self.on_path(cmd):
                 keep.append(p)
                 self.names[p.pid] = cmd[:120]
         self._procs = keep
@@ -98,6 +99,8 @@ class CpuSampler:
             try:
                 t = p.cpu_times()
             except self.psutil.Error:
+                if p.pid in self._last and p.is_running():  # a failed read, not an exit
+                    seen[p.pid] = self._last[p.pid]
                 continue
             used = t.user + t.system
             seen[p.pid] = used - self._base.setdefault(p.pid, used)
@@ -318,11 +321,14 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
     ]
     workers = [worker_name(f) for f in catalog.families()]
 
-    def is_worker(cmd: str) -> bool:
-        return "ServeReplica" in cmd and any(cmd.endswith(w) or f"{w} " in cmd for w in workers)
+    def on_path(cmd: str) -> bool:
+        """Serve's HTTP proxy and its replicas but the workers (gateway, scheduler)."""
+        if "ray::ProxyActor" in cmd:
+            return True
+        return "ray::ServeReplica" in cmd and not any(cmd.endswith(f":{w}") for w in workers)
 
     console.print(f"serving path: {len(trace)} idle requests over {trace[-1].t:.0f} s")
-    with local_stack() as stack, CpuSampler(stack.pid, is_worker) as cpu:
+    with local_stack() as stack, CpuSampler(stack.pid, on_path) as cpu:
         quiet_t0 = time.monotonic()
         time.sleep(3.0)  # the stack's idle CPU rate (Ray's background work)
         quiet_t1 = time.monotonic()
@@ -469,7 +475,7 @@ def _serving_header(serving: dict) -> str:
         "stack/bare compute " + ", ".join(f"{f} x{v:.2f}" for f, v in serving["factor"].items()),
         "duration_quantiles: each model's compute_s over its mean at idle, pooled per family "
         "(" + ", ".join(f"{f} n={len(v)}" for f, v in serving["durations"].items()) + ")",
-        "control_plane: CPU seconds of the stack's processes but the workers, plus the "
+        "control_plane: CPU seconds of Serve's proxy, gateway and scheduler processes plus the "
         "client's, per request and phase (submit: send to 202; follow: 202 to first progress; "
         "done: to the final status; after: the next 0.3 s), less the idle rate "
         f"{serving['idle_rate']:.3f} CPU/s; medians "
