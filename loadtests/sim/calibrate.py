@@ -72,9 +72,10 @@ class CpuSampler:
         self.interval_s = interval_s
         self.series: list[tuple[float, float]] = []
         self.names: dict[int, str] = {}
-        self._gone = 0.0  # CPU of processes that exited meanwhile, since first seen
         self._base: dict[int, float] = {}  # a process's CPU when first seen (counted from there)
-        self._last: dict[int, float] = {}  # its CPU since first seen, at the last sample
+        # its CPU since first seen at its last good read: a process that exits, or misses a
+        # read or a refresh, keeps its last value (never counted twice)
+        self._latest: dict[int, float] = {}
         self._procs: list = []
         self._stop = None
         self._thread = None
@@ -94,21 +95,14 @@ class CpuSampler:
         self._procs = keep
 
     def _total(self) -> float:
-        seen = {}
         for p in self._procs:
             try:
                 t = p.cpu_times()
             except self.psutil.Error:
-                if p.pid in self._last and p.is_running():  # a failed read, not an exit
-                    seen[p.pid] = self._last[p.pid]
                 continue
             used = t.user + t.system
-            seen[p.pid] = used - self._base.setdefault(p.pid, used)
-        for pid, v in self._last.items():
-            if pid not in seen:
-                self._gone += v
-        self._last = seen
-        return sum(seen.values()) + self._gone
+            self._latest[p.pid] = used - self._base.setdefault(p.pid, used)
+        return sum(self._latest.values())
 
     def _loop(self) -> None:
         n = 0
