@@ -4,6 +4,8 @@ breakdown. No Ray."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from genmedia.loadtests.records import RequestRecord
@@ -85,3 +87,35 @@ def test_spread_over_rounds():
               for p in (0.1, 0.3, 0.2)]  # fmt: skip
     s = spread(rounds)
     assert s["p99_s"] == {"min": 0.2, "median": 0.4, "max": 0.6}
+
+
+def test_cpu_sampler_counts_a_process_once_even_when_a_refresh_misses_it():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from genmedia.loadtests.sim.calibrate import CpuSampler
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        include = {"on": True}
+        sampler = CpuSampler(os.getpid(), lambda cmd: include["on"] and "process_time" in cmd)
+        start = time.monotonic()
+        sampler._refresh()
+        totals = [sampler._total()]
+        for i in range(12):
+            time.sleep(0.05)
+            include["on"] = i % 3 != 1  # the child drops out of one refresh in three
+            sampler._refresh()
+            totals.append(sampler._total())
+        elapsed = time.monotonic() - start
+    finally:
+        child.kill()
+        child.wait()
+    steps = [b - a for a, b in itertools.pairwise(totals)]
+    assert min(steps) >= 0.0
+    # never more CPU than the machine's cores could give in the time (no double counting)
+    assert totals[-1] - totals[0] <= elapsed * (os.cpu_count() or 1) + 0.05
+    assert totals[-1] - totals[0] > 0.1  # the busy child was counted
