@@ -127,6 +127,18 @@ class CpuSampler:
         self._thread.join()
 
 
+def serve_process_on_path(title: str, workers: list[str]) -> bool:
+    """Whether a process of the stack is on a request's way but not a worker: Serve's proxy,
+    its replicas but the workers. Ray appends the method a replica runs to its title
+    (``ray::ServeReplica:genmedia:worker-sd15.handle_request_with_rejection``)."""
+    if title.startswith("ray::ProxyActor"):
+        return True
+    if not title.startswith("ray::ServeReplica:"):
+        return False
+    deployment = title.rsplit(":", 1)[1].split(".")[0].strip()
+    return deployment not in workers
+
+
 def window_cpu(series: list[tuple[float, float]], t0: float, t1: float, idle_rate: float) -> float:
     """CPU seconds spent in [t0, t1] by the sampled processes beyond their idle rate
     (cumulative CPU interpolated at both ends; never below 0)."""
@@ -317,9 +329,7 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
 
     def on_path(cmd: str) -> bool:
         """Serve's HTTP proxy and its replicas but the workers (gateway, scheduler)."""
-        if "ray::ProxyActor" in cmd:
-            return True
-        return "ray::ServeReplica" in cmd and not any(cmd.endswith(f":{w}") for w in workers)
+        return serve_process_on_path(cmd, workers)
 
     console.print(f"serving path: {len(trace)} idle requests over {trace[-1].t:.0f} s")
     with local_stack() as stack, CpuSampler(stack.pid, on_path) as cpu:

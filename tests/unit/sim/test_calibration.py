@@ -119,3 +119,23 @@ def test_cpu_sampler_counts_a_process_once_even_when_a_refresh_misses_it():
     # never more CPU than the machine's cores could give in the time (no double counting)
     assert totals[-1] - totals[0] <= elapsed * (os.cpu_count() or 1) + 0.05
     assert totals[-1] - totals[0] > 0.1  # the busy child was counted
+
+
+@pytest.mark.parametrize(
+    ("title", "on_path"),
+    [
+        ("ray::ProxyActor", True),
+        ("ray::ServeReplica:genmedia:gateway", True),
+        ("ray::ServeReplica:genmedia:scheduler.watch", True),
+        ("ray::ServeReplica:genmedia:worker-sd15", False),
+        ("ray::ServeReplica:genmedia:worker-sd15.handle_request_with_rejection", False),
+        ("ray::ServeReplica:genmedia:worker-flux     ", False),
+        ("ray::ServeController", False),
+        ("/usr/bin/raylet --x", False),
+    ],
+)
+def test_only_serves_proxy_and_non_worker_replicas_are_on_a_requests_way(title, on_path):
+    from genmedia.loadtests.sim.calibrate import serve_process_on_path
+
+    workers = ["worker-sd15", "worker-sdxl", "worker-flux"]
+    assert serve_process_on_path(title, workers) is on_path
