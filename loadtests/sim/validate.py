@@ -240,6 +240,7 @@ def main() -> None:
         "sim": sim,
         "rows": rows,
         "rounds": args.rounds,
+        "real_recorded_by": None if args.reuse is None else args.reuse.name,
         "real_rounds": real_rounds,
         "sim_rounds": sim_rounds,
         "spread": {"real": spread(real_rounds), "sim": spread(sim_rounds)},
@@ -269,6 +270,11 @@ def render(summary: dict, stamp: str) -> str:
         f"rounds, throughput the median round's. Target: simulated within "
         f"{TOLERANCE:.0%} of real on the whole run. Result: **{'PASS' if ok else 'FAIL'}**.",
         "",
+        *(
+            [f"The real rounds were recorded by `{summary['real_recorded_by']}` (`--reuse`).", ""]
+            if summary.get("real_recorded_by")
+            else []
+        ),
         "| class | metric | real | simulated | sim / real | within 20 % |",
         "|---|---|---|---|---|---|",
     ]
