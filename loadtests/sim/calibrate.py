@@ -6,10 +6,14 @@
    (with and without classifier-free guidance), the VAE/output phase per image, the call overhead
    and the load time; PNG encoding + storage per image.
 2. Serving path (``--serving``, needs Ray: run under ``flock /tmp/genmedia-ray.lock``): the real
-   stack (``genmedia serve``) at idle, one sync request at a time per model: what the client
-   waits beyond the server's own timings (HTTP, proxy, gateway: ``submit_s`` / ``respond_s``),
-   the scheduler-to-worker hand-off, and how much slower a pipeline computes inside the stack
-   than bare (other processes share the two cores).
+   stack (``genmedia serve``) at idle, one request at a time per model through the harness's
+   replay (queue API + SSE): how much slower a pipeline computes inside the stack than bare
+   (other processes share the two cores) and the spread of that compute (``duration_quantiles``,
+   each model's compute_s over its mean); the control plane's CPU per request and phase
+   (``control_plane``: CPU seconds of Serve's proxy, the gateway and the scheduler plus the
+   client's, sampled every 10 ms and cut at the request's submit, 202, first progress and final
+   status, less the idle rate); what the client waits beyond that CPU and the compute
+   (``submit_s`` / ``respond_s``: hops, event-loop wake-ups).
 
 Writes ``loadtests/sim/profiles/tiny-cpu.yaml`` and the raw samples under
 ``loadtests/results/sim-calibration-<stamp>.jsonl``.
@@ -33,7 +37,14 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from genmedia.loadtests.sim.costs import PROFILES_DIR, FamilyCost, Profile, dump_profile
+from genmedia.loadtests.sim.costs import (
+    PROFILES_DIR,
+    ControlPlaneCost,
+    FamilyCost,
+    Profile,
+    dump_profile,
+)
+from genmedia.loadtests.sim.empirical import normalised, quantiles_of
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 console = Console()
@@ -41,6 +52,118 @@ SIZES = (64, 128)
 BATCHES = (1, 2, 4, 8)
 STEPS = 4
 UNET_FAMILIES = ("sd15", "sdxl")  # classifier-free guidance when guidance_scale > 1
+CP_PHASES = ("submit", "follow", "done", "after")
+SERVING_GAP_S = 0.75  # between idle requests: the slowest tiny call and its events fit
+AFTER_WINDOW_S = 0.3  # after the final status: the client reads the result
+
+
+class CpuSampler:
+    """Cumulative CPU seconds (user + system) of a set of processes, sampled in a thread: the
+    stack's processes on a request's way (``genmedia serve``'s descendants that ``on_path``
+    accepts: Serve's proxy and replicas but the workers) plus this process (the load
+    generator). ``series`` is (monotonic time, CPU seconds)."""
+
+    def __init__(self, root_pid: int, on_path, interval_s: float = 0.01):
+        import psutil
+
+        self.psutil = psutil
+        self.root = psutil.Process(root_pid)
+        self.on_path = on_path
+        self.interval_s = interval_s
+        self.series: list[tuple[float, float]] = []
+        self.names: dict[int, str] = {}
+        self._base: dict[int, float] = {}  # a process's CPU when first seen (counted from there)
+        # its CPU since first seen at its last good read: a process that exits, or misses a
+        # read or a refresh, keeps its last value (never counted twice)
+        self._latest: dict[int, float] = {}
+        self._procs: list = []
+        self._stop = None
+        self._thread = None
+
+    def _refresh(self) -> None:
+        me = self.psutil.Process()
+        keep = [me]
+        self.names[me.pid] = "load generator (this process)"
+        for p in self.root.children(recursive=True):
+            try:
+                cmd = " ".join(p.cmdline()).strip()
+            except self.psutil.Error:
+                continue
+            if self.on_path(cmd):
+                keep.append(p)
+                self.names[p.pid] = cmd[:120]
+        self._procs = keep
+
+    def _total(self) -> float:
+        for p in self._procs:
+            try:
+                t = p.cpu_times()
+            except self.psutil.Error:
+                continue
+            used = t.user + t.system
+            self._latest[p.pid] = used - self._base.setdefault(p.pid, used)
+        return sum(self._latest.values())
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.wait(self.interval_s):
+            if n % 100 == 0:
+                self._refresh()
+            n += 1
+            self.series.append((time.monotonic(), self._total()))
+
+    def __enter__(self) -> CpuSampler:
+        import threading
+
+        self._refresh()
+        self.series.append((time.monotonic(), self._total()))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def serve_process_on_path(title: str, workers: list[str]) -> bool:
+    """Whether a process of the stack is on a request's way but not a worker: Serve's proxy,
+    its replicas but the workers. Ray appends the method a replica runs to its title
+    (``ray::ServeReplica:genmedia:worker-sd15.handle_request_with_rejection``)."""
+    if title.startswith("ray::ProxyActor"):
+        return True
+    if not title.startswith("ray::ServeReplica:"):
+        return False
+    deployment = title.rsplit(":", 1)[1].split(".")[0].strip()
+    return deployment not in workers
+
+
+def window_cpu(series: list[tuple[float, float]], t0: float, t1: float, idle_rate: float) -> float:
+    """CPU seconds spent in [t0, t1] by the sampled processes beyond their idle rate
+    (cumulative CPU interpolated at both ends; never below 0)."""
+    if t1 < t0:
+        raise ValueError(f"window ends before it starts: [{t0}, {t1}]")
+    if len(series) < 2 or not series[0][0] <= t0 <= t1 <= series[-1][0]:
+        raise ValueError(f"window [{t0:.3f}, {t1:.3f}] is outside the sampled time")
+    ts = [t for t, _ in series]
+    cpu = [c for _, c in series]
+    used = float(np.interp(t1, ts, cpu) - np.interp(t0, ts, cpu))
+    return max(0.0, used - idle_rate * (t1 - t0))
+
+
+def phase_windows(rec, next_submit: float | None) -> dict[str, tuple[float, float]]:
+    """A completed request's control-plane phases on the client's clock (see ``Profile``)."""
+    end = rec.t_done + AFTER_WINDOW_S
+    if next_submit is not None:
+        end = min(end, next_submit)
+    first = rec.t_first_progress if rec.t_first_progress is not None else rec.t_done
+    return {
+        "submit": (rec.t_submit, rec.t_admitted),
+        "follow": (rec.t_admitted, first),
+        "done": (first, rec.t_done),
+        "after": (rec.t_done, max(rec.t_done, end)),
+    }
 
 
 def _jobs(entry, batch: int, size: int, steps: int, guidance: float | None, seed: int):
@@ -85,7 +208,7 @@ def time_call(model, jobs) -> dict:
 
 def time_store(model, jobs, images_per_call: int) -> float:
     """Seconds per image to PNG-encode and store (the worker's storage step)."""
-    from genmedia.deployments.outputs import store_images
+    from genmedia.deployments.outputs import store_outputs
     from genmedia.deployments.storage import LocalDirStorage
     from genmedia.models.runner import run_batch
 
@@ -94,7 +217,7 @@ def time_store(model, jobs, images_per_call: int) -> float:
         storage = LocalDirStorage(Path(d))
         t0 = time.perf_counter()
         for job, imgs in zip(jobs, images, strict=True):
-            store_images(storage, job, imgs, prefix="cal/", extra={}, now=time.time())
+            store_outputs(storage, job, imgs, prefix="cal/", extra={}, now=time.time())
         return (time.perf_counter() - t0) / images_per_call
 
 
@@ -139,7 +262,8 @@ def calibrate_bare(reps: int, raw: list[dict]) -> dict[str, dict]:
     catalog = load_catalog()
     by_family = {}
     for m in catalog.models:
-        by_family.setdefault(m.family, m)  # the first model of each family
+        if m.task == "text-to-image":  # the families the profiles model
+            by_family.setdefault(m.family, m)  # the first model of each family
     fits = {}
     grid = [(b, s, True) for s in SIZES for b in BATCHES] + [(b, 64, False) for b in (1, 4, 8)]
     with Progress(console=console) as progress:
@@ -177,42 +301,76 @@ def calibrate_bare(reps: int, raw: list[dict]) -> dict[str, dict]:
 
 def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict:
     """Requests one at a time (idle stack) through the harness's own replay (queue API followed
-    over SSE, as ``genmedia loadtest run`` does): what a client waits beyond the pipeline's
-    compute, and how much slower a pipeline computes inside the stack than bare."""
+    over SSE, as ``genmedia loadtest run`` does): how much slower and how spread a pipeline
+    computes inside the stack than bare, the control plane's CPU per request and phase, and
+    what a client waits beyond both."""
     import asyncio
 
+    from genmedia.deployments.app import worker_name
     from genmedia.loadtests.replay import ReplayConfig, replay
     from genmedia.loadtests.sim.localstack import default_catalog_data, local_stack
     from genmedia.loadtests.traces import TraceRecord
     from genmedia.models.catalog import parse_catalog
 
     catalog = parse_catalog(default_catalog_data(), "<default>")
-    gap_s = 1.5  # far apart: nothing queues
+    models = [m for m in catalog.models if m.family in fits]  # the calibrated families
     trace = [
         TraceRecord(
-            t=gap_s * (i * len(catalog.models) + k),
+            t=SERVING_GAP_S * (i * len(models) + k),
             tenant="sim",
             priority="interactive",
             model=m.id,
             params={"prompt": "a red fox", "seed": i},
         )
         for i in range(reps + 2)
-        for k, m in enumerate(catalog.models)
+        for k, m in enumerate(models)
     ]
+    workers = [worker_name(f) for f in catalog.families()]
+
+    def on_path(cmd: str) -> bool:
+        """Serve's HTTP proxy and its replicas but the workers (gateway, scheduler)."""
+        return serve_process_on_path(cmd, workers)
+
     console.print(f"serving path: {len(trace)} idle requests over {trace[-1].t:.0f} s")
-    with local_stack() as stack:
+    with local_stack() as stack, CpuSampler(stack.pid, on_path) as cpu:
+        quiet_t0 = time.monotonic()
+        time.sleep(3.0)  # the stack's idle CPU rate (Ray's background work)
+        quiet_t1 = time.monotonic()
         cfg = ReplayConfig(url=stack.url, keys={"sim": stack.api_key})
-        records = asyncio.run(replay(trace, cfg, lambda i, f: f"calibration request {i}: {f}"))
-    outside, factor = [], {f: [] for f in fits}
+        t0 = {}
+        records = asyncio.run(
+            replay(
+                trace,
+                cfg,
+                lambda i, f: f"calibration request {i}: {f}",
+                on_start=lambda: t0.setdefault("t", time.monotonic()),
+            )
+        )
+        time.sleep(AFTER_WINDOW_S + 0.1)
+    idle_rate = window_cpu(cpu.series, quiet_t0, quiet_t1, 0.0) / (quiet_t1 - quiet_t0)
+    raw.append({"kind": "cpu", "idle_rate": idle_rate, "processes": sorted(cpu.names.values())})
+    outside, admit, done_wait, factor = [], [], [], {f: [] for f in fits}
+    cp: dict[str, list[float]] = {ph: [] for ph in CP_PHASES}
     spread: dict[str, list[float]] = {}  # compute seconds per model
-    warm = 2 * len(catalog.models)
+    warm = 2 * len(models)
     for n, (rec, tr) in enumerate(zip(records, trace, strict=True)):
         m = catalog.model(tr.model)
-        raw.append({"kind": "serving", "record": asdict(rec)})
-        if n < warm or rec.status != "COMPLETED" or rec.compute_s is None:
+        ok = rec.status == "COMPLETED" and rec.compute_s is not None
+        phases = {}
+        if ok:
+            nxt = records[n + 1].t_submit if n + 1 < len(records) else None
+            for ph, (a, b) in phase_windows(rec, nxt).items():
+                phases[ph] = window_cpu(cpu.series, t0["t"] + a, t0["t"] + b, idle_rate)
+        raw.append({"kind": "serving", "record": asdict(rec), "cp_cpu_s": phases})
+        if n < warm or not ok:
             continue
-        outside.append(rec.latency - rec.compute_s)
+        for ph, v in phases.items():
+            cp[ph].append(v)
+        admit.append(rec.t_admitted - rec.t_submit - phases["submit"])
         fit = fits[m.family]
+        wait = rec.t_done - rec.t_admitted - rec.compute_s - fit["store_per_image_s"]
+        done_wait.append(wait - phases["done"])
+        outside.append(rec.latency - rec.compute_s)
         p = m.parameters
         cfg_on = p.guidance.default > 1.0 and m.family in UNET_FAMILIES
         mult = fit["cfg_multiplier"]
@@ -227,24 +385,28 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
         spread.setdefault(m.id, []).append(rec.compute_s)
     if not outside:
         raise RuntimeError("no request completed through the stack")
-    cv_of: dict[str, list[float]] = {}
+    durations: dict[str, list[float]] = {}  # each model's compute over its mean, per family
     for mid, v in spread.items():
-        if len(v) > 1:
-            cv_of.setdefault(catalog.model(mid).family, []).append(
-                statistics.stdev(v) / statistics.fmean(v)
-            )
+        mean = statistics.fmean(v)
+        durations.setdefault(catalog.model(mid).family, []).extend(x / mean for x in v)
     return {
         "outside_s": statistics.median(outside),
+        "submit_s": max(0.0, statistics.median(admit)),
+        "respond_s": max(0.0, statistics.median(done_wait)),
         "factor": {f: statistics.median(v) for f, v in factor.items() if v},
-        "cv": {f: statistics.median(v) for f, v in cv_of.items()},
+        "durations": durations,
+        "control_plane": cp,
+        "idle_rate": idle_rate,
     }
 
 
 def build_profile(fits: dict[str, dict], serving: dict | None) -> Profile:
     cpus = os.cpu_count() or 1
+    serving = serving or {}
     families = {}
     for family, fit in fits.items():
-        k = (serving or {}).get("factor", {}).get(family, 1.0)
+        k = serving.get("factor", {}).get(family, 1.0)
+        samples = serving.get("durations", {}).get(family)
         families[family] = FamilyCost(
             step_fixed_s=round(fit["step_fixed_s"] * k, 6),
             step_per_image_s=round(fit["step_per_image_s"] * k, 6),
@@ -253,24 +415,31 @@ def build_profile(fits: dict[str, dict], serving: dict | None) -> Profile:
             vae_per_image_s=round(fit["vae_per_image_s"] * k, 6),
             call_overhead_s=round((fit["pre_s"] + fit["post_fixed_s"]) * k, 6),
             per_image_overhead_s=round(fit["store_per_image_s"], 6),
-            cv=round((serving or {}).get("cv", {}).get(family, 0.0), 3),
+            duration_quantiles=_factor_quantiles(samples) if samples else None,
             load_s=round(fit["load_s"], 3),
             device_share=round(min(1.0, 1 / cpus), 3),  # one torch thread of the machine's CPUs
         )
-    # What a client waits beyond the pipeline (HTTP, gateway, job store, scheduler hand-off,
-    # storage, the SSE event), less the storage the cost model already charges per image.
-    store = statistics.median(f["store_per_image_s"] for f in fits.values())
-    outside = max(0.0, (serving or {}).get("outside_s", 0.0) - store)
+    cp = serving.get("control_plane")
     return Profile(
         name="tiny-cpu",
         device=f"this machine's {cpus} CPU cores (no GPU), one torch thread per worker replica",
         description="Calibrated by loadtests/sim/calibrate.py from the tiny random-weight models.",
-        # On this machine that overhead is CPU work of the proxy, gateway and scheduler: the
-        # control plane, which serves submits and completions one at a time.
-        control_plane_s=round(outside / 2, 6),
+        # What the client waits at idle beyond the control plane's CPU and the compute: hops
+        # and wake-ups, no queueing.
+        submit_s=round(serving.get("submit_s", 0.0), 6),
+        respond_s=round(serving.get("respond_s", 0.0), 6),
+        control_plane=ControlPlaneCost(
+            **{f"{ph}_s": [round(q, 6) for q in quantiles_of(cp[ph])] for ph in CP_PHASES}
+        )
+        if cp
+        else None,
         replica_start_s=10.0,
         families=families,
     )
+
+
+def _factor_quantiles(samples: list[float]) -> list[float]:
+    return [round(v, 4) for v in normalised(quantiles_of(samples))]
 
 
 def main() -> None:
@@ -282,7 +451,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     raw: list[dict] = []
     fits = calibrate_bare(args.reps, raw)
-    serving = calibrate_serving(args.reps * 2, raw, fits) if args.serving else None
+    serving = calibrate_serving(args.reps * 4, raw, fits) if args.serving else None
     profile = build_profile(fits, serving)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -296,15 +465,30 @@ def main() -> None:
         f"loadtests/results/{raw_path.name}\n"
     )
     if serving:
-        header += (
-            f"# serving path at idle (harness replay, queue API + SSE): a client waits "
-            f"{serving['outside_s'] * 1000:.1f} ms beyond the pipeline's compute; "
-            "stack/bare compute "
-            + ", ".join(f"{f} x{v:.2f}" for f, v in serving["factor"].items())
-            + "\n"
-        )
+        header += _serving_header(serving)
     dump_profile(profile, args.out, header)
     console.print(f"profile → {args.out}\nraw samples → {raw_path}")
+
+
+def _serving_header(serving: dict) -> str:
+    """Comment lines saying where the serving-path numbers come from."""
+    cp = serving["control_plane"]
+    lines = [
+        f"serving path at idle (harness replay, queue API + SSE): a client waits "
+        f"{serving['outside_s'] * 1000:.1f} ms beyond the pipeline's compute (median); "
+        "stack/bare compute " + ", ".join(f"{f} x{v:.2f}" for f, v in serving["factor"].items()),
+        "duration_quantiles: each model's compute_s over its mean at idle, pooled per family "
+        "(" + ", ".join(f"{f} n={len(v)}" for f, v in serving["durations"].items()) + ")",
+        "control_plane: CPU seconds of Serve's proxy, gateway and scheduler processes plus the "
+        "client's, per request and phase (submit: send to 202; follow: 202 to first progress; "
+        "done: to the final status; after: the next 0.3 s), less the idle rate "
+        f"{serving['idle_rate']:.3f} CPU/s; medians "
+        + ", ".join(f"{ph} {statistics.median(v) * 1000:.1f} ms" for ph, v in cp.items())
+        + f" (n={len(cp['submit'])})",
+        "submit_s / respond_s: the idle wait to the 202 and from the call's end to the final "
+        "status beyond that CPU (medians)",
+    ]
+    return "".join(f"# {line}\n" for line in lines)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from genmedia.loadtests.sim.empirical import check_quantiles, mean_of
 from genmedia.models.config_issues import field_errors
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -74,6 +82,12 @@ class FamilyCost(_Strict):
         description="Coefficient of variation of a call's duration (log-normal factor with "
         "mean 1, drawn per call from the run's seeded generator): 0 for a deterministic device.",
     )
+    duration_quantiles: list[float] | None = Field(
+        default=None,
+        description="A call's duration factor as equally spaced quantiles (0 %, ..., 100 %) of "
+        "a measured distribution with mean 1, drawn per call instead of the log-normal of cv "
+        "(which must then be 0). Unset: cv decides.",
+    )
     device_share: float | None = Field(
         default=None,
         gt=0.0,
@@ -82,6 +96,18 @@ class FamilyCost(_Strict):
         "on one device run at full speed while their shares sum to at most 1, else all slow "
         "down in proportion. Unset: the per-image part of the step time over the whole step.",
     )
+
+    @field_validator("duration_quantiles")
+    @classmethod
+    def _factor_quantiles(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if v is None:
+            return None
+        v = check_quantiles(v)
+        if abs(mean_of(v) - 1.0) > 0.02:
+            raise ValueError(f"must have mean 1 (a duration factor), has {mean_of(v):.3f}")
+        if info.data.get("cv", 0.0) > 0:
+            raise ValueError("cv is set too: give one duration noise (set cv to 0)")
+        return v
 
     def step_s(self, images: int, megapixels: float, cfg: bool) -> float:
         scale = (megapixels / self.ref_megapixels) ** self.pixel_exponent
@@ -105,6 +131,34 @@ class FamilyCost(_Strict):
             + steps * self.step_s(images, megapixels, cfg)
             + self.post_s(images, megapixels)
         )
+
+
+class ControlPlaneCost(_Strict):
+    """CPU seconds the control plane (HTTP proxy, gateway, the one scheduler replica, the
+    client's own process) spends on one request, per phase, as equally spaced quantiles of a
+    measured distribution. The control plane serves this work one piece at a time."""
+
+    submit_s: list[float] = Field(
+        description="From the client's send to the 202 (HTTP, validation, admission, job "
+        "store write): the request is admitted when it is done."
+    )
+    follow_s: list[float] = Field(
+        description="After the 202 while the request waits or computes (the client's progress "
+        "stream, start and step events): queued behind, nobody waits for it."
+    )
+    done_s: list[float] = Field(
+        description="From the call's end to the client seeing the final status (result "
+        "hand-off, job store write, the terminal event): the client waits for it."
+    )
+    after_s: list[float] = Field(
+        description="After the client saw the final status (reading the result, clean-up): "
+        "queued behind, nobody waits for it."
+    )
+
+    @field_validator("submit_s", "follow_s", "done_s", "after_s")
+    @classmethod
+    def _quantiles(cls, v: list[float]) -> list[float]:
+        return check_quantiles(v)
 
 
 class Profile(_Strict):
@@ -137,6 +191,11 @@ class Profile(_Strict):
         "spends on each submit and on each completion, served one at a time: bursts queue "
         "there. 0: not modelled (a large cluster's control plane is not the bottleneck).",
     )
+    control_plane: ControlPlaneCost | None = Field(
+        default=None,
+        description="Measured per-phase control-plane CPU per request, instead of the one "
+        "control_plane_s (which must then be 0). Unset: control_plane_s decides.",
+    )
     families: dict[str, FamilyCost] = Field(
         min_length=1, description="Cost model per model family (sd15, sdxl, flux)."
     )
@@ -144,6 +203,15 @@ class Profile(_Strict):
     source: str | None = Field(
         default=None, exclude=True, description="File the profile was read from (set on load)."
     )
+
+    @field_validator("control_plane")
+    @classmethod
+    def _one_control_plane_model(
+        cls, v: ControlPlaneCost | None, info: ValidationInfo
+    ) -> ControlPlaneCost | None:
+        if v is not None and info.data.get("control_plane_s", 0.0) > 0:
+            raise ValueError("control_plane_s is set too: give one of them (set it to 0)")
+        return v
 
     def cost(self, family: str) -> FamilyCost:
         try:

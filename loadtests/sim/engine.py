@@ -45,6 +45,7 @@ from genmedia.deployments.tenants import RateLimiter, TenantsFile
 from genmedia.loadtests.records import RequestRecord
 from genmedia.loadtests.sim.cluster import Cluster, Gpu, Packing, Replica, place, replica_counts
 from genmedia.loadtests.sim.costs import FamilyCost, Profile
+from genmedia.loadtests.sim.empirical import draw
 from genmedia.loadtests.sim.scaling import ClusterSnapshot, FamilySnapshot, ModelSnapshot, Scaler
 from genmedia.loadtests.sim.workload import SimRequest
 from genmedia.models.catalog import Catalog
@@ -76,7 +77,7 @@ class SimConfig:
     tenants: TenantsFile | None = None  # weights and quotas; None: no quotas
     weights: dict[str, float] | None = None  # tenant weights without a tenants file (default 1)
     batch_min_share: float | None = None  # default: the catalog's scheduler setting
-    seed: int = 0  # of the per-call duration noise (FamilyCost.cv)
+    seed: int = 0  # of the per-call duration noise and the control plane's per-request cost
 
 
 class Call:
@@ -231,8 +232,14 @@ class Simulation:
         self.reqs: list[SimRequest] = []
         self.timeline: list[dict] = []
         self.cluster: Cluster | None = None
-        self.cp_free = 0.0  # when the control plane is next free (profile.control_plane_s)
+        self.cp_free = 0.0  # when the control plane is next free (profile.control_plane[_s])
+        self.cp = profile.control_plane  # measured per-phase cost, or None
+        self.cp_rng = random.Random(f"{self.config.seed}:control-plane")
         self.rng = random.Random(self.config.seed)
+        # measured duration factor per family: quantiles drawn by inverse transform
+        self.factor_quantiles = {
+            f: c.duration_quantiles for f, c in self.costs.items() if c.duration_quantiles
+        }
         # log-normal duration factor with mean 1 per family: (mu, sigma)
         self.noise = {
             f: (-math.log(1 + c.cv**2) / 2, math.sqrt(math.log(1 + c.cv**2)))
@@ -292,23 +299,24 @@ class Simulation:
         if self.config.scaler is not None:
             self._push(self.config.scale_interval_s, SCALE)
         submit_s = self.profile.submit_s
-        cp_s = self.profile.control_plane_s
         heap = self.heap
         arrivals = iter(requests)
         nxt = next(arrivals, None)
+        nxt_cp = self._cp_work("submit")
         pop = heapq.heappop
         while nxt is not None or heap:
             if nxt is not None:
                 at = nxt.t + submit_s
-                if cp_s:  # the control plane takes submits one at a time
-                    at = max(at, self.cp_free) + cp_s
+                if nxt_cp:  # the control plane takes submits one at a time
+                    at = max(at, self.cp_free) + nxt_cp
                 if not heap or heap[0][0] > at:
                     self.now = at
-                    if cp_s:
+                    if nxt_cp:
                         self.cp_free = at
                     self.events += 1
                     self._arrive(nxt)
                     nxt = next(arrivals, None)
+                    nxt_cp = self._cp_work("submit")
                     continue
             t, kind, _, a, b = pop(heap)
             self.now = t
@@ -391,6 +399,8 @@ class Simulation:
             rec.t_done = now + self.profile.respond_s
             return
         rec.t_admitted = now
+        if self.cp is not None:  # the client follows the job: work queued, nobody waits for it
+            self.cp_free = max(self.cp_free, now) + self._cp_work("follow")
         job = QueuedJob(
             id=str(r.index),
             tenant=r.tenant,
@@ -502,7 +512,9 @@ class Simulation:
         r = self.reqs[int(batch[0].id)]
         cost = self.costs[fs.name]
         k = 1.0
-        if fs.name in self.noise:
+        if fs.name in self.factor_quantiles:
+            k = draw(self.factor_quantiles[fs.name], self.rng.random())
+        elif fs.name in self.noise:
             k = self.rng.lognormvariate(*self.noise[fs.name])
         call.step = cost.step_s(call.images, r.megapixels, r.cfg) * k
         call.steps = r.steps
@@ -674,11 +686,21 @@ class Simulation:
     def _respond(self, now: float) -> float:
         """When the client learns a job's end (a completion costs the control plane too)."""
         at = now + self.profile.respond_s
-        cp_s = self.profile.control_plane_s
+        cp_s = self._cp_work("done")
         if cp_s:
             at = max(at, self.cp_free) + cp_s
             self.cp_free = at
+            if self.cp is not None:  # reading the result after the final status
+                self.cp_free += self._cp_work("after")
         return at
+
+    def _cp_work(self, phase: str) -> float:
+        """Control-plane CPU seconds of one request's ``phase`` (submit, follow, done, after):
+        drawn from the profile's measured distribution, or its one ``control_plane_s`` for
+        submits and completions."""
+        if self.cp is None:
+            return self.profile.control_plane_s if phase in ("submit", "done") else 0.0
+        return draw(getattr(self.cp, f"{phase}_s"), self.cp_rng.random())
 
     # -- replicas and scaling ----------------------------------------------------------------
     def _set_ready(self, rep: Replica) -> None:

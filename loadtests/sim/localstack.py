@@ -34,6 +34,7 @@ class Stack:
     api_key: str
     catalog: Path
     tenants: Path
+    pid: int  # of the ``genmedia serve`` process; Ray's processes are its descendants
 
 
 def default_catalog_data() -> dict:
@@ -109,7 +110,7 @@ def local_stack(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the stack was not ready in {ready_timeout_s:.0f}s")
             time.sleep(1.0)
-        yield Stack(url, API_KEY, cat_path, ten_path)
+        yield Stack(url, API_KEY, cat_path, ten_path, proc.pid)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -3,12 +3,15 @@
 Runs the smoke scenario for real (``--rounds`` replays by the harness's ``genmedia loadtest run``
 against one local ``genmedia serve`` of the default tiny catalog; this machine is shared and
 noisy, so latencies are pooled over the rounds) and simulated (``tiny-cpu`` profile, the same
-trace), then compares p50 and p99 end-to-end latency and throughput, overall and per class.
-Target: the whole run's numbers within 20 %. Writes
-``loadtests/results/sim-validation-<stamp>.{md,json}`` with every round's raw records and report
-beside them (``sim-validation-<stamp>/real-<i>``, ``.../sim``).
+trace, as many rounds with seeds 0, 1, ... pooled the same way), then compares p50 and p99
+end-to-end latency and throughput, overall and per class. Target: the whole run's numbers
+within 20 %. Each round's own numbers and their spread are reported next to the pooled ones,
+and where each request's time went (to the 202, queued, computing, the rest), real against
+simulated. Writes ``loadtests/results/sim-validation-<stamp>.{md,json}`` with every round's raw
+records and report beside them (``sim-validation-<stamp>/real-<i>``, ``.../sim-<i>``); a real
+round also keeps the server's own timings of each request (``server-timings.jsonl``).
 
-    flock /tmp/genmedia-ray.lock python loadtests/sim/validate.py [--scenario smoke] [--rounds 3]
+    flock /tmp/genmedia-ray.lock python loadtests/sim/validate.py [--scenario smoke] [--rounds 8]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from genmedia.loadtests.records import RequestRecord, read_records
 from genmedia.loadtests.report import percentiles, read_run, summarize
 from genmedia.loadtests.scenarios import find_scenario, generate, load_scenario
 from genmedia.loadtests.sim.costs import load_profile
@@ -36,6 +40,8 @@ from genmedia.models.catalog import load_catalog
 LOADTESTS = Path(__file__).resolve().parents[1]
 RESULTS = LOADTESTS / "results"
 TOLERANCE = 0.20
+ROUNDS = 8  # ~25 s each: the whole validation stays under 5 minutes
+METRICS = ("p50_s", "p99_s", "throughput_images_per_s")
 console = Console()
 
 
@@ -90,8 +96,32 @@ def run_real(scenario: Path, base: Path, tenants: list[str], rounds: int) -> lis
             for t in tenants:
                 cmd += ["--key", f"{t}={tenant_key(tenants, t)}"]
             subprocess.run(cmd, check=True)
+            server_timings(stack.url, out, {t: tenant_key(tenants, t) for t in tenants})
             dirs.append(out)
     return dirs
+
+
+def server_timings(url: str, run_dir: Path, keys: dict[str, str]) -> Path:
+    """The server's own timings of each completed request of a round (queue, gate wait,
+    compute, store, total; its batch), read back while the stack still runs."""
+    import httpx
+
+    out = run_dir / "server-timings.jsonl"
+    with httpx.Client(base_url=url, timeout=10.0) as client, out.open("w") as fh:
+        for r in read_records(run_dir / "requests.jsonl"):
+            if r.status != "COMPLETED" or not r.request_id:
+                continue
+            resp = client.get(
+                f"/v1/queue/requests/{r.request_id}",
+                headers={"Authorization": f"Bearer {keys[r.tenant]}"},
+            )
+            if resp.status_code != 200:
+                continue
+            body = resp.json()
+            row = {"index": r.index, "request_id": r.request_id, "timings": body.get("timings"),
+                   "batch": body.get("batch")}  # fmt: skip
+            fh.write(json.dumps(row) + "\n")
+    return out
 
 
 def pooled(summaries: list[dict], records: list[list]) -> dict:
@@ -117,11 +147,41 @@ def pooled(summaries: list[dict], records: list[list]) -> dict:
     return out
 
 
+def spread(per_round: list[dict]) -> dict:
+    """Each metric of the whole run over the rounds: min, median, max (how noisy one round
+    is)."""
+    out = {}
+    for k in METRICS:
+        v = [m["all"][k] for m in per_round if m["all"].get(k) is not None]
+        out[k] = {"min": min(v), "median": statistics.median(v), "max": max(v)} if v else None
+    return out
+
+
+def phases(records: list[list[RequestRecord]]) -> dict:
+    """Where completed requests' time went, pooled over rounds (p50 / p99 / max per phase):
+    to the 202 (``admit``), queued at the scheduler, computing (gate held), and the rest
+    (hand-off, waiting at the worker's gate or paused, storing, the final status's way back)."""
+    cols: dict[str, list[float]] = {"admit": [], "queue": [], "compute": [], "rest": []}
+    for rs in records:
+        for r in rs:
+            if r.status != "COMPLETED" or r.t_admitted is None:
+                continue
+            admit = r.t_admitted - r.t_submit
+            queue, compute = r.queue_s or 0.0, r.compute_s or 0.0
+            cols["admit"].append(admit)
+            cols["queue"].append(queue)
+            cols["compute"].append(compute)
+            cols["rest"].append(r.latency - admit - queue - compute)
+    return {k: {q: percentiles(v)[q] for q in ("p50", "p99", "max")} for k, v in cols.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="smoke", help="scenario name or YAML file")
     ap.add_argument("--profile", default="tiny-cpu")
-    ap.add_argument("--rounds", type=int, default=3, help="real replays, pooled (noisy machine)")
+    ap.add_argument(
+        "--rounds", type=int, default=ROUNDS, help="real replays (and simulated seeds), pooled"
+    )
     ap.add_argument(
         "--reuse",
         type=Path,
@@ -130,14 +190,17 @@ def main() -> None:
         "(no Ray) after a change to the simulator or the profile",
     )
     args = ap.parse_args()
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     scenario_path = find_scenario(args.scenario)
     trace = generate(load_scenario(scenario_path))
     tenants = sorted({r.tenant for r in trace})
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     base = RESULTS / f"sim-validation-{stamp}"
+    profile = load_profile(args.profile)
 
     if args.reuse is not None:  # real rounds recorded by an earlier validation
-        dirs = sorted(args.reuse.glob("real-*"))
+        dirs = sorted(args.reuse.glob("real-*"), key=lambda d: int(d.name.split("-")[1]))
         if not dirs:
             raise SystemExit(f"{args.reuse}: no real-<i> run directories")
         args.rounds = len(dirs)
@@ -150,15 +213,24 @@ def main() -> None:
     runs = [read_run(d) for d in dirs]
     info = runs[0][1]
 
-    inputs = RunInputs(load_catalog(), load_profile(args.profile), None, trace, info)
-    # the catalog's replicas (one per family), packed on one GPU as Ray packs them
-    result = run_sim(inputs, SimConfig(weights=info.weights))
+    inputs = RunInputs(load_catalog(), profile, None, trace, info)
     sim_info = info.model_copy(update={"source": "sim", "api": None, "url": None})
-    sim_summary = write_outputs(base / "sim", result, sim_info, {"profile": args.profile})
+    sim_runs, sim_dirs = [], []
+    for seed in range(args.rounds):
+        # the catalog's replicas (one per family), packed on one GPU as Ray packs them
+        result = run_sim(inputs, SimConfig(weights=info.weights, seed=seed))
+        out = base / f"sim-{seed + 1}"
+        summary = write_outputs(out, result, sim_info, {"profile": args.profile, "seed": seed})
+        sim_runs.append((result.records, summary))
+        sim_dirs.append(out)
 
-    real = pooled([summarize(rs, i) for rs, i in runs], [rs for rs, _ in runs])
-    sim = metrics(sim_summary)
+    real_summaries = [summarize(rs, i) for rs, i in runs]
+    real = pooled(real_summaries, [rs for rs, _ in runs])
+    sim = pooled([s for _, s in sim_runs], [rs for rs, _ in sim_runs])
     rows, ok = compare(real, sim)
+    real_rounds = [metrics(s) for s in real_summaries]
+    sim_rounds = [metrics(s) for _, s in sim_runs]
+    rel = [str(d.relative_to(LOADTESTS.parent)) for d in dirs]
     summary = {
         "scenario": str(args.scenario),
         "profile": args.profile,
@@ -168,38 +240,94 @@ def main() -> None:
         "sim": sim,
         "rows": rows,
         "rounds": args.rounds,
-        "raw": {"real": [str((base / f"real-{i}").relative_to(LOADTESTS.parent))
-                         for i in range(1, args.rounds + 1)],
-                "sim": str((base / "sim").relative_to(LOADTESTS.parent))},
+        "real_recorded_by": None if args.reuse is None else args.reuse.name,
+        "real_rounds": real_rounds,
+        "sim_rounds": sim_rounds,
+        "spread": {"real": spread(real_rounds), "sim": spread(sim_rounds)},
+        "phases": {"real": phases([rs for rs, _ in runs]),
+                   "sim": phases([rs for rs, _ in sim_runs])},
+        "raw": {"real": rel, "sim": [str(d.relative_to(LOADTESTS.parent)) for d in sim_dirs]},
         "date": stamp,
     }  # fmt: skip
     base.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [
-        f"# Simulator validation: {summary['scenario']} ({stamp})",
-        "",
-        f"Real: {args.rounds} rounds of `genmedia loadtest run` against one local `genmedia "
-        f"serve` (default tiny catalog, this machine), latency percentiles pooled over the "
-        f"rounds, throughput the median round's. Simulated: profile `{args.profile}`, same "
-        f"trace. Target: "
-        f"simulated within {TOLERANCE:.0%} of real on the whole run. "
-        f"Result: **{'PASS' if ok else 'FAIL'}**.",
-        "",
-        "| class | metric | real | simulated | sim / real | within 20 % |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['class']} | {r['metric']} | {_f(r['real'])} | {_f(r['sim'])} | "
-            f"{_f(r['ratio'])} | {'yes' if r['within_20pct'] else 'no'} |"
-        )
-    raw = ", ".join(f"`{d}`" for d in [*summary["raw"]["real"], summary["raw"]["sim"]])
-    lines += ["", f"Raw records and reports: {raw}.", ""]
-    base.with_suffix(".md").write_text("\n".join(lines))
+    base.with_suffix(".md").write_text(render(summary, stamp))
     table = Table("class", "metric", "real", "sim", "ratio", title="simulator vs real")
     for r in rows:
         table.add_row(r["class"], r["metric"], _f(r["real"]), _f(r["sim"]), _f(r["ratio"]))
     console.print(table)
     console.print(f"{'PASS' if ok else 'FAIL'} → {base.with_suffix('.md')}")
+
+
+def render(summary: dict, stamp: str) -> str:
+    """The Markdown report: pooled comparison, every round, the spread, the phases."""
+    n, ok = summary["rounds"], summary["passed"]
+    lines = [
+        f"# Simulator validation: {summary['scenario']} ({stamp})",
+        "",
+        f"Real: {n} rounds of `genmedia loadtest run` against one local `genmedia serve` "
+        f"(default tiny catalog, this machine); simulated: profile `{summary['profile']}`, "
+        f"same trace, {n} rounds (seeds 0-{n - 1}). Latency percentiles pooled over the "
+        f"rounds, throughput the median round's. Target: simulated within "
+        f"{TOLERANCE:.0%} of real on the whole run. Result: **{'PASS' if ok else 'FAIL'}**.",
+        "",
+        *(
+            [f"The real rounds were recorded by `{summary['real_recorded_by']}` (`--reuse`).", ""]
+            if summary.get("real_recorded_by")
+            else []
+        ),
+        "| class | metric | real | simulated | sim / real | within 20 % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in summary["rows"]:
+        lines.append(
+            f"| {r['class']} | {r['metric']} | {_f(r['real'])} | {_f(r['sim'])} | "
+            f"{_f(r['ratio'])} | {'yes' if r['within_20pct'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "## Every round (whole run)",
+        "",
+        "One round has about 48 requests, so its p99 is close to its slowest request.",
+        "",
+        "| round | real p50 | real p99 | real images/s | sim p50 | sim p99 | sim images/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, (r, s) in enumerate(zip(summary["real_rounds"], summary["sim_rounds"], strict=True)):
+        ra, sa = r["all"], s["all"]
+        lines.append(
+            f"| {i + 1} | {_f(ra['p50_s'])} | {_f(ra['p99_s'])} | "
+            f"{_f(ra['throughput_images_per_s'])} | {_f(sa['p50_s'])} | {_f(sa['p99_s'])} | "
+            f"{_f(sa['throughput_images_per_s'])} |"
+        )
+    lines += ["", "| spread over rounds | min | median | max | pooled |", "|---|---|---|---|---|"]
+    for side in ("real", "sim"):
+        for k in METRICS:
+            sp = summary["spread"][side][k]
+            if sp:
+                lines.append(
+                    f"| {side} {k} | {_f(sp['min'])} | {_f(sp['median'])} | {_f(sp['max'])} | "
+                    f"{_f(summary[side]['all'][k])} |"
+                )
+    lines += [
+        "",
+        "## Where the time went (completed requests, pooled; seconds)",
+        "",
+        "admit: send to 202; queue: at the scheduler; compute: holding the worker's gate; "
+        "rest: the remainder (hand-off, waiting at the gate or paused by an interactive call, "
+        "storing, the final status's way back to the client).",
+        "",
+        "| phase | real p50 | real p99 | real max | sim p50 | sim p99 | sim max |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ph, r in summary["phases"]["real"].items():
+        s = summary["phases"]["sim"][ph]
+        lines.append(
+            f"| {ph} | {_f(r['p50'])} | {_f(r['p99'])} | {_f(r['max'])} | {_f(s['p50'])} | "
+            f"{_f(s['p99'])} | {_f(s['max'])} |"
+        )
+    raw = ", ".join(f"`{d}`" for d in [*summary["raw"]["real"], *summary["raw"]["sim"]])
+    lines += ["", f"Raw records and reports: {raw}.", ""]
+    return "\n".join(lines)
 
 
 def _f(v: float | None) -> str:
