@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,7 +47,12 @@ from genmedia.autoscaling.placement import replica_shapes
 from genmedia.infra.serve_config import ScalingKnobs, application_config
 from genmedia.loadtests.local import free_port
 from genmedia.loadtests.report import met_slo, read_run, summarize
-from genmedia.loadtests.sim.localstack import API_KEY, default_catalog_data, tenants_data
+from genmedia.loadtests.sim.localstack import (
+    API_KEY,
+    default_catalog_data,
+    loadtest_command,
+    tenants_data,
+)
 from genmedia.models.catalog import parse_catalog
 
 HERE = Path(__file__).resolve().parent
@@ -163,21 +167,8 @@ def run_variant(variant: str, data: dict, url: str, out: Path, tenant_ids: list[
         wait_ready(url)
         sampler = ReplicaSampler({f: s.gpu_fraction for f, s in shapes.items()})
         sampler.start()
-        cmd = [
-            str(Path(sys.executable).with_name("genmedia")),
-            "loadtest",
-            "run",
-            "--scenario",
-            str(SCENARIO),
-            "--url",
-            url,
-            "--api-key",
-            API_KEY,
-            "--out",
-            str(out),
-            "--note",
-            f"autoscaling bench, real half: {variant}",
-        ]
+        note = f"autoscaling bench, real half: {variant}"
+        cmd = loadtest_command(SCENARIO, url, API_KEY, out, note)
         subprocess.run(cmd, check=True)
         sampler.stop.set()
         sampler.join()

@@ -121,3 +121,10 @@ def local_stack(
                 proc.wait()
         log.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def loadtest_command(scenario: Path, url: str, api_key: str, out: Path, note: str) -> list[str]:
+    """The harness's ``genmedia loadtest run`` for one replay of ``scenario`` into ``out``."""
+    exe = Path(sys.executable).with_name("genmedia")
+    return [str(exe), "loadtest", "run", "--scenario", str(scenario), "--url", url,
+            "--api-key", api_key, "--out", str(out), "--note", note]  # fmt: skip

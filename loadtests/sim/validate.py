@@ -21,7 +21,6 @@ import json
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from genmedia.loadtests.report import percentiles, read_run, summarize
 from genmedia.loadtests.scenarios import find_scenario, generate, load_scenario
 from genmedia.loadtests.sim.costs import load_profile
 from genmedia.loadtests.sim.engine import SimConfig
-from genmedia.loadtests.sim.localstack import local_stack, tenant_key
+from genmedia.loadtests.sim.localstack import loadtest_command, local_stack, tenant_key
 from genmedia.loadtests.sim.run import RunInputs, run_sim, write_outputs
 from genmedia.models.catalog import load_catalog
 
@@ -78,21 +77,8 @@ def run_real(scenario: Path, base: Path, tenants: list[str], rounds: int) -> lis
     with local_stack(tenant_ids=tenants) as stack:
         for i in range(1, rounds + 1):
             out = base / f"real-{i}"
-            cmd = [
-                str(Path(sys.executable).with_name("genmedia")),
-                "loadtest",
-                "run",
-                "--scenario",
-                str(scenario),
-                "--url",
-                stack.url,
-                "--api-key",
-                stack.api_key,
-                "--out",
-                str(out),
-                "--note",
-                f"sim validation round {i}: default tiny catalog, local genmedia serve",
-            ]
+            note = f"sim validation round {i}: default tiny catalog, local genmedia serve"
+            cmd = loadtest_command(scenario, stack.url, stack.api_key, out, note)
             for t in tenants:
                 cmd += ["--key", f"{t}={tenant_key(tenants, t)}"]
             subprocess.run(cmd, check=True)
