@@ -31,7 +31,7 @@ work per model and class, measured service and load times, current replicas, ``n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from genmedia.autoscaling.placement import GpuPool, ReplicaShape, allocate, replica_shapes
 from genmedia.models.catalog import Catalog, ModelEntry
@@ -98,23 +98,13 @@ class PolicyConfig:
         )
 
 
-KNOBS = (
-    "downscale_delay_s",
-    "down_utilisation",
-    "replica_start_s",
-    "batch_utilisation",
-    "rate_window_s",
-    "rate_sample_s",
-    "interactive_late_share",
-    "rate_noise_z",
-    "forecast_margin_s",
-)
+KNOBS = tuple(f.name for f in fields(PolicyConfig) if f.default is not MISSING)
 
 
 def policy_knobs(**overrides: float) -> dict[str, float]:
     """Every knob of the policy at its default, with ``overrides``; an unknown name or a value
     out of range is a ``ValueError`` naming it."""
-    defaults = {f.name: f.default for f in fields(PolicyConfig) if f.name in KNOBS}
+    defaults = {f.name: f.default for f in fields(PolicyConfig) if f.name in KNOBS}  # ordered
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(f"unknown autoscaling knob(s) {unknown}; known: {sorted(defaults)}")
@@ -251,12 +241,11 @@ def family_demand(
         q_i = load.queued_units.get("interactive", 0.0) * rate
         q_b = load.queued_units.get("batch", 0.0) * rate
         busy = busy or load.inflight_units > 0 or q_i > 0 or q_b > 0
-        for cls in CLASSES:
-            est = rates.get(f"{mid}|{cls}")
-            offered[cls] += est.forecast(ahead) * rate if est is not None else 0.0
+        est = {cls: rates.get(f"{mid}|{cls}") for cls in CLASSES}
+        for cls, e in est.items():
+            offered[cls] += e.forecast(ahead) * rate if e is not None else 0.0
         slack = max(t.interactive_s - service, 0.1 * t.interactive_s)
-        est = rates.get(f"{mid}|interactive")
-        if est is not None and est.level > 0:
+        if est["interactive"] is not None and est["interactive"].level > 0:
             headroom = max(headroom, service / slack * math.log(1 / config.interactive_late_share))
             svc_i = max(svc_i, service)
         backlog["interactive"] += q_i / slack

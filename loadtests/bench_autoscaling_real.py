@@ -39,7 +39,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import yaml
 from rich.console import Console
 
@@ -52,6 +51,8 @@ from genmedia.loadtests.sim.localstack import (
     default_catalog_data,
     loadtest_command,
     tenants_data,
+    wait_ready,
+    with_local_state,
 )
 from genmedia.models.catalog import parse_catalog
 
@@ -75,11 +76,7 @@ def bench_catalog(work: Path) -> dict:
     data["workers"] = {
         f: {**data["workers"][f], "min_replicas": 1, "max_replicas": MAX_REPLICAS} for f in FAMILIES
     }
-    server = dict(data.get("server") or {})
-    server["storage"] = {"kind": "local", "dir": str(work / "outputs")}
-    server["scheduler"] = {**(server.get("scheduler") or {}), "job_store": str(work / "jobs.db")}
-    data["server"] = server
-    return data
+    return with_local_state(data, work)
 
 
 def app_config(data: dict, variant: str, tenant_ids: list[str]) -> dict:
@@ -142,18 +139,6 @@ class ReplicaSampler(threading.Thread):
             self.samples.append(row)
 
 
-def wait_ready(url: str, timeout_s: float = 300.0) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    raise RuntimeError(f"the app at {url} was not ready in {timeout_s:.0f} s")
-
-
 def run_variant(variant: str, data: dict, url: str, out: Path, tenant_ids: list[str]) -> dict:
     from ray import serve
     from ray.serve.context import _get_global_client
@@ -164,7 +149,7 @@ def run_variant(variant: str, data: dict, url: str, out: Path, tenant_ids: list[
     shapes = replica_shapes(parse_catalog(data, "<bench catalog>"))
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": [config]}))
     try:
-        wait_ready(url)
+        wait_ready(url, 300.0)
         sampler = ReplicaSampler({f: s.gpu_fraction for f, s in shapes.items()})
         sampler.start()
         note = f"autoscaling bench, real half: {variant}"

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -65,17 +65,37 @@ def tenant_key(tenant_ids: list[str], tenant: str) -> str:
     return API_KEY if i == 0 else f"gm_{i:08x}_" + "k" * 43
 
 
+def with_local_state(data: dict, work: Path) -> dict:
+    """Catalog ``data`` with its outputs and job store under ``work`` (a copy)."""
+    data = dict(data)
+    server = dict(data.get("server") or {})
+    server["storage"] = {"kind": "local", "dir": str(work / "outputs")}
+    server["scheduler"] = {**(server.get("scheduler") or {}), "job_store": str(work / "jobs.db")}
+    data["server"] = server
+    return data
+
+
+def wait_ready(url: str, timeout_s: float, alive: Callable[[], None] = lambda: None) -> None:
+    """Poll ``url``'s ``/readyz`` every second until it answers 200; ``alive`` raises when the
+    server is gone (checked first each time); RuntimeError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} was not ready in {timeout_s:.0f} s")
+        time.sleep(1.0)
+
+
 @contextlib.contextmanager
 def local_stack(
     catalog: dict | None = None, tenant_ids: list[str] = (), ready_timeout_s: float = 240.0
 ) -> Iterator[Stack]:
     """Serve ``catalog`` (default: the embedded tiny catalog) until the block ends."""
     work = Path(tempfile.mkdtemp(prefix="genmedia-sim-stack-"))
-    data = dict(catalog or default_catalog_data())
-    server = dict(data.get("server") or {})
-    server["storage"] = {"kind": "local", "dir": str(work / "outputs")}
-    server["scheduler"] = {**(server.get("scheduler") or {}), "job_store": str(work / "jobs.db")}
-    data["server"] = server
+    data = with_local_state(catalog or default_catalog_data(), work)
     cat_path = work / "catalog.yaml"
     cat_path.write_text(yaml.safe_dump(data))
     ten_path = work / "tenants.yaml"
@@ -99,17 +119,13 @@ def local_stack(
         env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
     )
     url = f"http://127.0.0.1:{port}"
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"genmedia serve exited early; see {work / 'serve.log'}")
+
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"genmedia serve exited early; see {work / 'serve.log'}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the stack was not ready in {ready_timeout_s:.0f}s")
-            time.sleep(1.0)
+        wait_ready(url, ready_timeout_s, alive)
         yield Stack(url, API_KEY, cat_path, ten_path, proc.pid)
     finally:
         if proc.poll() is None:
