@@ -127,7 +127,7 @@ class ModelLoad:
 
     queued_units: dict[str, float] = field(default_factory=dict)  # per class
     inflight_units: float = 0.0
-    seconds_per_unit: float | None = None  # measured (EWMA); None: use the catalog's
+    seconds_per_unit: float | None = None  # measured device seconds (EWMA); None: catalog
     load_s: float | None = None  # measured cold load; None: use the catalog's
     # work admitted per class since the scheduler started (a counter); None: not reported
     admitted_units: dict[str, float] | None = None

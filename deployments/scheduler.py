@@ -597,7 +597,8 @@ class Scheduler:
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Queued work per model and class, running work per model and work enqueued so far
-        per model and class, in work units, with the measured seconds per unit: what the
+        per model and class, in work units, with the measured device seconds per unit (what a unit
+        costs its device, not the wall time co-located replicas stretch): what the
         autoscaler (``autoscaling/serve_adapter.py``) reads when the app runs under its
         policy."""
         from genmedia.autoscaling.signals import encode
@@ -605,7 +606,7 @@ class Scheduler:
         return encode(
             ((j.model_id, j.priority, j.cost) for j in self.queued.values()),
             self.running_work.values(),
-            self.estimator.per_cost,
+            self.estimator.device_per_cost,
             (m.id for m in self.catalog.models),
             self.admitted_units,
         )
@@ -801,7 +802,9 @@ class Scheduler:
             }
             done.append((rec.id, {"result": payload, "usage": usage}))
         self._finish_many(done, {JobStatus.IN_PROGRESS}, JobStatus.COMPLETED)
-        self.estimator.observe(recs[0].model_id, total_cost, result["compute_s"])
+        self.estimator.observe(
+            recs[0].model_id, total_cost, result["compute_s"], result.get("device_s")
+        )
 
     def _adapter_uses(self, model_id: str, adapters) -> list[AdapterUse]:
         uses = []

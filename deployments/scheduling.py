@@ -226,19 +226,31 @@ def position(queues: dict[PriorityClass, FairQueue], job_id: str) -> int | None:
 
 
 class ServiceTimeEstimator:
-    """Per-model seconds per image of work, an EWMA of observed pipeline calls."""
+    """Per-model seconds per work unit, EWMAs of observed pipeline calls: wall seconds (what a
+    call takes, for ETAs) and device seconds (what it costs its device, for the autoscaler;
+    ``deployments/device_time.py``)."""
 
     def __init__(self, alpha: float = 0.2):
         self.alpha = alpha
-        self.per_cost: dict[str, float] = {}  # seconds per work unit
+        self.per_cost: dict[str, float] = {}  # wall seconds per work unit
+        self.device_per_cost: dict[str, float] = {}  # device seconds per work unit
         self.per_call: dict[str, float] = {}  # fixed seconds per call
 
-    def observe(self, model_id: str, cost: float, seconds: float) -> None:
+    def observe(
+        self, model_id: str, cost: float, seconds: float, device_seconds: float | None = None
+    ) -> None:
+        """One call of ``cost`` units took ``seconds``, of which its device spent
+        ``device_seconds`` (None: not measured, taken as ``seconds``)."""
         if cost <= 0 or seconds <= 0:
             return
-        rate = seconds / cost
-        old = self.per_cost.get(model_id)
-        self.per_cost[model_id] = rate if old is None else old + self.alpha * (rate - old)
+        self._update(self.per_cost, model_id, seconds / cost)
+        if device_seconds is None or device_seconds <= 0:
+            device_seconds = seconds
+        self._update(self.device_per_cost, model_id, min(device_seconds, seconds) / cost)
+
+    def _update(self, ewma: dict[str, float], model_id: str, rate: float) -> None:
+        old = ewma.get(model_id)
+        ewma[model_id] = rate if old is None else old + self.alpha * (rate - old)
 
     def seconds(self, model_id: str, cost: float) -> float | None:
         rate = self.per_cost.get(model_id)

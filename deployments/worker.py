@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ray import serve
 
+from genmedia.deployments.device_time import DeviceClock, timed
 from genmedia.deployments.gate import Cancelled, StepGate
 from genmedia.deployments.outputs import store_outputs
 from genmedia.deployments.storage import make_storage
@@ -237,12 +238,15 @@ class FamilyWorker:
             nonlocal adapter_s
             if files or model.adapters.loaded:
                 pinned = self._pinned(req.model_id, req.batch_id)
-                adapter_s += model.adapters.ensure(model.pipe, files, pinned)
+                loaded, wall_s, cpu_s = timed(model.adapters.ensure, model.pipe, files, pinned)
+                adapter_s += loaded
+                clock.exclude(wall_s, cpu_s)
                 model.adapters.activate(model.pipe, req.adapters)
 
         waited = time.perf_counter()
         ticket = self.gate.acquire(prio, cancel)
         started = time.perf_counter()
+        clock = DeviceClock(self.device, self.threads)
         paused = 0.0
         state = {"ticket": ticket}
         last_emit = 0.0
@@ -271,8 +275,8 @@ class FamilyWorker:
         finally:
             self.gate.release(state["ticket"])
             self.running_adapters.pop(req.batch_id, None)
+        compute_s, device_s = clock.stop(paused)
         done = time.perf_counter()
-        compute_s = done - started - paused - adapter_s
         now = time.time()
         results = []
         total_images = sum(j.num_images for j in req.jobs)
@@ -303,6 +307,7 @@ class FamilyWorker:
             "results": results,
             "batch_images": total_images,
             "compute_s": compute_s,
+            "device_s": device_s,
             "wait_s": started - waited,
             "paused_s": paused,
             "store_s": time.perf_counter() - done,

@@ -788,7 +788,7 @@ class Simulation:
             m: ModelSnapshot(
                 queued_units=queued[m],
                 inflight_units=self.model_inflight[m],
-                seconds_per_unit=self.estimator.per_cost.get(m),
+                seconds_per_unit=self.estimator.device_per_cost.get(m),
                 load_s=self.costs[e.family].load_s,
                 admitted_units=dict(self.model_admitted[m]),
             )

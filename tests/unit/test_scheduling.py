@@ -206,6 +206,21 @@ def test_eta_from_observed_service_times():
     assert eta_seconds([], est, capacity=1, slot_free_in_s=None) is None
 
 
+def test_estimator_keeps_device_seconds_apart_from_wall_seconds():
+    est = ServiceTimeEstimator(alpha=0.5)
+    est.observe("m", cost=2.0, seconds=1.0, device_seconds=0.5)  # slowed by a neighbour
+    assert est.per_cost["m"] == pytest.approx(0.5)  # ETAs see what calls take
+    assert est.device_per_cost["m"] == pytest.approx(0.25)  # the autoscaler what they cost
+    est.observe("m", cost=2.0, seconds=1.0, device_seconds=1.0)
+    assert est.device_per_cost["m"] == pytest.approx(0.375)
+    est.observe("g", cost=1.0, seconds=2.0)  # not measured (a GPU): the wall seconds
+    assert est.device_per_cost["g"] == pytest.approx(2.0)
+    est.observe("g", cost=1.0, seconds=2.0, device_seconds=5.0)  # never above the wall time
+    assert est.device_per_cost["g"] == pytest.approx(2.0)
+    est.observe("x", cost=0.0, seconds=1.0, device_seconds=1.0)  # nothing to learn from
+    assert "x" not in est.per_cost and "x" not in est.device_per_cost
+
+
 def test_slot_free_in():
     assert slot_free_in([], capacity=1, now=0.0) == 0.0
     assert slot_free_in([5.0], capacity=2, now=0.0) == 0.0  # a slot is free
