@@ -23,7 +23,7 @@ Two cores serve everything here (pipelines, gateway, scheduler, proxy, load gene
 second worker replica adds at most one core: the run shows the mechanism end to end at
 small scale; the economics at scale are the simulator's.
 
-    flock /tmp/genmedia-ray.lock python loadtests/bench_autoscaling_real.py
+    flock /tmp/genmedia-ray.lock python loadtests/bench_autoscaling_real.py [--scenario NAME]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from genmedia.autoscaling.placement import replica_shapes
 from genmedia.infra.serve_config import ScalingKnobs, application_config
 from genmedia.loadtests.local import free_port
 from genmedia.loadtests.report import met_slo, read_run, summarize
+from genmedia.loadtests.scenarios import find_scenario, load_scenario
 from genmedia.loadtests.sim.localstack import (
     API_KEY,
     default_catalog_data,
@@ -58,7 +59,6 @@ from genmedia.models.catalog import parse_catalog
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SCENARIO = HERE / "scenarios" / "diurnal-local.yaml"
 APP = "genmedia"
 FAMILIES = ("sd15", "flux")
 MAX_REPLICAS = 3
@@ -139,7 +139,9 @@ class ReplicaSampler(threading.Thread):
             self.samples.append(row)
 
 
-def run_variant(variant: str, data: dict, url: str, out: Path, tenant_ids: list[str]) -> dict:
+def run_variant(
+    variant: str, data: dict, url: str, out: Path, tenant_ids: list[str], scenario: Path
+) -> dict:
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
@@ -153,7 +155,7 @@ def run_variant(variant: str, data: dict, url: str, out: Path, tenant_ids: list[
         sampler = ReplicaSampler({f: s.gpu_fraction for f, s in shapes.items()})
         sampler.start()
         note = f"autoscaling bench, real half: {variant}"
-        cmd = loadtest_command(SCENARIO, url, API_KEY, out, note)
+        cmd = loadtest_command(scenario, url, API_KEY, out, note)
         subprocess.run(cmd, check=True)
         sampler.stop.set()
         sampler.join()
@@ -227,13 +229,24 @@ def markdown(doc: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--scenario",
+        default="diurnal-local",
+        help="a committed scenario (diurnal-local: one replica per family suffices; "
+        "diurnal-local-peak: the peaks need a second sd15 replica) or a YAML path",
+    )
     args = ap.parse_args()
+    scenario_file = find_scenario(args.scenario)
+    try:
+        load_scenario(scenario_file)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--scenario: {e}") from None
     import ray
     from ray import serve
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     base = args.out / f"bench_autoscaling_real-{stamp}"
-    scenario = yaml.safe_load(SCENARIO.read_text())
+    scenario = yaml.safe_load(scenario_file.read_text())
     tenant_ids = [t["id"] for t in scenario["tenants"]]
     work = Path(tempfile.mkdtemp(prefix="genmedia-bench-as-"))
     data = bench_catalog(work)
@@ -244,8 +257,9 @@ def main() -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for variant in ("genmedia", "ray-default"):
-            console.print(f"[bold]{variant}[/bold]: deploying and replaying {SCENARIO.name} ...")
-            r = run_variant(variant, data, f"http://127.0.0.1:{port}", base / variant, tenant_ids)
+            console.print(f"[bold]{variant}[/bold]: replaying {scenario_file.name} ...")
+            url = f"http://127.0.0.1:{port}"
+            r = run_variant(variant, data, url, base / variant, tenant_ids, scenario_file)
             console.print(
                 f"  goodput/GPU-h {r['goodput_per_gpu_hour']:,.0f}, {r['gpu_hours']:.4f} GPU-h, "
                 f"interactive p99 {r['interactive_p99_s']:.2f} s, peaks {r['peak_replicas']}"
