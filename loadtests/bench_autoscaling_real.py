@@ -1,9 +1,11 @@
 """Autoscaling benchmark, real half: our policy vs Ray Serve's default on a real local Serve.
 
 The simulator half (``bench_autoscaling.py``) compares the policies at 1,000 GPUs; this one runs
-both on this machine's real Ray Serve with logical GPUs, on the compressed diurnal trace
-``scenarios/diurnal-local.yaml`` (sd15 interactive, flux batch), one after the other on one Ray
-cluster:
+both on this machine's real Ray Serve with logical GPUs, on a compressed diurnal trace (sd15
+interactive, flux batch), one after the other on one Ray cluster. Two scenarios:
+``diurnal-local`` (the default), where one replica per family carries even the peaks, so the
+question is only whether a policy over-provisions; and ``diurnal-local-peak``, whose peaks need
+a second sd15 replica (each replica computes on one core). The variants:
 
 - ``genmedia``: the app deployed from the rendered Serve config (``infra/serve_config.py``), as
   KubeRay would: the application-level policy ``autoscaling/serve_adapter.py`` sizes every worker
