@@ -8,12 +8,14 @@ has not grown. Sized from wall time, a policy would add replicas that add no cap
 slow the others further.
 
 - On a CPU device a call computes on its own thread (the worker runs torch with a fixed number
-  of intra-op threads, one per Ray CPU), so the thread's CPU time is its device time: what it
-  would have taken with its cores to itself. Waiting at the step gate and being descheduled by
-  a neighbour count as wall time, not CPU time. (With more than one torch thread the other
+  of intra-op threads, one per Ray CPU), so the thread's CPU time is its device time. It leaves
+  out the time the thread waited for a core (run queue) and at the step gate, which is most of
+  the stretch when more threads are runnable than there are cores. It does not leave out
+  slowdowns of a shared physical core (SMT siblings, a hypervisor's other guests, caches): on
+  the 2-vCPU VM the benchmarks run on, a one-thread matmul loop takes 1.5-2.7x its solo CPU
+  time (2.3-4.6x its wall time) beside one spinning process. So it is an upper bound of the
+  solo cost, closer to it than the wall time. (With more than one torch thread the other
   threads' time is not counted: the estimate scales with ``threads``.)
-- On a GPU there is no cheap per-call equivalent (kernels of co-located processes interleave),
-  so device time is the wall time and co-location reads as load, as before.
 """
 
 from __future__ import annotations
