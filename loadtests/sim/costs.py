@@ -161,6 +161,23 @@ class ControlPlaneCost(_Strict):
         return check_quantiles(v)
 
 
+class HostContention(_Strict):
+    """Devices that are the host's own CPU cores, shared with the control plane's processes
+    (HTTP proxy, gateway, scheduler, the load generator): a computing call runs slower while the
+    control plane works. Measured by ``calibrate.py --serving`` (its loaded phase)."""
+
+    compute_slowdown: float = Field(
+        ge=1.0,
+        le=10.0,
+        description="Factor on a computing call's duration while the control plane is busy "
+        "(its queue of per-request work is not empty): every call computing on the host runs "
+        "at 1 / compute_slowdown of its speed until the control plane is idle again; the "
+        "families' step and overhead times are the uncontended ones. Fitted by calibrate.py "
+        "from each call's compute time against the control plane's CPU during it, at idle and "
+        "under a known background load; 1: no slowdown.",
+    )
+
+
 class Profile(_Strict):
     """A device and the cost of each family's calls on it."""
 
@@ -196,6 +213,13 @@ class Profile(_Strict):
         description="Measured per-phase control-plane CPU per request, instead of the one "
         "control_plane_s (which must then be 0). Unset: control_plane_s decides.",
     )
+    host_contention: HostContention | None = Field(
+        default=None,
+        description="Devices and control plane share the host's CPU cores (a CPU-only "
+        "profile): computing calls slow down while the control plane works. Needs a "
+        "control-plane model (control_plane or control_plane_s). Unset: the devices are "
+        "separate from the host's CPU (a GPU profile), nothing slows them.",
+    )
     families: dict[str, FamilyCost] = Field(
         min_length=1, description="Cost model per model family (sd15, sdxl, flux)."
     )
@@ -211,6 +235,20 @@ class Profile(_Strict):
     ) -> ControlPlaneCost | None:
         if v is not None and info.data.get("control_plane_s", 0.0) > 0:
             raise ValueError("control_plane_s is set too: give one of them (set it to 0)")
+        return v
+
+    @field_validator("host_contention")
+    @classmethod
+    def _contention_needs_a_control_plane(
+        cls, v: HostContention | None, info: ValidationInfo
+    ) -> HostContention | None:
+        cp_modelled = (
+            info.data.get("control_plane") is not None or info.data.get("control_plane_s", 0) > 0
+        )
+        if v is not None and not cp_modelled:
+            raise ValueError(
+                "needs a control-plane model: set control_plane (or control_plane_s > 0)"
+            )
         return v
 
     def cost(self, family: str) -> FamilyCost:

@@ -12,6 +12,12 @@ batch-class call pauses at its next step boundary when an interactive one waits.
 replicas packed on one GPU share it (``FamilyCost.device_share``). The cost of each call comes
 from a ``Profile``; a ``Scaler`` may change replica counts every ``scale_interval_s``.
 
+The control plane (proxy, gateway, scheduler, the client) is one server that takes each
+request's measured work per phase in turn (``Profile.control_plane``). Where the devices are the
+host's CPU cores (``Profile.host_contention``), every computing call slows down by the measured
+factor while that server is busy: a busy period starts when work is queued on an idle control
+plane (for a submit, when its work starts) and ends when the queue is empty.
+
 Only the events of a call's life are simulated (start, end, a step boundary when it must pause),
 never every step, so a million requests on a thousand GPUs run in seconds. No Ray imports.
 """
@@ -61,7 +67,7 @@ EPS = 1e-9
 
 # Event kinds; at equal times the lower kind goes first (deadlines before dispatches, as the
 # real dispatch loop expires jobs before it forms batches).
-DEADLINE, CALL, READY, DISPATCH, SCALE = range(5)
+DEADLINE, CALL, READY, DISPATCH, SCALE, CP_IDLE = range(6)
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,12 @@ class Simulation:
         self.cp_free = 0.0  # when the control plane is next free (profile.control_plane[_s])
         self.cp = profile.control_plane  # measured per-phase cost, or None
         self.cp_rng = random.Random(f"{self.config.seed}:control-plane")
+        # Host contention: computing calls run at host_rate (1 / slowdown) while the control
+        # plane is busy, which it is until cp_busy_until (None: the term is off).
+        hc = profile.host_contention
+        self.slowdown = hc.compute_slowdown if hc is not None and hc.compute_slowdown > 1 else None
+        self.host_rate = 1.0
+        self.cp_busy_until = 0.0
         self.rng = random.Random(self.config.seed)
         # measured duration factor per family: quantiles drawn by inverse transform
         self.factor_quantiles = {
@@ -304,15 +316,26 @@ class Simulation:
         nxt = next(arrivals, None)
         nxt_cp = self._cp_work("submit")
         pop = heapq.heappop
+        contended = self.slowdown is not None
         while nxt is not None or heap:
             if nxt is not None:
                 at = nxt.t + submit_s
                 if nxt_cp:  # the control plane takes submits one at a time
                     at = max(at, self.cp_free) + nxt_cp
+                    # Host contention: the submit's work starts before the arrival is handled
+                    # (at its end); the control plane is busy from that start.
+                    if contended and at > max(self.cp_busy_until, self.now) + EPS:
+                        start = max(at - nxt_cp, self.now)
+                        if not heap or heap[0][0] > start:
+                            self.now = start
+                            self._cp_busy(at)
+                            continue
                 if not heap or heap[0][0] > at:
                     self.now = at
                     if nxt_cp:
                         self.cp_free = at
+                        if contended:
+                            self._cp_busy(at)
                     self.events += 1
                     self._arrive(nxt)
                     nxt = next(arrivals, None)
@@ -336,6 +359,8 @@ class Simulation:
                 self._dispatch(self.fams[a.family])
             elif kind == SCALE:
                 self._scale_tick(more=nxt is not None)
+            elif kind == CP_IDLE:
+                self._cp_idle()
         replicas = {f: len(r) for f, r in self.cluster.replicas.items()}
         return SimResult(
             records=self.records,
@@ -401,6 +426,8 @@ class Simulation:
         rec.t_admitted = now
         if self.cp is not None:  # the client follows the job: work queued, nobody waits for it
             self.cp_free = max(self.cp_free, now) + self._cp_work("follow")
+            if self.slowdown is not None:
+                self._cp_busy(self.cp_free)
         job = QueuedJob(
             id=str(r.index),
             tenant=r.tenant,
@@ -582,7 +609,7 @@ class Simulation:
         if len(gpu.replicas) == 1:  # alone on its device: one call computes, at full speed
             gpu.active.append(call)
             gpu.load += call.share
-            call.rate = 1.0
+            call.rate = self.host_rate
             self._schedule(call)
         else:
             self._advance_gpu(gpu)
@@ -623,10 +650,42 @@ class Simulation:
 
     def _rerate(self, gpu: Gpu, new: Call | None) -> None:
         """Rates after the set of computing calls changed; reschedules whose rate moved."""
-        rate = 1.0 / max(1.0, gpu.load)
+        rate = self.host_rate / max(1.0, gpu.load)
         for c in gpu.active:
             if c is new or abs(c.rate - rate) > EPS:
                 c.rate = rate
+                self._schedule(c)
+
+    # -- host contention (Profile.host_contention) -------------------------------------------
+    def _cp_busy(self, until: float) -> None:
+        """Control-plane work is queued until ``until``: an idle control plane turns busy (every
+        computing call slows down) and its end is watched."""
+        if until <= self.now + EPS or until <= self.cp_busy_until:
+            return
+        idle = self.cp_busy_until <= self.now + EPS
+        self.cp_busy_until = until
+        if idle:
+            self._push(until, CP_IDLE)
+            self._set_host_rate(1.0 / self.slowdown)
+
+    def _cp_idle(self) -> None:
+        if self.cp_busy_until > self.now + EPS:  # more work came in meanwhile
+            self._push(self.cp_busy_until, CP_IDLE)
+            return
+        self._set_host_rate(1.0)
+
+    def _set_host_rate(self, rate: float) -> None:
+        """Every computing call's speed after the control plane turned busy or idle."""
+        if rate == self.host_rate:
+            return
+        self.host_rate = rate
+        for gpu in self.cluster.gpus:
+            if not gpu.active:
+                continue
+            share = rate if len(gpu.replicas) == 1 else rate / max(1.0, gpu.load)
+            for c in gpu.active:
+                self._advance(c)
+                c.rate = share
                 self._schedule(c)
 
     def _schedule(self, call: Call) -> None:
@@ -692,6 +751,8 @@ class Simulation:
             self.cp_free = at
             if self.cp is not None:  # reading the result after the final status
                 self.cp_free += self._cp_work("after")
+            if self.slowdown is not None:
+                self._cp_busy(self.cp_free)
         return at
 
     def _cp_work(self, phase: str) -> float:
