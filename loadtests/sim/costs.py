@@ -70,7 +70,10 @@ class FamilyCost(_Strict):
         "set-up, the scheduler-to-worker round trip.",
     )
     per_image_overhead_s: float = Field(
-        default=0.0, ge=0.0, description="Seconds per image after decoding (encode, store)."
+        default=0.0,
+        ge=0.0,
+        description="Seconds per image after decoding (encode, store): the worker does it after "
+        "the call left the step gate, so the next call computes meanwhile.",
     )
     load_s: float = Field(
         ge=0.0, description="Seconds to load one model of the family into a replica."
@@ -121,8 +124,16 @@ class FamilyCost(_Strict):
         return (total - self.step_fixed_s) / total if total > 0 else 1.0
 
     def post_s(self, images: int, megapixels: float) -> float:
-        vae = self.vae_per_image_s * images * megapixels / self.ref_megapixels
-        return vae + self.per_image_overhead_s * images
+        """VAE decode and storing of a call's images."""
+        return self.decode_s(images, megapixels) + self.store_s(images)
+
+    def decode_s(self, images: int, megapixels: float) -> float:
+        """The VAE decode: the last phase that holds the worker's gate."""
+        return self.vae_per_image_s * images * megapixels / self.ref_megapixels
+
+    def store_s(self, images: int) -> float:
+        """Encoding and storing the outputs, after the gate."""
+        return self.per_image_overhead_s * images
 
     def call_s(self, images: int, megapixels: float, steps: int, cfg: bool) -> float:
         """Seconds of one call at full speed, the model already loaded."""

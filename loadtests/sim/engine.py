@@ -67,7 +67,7 @@ EPS = 1e-9
 
 # Event kinds; at equal times the lower kind goes first (deadlines before dispatches, as the
 # real dispatch loop expires jobs before it forms batches).
-DEADLINE, CALL, READY, DISPATCH, SCALE, CP_IDLE = range(6)
+DEADLINE, CALL, READY, DISPATCH, SCALE, CP_IDLE, CP_START = range(7)
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,7 @@ class Call:
         "started",
         "step",
         "steps",
+        "store",
         "target",
         "ticket",
         "total",
@@ -130,6 +131,7 @@ class Call:
         self.cost = sum(j.cost for j in jobs)
         self.replica: Replica | None = None
         self.pre = self.step = self.total = 0.0
+        self.store = 0.0  # encoding and storing the outputs, after the gate
         self.steps = 0
         self.share = 1.0
         self.done = 0.0  # work done, in seconds at full speed
@@ -361,6 +363,8 @@ class Simulation:
                 self._scale_tick(more=nxt is not None)
             elif kind == CP_IDLE:
                 self._cp_idle()
+            elif kind == CP_START:
+                self._cp_busy(a)
         replicas = {f: len(r) for f, r in self.cluster.replicas.items()}
         return SimResult(
             records=self.records,
@@ -547,7 +551,9 @@ class Simulation:
         call.steps = r.steps
         call.pre = cost.call_overhead_s * k
         call.share = cost.share(call.images, r.megapixels, r.cfg)
-        call.total = call.pre + call.steps * call.step + cost.post_s(call.images, r.megapixels) * k
+        decode = cost.decode_s(call.images, r.megapixels) * k
+        call.total = call.pre + call.steps * call.step + decode
+        call.store = cost.store_s(call.images) * k
         call.started = now
         if not self._route(fs, call):
             fs.unrouted.append(call)
@@ -734,7 +740,7 @@ class Simulation:
             rec = self.records[int(j.id)]
             rec.status = "COMPLETED"
             rec.t_first_progress = call.first_step_at
-            rec.t_done = self._respond(now)
+            rec.t_done = self._respond(now + call.store)
             rec.compute_s = call.compute * j.images / call.images
             rec.queue_s = rec.t_started - rec.t_admitted
             self.tenant_running[j.tenant] -= 1
@@ -742,17 +748,22 @@ class Simulation:
         self._route_waiting(fs)
         self._dispatch(fs)
 
-    def _respond(self, now: float) -> float:
-        """When the client learns a job's end (a completion costs the control plane too)."""
-        at = now + self.profile.respond_s
+    def _respond(self, stored: float) -> float:
+        """When the client learns a job's end, its outputs stored at ``stored`` (a completion
+        costs the control plane too)."""
+        at = stored + self.profile.respond_s
         cp_s = self._cp_work("done")
         if cp_s:
-            at = max(at, self.cp_free) + cp_s
+            start = max(at, self.cp_free)
+            at = start + cp_s
             self.cp_free = at
             if self.cp is not None:  # reading the result after the final status
                 self.cp_free += self._cp_work("after")
             if self.slowdown is not None:
-                self._cp_busy(self.cp_free)
+                if start > max(self.now, self.cp_busy_until) + EPS:  # after an idle gap
+                    self._push(start, CP_START, self.cp_free)
+                else:
+                    self._cp_busy(self.cp_free)
         return at
 
     def _cp_work(self, phase: str) -> float:
