@@ -21,7 +21,9 @@
    second beyond the idle rate, at most 1: the simulator's control plane is one server, busy
    or not) over both phases, least squares ``y = a + b u``: ``a`` is the uncontended compute
    (the families' times are scaled by it) and ``(a + b) / a`` the slowdown of a computing call
-   while the control plane is busy (``host_contention.compute_slowdown``).
+   while the control plane is busy (``host_contention.compute_slowdown``). The control plane's
+   processes run on all the host's cores (``control_plane_servers``: its CPU under the load
+   is reported; above 1 CPU/s it did more than one piece at once).
 
 Writes ``loadtests/sim/profiles/tiny-cpu.yaml`` and the raw samples under
 ``loadtests/results/sim-calibration-<stamp>.jsonl``.
@@ -549,6 +551,9 @@ def build_profile(fits: dict[str, dict], serving: dict | None) -> Profile:
         )
         if cp
         else None,
+        # the control plane is several processes (proxy, gateway, scheduler, the client): the
+        # host's cores run as many pieces of its work at once
+        control_plane_servers=cpus if cp else 1,
         host_contention=HostContention(compute_slowdown=round(contention["compute_slowdown"], 3))
         if contention and cp
         else None,
@@ -626,6 +631,10 @@ def _serving_header(serving: dict) -> str:
             f"{c['loaded_busy']:.2f}, compute x{c['loaded_compute']:.2f}), n={c['n']}: "
             f"uncontended x{c['uncontended']:.3f} (families' times scaled by it), slowdown "
             f"while busy x{c['compute_slowdown']:.2f}"
+        )
+        lines.append(
+            f"control_plane_servers: the host's {os.cpu_count()} cores (the control plane's "
+            f"processes used {c['cp_cpu_per_s']:.2f} CPU/s under the status reads)"
         )
     return "".join(f"# {line}\n" for line in lines)
 

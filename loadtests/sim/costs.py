@@ -147,7 +147,8 @@ class FamilyCost(_Strict):
 class ControlPlaneCost(_Strict):
     """CPU seconds the control plane (HTTP proxy, gateway, the one scheduler replica, the
     client's own process) spends on one request, per phase, as equally spaced quantiles of a
-    measured distribution. The control plane serves this work one piece at a time."""
+    measured distribution. The control plane does this work ``control_plane_servers`` pieces
+    at a time."""
 
     submit_s: list[float] = Field(
         description="From the client's send to the 202 (HTTP, validation, admission, job "
@@ -216,8 +217,18 @@ class Profile(_Strict):
         default=0.0,
         ge=0.0,
         description="CPU seconds the control plane (proxy, gateway, the one scheduler replica) "
-        "spends on each submit and on each completion, served one at a time: bursts queue "
-        "there. 0: not modelled (a large cluster's control plane is not the bottleneck).",
+        "spends on each submit and on each completion, served control_plane_servers at a time: "
+        "bursts queue there. 0: not modelled (a large cluster's control plane is not the "
+        "bottleneck).",
+    )
+    control_plane_servers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Pieces of control-plane work (control_plane or control_plane_s) done at "
+        "once: each goes to the server that is free first. 1: one at a time; a control plane "
+        "of several processes (proxy, gateway, scheduler, the client) on a host of N cores "
+        "runs up to N pieces at once.",
     )
     control_plane: ControlPlaneCost | None = Field(
         default=None,

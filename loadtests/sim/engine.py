@@ -12,8 +12,9 @@ batch-class call pauses at its next step boundary when an interactive one waits.
 replicas packed on one GPU share it (``FamilyCost.device_share``). The cost of each call comes
 from a ``Profile``; a ``Scaler`` may change replica counts every ``scale_interval_s``.
 
-The control plane (proxy, gateway, scheduler, the client) is one server that takes each
-request's measured work per phase in turn (``Profile.control_plane``). Where the devices are the
+The control plane (proxy, gateway, scheduler, the client) is ``control_plane_servers`` servers
+that take each request's measured work per phase (``Profile.control_plane``), each piece on the
+server free first. Where the devices are the
 host's CPU cores (``Profile.host_contention``), every computing call slows down by the measured
 factor while that server is busy: a busy period starts when work is queued on an idle control
 plane (for a submit, when its work starts) and ends when the queue is empty.
@@ -67,7 +68,7 @@ EPS = 1e-9
 
 # Event kinds; at equal times the lower kind goes first (deadlines before dispatches, as the
 # real dispatch loop expires jobs before it forms batches).
-DEADLINE, CALL, READY, DISPATCH, SCALE, CP_IDLE, CP_START = range(7)
+DEADLINE, CALL, READY, DISPATCH, SCALE, CP_IDLE, CP_START, ADMIT = range(8)
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,8 @@ class Simulation:
         self.reqs: list[SimRequest] = []
         self.timeline: list[dict] = []
         self.cluster: Cluster | None = None
-        self.cp_free = 0.0  # when the control plane is next free (profile.control_plane[_s])
+        # when each of the control plane's servers is next free (profile.control_plane[_s])
+        self.cp_frees = [0.0] * profile.control_plane_servers
         self.cp = profile.control_plane  # measured per-phase cost, or None
         self.cp_rng = random.Random(f"{self.config.seed}:control-plane")
         # Host contention: computing calls run at host_rate (1 / slowdown) while the control
@@ -319,11 +321,23 @@ class Simulation:
         nxt_cp = self._cp_work("submit")
         pop = heapq.heappop
         contended = self.slowdown is not None
+        servers = len(self.cp_frees) > 1
         while nxt is not None or heap:
-            if nxt is not None:
+            if nxt is not None and servers and nxt_cp:
+                # Several control-plane servers: a submit takes the first free one when it is
+                # sent, and the request is admitted when that work is done.
+                sent = nxt.t + submit_s
+                if not heap or heap[0][0] > sent:
+                    self.now = max(self.now, sent)
+                    self._cp_submit(nxt, sent, nxt_cp)
+                    nxt = next(arrivals, None)
+                    nxt_cp = self._cp_work("submit")
+                    continue
+            elif nxt is not None:
                 at = nxt.t + submit_s
-                if nxt_cp:  # the control plane takes submits one at a time
-                    at = max(at, self.cp_free) + nxt_cp
+                if nxt_cp:  # the control plane's first free server takes the submit
+                    server = self._cp_server()
+                    at = max(at, self.cp_frees[server]) + nxt_cp
                     # Host contention: the submit's work starts before the arrival is handled
                     # (at its end); the control plane is busy from that start.
                     if contended and at > max(self.cp_busy_until, self.now) + EPS:
@@ -335,7 +349,7 @@ class Simulation:
                 if not heap or heap[0][0] > at:
                     self.now = at
                     if nxt_cp:
-                        self.cp_free = at
+                        self.cp_frees[server] = at
                         if contended:
                             self._cp_busy(at)
                     self.events += 1
@@ -365,6 +379,8 @@ class Simulation:
                 self._cp_idle()
             elif kind == CP_START:
                 self._cp_busy(a)
+            elif kind == ADMIT:
+                self._arrive(a)
         replicas = {f: len(r) for f, r in self.cluster.replicas.items()}
         return SimResult(
             records=self.records,
@@ -391,7 +407,11 @@ class Simulation:
             t_scheduled=r.t,
             t_submit=r.t,
         )
-        self.records.append(rec)
+        if r.index == len(self.records):
+            self.records.append(rec)
+        else:  # admitted out of order (several control-plane servers): by index all the same
+            self.records.extend([None] * (r.index + 1 - len(self.records)))
+            self.records[r.index] = rec
         if r.error is not None:
             rec.status, rec.http_status, rec.error = "ERROR", r.error_status, r.error
             rec.t_done = now + self.profile.respond_s
@@ -429,9 +449,10 @@ class Simulation:
             return
         rec.t_admitted = now
         if self.cp is not None:  # the client follows the job: work queued, nobody waits for it
-            self.cp_free = max(self.cp_free, now) + self._cp_work("follow")
+            server = self._cp_server()
+            free = self.cp_frees[server] = max(self.cp_frees[server], now) + self._cp_work("follow")
             if self.slowdown is not None:
-                self._cp_busy(self.cp_free)
+                self._cp_busy(free)
         job = QueuedJob(
             id=str(r.index),
             tenant=r.tenant,
@@ -754,17 +775,36 @@ class Simulation:
         at = stored + self.profile.respond_s
         cp_s = self._cp_work("done")
         if cp_s:
-            start = max(at, self.cp_free)
-            at = start + cp_s
-            self.cp_free = at
+            server = self._cp_server()
+            start = max(at, self.cp_frees[server])
+            at = free = start + cp_s
             if self.cp is not None:  # reading the result after the final status
-                self.cp_free += self._cp_work("after")
+                free += self._cp_work("after")
+            self.cp_frees[server] = free
             if self.slowdown is not None:
                 if start > max(self.now, self.cp_busy_until) + EPS:  # after an idle gap
-                    self._push(start, CP_START, self.cp_free)
+                    self._push(start, CP_START, free)
                 else:
-                    self._cp_busy(self.cp_free)
+                    self._cp_busy(free)
         return at
+
+    def _cp_submit(self, r: SimRequest, sent: float, work: float) -> None:
+        server = self._cp_server()
+        start = max(sent, self.cp_frees[server])
+        at = self.cp_frees[server] = start + work
+        self._push(at, ADMIT, r)
+        if self.slowdown is not None:
+            if start > max(self.now, self.cp_busy_until) + EPS:  # after an idle gap
+                self._push(start, CP_START, at)
+            else:
+                self._cp_busy(at)
+
+    def _cp_server(self) -> int:
+        """The control plane's server that is free first (the one of a single server)."""
+        frees = self.cp_frees
+        if len(frees) == 1:
+            return 0
+        return min(range(len(frees)), key=frees.__getitem__)
 
     def _cp_work(self, phase: str) -> float:
         """Control-plane CPU seconds of one request's ``phase`` (submit, follow, done, after):

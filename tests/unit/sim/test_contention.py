@@ -143,3 +143,23 @@ def test_a_completion_slows_the_next_call_down_while_the_client_is_answered():
     # 1.35. B computes from 1.15 and loses 0.1 s to A's answer (1.15..1.35): ends 3.25.
     assert a.t_done == pytest.approx(1.35)
     assert b.compute_s == pytest.approx(2.1) and b.t_done == pytest.approx(3.45)
+
+
+def test_control_plane_servers_take_pieces_of_work_at_once():
+    one = Profile(name="t", device="t", control_plane=SUBMITS_ONLY,
+                  families={"sd15": ONE_SECOND_STEP})  # fmt: skip
+    two = one.model_copy(update={"control_plane_servers": 2})
+    trace = [req(0.0, num_inference_steps=1) for _ in range(3)]
+    assert [r.t_admitted for r in run(trace, prof=one).records] == pytest.approx([0.1, 0.2, 0.3])
+    assert [r.t_admitted for r in run(trace, prof=two).records] == pytest.approx([0.1, 0.1, 0.2])
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "many"])
+def test_bad_control_plane_servers_names_the_file_and_the_field(tmp_path, value):
+    data = {"name": "x", "device": "d", "families": {"sd15": ONE_SECOND_STEP},
+            "control_plane": CP, "control_plane_servers": value}  # fmt: skip
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError) as e:
+        load_profile(f)
+    assert e.value.file == str(f) and e.value.field == "control_plane_servers"
