@@ -14,6 +14,16 @@
    client's, sampled every 10 ms and cut at the request's submit, 202, first progress and final
    status, less the idle rate); what the client waits beyond that CPU and the compute
    (``submit_s`` / ``respond_s``: hops, event-loop wake-ups).
+3. Loaded phase (with ``--serving``): the same requests again while a background client keeps
+   the control plane busy (status reads of a finished request every ``--load-interval``
+   seconds: proxy, gateway and scheduler work, no compute). Each call's compute time (over its
+   model's mean at idle) against the control plane's CPU during the call (CPU seconds per
+   second beyond the idle rate, at most 1: the simulator's control plane is one server, busy
+   or not) over both phases, least squares ``y = a + b u``: ``a`` is the uncontended compute
+   (the families' times are scaled by it) and ``(a + b) / a`` the slowdown of a computing call
+   while the control plane is busy (``host_contention.compute_slowdown``). The control plane's
+   processes run on all the host's cores (``control_plane_servers``: its CPU under the load
+   is reported; above 1 CPU/s it did more than one piece at once).
 
 Writes ``loadtests/sim/profiles/tiny-cpu.yaml`` and the raw samples under
 ``loadtests/results/sim-calibration-<stamp>.jsonl``.
@@ -41,6 +51,7 @@ from genmedia.loadtests.sim.costs import (
     PROFILES_DIR,
     ControlPlaneCost,
     FamilyCost,
+    HostContention,
     Profile,
     dump_profile,
 )
@@ -55,6 +66,7 @@ UNET_FAMILIES = ("sd15", "sdxl")  # classifier-free guidance when guidance_scale
 CP_PHASES = ("submit", "follow", "done", "after")
 SERVING_GAP_S = 0.75  # between idle requests: the slowest tiny call and its events fit
 AFTER_WINDOW_S = 0.3  # after the final status: the client reads the result
+LOAD_INTERVAL_S = 0.01  # loaded phase: one status read every this many seconds
 
 
 class CpuSampler:
@@ -237,6 +249,9 @@ def fit_family(samples: list[dict], family: str, ref_mp: float) -> dict:
     f = max(0.0, float(coef[0]))
     q_cfg = max(1e-6, float(coef[1]))
     q = max(1e-6, float(coef[2])) if has_plain else q_cfg
+    # The profile caps cfg_multiplier at 4: keep the guided slope (requests' default) whole
+    # and let the unguided one be the larger of its fit and a quarter of the guided one.
+    q = max(q, q_cfg / 4.0)
     post_rows = [[1.0, s["batch"] * (s["size"] ** 2 / 1e6) / ref_mp] for s in samples]
     pcoef, *_ = np.linalg.lstsq(
         np.array(post_rows), np.array([s["post_s"] for s in samples]), rcond=None
@@ -299,7 +314,55 @@ def calibrate_bare(reps: int, raw: list[dict]) -> dict[str, dict]:
     return fits
 
 
-def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict:
+def status_reads(url: str, key: str, request_id: str, interval_s: float, stop) -> list[int]:
+    """Background control-plane load: read one finished request's status every
+    ``interval_s`` until ``stop`` is set (proxy, gateway and scheduler work, no compute).
+    Returns the HTTP status of every read."""
+    import httpx
+
+    codes: list[int] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, timeout=10.0) as client:
+        due = time.monotonic()
+        while not stop.is_set():
+            try:
+                codes.append(
+                    client.get(
+                        f"/v1/queue/requests/{request_id}/status", headers=headers
+                    ).status_code
+                )
+            except httpx.HTTPError:
+                codes.append(0)
+            due += interval_s
+            stop.wait(max(0.0, due - time.monotonic()))
+    return codes
+
+
+def busy_during_compute(rec, series, t0: float, idle_rate: float) -> float:
+    """The control plane's CPU per second (beyond idle, at most 1) while a call computed:
+    the window is the call's compute time ending at the client's final status (which comes
+    a few milliseconds after the compute ends)."""
+    a = t0 + rec.t_done - rec.compute_s
+    return min(1.0, window_cpu(series, a, t0 + rec.t_done, idle_rate) / rec.compute_s)
+
+
+def fit_contention(samples: list[tuple[float, float]]) -> dict:
+    """Least squares ``y = a + b u`` over (u, y) pairs: y a call's compute over its model's
+    mean at idle, u the control plane's CPU per second during it. ``a``: the uncontended
+    compute (relative to the idle mean); slowdown while busy: ``(a + b) / a`` (1 to 10)."""
+    if len(samples) < 3 or len({round(u, 3) for u, _ in samples}) < 2:
+        raise ValueError("need calls at two control-plane loads at least")
+    u = np.array([x for x, _ in samples])
+    y = np.array([v for _, v in samples])
+    (a, b), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(u), u]), y, rcond=None)
+    a = float(min(max(a, 0.1), float(y.max())))
+    slowdown = float(min(10.0, max(1.0, (a + float(b)) / a)))
+    return {"uncontended": a, "compute_slowdown": slowdown, "n": len(samples)}
+
+
+def calibrate_serving(
+    reps: int, raw: list[dict], fits: dict[str, dict], load_interval_s: float = LOAD_INTERVAL_S
+) -> dict:
     """Requests one at a time (idle stack) through the harness's own replay (queue API followed
     over SSE, as ``genmedia loadtest run`` does): how much slower and how spread a pipeline
     computes inside the stack than bare, the control plane's CPU per request and phase, and
@@ -331,13 +394,19 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
         """Serve's HTTP proxy and its replicas but the workers (gateway, scheduler)."""
         return serve_process_on_path(cmd, workers)
 
-    console.print(f"serving path: {len(trace)} idle requests over {trace[-1].t:.0f} s")
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    console.print(
+        f"serving path: {len(trace)} idle requests over {trace[-1].t:.0f} s, then the same "
+        f"with a status read every {load_interval_s * 1000:.0f} ms"
+    )
     with local_stack() as stack, CpuSampler(stack.pid, on_path) as cpu:
         quiet_t0 = time.monotonic()
         time.sleep(3.0)  # the stack's idle CPU rate (Ray's background work)
         quiet_t1 = time.monotonic()
         cfg = ReplayConfig(url=stack.url, keys={"sim": stack.api_key})
-        t0 = {}
+        t0, tl = {}, {}
         records = asyncio.run(
             replay(
                 trace,
@@ -347,8 +416,34 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
             )
         )
         time.sleep(AFTER_WINDOW_S + 0.1)
+        done_id = next(r.request_id for r in reversed(records) if r.request_id)
+        stop = threading.Event()
+        with ThreadPoolExecutor(1) as pool:
+            reads = pool.submit(
+                status_reads, stack.url, stack.api_key, done_id, load_interval_s, stop
+            )
+            time.sleep(1.0)
+            load_t0 = time.monotonic()
+            loaded = asyncio.run(
+                replay(
+                    trace,
+                    cfg,
+                    lambda i, f: f"loaded calibration request {i}: {f}",
+                    on_start=lambda: tl.setdefault("t", time.monotonic()),
+                )
+            )
+            load_t1 = time.monotonic()
+            stop.set()
+            codes = reads.result()
+        time.sleep(0.2)
     idle_rate = window_cpu(cpu.series, quiet_t0, quiet_t1, 0.0) / (quiet_t1 - quiet_t0)
     raw.append({"kind": "cpu", "idle_rate": idle_rate, "processes": sorted(cpu.names.values())})
+    load_rate = window_cpu(cpu.series, load_t0, load_t1, idle_rate) / (load_t1 - load_t0)
+    bad_reads = sum(1 for c in codes if c != 200)
+    raw.append({"kind": "load", "reads": len(codes), "failed_reads": bad_reads,
+                "interval_s": load_interval_s, "cp_cpu_per_s": load_rate})  # fmt: skip
+    if bad_reads > len(codes) // 2:  # the load is the control plane's work, not the answers
+        raise RuntimeError(f"{bad_reads} of {len(codes)} background status reads failed")
     outside, admit, done_wait, factor = [], [], [], {f: [] for f in fits}
     cp: dict[str, list[float]] = {ph: [] for ph in CP_PHASES}
     spread: dict[str, list[float]] = {}  # compute seconds per model
@@ -389,6 +484,24 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
     for mid, v in spread.items():
         mean = statistics.fmean(v)
         durations.setdefault(catalog.model(mid).family, []).extend(x / mean for x in v)
+    # Compute against the control plane's CPU during it, at idle and loaded.
+    pairs: dict[str, list[tuple[float, float]]] = {"idle": [], "loaded": []}
+    for phase, recs, start in (("idle", records, t0["t"]), ("loaded", loaded, tl["t"])):
+        for n, rec in enumerate(recs):
+            if n < warm or rec.status != "COMPLETED" or not rec.compute_s:
+                continue
+            if rec.model not in spread:
+                continue
+            u = busy_during_compute(rec, cpu.series, start, idle_rate)
+            pairs[phase].append((u, rec.compute_s / statistics.fmean(spread[rec.model])))
+            raw.append({"kind": "contention", "phase": phase, "model": rec.model,
+                        "compute_s": rec.compute_s, "cp_busy": u})  # fmt: skip
+    contention = fit_contention(pairs["idle"] + pairs["loaded"])
+    contention["cp_cpu_per_s"] = load_rate
+    for phase, v in pairs.items():
+        contention[f"{phase}_busy"] = statistics.fmean(u for u, _ in v) if v else 0.0
+        contention[f"{phase}_compute"] = statistics.fmean(y for _, y in v) if v else 0.0
+    raw.append({"kind": "contention-fit", **contention})
     return {
         "outside_s": statistics.median(outside),
         "submit_s": max(0.0, statistics.median(admit)),
@@ -397,15 +510,20 @@ def calibrate_serving(reps: int, raw: list[dict], fits: dict[str, dict]) -> dict
         "durations": durations,
         "control_plane": cp,
         "idle_rate": idle_rate,
+        "contention": contention,
     }
 
 
 def build_profile(fits: dict[str, dict], serving: dict | None) -> Profile:
     cpus = os.cpu_count() or 1
     serving = serving or {}
+    contention = serving.get("contention")
+    # the idle stack's compute over bare, then the uncontended part of it (the control plane's
+    # own work during an idle call is simulated, and slows the call down by itself)
+    uncontended = contention["uncontended"] if contention else 1.0
     families = {}
     for family, fit in fits.items():
-        k = serving.get("factor", {}).get(family, 1.0)
+        k = serving.get("factor", {}).get(family, 1.0) * uncontended
         samples = serving.get("durations", {}).get(family)
         families[family] = FamilyCost(
             step_fixed_s=round(fit["step_fixed_s"] * k, 6),
@@ -433,6 +551,12 @@ def build_profile(fits: dict[str, dict], serving: dict | None) -> Profile:
         )
         if cp
         else None,
+        # the control plane is several processes (proxy, gateway, scheduler, the client): the
+        # host's cores run as many pieces of its work at once
+        control_plane_servers=cpus if cp else 1,
+        host_contention=HostContention(compute_slowdown=round(contention["compute_slowdown"], 3))
+        if contention and cp
+        else None,
         replica_start_s=10.0,
         families=families,
     )
@@ -446,12 +570,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--serving", action="store_true", help="also measure the real stack")
+    ap.add_argument(
+        "--load-interval",
+        type=float,
+        default=LOAD_INTERVAL_S,
+        help="loaded phase of --serving: seconds between background status reads",
+    )
     ap.add_argument("--out", type=Path, default=PROFILES_DIR / "tiny-cpu.yaml")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     raw: list[dict] = []
     fits = calibrate_bare(args.reps, raw)
-    serving = calibrate_serving(args.reps * 4, raw, fits) if args.serving else None
+    if args.load_interval <= 0:
+        raise SystemExit(f"--load-interval must be above 0, got {args.load_interval}")
+    serving = (
+        calibrate_serving(args.reps * 4, raw, fits, args.load_interval) if args.serving else None
+    )
     profile = build_profile(fits, serving)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -488,6 +622,20 @@ def _serving_header(serving: dict) -> str:
         "submit_s / respond_s: the idle wait to the 202 and from the call's end to the final "
         "status beyond that CPU (medians)",
     ]
+    c = serving.get("contention")
+    if c:
+        lines.append(
+            f"host_contention: compute over the idle mean against the control plane's CPU "
+            f"during the call, idle (busy {c['idle_busy']:.2f}, compute x{c['idle_compute']:.2f})"
+            f" and under status reads ({c['cp_cpu_per_s']:.2f} CPU/s; busy "
+            f"{c['loaded_busy']:.2f}, compute x{c['loaded_compute']:.2f}), n={c['n']}: "
+            f"uncontended x{c['uncontended']:.3f} (families' times scaled by it), slowdown "
+            f"while busy x{c['compute_slowdown']:.2f}"
+        )
+        lines.append(
+            f"control_plane_servers: the host's {os.cpu_count()} cores (the control plane's "
+            f"processes used {c['cp_cpu_per_s']:.2f} CPU/s under the status reads)"
+        )
     return "".join(f"# {line}\n" for line in lines)
 
 

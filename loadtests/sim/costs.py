@@ -70,7 +70,10 @@ class FamilyCost(_Strict):
         "set-up, the scheduler-to-worker round trip.",
     )
     per_image_overhead_s: float = Field(
-        default=0.0, ge=0.0, description="Seconds per image after decoding (encode, store)."
+        default=0.0,
+        ge=0.0,
+        description="Seconds per image after decoding (encode, store): the worker does it after "
+        "the call left the step gate, so the next call computes meanwhile.",
     )
     load_s: float = Field(
         ge=0.0, description="Seconds to load one model of the family into a replica."
@@ -121,8 +124,16 @@ class FamilyCost(_Strict):
         return (total - self.step_fixed_s) / total if total > 0 else 1.0
 
     def post_s(self, images: int, megapixels: float) -> float:
-        vae = self.vae_per_image_s * images * megapixels / self.ref_megapixels
-        return vae + self.per_image_overhead_s * images
+        """VAE decode and storing of a call's images."""
+        return self.decode_s(images, megapixels) + self.store_s(images)
+
+    def decode_s(self, images: int, megapixels: float) -> float:
+        """The VAE decode: the last phase that holds the worker's gate."""
+        return self.vae_per_image_s * images * megapixels / self.ref_megapixels
+
+    def store_s(self, images: int) -> float:
+        """Encoding and storing the outputs, after the gate."""
+        return self.per_image_overhead_s * images
 
     def call_s(self, images: int, megapixels: float, steps: int, cfg: bool) -> float:
         """Seconds of one call at full speed, the model already loaded."""
@@ -136,7 +147,8 @@ class FamilyCost(_Strict):
 class ControlPlaneCost(_Strict):
     """CPU seconds the control plane (HTTP proxy, gateway, the one scheduler replica, the
     client's own process) spends on one request, per phase, as equally spaced quantiles of a
-    measured distribution. The control plane serves this work one piece at a time."""
+    measured distribution. The control plane does this work ``control_plane_servers`` pieces
+    at a time."""
 
     submit_s: list[float] = Field(
         description="From the client's send to the 202 (HTTP, validation, admission, job "
@@ -159,6 +171,23 @@ class ControlPlaneCost(_Strict):
     @classmethod
     def _quantiles(cls, v: list[float]) -> list[float]:
         return check_quantiles(v)
+
+
+class HostContention(_Strict):
+    """Devices that are the host's own CPU cores, shared with the control plane's processes
+    (HTTP proxy, gateway, scheduler, the load generator): a computing call runs slower while the
+    control plane works. Measured by ``calibrate.py --serving`` (its loaded phase)."""
+
+    compute_slowdown: float = Field(
+        ge=1.0,
+        le=10.0,
+        description="Factor on a computing call's duration while the control plane is busy "
+        "(its queue of per-request work is not empty): every call computing on the host runs "
+        "at 1 / compute_slowdown of its speed until the control plane is idle again; the "
+        "families' step and overhead times are the uncontended ones. Fitted by calibrate.py "
+        "from each call's compute time against the control plane's CPU during it, at idle and "
+        "under a known background load; 1: no slowdown.",
+    )
 
 
 class Profile(_Strict):
@@ -188,13 +217,30 @@ class Profile(_Strict):
         default=0.0,
         ge=0.0,
         description="CPU seconds the control plane (proxy, gateway, the one scheduler replica) "
-        "spends on each submit and on each completion, served one at a time: bursts queue "
-        "there. 0: not modelled (a large cluster's control plane is not the bottleneck).",
+        "spends on each submit and on each completion, served control_plane_servers at a time: "
+        "bursts queue there. 0: not modelled (a large cluster's control plane is not the "
+        "bottleneck).",
+    )
+    control_plane_servers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Pieces of control-plane work (control_plane or control_plane_s) done at "
+        "once: each goes to the server that is free first. 1: one at a time; a control plane "
+        "of several processes (proxy, gateway, scheduler, the client) on a host of N cores "
+        "runs up to N pieces at once.",
     )
     control_plane: ControlPlaneCost | None = Field(
         default=None,
         description="Measured per-phase control-plane CPU per request, instead of the one "
         "control_plane_s (which must then be 0). Unset: control_plane_s decides.",
+    )
+    host_contention: HostContention | None = Field(
+        default=None,
+        description="Devices and control plane share the host's CPU cores (a CPU-only "
+        "profile): computing calls slow down while the control plane works. Needs a "
+        "control-plane model (control_plane or control_plane_s). Unset: the devices are "
+        "separate from the host's CPU (a GPU profile), nothing slows them.",
     )
     families: dict[str, FamilyCost] = Field(
         min_length=1, description="Cost model per model family (sd15, sdxl, flux)."
@@ -211,6 +257,20 @@ class Profile(_Strict):
     ) -> ControlPlaneCost | None:
         if v is not None and info.data.get("control_plane_s", 0.0) > 0:
             raise ValueError("control_plane_s is set too: give one of them (set it to 0)")
+        return v
+
+    @field_validator("host_contention")
+    @classmethod
+    def _contention_needs_a_control_plane(
+        cls, v: HostContention | None, info: ValidationInfo
+    ) -> HostContention | None:
+        cp_modelled = (
+            info.data.get("control_plane") is not None or info.data.get("control_plane_s", 0) > 0
+        )
+        if v is not None and not cp_modelled:
+            raise ValueError(
+                "needs a control-plane model: set control_plane (or control_plane_s > 0)"
+            )
         return v
 
     def cost(self, family: str) -> FamilyCost:

@@ -12,6 +12,13 @@ batch-class call pauses at its next step boundary when an interactive one waits.
 replicas packed on one GPU share it (``FamilyCost.device_share``). The cost of each call comes
 from a ``Profile``; a ``Scaler`` may change replica counts every ``scale_interval_s``.
 
+The control plane (proxy, gateway, scheduler, the client) is ``control_plane_servers`` servers
+that take each request's measured work per phase (``Profile.control_plane``), each piece on the
+server free first. Where the devices are the
+host's CPU cores (``Profile.host_contention``), every computing call slows down by the measured
+factor while that server is busy: a busy period starts when work is queued on an idle control
+plane (for a submit, when its work starts) and ends when the queue is empty.
+
 Only the events of a call's life are simulated (start, end, a step boundary when it must pause),
 never every step, so a million requests on a thousand GPUs run in seconds. No Ray imports.
 """
@@ -61,7 +68,7 @@ EPS = 1e-9
 
 # Event kinds; at equal times the lower kind goes first (deadlines before dispatches, as the
 # real dispatch loop expires jobs before it forms batches).
-DEADLINE, CALL, READY, DISPATCH, SCALE = range(5)
+DEADLINE, CALL, READY, DISPATCH, SCALE, CP_IDLE, CP_START, ADMIT = range(8)
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class Call:
         "started",
         "step",
         "steps",
+        "store",
         "target",
         "ticket",
         "total",
@@ -124,6 +132,7 @@ class Call:
         self.cost = sum(j.cost for j in jobs)
         self.replica: Replica | None = None
         self.pre = self.step = self.total = 0.0
+        self.store = 0.0  # encoding and storing the outputs, after the gate
         self.steps = 0
         self.share = 1.0
         self.done = 0.0  # work done, in seconds at full speed
@@ -232,9 +241,16 @@ class Simulation:
         self.reqs: list[SimRequest] = []
         self.timeline: list[dict] = []
         self.cluster: Cluster | None = None
-        self.cp_free = 0.0  # when the control plane is next free (profile.control_plane[_s])
+        # when each of the control plane's servers is next free (profile.control_plane[_s])
+        self.cp_frees = [0.0] * profile.control_plane_servers
         self.cp = profile.control_plane  # measured per-phase cost, or None
         self.cp_rng = random.Random(f"{self.config.seed}:control-plane")
+        # Host contention: computing calls run at host_rate (1 / slowdown) while the control
+        # plane is busy, which it is until cp_busy_until (None: the term is off).
+        hc = profile.host_contention
+        self.slowdown = hc.compute_slowdown if hc is not None and hc.compute_slowdown > 1 else None
+        self.host_rate = 1.0
+        self.cp_busy_until = 0.0
         self.rng = random.Random(self.config.seed)
         # measured duration factor per family: quantiles drawn by inverse transform
         self.factor_quantiles = {
@@ -304,15 +320,38 @@ class Simulation:
         nxt = next(arrivals, None)
         nxt_cp = self._cp_work("submit")
         pop = heapq.heappop
+        contended = self.slowdown is not None
+        servers = len(self.cp_frees) > 1
         while nxt is not None or heap:
-            if nxt is not None:
+            if nxt is not None and servers and nxt_cp:
+                # Several control-plane servers: a submit takes the first free one when it is
+                # sent, and the request is admitted when that work is done.
+                sent = nxt.t + submit_s
+                if not heap or heap[0][0] > sent:
+                    self.now = max(self.now, sent)
+                    self._cp_submit(nxt, sent, nxt_cp)
+                    nxt = next(arrivals, None)
+                    nxt_cp = self._cp_work("submit")
+                    continue
+            elif nxt is not None:
                 at = nxt.t + submit_s
-                if nxt_cp:  # the control plane takes submits one at a time
-                    at = max(at, self.cp_free) + nxt_cp
+                if nxt_cp:  # the control plane's first free server takes the submit
+                    server = self._cp_server()
+                    at = max(at, self.cp_frees[server]) + nxt_cp
+                    # Host contention: the submit's work starts before the arrival is handled
+                    # (at its end); the control plane is busy from that start.
+                    if contended and at > max(self.cp_busy_until, self.now) + EPS:
+                        start = max(at - nxt_cp, self.now)
+                        if not heap or heap[0][0] > start:
+                            self.now = start
+                            self._cp_busy(at)
+                            continue
                 if not heap or heap[0][0] > at:
                     self.now = at
                     if nxt_cp:
-                        self.cp_free = at
+                        self.cp_frees[server] = at
+                        if contended:
+                            self._cp_busy(at)
                     self.events += 1
                     self._arrive(nxt)
                     nxt = next(arrivals, None)
@@ -336,6 +375,12 @@ class Simulation:
                 self._dispatch(self.fams[a.family])
             elif kind == SCALE:
                 self._scale_tick(more=nxt is not None)
+            elif kind == CP_IDLE:
+                self._cp_idle()
+            elif kind == CP_START:
+                self._cp_busy(a)
+            elif kind == ADMIT:
+                self._arrive(a)
         replicas = {f: len(r) for f, r in self.cluster.replicas.items()}
         return SimResult(
             records=self.records,
@@ -362,7 +407,11 @@ class Simulation:
             t_scheduled=r.t,
             t_submit=r.t,
         )
-        self.records.append(rec)
+        if r.index == len(self.records):
+            self.records.append(rec)
+        else:  # admitted out of order (several control-plane servers): by index all the same
+            self.records.extend([None] * (r.index + 1 - len(self.records)))
+            self.records[r.index] = rec
         if r.error is not None:
             rec.status, rec.http_status, rec.error = "ERROR", r.error_status, r.error
             rec.t_done = now + self.profile.respond_s
@@ -400,7 +449,10 @@ class Simulation:
             return
         rec.t_admitted = now
         if self.cp is not None:  # the client follows the job: work queued, nobody waits for it
-            self.cp_free = max(self.cp_free, now) + self._cp_work("follow")
+            server = self._cp_server()
+            free = self.cp_frees[server] = max(self.cp_frees[server], now) + self._cp_work("follow")
+            if self.slowdown is not None:
+                self._cp_busy(free)
         job = QueuedJob(
             id=str(r.index),
             tenant=r.tenant,
@@ -520,7 +572,9 @@ class Simulation:
         call.steps = r.steps
         call.pre = cost.call_overhead_s * k
         call.share = cost.share(call.images, r.megapixels, r.cfg)
-        call.total = call.pre + call.steps * call.step + cost.post_s(call.images, r.megapixels) * k
+        decode = cost.decode_s(call.images, r.megapixels) * k
+        call.total = call.pre + call.steps * call.step + decode
+        call.store = cost.store_s(call.images) * k
         call.started = now
         if not self._route(fs, call):
             fs.unrouted.append(call)
@@ -582,7 +636,7 @@ class Simulation:
         if len(gpu.replicas) == 1:  # alone on its device: one call computes, at full speed
             gpu.active.append(call)
             gpu.load += call.share
-            call.rate = 1.0
+            call.rate = self.host_rate
             self._schedule(call)
         else:
             self._advance_gpu(gpu)
@@ -623,10 +677,42 @@ class Simulation:
 
     def _rerate(self, gpu: Gpu, new: Call | None) -> None:
         """Rates after the set of computing calls changed; reschedules whose rate moved."""
-        rate = 1.0 / max(1.0, gpu.load)
+        rate = self.host_rate / max(1.0, gpu.load)
         for c in gpu.active:
             if c is new or abs(c.rate - rate) > EPS:
                 c.rate = rate
+                self._schedule(c)
+
+    # -- host contention (Profile.host_contention) -------------------------------------------
+    def _cp_busy(self, until: float) -> None:
+        """Control-plane work is queued until ``until``: an idle control plane turns busy (every
+        computing call slows down) and its end is watched."""
+        if until <= self.now + EPS or until <= self.cp_busy_until:
+            return
+        idle = self.cp_busy_until <= self.now + EPS
+        self.cp_busy_until = until
+        if idle:
+            self._push(until, CP_IDLE)
+            self._set_host_rate(1.0 / self.slowdown)
+
+    def _cp_idle(self) -> None:
+        if self.cp_busy_until > self.now + EPS:  # more work came in meanwhile
+            self._push(self.cp_busy_until, CP_IDLE)
+            return
+        self._set_host_rate(1.0)
+
+    def _set_host_rate(self, rate: float) -> None:
+        """Every computing call's speed after the control plane turned busy or idle."""
+        if rate == self.host_rate:
+            return
+        self.host_rate = rate
+        for gpu in self.cluster.gpus:
+            if not gpu.active:
+                continue
+            share = rate if len(gpu.replicas) == 1 else rate / max(1.0, gpu.load)
+            for c in gpu.active:
+                self._advance(c)
+                c.rate = share
                 self._schedule(c)
 
     def _schedule(self, call: Call) -> None:
@@ -675,7 +761,7 @@ class Simulation:
             rec = self.records[int(j.id)]
             rec.status = "COMPLETED"
             rec.t_first_progress = call.first_step_at
-            rec.t_done = self._respond(now)
+            rec.t_done = self._respond(now + call.store)
             rec.compute_s = call.compute * j.images / call.images
             rec.queue_s = rec.t_started - rec.t_admitted
             self.tenant_running[j.tenant] -= 1
@@ -683,16 +769,42 @@ class Simulation:
         self._route_waiting(fs)
         self._dispatch(fs)
 
-    def _respond(self, now: float) -> float:
-        """When the client learns a job's end (a completion costs the control plane too)."""
-        at = now + self.profile.respond_s
+    def _respond(self, stored: float) -> float:
+        """When the client learns a job's end, its outputs stored at ``stored`` (a completion
+        costs the control plane too)."""
+        at = stored + self.profile.respond_s
         cp_s = self._cp_work("done")
         if cp_s:
-            at = max(at, self.cp_free) + cp_s
-            self.cp_free = at
+            server = self._cp_server()
+            start = max(at, self.cp_frees[server])
+            at = free = start + cp_s
             if self.cp is not None:  # reading the result after the final status
-                self.cp_free += self._cp_work("after")
+                free += self._cp_work("after")
+            self.cp_frees[server] = free
+            if self.slowdown is not None:
+                if start > max(self.now, self.cp_busy_until) + EPS:  # after an idle gap
+                    self._push(start, CP_START, free)
+                else:
+                    self._cp_busy(free)
         return at
+
+    def _cp_submit(self, r: SimRequest, sent: float, work: float) -> None:
+        server = self._cp_server()
+        start = max(sent, self.cp_frees[server])
+        at = self.cp_frees[server] = start + work
+        self._push(at, ADMIT, r)
+        if self.slowdown is not None:
+            if start > max(self.now, self.cp_busy_until) + EPS:  # after an idle gap
+                self._push(start, CP_START, at)
+            else:
+                self._cp_busy(at)
+
+    def _cp_server(self) -> int:
+        """The control plane's server that is free first (the one of a single server)."""
+        frees = self.cp_frees
+        if len(frees) == 1:
+            return 0
+        return min(range(len(frees)), key=frees.__getitem__)
 
     def _cp_work(self, phase: str) -> float:
         """Control-plane CPU seconds of one request's ``phase`` (submit, follow, done, after):

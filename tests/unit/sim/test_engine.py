@@ -263,3 +263,16 @@ def test_duration_noise_is_seeded_with_mean_one():
     lat = [latency(a, i) for i in range(200)]
     assert sum(lat) / len(lat) == pytest.approx(4.0, rel=0.08)
     assert min(lat) < 3.0 < 5.0 < max(lat)
+
+
+def test_outputs_are_stored_after_the_gate_while_the_next_call_computes():
+    # Storing takes 0.5 s per image, after the call left the gate (deployments/worker.py):
+    # B (waiting at the gate) computes from A's compute end, not from A's store end.
+    res = run(
+        [req(0.0, num_inference_steps=1), req(0.0, num_inference_steps=2)],
+        prof=profile(per_image_overhead_s=0.5),
+    )
+    a, b = res.records
+    assert a.t_done == pytest.approx(1.5) and a.compute_s == pytest.approx(1.0)
+    assert b.t_first_progress == pytest.approx(2.0)
+    assert b.t_done == pytest.approx(3.5) and b.compute_s == pytest.approx(2.0)
