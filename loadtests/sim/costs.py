@@ -188,6 +188,23 @@ class HostContention(_Strict):
         "from each call's compute time against the control plane's CPU during it, at idle and "
         "under a known background load; 1: no slowdown.",
     )
+    control_plane_slowdown: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=10.0,
+        description="Factor on a piece of control-plane work (a request's submit, follow, done "
+        "or after phase) that starts while a call computes on the host: the other side of the "
+        "same shared cores. Unset: compute_slowdown (two sides of one host taken to slow each "
+        "other alike); 1: the control plane is not slowed.",
+    )
+
+    @property
+    def cp_factor(self) -> float:
+        return (
+            self.compute_slowdown
+            if self.control_plane_slowdown is None
+            else (self.control_plane_slowdown)
+        )
 
 
 class Profile(_Strict):

@@ -251,6 +251,9 @@ class Simulation:
         self.slowdown = hc.compute_slowdown if hc is not None and hc.compute_slowdown > 1 else None
         self.host_rate = 1.0
         self.cp_busy_until = 0.0
+        # ... and control-plane work that starts while a call computes takes cp_stretch longer
+        self.cp_stretch = hc.cp_factor if hc is not None and hc.cp_factor > 1 else None
+        self.computing = 0  # calls computing on the host (any device)
         self.rng = random.Random(self.config.seed)
         # measured duration factor per family: quantiles drawn by inverse transform
         self.factor_quantiles = {
@@ -337,11 +340,12 @@ class Simulation:
                 at = nxt.t + submit_s
                 if nxt_cp:  # the control plane's first free server takes the submit
                     server = self._cp_server()
-                    at = max(at, self.cp_frees[server]) + nxt_cp
+                    work = self._stretch(nxt_cp)
+                    at = max(at, self.cp_frees[server]) + work
                     # Host contention: the submit's work starts before the arrival is handled
                     # (at its end); the control plane is busy from that start.
                     if contended and at > max(self.cp_busy_until, self.now) + EPS:
-                        start = max(at - nxt_cp, self.now)
+                        start = max(at - work, self.now)
                         if not heap or heap[0][0] > start:
                             self.now = start
                             self._cp_busy(at)
@@ -450,7 +454,8 @@ class Simulation:
         rec.t_admitted = now
         if self.cp is not None:  # the client follows the job: work queued, nobody waits for it
             server = self._cp_server()
-            free = self.cp_frees[server] = max(self.cp_frees[server], now) + self._cp_work("follow")
+            free = max(self.cp_frees[server], now) + self._stretch(self._cp_work("follow"))
+            self.cp_frees[server] = free
             if self.slowdown is not None:
                 self._cp_busy(free)
         job = QueuedJob(
@@ -633,6 +638,7 @@ class Simulation:
         call.held_since = now
         call.since = now
         gpu = rep.gpu
+        self.computing += 1
         if len(gpu.replicas) == 1:  # alone on its device: one call computes, at full speed
             gpu.active.append(call)
             gpu.load += call.share
@@ -650,6 +656,7 @@ class Simulation:
         gpu = rep.gpu
         call.compute += self.now - call.held_since
         rep.holder = None
+        self.computing -= 1
         if len(gpu.replicas) == 1:
             gpu.active.remove(call)
             gpu.load -= call.share
@@ -773,13 +780,13 @@ class Simulation:
         """When the client learns a job's end, its outputs stored at ``stored`` (a completion
         costs the control plane too)."""
         at = stored + self.profile.respond_s
-        cp_s = self._cp_work("done")
+        cp_s = self._stretch(self._cp_work("done"))
         if cp_s:
             server = self._cp_server()
             start = max(at, self.cp_frees[server])
             at = free = start + cp_s
             if self.cp is not None:  # reading the result after the final status
-                free += self._cp_work("after")
+                free += self._stretch(self._cp_work("after"))
             self.cp_frees[server] = free
             if self.slowdown is not None:
                 if start > max(self.now, self.cp_busy_until) + EPS:  # after an idle gap
@@ -791,13 +798,21 @@ class Simulation:
     def _cp_submit(self, r: SimRequest, sent: float, work: float) -> None:
         server = self._cp_server()
         start = max(sent, self.cp_frees[server])
-        at = self.cp_frees[server] = start + work
+        at = self.cp_frees[server] = start + self._stretch(work)
         self._push(at, ADMIT, r)
         if self.slowdown is not None:
             if start > max(self.now, self.cp_busy_until) + EPS:  # after an idle gap
                 self._push(start, CP_START, at)
             else:
                 self._cp_busy(at)
+
+    def _stretch(self, work: float) -> float:
+        """Control-plane seconds of ``work`` CPU seconds placed now: stretched while a call
+        computes on the host (``HostContention.control_plane_slowdown``), whose state when the
+        work is placed stands for its state while the work runs."""
+        if self.cp_stretch is None or not self.computing or not work:
+            return work
+        return work * self.cp_stretch
 
     def _cp_server(self) -> int:
         """The control plane's server that is free first (the one of a single server)."""

@@ -16,13 +16,18 @@ from tests.unit.sim.test_engine import ONE_SECOND_STEP, catalog, req, run
 SUBMITS_ONLY = {"submit_s": [0.1, 0.1], "follow_s": [0, 0], "done_s": [0, 0], "after_s": [0, 0]}
 
 
-def prof(slowdown=None, cp=SUBMITS_ONLY, **family):
+def prof(slowdown=None, cp=SUBMITS_ONLY, cp_slowdown=1.0, **family):
+    """A profile whose compute slows by ``slowdown`` while the control plane works and whose
+    control-plane work slows by ``cp_slowdown`` (None: the same factor) while a call computes."""
     fam = {**ONE_SECOND_STEP, **family}
+    hc = None
+    if slowdown is not None:
+        hc = {"compute_slowdown": slowdown, "control_plane_slowdown": cp_slowdown}
     return Profile(
         name="t",
         device="t",
         control_plane=cp,
-        host_contention=None if slowdown is None else {"compute_slowdown": slowdown},
+        host_contention=hc,
         families={"sd15": fam, "sdxl": fam},
     )
 
@@ -39,6 +44,22 @@ def test_a_computing_call_slows_down_while_another_request_is_submitted():
     assert on.records[1].t_admitted == pytest.approx(0.6)  # the submit itself is unchanged
     # B waited at the gate for A, then computed with the control plane idle: 1 s.
     assert on.records[1].t_done == pytest.approx(1.15 + 1.0)
+
+
+def test_control_plane_work_slows_down_while_a_call_computes_too():
+    # The same trace with the two sides slowing each other alike (control_plane_slowdown unset):
+    # B's 0.1 s submit starts at 0.5 while A computes and takes 0.2 s, during which A runs at
+    # half speed: B is admitted at 0.7, A loses 0.1 s of work and ends at 1.2.
+    trace = [req(0.0, num_inference_steps=1), req(0.5, num_inference_steps=1)]
+    on = run(trace, prof=prof(2.0, cp_slowdown=None))
+    assert on.records[0].t_admitted == pytest.approx(0.1)  # nothing computed yet: unchanged
+    assert on.records[1].t_admitted == pytest.approx(0.7)
+    assert on.records[0].t_done == pytest.approx(1.2)
+    assert on.records[1].t_done == pytest.approx(1.2 + 1.0)
+    # its own factor, apart from the compute side's
+    three = run(trace, prof=prof(2.0, cp_slowdown=3.0))
+    assert three.records[1].t_admitted == pytest.approx(0.8)
+    assert three.records[0].t_done == pytest.approx(1.25)
 
 
 def test_every_call_packed_on_the_device_slows_down_by_the_same_factor():
