@@ -407,14 +407,18 @@ def calibrate_serving(
         quiet_t1 = time.monotonic()
         cfg = ReplayConfig(url=stack.url, keys={"sim": stack.api_key})
         t0, tl = {}, {}
-        records = asyncio.run(
-            replay(
-                trace,
-                cfg,
-                lambda i, f: f"calibration request {i}: {f}",
-                on_start=lambda: t0.setdefault("t", time.monotonic()),
+
+        def replay_trace(label: str, started: dict) -> list:
+            return asyncio.run(
+                replay(
+                    trace,
+                    cfg,
+                    lambda i, f: f"{label} {i}: {f}",
+                    on_start=lambda: started.setdefault("t", time.monotonic()),
+                )
             )
-        )
+
+        records = replay_trace("calibration request", t0)
         time.sleep(AFTER_WINDOW_S + 0.1)
         done_id = next(r.request_id for r in reversed(records) if r.request_id)
         stop = threading.Event()
@@ -424,14 +428,7 @@ def calibrate_serving(
             )
             time.sleep(1.0)
             load_t0 = time.monotonic()
-            loaded = asyncio.run(
-                replay(
-                    trace,
-                    cfg,
-                    lambda i, f: f"loaded calibration request {i}: {f}",
-                    on_start=lambda: tl.setdefault("t", time.monotonic()),
-                )
-            )
+            loaded = replay_trace("loaded calibration request", tl)
             load_t1 = time.monotonic()
             stop.set()
             codes = reads.result()

@@ -10,6 +10,7 @@ import yaml
 from genmedia.loadtests.sim.calibrate import CP_PHASES, build_profile, fit_contention
 from genmedia.loadtests.sim.costs import Profile, ProfileError, load_profile
 from tests.unit.sim.test_calibration import FIT
+from tests.unit.sim.test_empirical import assert_profile_refused
 from tests.unit.sim.test_engine import ONE_SECOND_STEP, catalog, req, run
 
 # Only submits cost the control plane (0.1 s each): nothing else keeps it busy.
@@ -122,13 +123,7 @@ CP = {"submit_s": [0.1, 0.1], "follow_s": [0.2, 0.2], "done_s": [0.3, 0.3], "aft
     ],
 )  # fmt: skip
 def test_bad_host_contention_names_the_file_and_the_field(tmp_path, change, field, words):
-    data = {"name": "x", "device": "d", "families": {"sd15": ONE_SECOND_STEP}, **change}
-    f = tmp_path / "p.yaml"
-    f.write_text(yaml.safe_dump(data))
-    with pytest.raises(ProfileError) as e:
-        load_profile(f)
-    assert e.value.file == str(f) and e.value.field == field
-    assert words in str(e.value).lower() and str(f) in str(e.value)
+    assert_profile_refused(tmp_path, change, field, words)
 
 
 def test_contention_fit_recovers_a_known_line():
