@@ -41,7 +41,6 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
 from genmedia.autoscaling.placement import replica_shapes
@@ -240,7 +239,7 @@ def main() -> None:
     args = ap.parse_args()
     scenario_file = find_scenario(args.scenario)
     try:
-        load_scenario(scenario_file)
+        scenario = load_scenario(scenario_file)
     except (OSError, ValueError) as e:
         raise SystemExit(f"--scenario: {e}") from None
     import ray
@@ -248,8 +247,7 @@ def main() -> None:
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     base = args.out / f"bench_autoscaling_real-{stamp}"
-    scenario = yaml.safe_load(scenario_file.read_text())
-    tenant_ids = [t["id"] for t in scenario["tenants"]]
+    tenant_ids = [t.id for t in scenario.tenants]
     work = Path(tempfile.mkdtemp(prefix="genmedia-bench-as-"))
     data = bench_catalog(work)
     port = free_port()
@@ -274,8 +272,8 @@ def main() -> None:
     doc = {
         "started_utc": stamp,
         "host": platform.node(),
-        "scenario": scenario["name"],
-        "duration_s": scenario["duration_s"],
+        "scenario": scenario.name,
+        "duration_s": scenario.duration_s,
         "gpus": GPUS,
         "runs": [{k: v for k, v in r.items() if k != "ticks"} for r in results],
         "ratio": {

@@ -576,10 +576,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=PROFILES_DIR / "tiny-cpu.yaml")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    raw: list[dict] = []
-    fits = calibrate_bare(args.reps, raw)
     if args.load_interval <= 0:
         raise SystemExit(f"--load-interval must be above 0, got {args.load_interval}")
+    raw: list[dict] = []
+    fits = calibrate_bare(args.reps, raw)
     serving = (
         calibrate_serving(args.reps * 4, raw, fits, args.load_interval) if args.serving else None
     )

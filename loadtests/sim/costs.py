@@ -200,11 +200,10 @@ class HostContention(_Strict):
 
     @property
     def cp_factor(self) -> float:
-        return (
-            self.compute_slowdown
-            if self.control_plane_slowdown is None
-            else (self.control_plane_slowdown)
-        )
+        """Factor on control-plane work that starts while a call computes."""
+        if self.control_plane_slowdown is None:
+            return self.compute_slowdown
+        return self.control_plane_slowdown
 
 
 class Profile(_Strict):

@@ -454,10 +454,9 @@ class Simulation:
         rec.t_admitted = now
         if self.cp is not None:  # the client follows the job: work queued, nobody waits for it
             server = self._cp_server()
-            free = max(self.cp_frees[server], now) + self._stretch(self._cp_work("follow"))
-            self.cp_frees[server] = free
-            if self.slowdown is not None:
-                self._cp_busy(free)
+            start = max(self.cp_frees[server], now)
+            free = self.cp_frees[server] = start + self._stretch(self._cp_work("follow"))
+            self._cp_works(start, free)
         job = QueuedJob(
             id=str(r.index),
             tenant=r.tenant,
@@ -714,13 +713,9 @@ class Simulation:
             return
         self.host_rate = rate
         for gpu in self.cluster.gpus:
-            if not gpu.active:
-                continue
-            share = rate if len(gpu.replicas) == 1 else rate / max(1.0, gpu.load)
-            for c in gpu.active:
-                self._advance(c)
-                c.rate = share
-                self._schedule(c)
+            if gpu.active:
+                self._advance_gpu(gpu)
+                self._rerate(gpu, None)
 
     def _schedule(self, call: Call) -> None:
         call.version += 1
@@ -788,11 +783,7 @@ class Simulation:
             if self.cp is not None:  # reading the result after the final status
                 free += self._stretch(self._cp_work("after"))
             self.cp_frees[server] = free
-            if self.slowdown is not None:
-                if start > max(self.now, self.cp_busy_until) + EPS:  # after an idle gap
-                    self._push(start, CP_START, free)
-                else:
-                    self._cp_busy(free)
+            self._cp_works(start, free)
         return at
 
     def _cp_submit(self, r: SimRequest, sent: float, work: float) -> None:
@@ -800,11 +791,17 @@ class Simulation:
         start = max(sent, self.cp_frees[server])
         at = self.cp_frees[server] = start + self._stretch(work)
         self._push(at, ADMIT, r)
-        if self.slowdown is not None:
-            if start > max(self.now, self.cp_busy_until) + EPS:  # after an idle gap
-                self._push(start, CP_START, at)
-            else:
-                self._cp_busy(at)
+        self._cp_works(start, at)
+
+    def _cp_works(self, start: float, end: float) -> None:
+        """The control plane works from ``start`` to ``end`` (host contention): busy from now on,
+        or from ``start`` when that comes after an idle gap."""
+        if self.slowdown is None:
+            return
+        if start > max(self.now, self.cp_busy_until) + EPS:
+            self._push(start, CP_START, end)
+        else:
+            self._cp_busy(end)
 
     def _stretch(self, work: float) -> float:
         """Control-plane seconds of ``work`` CPU seconds placed now: stretched while a call
