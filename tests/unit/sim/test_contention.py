@@ -120,6 +120,12 @@ CP = {"submit_s": [0.1, 0.1], "follow_s": [0.2, 0.2], "done_s": [0.3, 0.3], "aft
          "host_contention.cores", "unknown field"),
         ({"host_contention": {"compute_slowdown": 2}}, "host_contention",
          "needs a control-plane model"),
+        ({"control_plane": CP,
+          "host_contention": {"compute_slowdown": 2, "control_plane_slowdown": 0.5}},
+         "host_contention.control_plane_slowdown", "greater than or equal to 1"),
+        ({"control_plane": CP,
+          "host_contention": {"compute_slowdown": 2, "control_plane_slowdown": 11}},
+         "host_contention.control_plane_slowdown", "less than or equal to 10"),
     ],
 )  # fmt: skip
 def test_bad_host_contention_names_the_file_and_the_field(tmp_path, change, field, words):
