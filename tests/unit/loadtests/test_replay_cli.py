@@ -119,17 +119,19 @@ def test_sync_api_and_polling(gateway, tmp_path):
 
 def test_open_loop_sends_on_schedule_while_responses_are_slow(gateway, tmp_path):
     url, scheduler = gateway
-    scheduler.delay_s = 1.0  # every job takes a second; arrivals come every ~50 ms
+    scheduler.delay_s = 2.0  # every job takes two seconds; arrivals come every ~50 ms
     r, out = run(url, tmp_path)
     assert r.exit_code == 0, r.output
     records = read_records(out / "requests.jsonl")
     assert len(records) > 10
-    assert all(x.latency >= 1.0 for x in records)
-    lag = [x.t_submit - x.t_scheduled for x in records]
-    # Closed loop would send the second request only after the first answer (>= 1 s) and lag
-    # by seconds at the end; open loop stays on schedule (slack for a busy 2-core machine).
-    assert max(lag) < 0.8, lag
-    assert records[-1].t_submit < records[0].t_done
+    assert all(x.latency >= scheduler.delay_s for x in records)
+    lag = sorted(x.t_submit - x.t_scheduled for x in records)
+    # Closed loop would send the k-th request only after k answers (k x 2 s late); open loop
+    # sends every one on schedule. The bound on the worst is one answer's time, so that a
+    # scheduling stall of the busy 2-core test machine does not read as waiting for answers.
+    assert lag[len(lag) // 2] < 0.1, lag
+    assert lag[-1] < scheduler.delay_s, lag
+    assert records[-1].t_submit < min(x.t_done for x in records)
 
 
 def test_refusals_are_recorded_as_429(gateway, tmp_path):
