@@ -12,6 +12,7 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -119,8 +120,17 @@ def test_compatible_requests_share_one_pipeline_call(base_url, http):
     assert odd["batch"]["id"] not in batch_ids and odd["batch"]["images"] == 1
 
 
+def _pixels(http, result) -> np.ndarray:
+    r = http.get(result["images"][0]["url"])
+    assert r.status_code == 200, r.text
+    return np.asarray(Image.open(io.BytesIO(r.content)), dtype=np.int16)
+
+
 def test_batched_output_equals_unbatched(base_url, http):
-    """A request's image depends on its seed, not on the batch it shared."""
+    """A request's image depends on its seed, not on the batch it shared. CPU matmul kernels
+    are chosen by shape, so a batch of three may round differently in the last bit than a batch
+    of one: the image may differ from the lone one by one 8-bit level, where another seed's
+    image differs everywhere."""
     alone = generate(http, "sd15-tiny", seed=77, num_inference_steps=2).json()
 
     blockers = fill_sd15_slots(http)  # the three requests below then leave the queue together
@@ -141,7 +151,9 @@ def test_batched_output_equals_unbatched(base_url, http):
     for b in blockers:
         http.put(f"/v1/queue/requests/{b}/cancel")
     assert together[0]["batch"]["images"] == 3
-    assert together[0]["images"][0]["sha256"] == alone["images"][0]["sha256"]
+    lone, batched, other = (_pixels(http, r) for r in (alone, together[0], together[1]))
+    assert np.abs(batched - lone).max() <= 1
+    assert np.abs(other - lone).mean() > 10 * max(np.abs(batched - lone).mean(), 0.1)
 
 
 def test_all_families_packed_on_one_logical_gpu(serve_app):
