@@ -16,6 +16,12 @@ work per model and class, measured service and load times, current replicas, ``n
   (``sqrt(a * s / rate_window_s)``), plus its queued work over the drain window ``T - s``; all
   work together, at ``batch_utilisation``, plus all queued work over the batch target's window.
   The larger wins.
+- Capacity: replicas that share a device slow each other down. Where the scheduler measured
+  it (``deployments/contention.py``: wall seconds per unit grow by ``b`` of the solo time for
+  every call computing beside), ``n`` replicas give ``n / (1 + b (n - 1))`` replicas of
+  capacity; the demand is met with that capacity, and a replica that would add less than
+  ``min_replica_gain`` of one is not added (one that did is removed at once). A measurement
+  older than ``slowdown_memory_s`` is dropped, so the policy tries again.
 - Damping: up at once (latency matters); down only to what the work needs at
   ``down_utilisation`` of the replicas (hysteresis), after the demand stayed that low for
   ``downscale_delay_s`` and at least that long after the last change (cooldown).
@@ -84,6 +90,8 @@ class PolicyConfig:
     batch_utilisation: float = 0.97  # of the replicas, for all offered work together
     rate_window_s: float = 10.0  # time constant of the arrival-rate average
     rate_sample_s: float = 2.0  # rates are updated at most this often (metrics arrive ~1 s)
+    min_replica_gain: float = 0.5  # replicas of capacity an added replica must add
+    slowdown_memory_s: float = 600.0  # a slowdown measurement is trusted this long
 
     @classmethod
     def from_catalog(
@@ -109,13 +117,24 @@ def policy_knobs(**overrides: float) -> dict[str, float]:
     if unknown:
         raise ValueError(f"unknown autoscaling knob(s) {unknown}; known: {sorted(defaults)}")
     out = {**defaults, **{k: float(v) for k, v in overrides.items()}}
-    for name in ("down_utilisation", "batch_utilisation", "interactive_late_share"):
+    for name in (
+        "down_utilisation",
+        "batch_utilisation",
+        "interactive_late_share",
+        "min_replica_gain",
+    ):
         if not 0 < out[name] <= 1:
             raise ValueError(f"autoscaling knob {name} must be in (0, 1], got {out[name]}")
     for name in ("rate_window_s", "rate_sample_s"):
         if out[name] <= 0:
             raise ValueError(f"autoscaling knob {name} must be > 0, got {out[name]}")
-    for name in ("downscale_delay_s", "replica_start_s", "rate_noise_z", "forecast_margin_s"):
+    for name in (
+        "downscale_delay_s",
+        "replica_start_s",
+        "rate_noise_z",
+        "forecast_margin_s",
+        "slowdown_memory_s",
+    ):
         if out[name] < 0:
             raise ValueError(f"autoscaling knob {name} must be >= 0, got {out[name]}")
     return out
@@ -131,6 +150,10 @@ class ModelLoad:
     load_s: float | None = None  # measured cold load; None: use the catalog's
     # work admitted per class since the scheduler started (a counter); None: not reported
     admitted_units: dict[str, float] | None = None
+    # share of its solo time a call loses per call of the family computing beside it, and
+    # how old that measurement is; None: not measured
+    slowdown: float | None = None
+    slowdown_age_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +215,8 @@ class FamilyDemand:
     keep: int
     interactive: float  # replicas the interactive class alone needs
     busy: bool
+    useful: int | None = None  # replicas worth having (each adds min_replica_gain); None: any
+    slowdown: float = 0.0  # the family's measured slowdown per concurrent call
 
 
 @dataclass(frozen=True)
@@ -205,6 +230,44 @@ class Decision:
 
 def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
+
+
+def capacity(replicas: int, slowdown: float) -> float:
+    """Replicas of solo capacity that ``replicas`` busy replicas give when each call loses
+    ``slowdown`` of its solo time per call computing beside it."""
+    return replicas / (1.0 + slowdown * (replicas - 1)) if replicas > 0 else 0.0
+
+
+def useful_replicas(slowdown: float, min_gain: float, limit: int) -> int:
+    """The most replicas (at least 1, at most ``limit``) each of which adds ``min_gain`` of a
+    replica's capacity (the gain falls with every replica, so the first short one ends it)."""
+    n = 1
+    while n < limit and capacity(n + 1, slowdown) - capacity(n, slowdown) >= min_gain - 1e-9:
+        n += 1
+    return n
+
+
+def replicas_for(demand: float, slowdown: float, limit: int) -> int:
+    """The fewest replicas whose capacity meets ``demand`` (replicas of solo capacity), at most
+    ``limit``; with no slowdown, ``ceil(demand)``."""
+    if slowdown <= 0:
+        return _ceil(demand)
+    n = 0
+    while n < limit and capacity(n, slowdown) < demand - 1e-9:
+        n += 1
+    return n
+
+
+def family_slowdown(config: PolicyConfig, family: str, snap: Snapshot) -> float | None:
+    """The largest fresh slowdown measured on the family's models (None: none measured)."""
+    measured = [
+        load.slowdown
+        for mid in config.models[family]
+        if (load := snap.models.get(mid)) is not None
+        and load.slowdown is not None
+        and (load.slowdown_age_s or 0.0) <= config.slowdown_memory_s
+    ]
+    return max(measured) if measured else None
 
 
 def update_rates(
@@ -257,11 +320,17 @@ def family_demand(
     overall = (a_i + offered["batch"]) / config.batch_utilisation + backlog["batch"]
     demand = max(interactive, overall)
     floor = 1 if busy else 0
+    b = family_slowdown(config, family, snap)
+    limit = max(1, config.shapes[family].max_replicas)
+    useful = None if b is None else useful_replicas(b, config.min_replica_gain, limit)
+    bound = limit if useful is None else useful
     return FamilyDemand(
-        up=max(floor, _ceil(demand)),
-        keep=max(floor, _ceil(demand / config.down_utilisation)),
+        up=max(floor, replicas_for(demand, b or 0.0, bound)),
+        keep=max(floor, replicas_for(demand / config.down_utilisation, b or 0.0, bound)),
         interactive=interactive,
         busy=busy,
+        useful=useful,
+        slowdown=b or 0.0,
     )
 
 
@@ -303,6 +372,15 @@ def _family_step(
         if now - idle_since >= keep_warm:
             floor = 0
     cap = shape.max_replicas
+    if d.useful is not None:
+        cap = min(cap, max(floor, d.useful))
+        if current > cap:  # the replicas beyond add little capacity and slow the others
+            return (
+                cap,
+                replace(st, low_since=None, last_change=now),
+                f"replicas beyond {cap} add under {config.min_replica_gain:g} of a replica "
+                f"each (slowdown {d.slowdown:.2f} per concurrent call)",
+            )
     up = min(cap, max(floor, d.up))
     if up > current:
         return up, replace(st, low_since=None, last_change=now), f"work needs {d.up}"

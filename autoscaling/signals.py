@@ -22,9 +22,11 @@ def encode(
     seconds_per_unit: Mapping[str, float],
     models: Iterable[str],
     admitted: Mapping[tuple[str, str], float] | None = None,
+    slowdown: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, float]:
     """Metrics from queued jobs (model, class, units), running calls (model, units), measured
-    seconds per unit and the units admitted per (model, class) so far (a counter); every model
+    seconds per unit, the units admitted per (model, class) so far (a counter) and, where
+    measured, each model's slowdown per concurrent call with its age in seconds; every model
     gets its zeros, so idle is a value, not a gap."""
     out: dict[str, float] = {}
     for m in models:
@@ -42,6 +44,9 @@ def encode(
         out[key] = out.get(key, 0.0) + units
     for m, rate in seconds_per_unit.items():
         out[f"rate{SEP}{m}"] = float(rate)
+    for m, (per_call, age_s) in (slowdown or {}).items():
+        out[f"slowdown{SEP}{m}"] = float(per_call)
+        out[f"slowdown_age{SEP}{m}"] = float(age_s)
     return out
 
 
@@ -51,6 +56,8 @@ def decode(metrics: Mapping[str, float]) -> dict[str, ModelLoad]:
     admitted: dict[str, dict[str, float]] = defaultdict(dict)
     inflight: dict[str, float] = {}
     rate: dict[str, float] = {}
+    slowdown: dict[str, float] = {}
+    slowdown_age: dict[str, float] = {}
     for key, value in metrics.items():
         parts = key.split(SEP)
         if parts[0] == "queued" and len(parts) == 3:
@@ -61,12 +68,18 @@ def decode(metrics: Mapping[str, float]) -> dict[str, ModelLoad]:
             inflight[parts[1]] = float(value)
         elif parts[0] == "rate" and len(parts) == 2 and value > 0:
             rate[parts[1]] = float(value)
+        elif parts[0] == "slowdown" and len(parts) == 2 and value >= 0:
+            slowdown[parts[1]] = float(value)
+        elif parts[0] == "slowdown_age" and len(parts) == 2 and value >= 0:
+            slowdown_age[parts[1]] = float(value)
     return {
         m: ModelLoad(
             dict(queued.get(m, {})),
             inflight.get(m, 0.0),
             rate.get(m),
             admitted_units=dict(admitted[m]) if m in admitted else None,
+            slowdown=slowdown.get(m),
+            slowdown_age_s=slowdown_age.get(m, 0.0) if m in slowdown else None,
         )
         for m in set(queued) | set(inflight) | set(rate) | set(admitted)
     }

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from genmedia.deployments.contention import ComputeSpan, ContentionTracker
 from genmedia.deployments.jobstore import TERMINAL, JobRecord, JobStatus, SQLiteJobStore
 from genmedia.deployments.metrics import SchedulerMetrics
 from genmedia.deployments.scheduling import (
@@ -119,6 +120,7 @@ class Scheduler:
         }
         self.shares = {f: ShareTracker() for f in self.catalog.families()}
         self.estimator = ServiceTimeEstimator()
+        self.contention = ContentionTracker()  # replicas slowing each other: for the autoscaler
         self.replicas = {f: 1 for f in self.catalog.families()}
         self.inflight = {f: {"main": 0, "preempt": 0} for f in self.catalog.families()}
         self.main_batch_calls = dict.fromkeys(self.catalog.families(), 0)
@@ -598,17 +600,20 @@ class Scheduler:
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Queued work per model and class, running work per model and work enqueued so far
         per model and class, in work units, with the measured device seconds per unit (what a unit
-        costs its device, not the wall time co-located replicas stretch): what the
-        autoscaler (``autoscaling/serve_adapter.py``) reads when the app runs under its
-        policy."""
+        costs its device, not the wall time co-located replicas stretch) and how much the
+        family's replicas slow each other down (``contention.py``): what the autoscaler
+        (``autoscaling/serve_adapter.py``) reads when the app runs under its policy."""
         from genmedia.autoscaling.signals import encode
 
+        now = time.time()
+        slowdowns = {m.id: self.contention.slowdown(m.id, now) for m in self.catalog.models}
         return encode(
             ((j.model_id, j.priority, j.cost) for j in self.queued.values()),
             self.running_work.values(),
             self.estimator.device_per_cost,
             (m.id for m in self.catalog.models),
             self.admitted_units,
+            {m: (s.per_call, s.age_s) for m, s in slowdowns.items() if s is not None},
         )
 
     async def ready(self) -> dict:
@@ -695,6 +700,7 @@ class Scheduler:
         if not started:
             return
         batch_id = uuid.uuid4().hex[:12]
+        self.contention.dispatched(family, batch_id, time.time())
         self.inflight[family][slot] += 1
         if slot == "main" and cls == "batch":
             self.main_batch_calls[family] += 1
@@ -748,6 +754,7 @@ class Scheduler:
         except Exception as e:
             self._failed(recs, e)
         finally:
+            self.contention.dropped(family, batch_id)
             self.batches.pop(batch_id, None)
             self.running_ends.pop(batch_id, None)
             self.running_work.pop(batch_id, None)
@@ -807,6 +814,20 @@ class Scheduler:
         self.estimator.observe(
             recs[0].model_id, total_cost, result["compute_s"], result.get("device_s")
         )
+        span = result.get("compute_span")
+        if span and result.get("replica") and total_cost > 0:
+            self.contention.finished(
+                self.family_of[recs[0].model_id],
+                ComputeSpan(
+                    call_id=result["batch_id"],
+                    replica=str(result["replica"]),
+                    model_id=recs[0].model_id,
+                    images=int(result["batch_images"]),
+                    start=float(span[0]),
+                    end=float(span[1]),
+                    seconds_per_unit=float(result["compute_s"]) / total_cost,
+                ),
+            )
 
     def _adapter_uses(self, model_id: str, adapters) -> list[AdapterUse]:
         uses = []

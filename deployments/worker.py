@@ -246,6 +246,7 @@ class FamilyWorker:
         waited = time.perf_counter()
         ticket = self.gate.acquire(prio, cancel)
         started = time.perf_counter()
+        started_wall = time.time()  # the compute span, for the scheduler's contention signal
         clock = DeviceClock(self.device, self.threads)
         paused = 0.0
         state = {"ticket": ticket}
@@ -314,6 +315,7 @@ class FamilyWorker:
             "adapter_load_s": adapter_s,
             "adapters": [{"id": u.id, "scale": u.scale} for u in req.adapters],
             "replica": self.replica,
+            "compute_span": [started_wall, now],
             "device": self.device,
             "acceleration": model.acceleration,
         }

@@ -11,8 +11,11 @@ from genmedia.autoscaling.policy import (
     PolicyConfig,
     RateEstimate,
     Snapshot,
+    capacity,
     decide,
     policy_knobs,
+    replicas_for,
+    useful_replicas,
     zero_blockers,
 )
 from tests.unit.autoscaling.conftest import catalog, model
@@ -269,3 +272,62 @@ def test_policy_knobs_have_defaults_and_refuse_unknown_or_out_of_range():
         policy_knobs(batch_utilisation=1.5)
     with pytest.raises(ValueError, match="rate_window_s must be > 0"):
         PolicyConfig.from_catalog(catalog([model("a")]), 1, 80, rate_window_s=0)
+    with pytest.raises(ValueError, match=r"min_replica_gain must be in \(0, 1\], got 1.5"):
+        policy_knobs(min_replica_gain=1.5)
+    with pytest.raises(ValueError, match="slowdown_memory_s must be >= 0"):
+        policy_knobs(slowdown_memory_s=-1)
+
+
+def test_capacity_of_replicas_that_slow_each_other():
+    assert [capacity(n, 0.0) for n in (0, 1, 4)] == [0.0, 1.0, 4.0]
+    assert capacity(2, 1.0) == 1.0 and capacity(3, 0.5) == 1.5  # a shared device: no gain
+    # each added replica must add half a replica: 2 / 1.2 - 1 = 0.67, 3 / 1.4 - 1.67 = 0.48
+    assert useful_replicas(0.2, 0.5, limit=10) == 2
+    assert useful_replicas(0.64, 0.5, limit=10) == 1  # 2 / 1.64 - 1 = 0.22
+    assert useful_replicas(0.0, 0.5, limit=10) == 10
+    assert replicas_for(2.5, 0.0, 10) == 3
+    assert replicas_for(2.5, 0.1, 10) == 3  # 3 / 1.2 = 2.5
+    assert replicas_for(2.6, 0.1, 10) == 4  # 4 / 1.3 = 3.08
+    assert replicas_for(5.0, 0.5, 10) == 10  # capacity never reaches 2: as many as allowed
+
+
+def _contended(slowdown, age_s=1.0, interactive=300.0) -> ModelLoad:
+    return ModelLoad({"interactive": interactive}, 0.0, slowdown=slowdown, slowdown_age_s=age_s)
+
+
+def test_replicas_that_add_no_capacity_are_neither_added_nor_kept():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0})],
+        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
+    )
+    drv = Driver(cfg, {"sd15": 1})
+    assert drv.step({"a": _queued(interactive=300)}).replicas == {"sd15": 4}  # as measured
+    # now the scheduler measures each call 0.64 of its solo time slower per call beside it:
+    d = drv.step({"a": _contended(0.64)})
+    assert d.replicas == {"sd15": 1}  # at once, without the downscale delay
+    assert "replicas beyond 1 add under 0.5 of a replica" in d.reasons["sd15"]
+    assert drv.step({"a": _contended(0.64, interactive=3000)}).replicas == {"sd15": 1}
+
+
+def test_a_small_slowdown_is_met_with_more_replicas():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0})], {"sd15": {"max_replicas": 10}}, gpus=10
+    )
+    drv = Driver(cfg, {"sd15": 1})
+    # 250 units: 2.57 replicas of solo capacity, ceil 3; with 0.1 per concurrent call 3 give
+    # only 2.5, 4 give 3.08
+    assert drv.step({"a": _contended(0.1, interactive=250)}).replicas == {"sd15": 4}
+    drv = Driver(cfg, {"sd15": 1})
+    # 400 units want 4.1; a fifth replica would add 3.57 - 3.08 = 0.49 < 0.5 of a replica
+    assert drv.step({"a": _contended(0.1, interactive=400)}).replicas == {"sd15": 4}
+
+
+def test_an_old_slowdown_measurement_is_dropped_so_the_policy_tries_again():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0})],
+        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
+        slowdown_memory_s=120,
+    )
+    drv = Driver(cfg, {"sd15": 1})
+    assert drv.step({"a": _contended(0.64, age_s=100)}).replicas == {"sd15": 1}
+    assert drv.step({"a": _contended(0.64, age_s=121)}).replicas == {"sd15": 4}

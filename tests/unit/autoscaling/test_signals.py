@@ -23,5 +23,12 @@ def test_round_trip_sums_jobs_and_keeps_idle_models():
     assert loads["c"].inflight_units == 0.0 and loads["c"].seconds_per_unit is None
 
 
+def test_a_measured_slowdown_and_its_age_reach_the_policy():
+    metrics = encode([], [], {}, ["a", "b"], None, {"a": (0.64, 12.5)})
+    loads = decode(metrics)
+    assert loads["a"].slowdown == 0.64 and loads["a"].slowdown_age_s == 12.5
+    assert loads["b"].slowdown is None and loads["b"].slowdown_age_s is None
+
+
 def test_unknown_metric_names_are_ignored():
     assert decode({"ray_something": 3.0, "queued|a": 1.0}) == {}
