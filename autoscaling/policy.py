@@ -20,8 +20,9 @@ work per model and class, measured service and load times, current replicas, ``n
   it (``deployments/contention.py``: wall seconds per unit grow by ``b`` of the solo time for
   every call computing beside), ``n`` replicas give ``n / (1 + b (n - 1))`` replicas of
   capacity; the demand is met with that capacity, and a replica that would add less than
-  ``min_replica_gain`` of one is not added (one that did is removed at once). A measurement
-  older than ``slowdown_memory_s`` is dropped, so the policy tries again.
+  ``min_replica_gain`` of one is not added (one that did is removed at once, and the count is
+  held there). A measurement, and a hold, older than ``slowdown_memory_s`` is dropped, so the
+  policy tries again.
 - Damping: up at once (latency matters); down only to what the work needs at
   ``down_utilisation`` of the replicas (hysteresis), after the demand stayed that low for
   ``downscale_delay_s`` and at least that long after the last change (cooldown).
@@ -205,6 +206,9 @@ class FamilyState:
     last_change: float | None = None
     idle_since: float | None = None  # no queued or in-flight work since
     rates: dict[str, RateEstimate] = field(default_factory=dict)  # "<model>|<class>"
+    # cut back to this many replicas since ``held_since`` because more added too little
+    held: int | None = None
+    held_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -372,12 +376,18 @@ def _family_step(
         if now - idle_since >= keep_warm:
             floor = 0
     cap = shape.max_replicas
-    if d.useful is not None:
-        cap = min(cap, max(floor, d.useful))
+    held = st.held
+    if held is not None and now - (st.held_since or now) >= config.slowdown_memory_s:
+        held, st = None, replace(st, held=None, held_since=None)  # forgotten: try again
+    if d.useful is not None or held is not None:
+        # a cut holds while its measurement is remembered: the next reading near the
+        # threshold must not add back what the last one removed
+        useful = min(d.useful or cap, held or cap)
+        cap = min(cap, max(floor, useful))
         if current > cap:  # the replicas beyond add little capacity and slow the others
             return (
                 cap,
-                replace(st, low_since=None, last_change=now),
+                replace(st, low_since=None, last_change=now, held=cap, held_since=now),
                 f"replicas beyond {cap} add under {config.min_replica_gain:g} of a replica "
                 f"each (slowdown {d.slowdown:.2f} per concurrent call)",
             )

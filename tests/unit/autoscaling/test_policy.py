@@ -331,3 +331,22 @@ def test_an_old_slowdown_measurement_is_dropped_so_the_policy_tries_again():
     drv = Driver(cfg, {"sd15": 1})
     assert drv.step({"a": _contended(0.64, age_s=100)}).replicas == {"sd15": 1}
     assert drv.step({"a": _contended(0.64, age_s=121)}).replicas == {"sd15": 4}
+
+
+def test_a_cut_holds_while_its_measurement_is_remembered():
+    cfg = _config(
+        [model("a", slo={"interactive_s": 10.0})],
+        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
+        slowdown_memory_s=120,
+    )
+    drv = Driver(cfg, {"sd15": 3})
+    assert drv.step({"a": _contended(0.40)}).replicas == {"sd15": 1}  # 2 / 1.4 - 1 = 0.43
+    # the next reading lands just under the threshold (2 / 1.3 - 1 = 0.54): held at 1
+    d = drv.step({"a": _contended(0.30)}, dt=60)
+    assert d.replicas == {"sd15": 1}
+    assert drv.step({"a": _queued(interactive=300)}, dt=50).replicas == {"sd15": 1}
+    # the hold is as old as a measurement the policy forgets: it tries again
+    assert drv.step({"a": _queued(interactive=300)}, dt=11).replicas == {"sd15": 4}
+    # a deeper cut is taken at once, hold or not
+    assert drv.step({"a": _contended(0.10)}).replicas == {"sd15": 4}
+    assert drv.step({"a": _contended(0.64)}).replicas == {"sd15": 1}
