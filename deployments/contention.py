@@ -32,7 +32,7 @@ class ComputeSpan:
     replica: str
     model_id: str
     images: int
-    start: float  # wall clock (``time.time()``) at the first step
+    start: float  # wall clock (``time.time()``) when the call took its replica's step gate
     end: float  # wall clock when the last step finished
     seconds_per_unit: float  # wall compute seconds (pauses excluded) per work unit
 

@@ -291,15 +291,21 @@ def test_capacity_of_replicas_that_slow_each_other():
     assert replicas_for(5.0, 0.5, 10) == 10  # capacity never reaches 2: as many as allowed
 
 
+def _one_model(**knobs) -> PolicyConfig:
+    """One sd15 model with a 10 s interactive target, 1..10 replicas."""
+    return _config(
+        [model("a", slo={"interactive_s": 10.0})],
+        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
+        **knobs,
+    )
+
+
 def _contended(slowdown, age_s=1.0, interactive=300.0) -> ModelLoad:
     return ModelLoad({"interactive": interactive}, 0.0, slowdown=slowdown, slowdown_age_s=age_s)
 
 
 def test_replicas_that_add_no_capacity_are_neither_added_nor_kept():
-    cfg = _config(
-        [model("a", slo={"interactive_s": 10.0})],
-        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
-    )
+    cfg = _one_model()
     drv = Driver(cfg, {"sd15": 1})
     assert drv.step({"a": _queued(interactive=300)}).replicas == {"sd15": 4}  # as measured
     # now the scheduler measures each call 0.64 of its solo time slower per call beside it:
@@ -323,22 +329,14 @@ def test_a_small_slowdown_is_met_with_more_replicas():
 
 
 def test_an_old_slowdown_measurement_is_dropped_so_the_policy_tries_again():
-    cfg = _config(
-        [model("a", slo={"interactive_s": 10.0})],
-        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
-        slowdown_memory_s=120,
-    )
+    cfg = _one_model(slowdown_memory_s=120)
     drv = Driver(cfg, {"sd15": 1})
     assert drv.step({"a": _contended(0.64, age_s=100)}).replicas == {"sd15": 1}
     assert drv.step({"a": _contended(0.64, age_s=121)}).replicas == {"sd15": 4}
 
 
 def test_a_cut_holds_while_its_measurement_is_remembered():
-    cfg = _config(
-        [model("a", slo={"interactive_s": 10.0})],
-        {"sd15": {"min_replicas": 1, "max_replicas": 10}},
-        slowdown_memory_s=120,
-    )
+    cfg = _one_model(slowdown_memory_s=120)
     drv = Driver(cfg, {"sd15": 3})
     assert drv.step({"a": _contended(0.40)}).replicas == {"sd15": 1}  # 2 / 1.4 - 1 = 0.43
     # the next reading lands just under the threshold (2 / 1.3 - 1 = 0.54): held at 1
