@@ -17,7 +17,8 @@ work per model and class, measured service and load times, current replicas, ``n
   work together, at ``batch_utilisation``, plus all queued work over the batch target's window.
   The larger wins.
 - Capacity: replicas that share a device slow each other down. Where the scheduler measured
-  it (``deployments/contention.py``: wall seconds per unit grow by ``b`` of the solo time for
+  it (``deployments/scheduler/contention.py``: wall seconds per unit grow by ``b`` of the solo
+  time for
   every call computing beside), ``n`` replicas give ``n / (1 + b (n - 1))`` replicas of
   capacity; the demand is met with that capacity, and a replica that would add less than
   ``min_replica_gain`` of one is not added (one that did is removed at once, and the count is

@@ -1,7 +1,7 @@
 """The autoscaling signals the scheduler records and the adapter reads, as flat metrics.
 
 Ray Serve carries a deployment's ``record_autoscaling_stats()`` to the controller as a mapping
-of metric name to number; the scheduler (``deployments/scheduler.py``) encodes its queues with
+of metric name to number; the scheduler (``deployments/serve/scheduler.py``) encodes its queues with
 ``encode`` and the adapter (``serve_adapter.py``) decodes them into the policy's ``ModelLoad``.
 Pure; no Ray.
 """

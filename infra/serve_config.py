@@ -2,7 +2,8 @@
 
 Rendered by ``infra/render.py`` (``genmedia render serve-config``, and inside the KubeRay
 ``RayService``) and used by the autoscaling integration test. The app is built on the cluster by
-``genmedia.deployments.entrypoint:build`` from ``args``; the config adds what code does not say:
+``genmedia.deployments.serve.entrypoint:build`` from ``args``; the config adds what code does
+not say:
 the application-level autoscaling policy (``autoscaling/serve_adapter.py``) with the catalog and
 GPU budget as its kwargs, and per deployment the autoscaling config that registers each worker
 with it (Serve's own delays at zero: the policy damps) and the scheduler whose
@@ -19,8 +20,8 @@ from genmedia.autoscaling.placement import replica_shapes
 from genmedia.autoscaling.policy import policy_knobs
 from genmedia.models.catalog import Catalog
 
-APP_NAME = "genmedia"  # as deployments/app.py
-BUILDER = "genmedia.deployments.entrypoint:build"
+APP_NAME = "genmedia"  # as deployments/serve/app.py
+BUILDER = "genmedia.deployments.serve.entrypoint:build"
 POLICY = "genmedia.autoscaling.serve_adapter:GenmediaAutoscaler"
 
 

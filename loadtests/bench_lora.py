@@ -207,7 +207,7 @@ def _catalog(workdir: str):
 
 
 def _tenants():
-    from genmedia.deployments.tenants import key_record, parse_tenants
+    from genmedia.deployments.tenants.config import key_record, parse_tenants
 
     quotas = {
         "max_concurrent_jobs": 10_000,
@@ -275,8 +275,8 @@ def measure_throughput(rounds: int, seconds: float, rate: float) -> dict:
     import ray
     from ray import serve
 
-    from genmedia.deployments.app import APP_NAME, build_app
-    from genmedia.deployments.preflight import check_weights
+    from genmedia.deployments.cli.preflight import check_weights
+    from genmedia.deployments.serve.app import APP_NAME, build_app
 
     workdir = tempfile.mkdtemp(prefix="genmedia-bench-lora-")
     catalog = _catalog(workdir)

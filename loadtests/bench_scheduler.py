@@ -56,7 +56,7 @@ FLOOD_TENANTS = ("bulk-a", "bulk-b", "bulk-c")
 
 
 def _tenants():
-    from genmedia.deployments.tenants import key_record, parse_tenants
+    from genmedia.deployments.tenants.config import key_record, parse_tenants
 
     big = {
         "max_concurrent_jobs": 10_000,
@@ -287,8 +287,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from genmedia.deployments.app import APP_NAME, build_app
-    from genmedia.deployments.preflight import check_weights
+    from genmedia.deployments.cli.preflight import check_weights
+    from genmedia.deployments.serve.app import APP_NAME, build_app
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     workdir = tempfile.mkdtemp(prefix="genmedia-bench-sched-")

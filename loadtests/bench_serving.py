@@ -188,9 +188,9 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from genmedia.deployments.app import APP_NAME, build_app
-    from genmedia.deployments.preflight import check_weights
-    from genmedia.deployments.tenants import key_record, parse_tenants
+    from genmedia.deployments.cli.preflight import check_weights
+    from genmedia.deployments.serve.app import APP_NAME, build_app
+    from genmedia.deployments.tenants.config import key_record, parse_tenants
     from genmedia.models.runner import load_model
     from genmedia.models.weights import resolve_source
 

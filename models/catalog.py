@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from genmedia.deployments.webhooks import WebhookPolicy
+from genmedia.deployments.webhooks.delivery import WebhookPolicy
 from genmedia.kernels.options import KernelOptions, check_options
 from genmedia.models.config_issues import field_errors
 from genmedia.models.registry import FAMILIES

@@ -1,7 +1,8 @@
 """How configuration files (catalog, tenants) report what is wrong: every problem at once,
 each located by file, item and field, in words a person reads (no pydantic jargon).
 
-Used at deploy time by ``models/catalog.py`` and ``deployments/tenants.py``; no Ray, no torch.
+Used at deploy time by ``models/catalog.py`` and ``deployments/tenants/config.py``; no Ray, no
+torch.
 """
 
 from __future__ import annotations

@@ -220,8 +220,8 @@ def time_call(model, jobs) -> dict:
 
 def time_store(model, jobs, images_per_call: int) -> float:
     """Seconds per image to PNG-encode and store (the worker's storage step)."""
-    from genmedia.deployments.outputs import store_outputs
-    from genmedia.deployments.storage import LocalDirStorage
+    from genmedia.deployments.store.outputs import store_outputs
+    from genmedia.deployments.store.storage import LocalDirStorage
     from genmedia.models.runner import run_batch
 
     images = run_batch(model, jobs)
@@ -369,7 +369,7 @@ def calibrate_serving(
     what a client waits beyond both."""
     import asyncio
 
-    from genmedia.deployments.app import worker_name
+    from genmedia.deployments.serve.app import worker_name
     from genmedia.loadtests.replay import ReplayConfig, replay
     from genmedia.loadtests.sim.localstack import default_catalog_data, local_stack
     from genmedia.loadtests.traces import TraceRecord

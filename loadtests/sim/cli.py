@@ -1,5 +1,5 @@
 """``genmedia sim``: run a scenario through the cluster simulator and write the same raw records
-and report as a real load-test run. Registered in ``deployments/cli.py``; errors in the inputs
+and report as a real load-test run. Registered in ``deployments/cli/main.py``; errors in the inputs
 are one clear line naming the file and field (exit code 2), never a traceback.
 """
 
@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from genmedia.deployments.tenants import TenantsError
+from genmedia.deployments.tenants.config import TenantsError
 from genmedia.loadtests.scenarios import ScenarioError
 from genmedia.loadtests.sim.costs import ProfileError
 from genmedia.loadtests.sim.engine import SimConfig

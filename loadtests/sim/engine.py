@@ -5,10 +5,10 @@ It plays the scheduler deployment's part with the scheduler's own policy code: p
 ``ShareTracker`` for the batch class's share, ``admit`` with the tenant's ``RateLimiter`` and,
 for a request with a deadline, ``eta_seconds`` / ``slot_free_in`` on the
 ``ServiceTimeEstimator``; ``expired`` when a queued job's deadline passes. Slots mirror
-``deployments/scheduler.py`` (two main slots per replica, preempt slots only while main slots
-hold batch-class calls); each replica mirrors ``deployments/worker.py`` and ``gate.py``: one call
-computes at a time, the best waiter (class, then arrival at the gate) goes next, and a running
-batch-class call pauses at its next step boundary when an interactive one waits. Calls of
+``deployments/serve/scheduler.py`` (two main slots per replica, preempt slots only while main slots
+hold batch-class calls); each replica mirrors ``deployments/serve/worker.py`` and ``gate.py``:
+one call computes at a time, the best waiter (class, then arrival at the gate) goes next, and a
+running batch-class call pauses at its next step boundary when an interactive one waits. Calls of
 replicas packed on one GPU share it (``FamilyCost.device_share``). The cost of each call comes
 from a ``Profile``; a ``Scaler`` may change replica counts every ``scale_interval_s``.
 
@@ -35,20 +35,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from genmedia.deployments.scheduling import (
+from genmedia.deployments.scheduler.admission import AdmissionInput, admit
+from genmedia.deployments.scheduler.eta import ServiceTimeEstimator, eta_seconds, slot_free_in
+from genmedia.deployments.scheduler.queues import (
     CLASSES,
-    AdmissionInput,
     FairQueue,
     QueuedJob,
-    ServiceTimeEstimator,
     ShareTracker,
-    admit,
-    eta_seconds,
     expired,
     next_batch,
-    slot_free_in,
 )
-from genmedia.deployments.tenants import RateLimiter, TenantsFile
+from genmedia.deployments.tenants.config import RateLimiter, TenantsFile
 from genmedia.loadtests.records import RequestRecord
 from genmedia.loadtests.sim.cluster import Cluster, Gpu, Packing, Replica, place, replica_counts
 from genmedia.loadtests.sim.costs import FamilyCost, Profile
@@ -58,10 +55,10 @@ from genmedia.loadtests.sim.workload import SimRequest
 from genmedia.models.catalog import Catalog
 
 # Mirrors of constants in modules that import Ray (checked against their source by the tests).
-MAIN_SLOTS_PER_REPLICA = 2  # deployments/scheduler.py
-PREEMPT_SLOTS_PER_REPLICA = 2  # deployments/scheduler.py
-SLOTS_PER_REPLICA = 4  # deployments/worker.py: Serve's max_ongoing_requests of a worker
-GATE_PRIORITY = {"interactive": 0, "batch": 1}  # deployments/worker.py PRIORITY
+MAIN_SLOTS_PER_REPLICA = 2  # deployments/serve/scheduler.py
+PREEMPT_SLOTS_PER_REPLICA = 2  # deployments/serve/scheduler.py
+SLOTS_PER_REPLICA = 4  # deployments/serve/worker.py: Serve's max_ongoing_requests of a worker
+GATE_PRIORITY = {"interactive": 0, "batch": 1}  # deployments/serve/worker.py PRIORITY
 
 UNLIMITED = 10**9
 EPS = 1e-9
@@ -509,7 +506,7 @@ class Simulation:
         self.tenant_queued[job.tenant] -= 1
         self.model_queued[job.model_id] -= 1
 
-    # -- dispatch (deployments/scheduler.py: _dispatch_once) ---------------------------------
+    # -- dispatch (deployments/serve/scheduler.py: _dispatch_once) ---------------------------------
     def _slots(self, fs: FamilyState, slot: str, cap: int) -> int:
         if slot == "main":
             return MAIN_SLOTS_PER_REPLICA * cap
@@ -618,7 +615,7 @@ class Simulation:
         while fs.unrouted and self._route(fs, fs.unrouted[0]):
             fs.unrouted.popleft()
 
-    # -- the step gate of a replica (deployments/gate.py) ------------------------------------
+    # -- the step gate of a replica (deployments/worker/gate.py) -----------------------------
     def _gate_enter(self, rep: Replica, call: Call) -> None:
         call.ticket = next(self.tickets)
         if rep.holder is None and not rep.waiting:

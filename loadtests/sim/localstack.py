@@ -43,7 +43,7 @@ def default_catalog_data() -> dict:
 
 
 def tenants_data(tenant_ids: list[str]) -> dict:
-    from genmedia.deployments.tenants import key_record
+    from genmedia.deployments.tenants.config import key_record
 
     generous = {
         "max_concurrent_jobs": 10_000,

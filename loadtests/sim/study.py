@@ -88,7 +88,7 @@ def workload(n: int, rate: float, seed: int) -> list[TraceRecord]:
 
 
 def tenants_file():
-    from genmedia.deployments.tenants import TenantsFile
+    from genmedia.deployments.tenants.config import TenantsFile
 
     unlimited = {"max_concurrent_jobs": 10_000, "requests_per_minute": 1_000_000,
                  "max_queued_jobs": 1_000_000}  # fmt: skip

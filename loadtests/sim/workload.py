@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from genmedia.deployments.scheduling import job_cost
+from genmedia.deployments.scheduler.queues import job_cost
 from genmedia.loadtests.traces import TraceRecord
 from genmedia.models.catalog import Catalog
 from genmedia.models.config_issues import field_errors

@@ -21,7 +21,7 @@ WEBHOOK_SECRET = "whsec-test-0123456789"
 
 
 def make_tenants():
-    from genmedia.deployments.tenants import key_record, parse_tenants
+    from genmedia.deployments.tenants.config import key_record, parse_tenants
 
     def keys(k):
         return [key_record(k).model_dump(mode="json")]
@@ -71,8 +71,8 @@ def serve_app(genmedia_home, tmp_path_factory):
     import ray
     from ray import serve
 
-    from genmedia.deployments.app import APP_NAME, build_app
-    from genmedia.deployments.preflight import check_weights
+    from genmedia.deployments.cli.preflight import check_weights
+    from genmedia.deployments.serve.app import APP_NAME, build_app
     from genmedia.models.catalog import load_catalog
 
     catalog = load_catalog()

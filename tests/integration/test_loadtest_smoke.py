@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from genmedia.deployments.cli import app
+from genmedia.deployments.cli.main import app
 from genmedia.loadtests.records import read_records
 from genmedia.loadtests.scenarios import find_scenario, generate, load_scenario
 

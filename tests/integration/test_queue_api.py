@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from genmedia.deployments.webhooks import verify
+from genmedia.deployments.webhooks.delivery import verify
 from tests.integration.conftest import OTHER_KEY, TINY_KEY, WEBHOOK_SECRET
 
 pytestmark = pytest.mark.integration

@@ -181,8 +181,8 @@ def test_outputs_and_sidecars_go_to_an_s3_bucket(s3, s3_endpoint: str) -> None:
     import httpx
     import numpy as np
 
-    from genmedia.deployments.outputs import store_outputs
-    from genmedia.deployments.storage import S3BucketStorage
+    from genmedia.deployments.store.outputs import store_outputs
+    from genmedia.deployments.store.storage import S3BucketStorage
     from genmedia.models.catalog import S3Storage, load_catalog
     from genmedia.models.params import GenerateRequest, resolve_request
 

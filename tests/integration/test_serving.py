@@ -159,7 +159,7 @@ def test_batched_output_equals_unbatched(base_url, http):
 def test_all_families_packed_on_one_logical_gpu(serve_app):
     from ray import serve
 
-    from genmedia.deployments.app import APP_NAME, plan_workers, worker_name
+    from genmedia.deployments.serve.app import APP_NAME, plan_workers, worker_name
 
     _, catalog = serve_app
     plans = plan_workers(catalog)
@@ -261,7 +261,7 @@ def test_status_command_shows_deployments(serve_app):
     address = ray.get_runtime_context().gcs_address
     env = {**os.environ, "RAY_ADDRESS": address}
     out = subprocess.run(
-        [sys.executable, "-m", "genmedia.deployments.cli", "status", "--address", address],
+        [sys.executable, "-m", "genmedia.deployments.cli.main", "status", "--address", address],
         capture_output=True,
         text=True,
         timeout=120,

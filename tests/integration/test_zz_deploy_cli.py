@@ -24,7 +24,7 @@ def test_deploy_onto_a_running_cluster(base_url, genmedia_home):
     address = ray.get_runtime_context().gcs_address
     env = {**os.environ, "GENMEDIA_DEV_API_KEY": API_KEY, "GENMEDIA_HOME": str(genmedia_home)}
     out = subprocess.run(
-        [sys.executable, "-m", "genmedia.deployments.cli", "deploy", "--address", address],
+        [sys.executable, "-m", "genmedia.deployments.cli.main", "deploy", "--address", address],
         capture_output=True,
         text=True,
         timeout=300,

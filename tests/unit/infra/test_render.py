@@ -33,7 +33,7 @@ def test_serve_config_passes_rays_schema(files):
 
     cfg = ServeDeploySchema.model_validate(yaml.safe_load(files["serve-config.yaml"]))
     app = cfg.applications[0]
-    assert app.import_path == "genmedia.deployments.entrypoint:build"
+    assert app.import_path == "genmedia.deployments.serve.entrypoint:build"
     assert app.autoscaling_policy["policy_function"].endswith(":GenmediaAutoscaler")
     names = {d.name for d in app.deployments}
     assert names == {"scheduler"} | {f"worker-{f}" for f in load_catalog().families()}

@@ -11,13 +11,13 @@ import time
 import pytest
 import uvicorn
 
-from genmedia.deployments.api import build_api
-from genmedia.deployments.service import GatewayService
-from genmedia.deployments.storage import LocalDirStorage
-from genmedia.deployments.tenants import Authenticator
+from genmedia.deployments.api.app import build_api
+from genmedia.deployments.intake.service import GatewayService
+from genmedia.deployments.store.storage import LocalDirStorage
+from genmedia.deployments.tenants.config import Authenticator
 from genmedia.loadtests.local import free_port
 from genmedia.models.catalog import load_catalog
-from tests.unit.test_api import KEY, OTHER_KEY, FakeScheduler, tenants_file
+from tests.unit.deployments.api.test_api import KEY, OTHER_KEY, FakeScheduler, tenants_file
 
 __all__ = ["KEY", "OTHER_KEY"]
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from genmedia.deployments.cli import app
+from genmedia.deployments.cli.main import app
 from genmedia.loadtests.local import free_port
 from genmedia.loadtests.records import read_records
 from genmedia.loadtests.replay import param_problems

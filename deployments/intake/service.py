@@ -1,0 +1,547 @@
+"""The gateway's logic, without HTTP or Ray: authenticate, validate, hand to the scheduler.
+
+``api.py`` puts HTTP in front of it; ``gateway.py`` runs it in a Ray Serve replica with a
+scheduler client made of a deployment handle. A sync request is a queue job the gateway waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from genmedia.deployments.api.errors import ApiError
+from genmedia.deployments.intake.inputs import (
+    UPLOAD_TYPES,
+    InputError,
+    InputImage,
+    check_image,
+    check_mask,
+    load_input,
+    new_upload_id,
+    upload_key,
+)
+from genmedia.deployments.metrics import GatewayMetrics
+from genmedia.deployments.serve.scheduler import Submission
+from genmedia.deployments.store.storage import Storage, make_storage
+from genmedia.deployments.tenants.config import Authenticator, Tenant, retry_after_header
+from genmedia.deployments.webhooks.delivery import WebhookUrlError, validate_webhook_url
+from genmedia.models.catalog import Catalog, ModelEntry
+from genmedia.models.params import (
+    GenerateRequest,
+    parameter_schema,
+    resolve_request,
+    resolve_task,
+)
+from genmedia.models.registry import FAMILIES
+
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+MAX_DEADLINE_S = 7 * 24 * 3600.0
+
+
+class SchedulerClient(Protocol):
+    """How the gateway reaches the scheduler (a deployment handle, or a fake in unit tests)."""
+
+    async def submit(self, sub: Submission) -> dict: ...
+
+    async def status(self, job_id: str, tenant: str) -> dict: ...
+
+    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> dict: ...
+
+    async def submit_and_wait(self, sub: Submission, timeout_s: float) -> dict: ...
+
+    async def cancel(self, job_id: str, tenant: str) -> str: ...
+
+    def watch(self, job_id: str, tenant: str) -> AsyncIterator[dict]: ...
+
+    async def usage(self, tenant: str) -> list[dict]: ...
+
+    async def adapters(self) -> list[dict]: ...
+
+    async def register_adapter(self, spec: dict) -> dict: ...
+
+    async def delete_adapter(self, adapter_id: str) -> dict: ...
+
+    async def metrics_text(self) -> bytes: ...
+
+    async def ready(self) -> dict: ...
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "NOT_FOUND",
+        f"no request {job_id!r}",
+        [{"field": "request_id", "message": "unknown request", "limit": None}],
+    )
+
+
+def _adapter_outcome(out: dict) -> dict:
+    """The scheduler's answer to an admin adapter call, or its refusal as an ApiError."""
+    if "error" in out:
+        e = out["error"]
+        raise ApiError(
+            e["status"],
+            e["type"],
+            f"{e['field']}: {e['message']}",
+            [{"field": e["field"], "message": e["message"], "limit": None}],
+        )
+    return out
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """The ``X-Deadline-Seconds`` header: seconds from now until the job must have started."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 < seconds <= MAX_DEADLINE_S):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"X-Deadline-Seconds must be a number of seconds in (0, {MAX_DEADLINE_S:g}]",
+            [
+                {
+                    "field": "X-Deadline-Seconds",
+                    "message": "invalid deadline",
+                    "limit": MAX_DEADLINE_S,
+                }
+            ],
+        )
+    return seconds
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(value):
+        raise ApiError(
+            422,
+            "invalid_request",
+            "Idempotency-Key must be 1-128 characters of letters, digits, '_', '.', ':' or '-'",
+            [{"field": "Idempotency-Key", "message": "invalid format", "limit": 128}],
+        )
+    return value
+
+
+class GatewayService:
+    """Everything the HTTP layer calls; one per gateway replica."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        scheduler: SchedulerClient,
+        auth: Authenticator,
+        storage: Storage | None = None,
+        metrics: GatewayMetrics | None = None,
+    ):
+        self.catalog = catalog
+        self.scheduler = scheduler
+        self.auth = auth
+        self.storage = storage or make_storage(catalog.server.storage, catalog.resolve_path)
+        self.metrics = metrics or GatewayMetrics()
+
+    # -- catalog -----------------------------------------------------------------------------
+    def entry(self, model_id: str) -> ModelEntry:
+        entry = self.catalog.model(model_id)
+        if entry is None:
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"unknown model {model_id!r}; GET /v1/models lists the models served",
+                [{"field": "model_id", "message": "unknown model", "limit": None}],
+            )
+        return entry
+
+    def describe_models(self, tenant: Tenant) -> list[dict]:
+        return [self.describe_model(m) for m in self.catalog.models if tenant.allows_model(m.id)]
+
+    def describe_model(self, m: ModelEntry) -> dict:
+        return {
+            "id": m.id,
+            "family": m.family,
+            "family_title": FAMILIES[m.family].title,
+            "task": m.task,
+            "description": m.description,
+            "dtype": m.dtype,
+            "max_batch_size": m.max_batch_size,
+            "priority_class": m.priority_class,
+            "parameters": parameter_schema(m),
+        }
+
+    # -- submit ------------------------------------------------------------------------------
+    async def _call(self, coro):
+        try:
+            return await coro
+        except ApiError:
+            raise
+        except Exception as e:
+            raise ApiError(
+                503,
+                "unavailable",
+                f"scheduler unavailable: {type(e).__name__}",
+                headers={"Retry-After": "1"},
+            ) from e
+
+    async def _prepare(
+        self,
+        tenant: Tenant,
+        model_id: str,
+        req: GenerateRequest,
+        *,
+        sync: bool,
+        deadline: str | None,
+        idempotency_key: str | None,
+    ) -> Submission:
+        """Everything checked at the gateway, as a submission for the scheduler."""
+        entry = self.entry(model_id)
+        priority = req.priority
+        if priority is None:
+            # long jobs (a batch-class model: video, audio) default to batch on both APIs
+            if entry.priority_class == "batch" and tenant.allows_class("batch"):
+                priority = "batch"
+            else:
+                priority = "interactive" if sync else tenant.default_class
+        self.auth.authorize(tenant, model_id, priority)
+        deadline_s = parse_deadline(deadline)
+        key = parse_idempotency_key(idempotency_key)
+        if req.webhook_url is not None:
+            if sync:
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    "webhook_url needs the queue API (POST /v1/queue/models/{model_id})",
+                    [{"field": "webhook_url", "message": "queue API only", "limit": None}],
+                )
+            try:
+                await asyncio.to_thread(
+                    validate_webhook_url, req.webhook_url, self.catalog.server.webhooks
+                )
+            except WebhookUrlError as e:
+                raise ApiError(
+                    422,
+                    "invalid_webhook_url",
+                    f"webhook_url: {e}",
+                    [{"field": "webhook_url", "message": str(e), "limit": e.rule}],
+                ) from None
+        request_id = uuid.uuid4().hex
+        inputs, image_size = await self._inputs(tenant, entry, req, request_id)
+        job, errors = resolve_request(entry, req, request_id=request_id, image_size=image_size)
+        if errors:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "; ".join(f"{e.field}: {e.message}" for e in errors),
+                [e.as_dict() for e in errors],
+            )
+        assert job is not None
+        if inputs:
+            job.extra["inputs"] = inputs
+        return Submission(
+            tenant=tenant.id,
+            model_id=model_id,
+            priority=priority,
+            job=job,
+            deadline_s=deadline_s,
+            idempotency_key=key,
+            webhook_url=req.webhook_url,
+        )
+
+    async def _inputs(
+        self, tenant: Tenant, entry: ModelEntry, req: GenerateRequest, request_id: str
+    ) -> tuple[dict[str, str], tuple[int, int] | None]:
+        """Check the request's input images and store the inline ones; returns their storage
+        keys (what the worker reads) and the image's size (the output's size)."""
+        if req.image is None and req.mask_image is None:
+            return {}, None
+        if resolve_task(entry, req)[1]:
+            return {}, None  # the task itself is refused: resolve_request names why
+        p = entry.parameters
+        max_pixels = p.width.max * p.height.max
+
+        def load(value: str, field: str) -> tuple[InputImage, str]:
+            img, key = load_input(
+                value,
+                field,
+                tenant=tenant.id,
+                read=self.storage.get,
+                max_pixels=max_pixels,
+            )
+            if key is None:
+                key = f"{tenant.id}/inputs/{request_id}/{field}"
+                self.storage.put(key, img.data, "application/octet-stream")
+            return img, key
+
+        keys: dict[str, str] = {}
+        try:
+            image = mask = None
+            if req.image is not None:
+                image, keys["image"] = await asyncio.to_thread(load, req.image, "image")
+            if req.mask_image is not None:
+                mask, keys["mask"] = await asyncio.to_thread(load, req.mask_image, "mask_image")
+            if image is not None and mask is not None:
+                check_mask(mask, image)
+        except InputError as e:
+            raise ApiError(
+                e.status,
+                "invalid_input" if e.status == 422 else "file_not_found",
+                f"{e.field}: {e}",
+                [{"field": e.field, "message": str(e), "limit": e.limit}],
+            ) from None
+        return keys, (image.width, image.height) if image is not None else None
+
+    async def upload(
+        self, tenant: Tenant, data: bytes, content_type: str | None, base_url: str
+    ) -> dict:
+        """``POST /v1/files``: keep an input image for later requests (image / mask_image)."""
+        ctype = (content_type or "").split(";", 1)[0].strip().lower()
+        if ctype not in UPLOAD_TYPES:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be one of {', '.join(UPLOAD_TYPES)}",
+                [
+                    {
+                        "field": "Content-Type",
+                        "message": "not an accepted image type",
+                        "limit": list(UPLOAD_TYPES),
+                    }
+                ],
+            )
+        max_pixels = max(
+            m.parameters.width.max * m.parameters.height.max for m in self.catalog.models
+        )
+        try:
+            img = await asyncio.to_thread(check_image, data, "body", max_pixels)
+        except InputError as e:
+            raise ApiError(
+                422,
+                "invalid_input",
+                f"body: {e}",
+                [{"field": "body", "message": str(e), "limit": e.limit}],
+            ) from None
+        upload_id = new_upload_id()
+        key = upload_key(tenant.id, upload_id, UPLOAD_TYPES[ctype])
+        await asyncio.to_thread(self.storage.put, key, data, ctype)
+        return {
+            "id": upload_id,
+            "path": key,
+            "url": self.storage.url(key, base_url),
+            "content_type": ctype,
+            "bytes": len(data),
+            "width": img.width,
+            "height": img.height,
+        }
+
+    # -- LoRA adapters ----------------------------------------------------------------------
+    async def adapters(self, tenant: Tenant) -> dict:
+        items = await self._call(self.scheduler.adapters())
+        return {"loras": [a for a in items if tenant.allows_model(a["base_model"])]}
+
+    def _admin(self, tenant: Tenant) -> None:
+        if not tenant.admin:
+            raise ApiError(403, "forbidden", f"tenant {tenant.id!r} is not an admin tenant")
+
+    async def register_adapter(self, tenant: Tenant, spec: dict) -> dict:
+        self._admin(tenant)
+        return _adapter_outcome(await self._call(self.scheduler.register_adapter(spec)))
+
+    async def delete_adapter(self, tenant: Tenant, adapter_id: str) -> dict:
+        self._admin(tenant)
+        return _adapter_outcome(await self._call(self.scheduler.delete_adapter(adapter_id)))
+
+    def _check_refused(self, sub: Submission, result: dict) -> None:
+        """Count the outcome; raise the scheduler's refusal as 429 with Retry-After."""
+        if "rejected" not in result:
+            self.metrics.submitted.labels(sub.model_id, sub.priority).inc()
+            return
+        r = result["rejected"]
+        self.metrics.rejected.labels(sub.model_id, r["type"]).inc()
+        fields = (
+            [{"field": r["field"], "message": r["message"], "limit": None}]
+            if r.get("field")
+            else None
+        )
+        retry = r.get("retry_after_s")
+        raise ApiError(
+            r["status"],
+            r["type"],
+            r["message"],
+            fields,
+            headers={"Retry-After": retry_after_header(retry)} if retry is not None else None,
+        )
+
+    async def submit(
+        self,
+        tenant: Tenant,
+        model_id: str,
+        req: GenerateRequest,
+        *,
+        deadline: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """The queue API's submit: accepted (202) or refused (429 and friends)."""
+        sub = await self._prepare(
+            tenant, model_id, req, sync=False, deadline=deadline, idempotency_key=idempotency_key
+        )
+        result = await self._call(self.scheduler.submit(sub))
+        self._check_refused(sub, result)
+        return result
+
+    async def generate(
+        self,
+        tenant: Tenant,
+        model_id: str,
+        req: GenerateRequest,
+        base_url: str,
+        *,
+        deadline: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict:
+        """The sync path: one scheduler call that submits the job and waits for its end."""
+        sub = await self._prepare(
+            tenant, model_id, req, sync=True, deadline=deadline, idempotency_key=idempotency_key
+        )
+        timeout = self.catalog.server.request_timeout_s
+        status = await self._call(self.scheduler.submit_and_wait(sub, timeout))
+        self._check_refused(sub, status)
+        s = status["status"]
+        job_id = status["request_id"]
+        if s == "COMPLETED":
+            return self.result_body(status, base_url, req.return_base64)
+        if s in ("IN_QUEUE", "IN_PROGRESS"):
+            raise ApiError(
+                504,
+                "timeout",
+                f"request {job_id} did not finish within "
+                f"{timeout:g}s; it goes on: GET /v1/queue/requests/{job_id}/status",
+            )
+        err = status.get("error") or {}
+        code = {"FAILED": 500, "EXPIRED": 504, "CANCELLED": 409}.get(s, 500)
+        raise ApiError(
+            code, err.get("type") or s.lower(), err.get("message") or f"request {job_id} ended {s}"
+        )
+
+    # -- queue API ---------------------------------------------------------------------------
+    def urls(self, job_id: str, base_url: str) -> dict:
+        root = f"{base_url.rstrip('/')}/v1/queue/requests/{job_id}"
+        return {
+            "status_url": f"{root}/status",
+            "result_url": root,
+            "cancel_url": f"{root}/cancel",
+            "stream_url": f"{root}/stream",
+        }
+
+    def public_status(self, status: dict, base_url: str) -> dict:
+        out = {k: v for k, v in status.items() if k not in ("tenant", "result")}
+        return {**out, **self.urls(status["request_id"], base_url)}
+
+    async def status(self, tenant: Tenant, job_id: str, base_url: str) -> dict:
+        status = await self._call(self.scheduler.status(job_id, tenant.id))
+        if status["status"] == "NOT_FOUND":
+            raise _not_found(job_id)
+        return self.public_status(status, base_url)
+
+    async def result(
+        self, tenant: Tenant, job_id: str, base_url: str, return_base64: bool = False
+    ) -> dict:
+        status = await self._call(self.scheduler.status(job_id, tenant.id))
+        s = status["status"]
+        if s == "NOT_FOUND":
+            raise _not_found(job_id)
+        if s in ("IN_QUEUE", "IN_PROGRESS"):
+            raise ApiError(
+                409,
+                "not_finished",
+                f"request {job_id} is {s}; see its status_url",
+                headers={"Retry-After": "1"},
+            )
+        if s == "COMPLETED":
+            return self.result_body(status, base_url, return_base64)
+        return self.public_status(status, base_url)
+
+    def result_body(self, status: dict, base_url: str, return_base64: bool) -> dict:
+        result = dict(status["result"])
+        outputs = []
+        for img in result["images"]:
+            d = {**img, "url": self.storage.url(img["key"], base_url), "path": img["key"]}
+            if return_base64:
+                import base64
+
+                data = self.storage.get(img["key"])
+                d["base64"] = base64.b64encode(data).decode() if data is not None else None
+            outputs.append(d)
+        # "outputs" for every task; image tasks also answer under their historical "images"
+        result.pop("images")
+        result["outputs"] = outputs
+        if result.get("task", "text-to-image") in ("text-to-image", "image-to-image", "inpainting"):
+            result["images"] = outputs
+        return {
+            "id": status["request_id"],
+            "request_id": status["request_id"],
+            "model": status["model"],
+            "status": "COMPLETED",
+            "priority": status.get("priority"),
+            **result,
+        }
+
+    async def cancel(self, tenant: Tenant, job_id: str) -> dict:
+        outcome = await self._call(self.scheduler.cancel(job_id, tenant.id))
+        if outcome == "not_found":
+            raise _not_found(job_id)
+        if outcome == "already_finished":
+            raise ApiError(400, "ALREADY_COMPLETED", f"request {job_id} already finished")
+        return {"request_id": job_id, "status": "CANCELLATION_REQUESTED"}
+
+    async def stream(self, tenant: Tenant, job_id: str, base_url: str) -> AsyncIterator[dict]:
+        first = await self._call(self.scheduler.status(job_id, tenant.id))
+        if first["status"] == "NOT_FOUND":
+            raise _not_found(job_id)
+
+        async def events() -> AsyncIterator[dict]:
+            async for status in self.scheduler.watch(job_id, tenant.id):
+                yield self.public_status(status, base_url)
+
+        return events()
+
+    async def usage(self, tenant: Tenant) -> dict:
+        rows = await self._call(self.scheduler.usage(tenant.id))
+        models: dict[str, dict] = {}
+        for r in rows:
+            m = models.setdefault(
+                r["model_id"],
+                {"jobs": 0, "images": 0, "steps": 0, "compute_s": 0.0, "by_status": {}},
+            )
+            m["jobs"] += r["jobs"]
+            m["images"] += r["images"] or 0
+            m["steps"] += r["steps"] or 0
+            m["compute_s"] += r["compute_s"] or 0.0
+            m["by_status"][r["status"]] = r["jobs"]
+        return {"tenant": tenant.id, "models": models}
+
+    def file_key(self, tenant: Tenant, path: str) -> str:
+        """A storage key the tenant may read; 404 for another tenant's file (as for none)."""
+        from genmedia.deployments.store.storage import safe_key
+
+        try:
+            key = safe_key(path)
+        except ValueError as e:
+            raise ApiError(
+                400, "invalid_path", str(e), [{"field": "path", "message": str(e), "limit": None}]
+            ) from None
+        if key.split("/", 1)[0] != tenant.id:
+            raise ApiError(404, "file_not_found", f"no file {path!r}")
+        return key
+
+    # -- health ------------------------------------------------------------------------------
+    async def readiness(self, timeout_s: float = 5.0) -> tuple[bool, dict]:
+        try:
+            report = await asyncio.wait_for(self.scheduler.ready(), timeout_s)
+        except Exception as e:
+            return False, {"scheduler": f"{type(e).__name__}: {e}"[:300]}
+        ok = all("error" not in r and r.get("loaded") for r in report.values())
+        return ok, report

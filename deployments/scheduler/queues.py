@@ -1,0 +1,225 @@
+"""Fair queues and batch forming, pure: queue order, batch forming, class shares, expiry.
+
+The scheduler's dispatcher owns the state below and calls these functions with ``now`` from its
+clock; unit tests and the load-test simulator call the same code with a fake one.
+
+- Two classes: ``interactive`` (latency) before ``batch`` (throughput), except that batch keeps a
+  bounded share of the work dispatched on main slots, so it never starves.
+- Inside a class, start-time fair queuing across tenants: a job's tag is
+  ``max(V, tenant's last finish) + cost / weight``; the smallest tag goes first.
+- Batches hold only compatible jobs (same ``batch_key``), up to the model's ``max_batch_size``
+  images; interactive dispatches at once with what is waiting, batch waits up to
+  ``batch_wait_s`` for a fuller batch.
+- Slots: each worker replica has ``main`` slots (any class) and ``preempt`` slots (interactive
+  only; the worker pauses a running batch-class call at a step boundary to run it).
+No Ray imports.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+PriorityClass = Literal["interactive", "batch"]
+CLASSES: tuple[PriorityClass, ...] = ("interactive", "batch")
+SlotKind = Literal["main", "preempt"]
+_seq = itertools.count()
+
+
+@dataclass
+class QueuedJob:
+    """What the policy needs to know of a queued job."""
+
+    id: str
+    tenant: str
+    model_id: str
+    family: str
+    priority: PriorityClass
+    key: tuple  # batch_key: equal keys may share a pipeline call
+    images: int
+    cost: float  # work units (images x steps x megapixels)
+    arrived: float
+    weight: float = 1.0
+    deadline: float | None = None
+    start_tag: float = 0.0
+    finish_tag: float = 0.0
+    seq: int = field(default_factory=lambda: next(_seq))
+
+    def order(self) -> tuple:
+        return (self.finish_tag, self.arrived, self.seq)
+
+
+def job_cost(images: int, steps: int, width: int, height: int) -> float:
+    """Work units of a job: images x steps x megapixels."""
+    return images * max(1, steps) * (width * height) / 1e6
+
+
+class FairQueue:
+    """One class's queue for one family: start-time fair queuing across tenants."""
+
+    def __init__(self, fifo: bool = False) -> None:
+        self.jobs: list[QueuedJob] = []  # sorted by order()
+        self.virtual_time = 0.0
+        self.fifo = fifo  # arrival order, no fairness (the benchmarks' baseline)
+        self._last_finish: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def push(self, job: QueuedJob) -> None:
+        if self.fifo:
+            job.start_tag = job.finish_tag = job.arrived
+            bisect.insort(self.jobs, job, key=QueuedJob.order)
+            return
+        start = max(self.virtual_time, self._last_finish.get(job.tenant, 0.0))
+        job.start_tag = start
+        job.finish_tag = start + job.cost / max(job.weight, 1e-9)
+        self._last_finish[job.tenant] = job.finish_tag
+        bisect.insort(self.jobs, job, key=QueuedJob.order)
+
+    def remove(self, job_id: str) -> QueuedJob | None:
+        for i, j in enumerate(self.jobs):
+            if j.id == job_id:
+                return self.jobs.pop(i)
+        return None
+
+    def take(self, batch: list[QueuedJob]) -> None:
+        """Dequeue a dispatched batch; virtual time advances to the head's start tag."""
+        ids = {j.id for j in batch}
+        # A batch is the head and compatible jobs close behind it: find them from the front and
+        # delete in place, instead of rebuilding a long queue on every dispatch.
+        found: list[int] = []
+        for i, j in enumerate(self.jobs):
+            if j.id in ids:
+                found.append(i)
+                if len(found) == len(ids):
+                    break
+        for i in reversed(found):
+            del self.jobs[i]
+        if batch:
+            self.virtual_time = max(self.virtual_time, min(j.start_tag for j in batch))
+        if not self.jobs:  # idle: forget history so a returning tenant is not penalised
+            self._last_finish.clear()
+
+
+def form_batch(jobs: list[QueuedJob], max_images: Callable[[str], int]) -> list[QueuedJob]:
+    """The head job and the compatible jobs after it (queue order) up to the head's model's
+    ``max_batch_size`` images. The head always goes, even alone over the limit."""
+    if not jobs:
+        return []
+    head = jobs[0]
+    cap = max_images(head.model_id)
+    batch, total = [head], head.images
+    for j in jobs[1:]:
+        if total >= cap:
+            break
+        if j.key == head.key and total + j.images <= cap:
+            batch.append(j)
+            total += j.images
+    return batch
+
+
+class ShareTracker:
+    """Exponentially decayed work dispatched per class on main slots (half-life in seconds)."""
+
+    def __init__(self, half_life_s: float = 30.0):
+        self.half_life_s = half_life_s
+        self.work = {c: 0.0 for c in CLASSES}
+        self.updated = 0.0
+
+    def _decay(self, now: float) -> None:
+        dt = max(0.0, now - self.updated)
+        if dt:
+            f = 0.5 ** (dt / self.half_life_s)
+            for c in self.work:
+                self.work[c] *= f
+            self.updated = now
+
+    def record(self, cls: PriorityClass, cost: float, now: float) -> None:
+        self._decay(now)
+        self.work[cls] += cost
+
+    def share(self, cls: PriorityClass, now: float) -> float:
+        self._decay(now)
+        total = sum(self.work.values())
+        return self.work[cls] / total if total > 0 else 0.0
+
+    def owed(self, cls: PriorityClass, min_share: float, now: float) -> bool:
+        """Whether ``cls`` got less than ``min_share`` of the recent work (never on no work)."""
+        self._decay(now)
+        return self.work[cls] < min_share * sum(self.work.values())
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next batch to dispatch, or when to look again."""
+
+    batch: list[QueuedJob]
+    cls: PriorityClass | None
+    retry_at: float | None = None  # a batch-class head becomes ready then
+
+
+def next_batch(
+    queues: dict[PriorityClass, FairQueue],
+    slot: SlotKind,
+    *,
+    max_images: Callable[[str], int],
+    batch_wait_s: Callable[[str], float],
+    shares: ShareTracker,
+    batch_min_share: float,
+    now: float,
+) -> Decision:
+    """What a free slot of ``slot`` kind should run next (pure apart from reading the state)."""
+    inter = queues.get("interactive")
+    bulk = queues.get("batch")
+    inter_batch = form_batch(inter.jobs, max_images) if inter is not None else []
+    if slot == "preempt":
+        return Decision(inter_batch, "interactive" if inter_batch else None)
+    bulk_batch: list[QueuedJob] = []
+    retry_at = None
+    if bulk is not None and len(bulk):
+        candidate = form_batch(bulk.jobs, max_images)
+        head = candidate[0]
+        full = sum(j.images for j in candidate) >= max_images(head.model_id)
+        ready_at = head.arrived + batch_wait_s(head.model_id)
+        if full or now >= ready_at:
+            bulk_batch = candidate
+        else:
+            retry_at = ready_at
+    if inter_batch and bulk_batch:
+        if shares.owed("batch", batch_min_share, now):
+            return Decision(bulk_batch, "batch")
+        return Decision(inter_batch, "interactive")
+    if inter_batch:
+        return Decision(inter_batch, "interactive", retry_at)
+    if bulk_batch:
+        return Decision(bulk_batch, "batch")
+    return Decision([], None, retry_at)
+
+
+def expired(queues: Iterable[FairQueue], now: float) -> list[QueuedJob]:
+    """Remove and return the queued jobs whose deadline has passed."""
+    out = []
+    for q in queues:
+        gone = [j for j in q.jobs if j.deadline is not None and j.deadline <= now]
+        for j in gone:
+            q.remove(j.id)
+        out += gone
+    return out
+
+
+def position(queues: dict[PriorityClass, FairQueue], job_id: str) -> int | None:
+    """Jobs ahead of this one for the same workers (0 = next)."""
+    inter = queues.get("interactive")
+    bulk = queues.get("batch")
+    inter_jobs = inter.jobs if inter else []
+    for i, j in enumerate(inter_jobs):
+        if j.id == job_id:
+            return i
+    for i, j in enumerate(bulk.jobs if bulk else []):
+        if j.id == job_id:
+            return len(inter_jobs) + i
+    return None

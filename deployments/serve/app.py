@@ -1,0 +1,175 @@
+"""App builder: a catalog in, a Ray Serve application out (gateway + one worker per family).
+
+Runs at deploy time, before any request: ``genmedia serve``, ``genmedia deploy`` and the tests
+call ``build_app``. Each family worker asks Ray for the sum of its models' GPU fractions, CPUs
+from the catalog, and ``max_ongoing_requests`` sized for one running plus one forming batch per
+model, so waiting happens in the worker's batcher rather than in Serve's FIFO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray.serve import Application
+
+from genmedia.deployments.serve.gateway import GatewayDeployment
+from genmedia.deployments.serve.scheduler import SchedulerDeployment
+from genmedia.deployments.serve.worker import (
+    SLOTS_PER_REPLICA,
+    FamilyWorkerDeployment,
+    torch_threads_for,
+)
+from genmedia.deployments.tenants.config import TenantsFile
+from genmedia.models.catalog import Catalog, LocalStorage
+
+APP_NAME = "genmedia"
+GATEWAY_NAME = "gateway"
+SCHEDULER_NAME = "scheduler"
+GATEWAY_MAX_ONGOING = 1000
+SCHEDULER_MAX_ONGOING = 10_000  # waits and progress streams are held open there
+
+
+def worker_name(family: str) -> str:
+    return f"worker-{family}"
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """The Serve options one family worker deployment gets."""
+
+    family: str
+    model_ids: tuple[str, ...]
+    num_gpus: float
+    num_cpus: float
+    torch_threads: int
+    memory_gb: float
+    max_ongoing_requests: int
+    min_replicas: int
+    max_replicas: int
+    max_loaded_models: int
+
+    def deployment_options(self, gpus_available: bool = True) -> dict:
+        env = {k: str(self.torch_threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        opts: dict = {
+            "name": worker_name(self.family),
+            "ray_actor_options": {
+                "num_cpus": self.num_cpus,
+                "num_gpus": self.num_gpus if gpus_available else 0,
+                "runtime_env": {"env_vars": env},
+            },
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "graceful_shutdown_timeout_s": 60,
+            "health_check_timeout_s": 60,
+        }
+        if self.min_replicas == self.max_replicas:
+            opts["num_replicas"] = self.max_replicas
+        else:
+            opts["autoscaling_config"] = {
+                "min_replicas": self.min_replicas,
+                "initial_replicas": max(1, self.min_replicas),
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": max(1, self.max_ongoing_requests // 2),
+            }
+        return opts
+
+
+def plan_workers(catalog: Catalog) -> list[WorkerPlan]:
+    """Deployment sizing per family (pure; ``genmedia status`` and tests read it too)."""
+    plans = []
+    for family, entries in catalog.families().items():
+        ws = catalog.worker(family)
+        loaded = entries[: ws.max_loaded_models]
+        plans.append(
+            WorkerPlan(
+                family=family,
+                model_ids=tuple(e.id for e in entries),
+                num_gpus=round(min(1.0, sum(e.gpu_fraction for e in entries)), 6),
+                num_cpus=ws.num_cpus,
+                torch_threads=torch_threads_for(ws.num_cpus),
+                memory_gb=sum(e.memory_gb for e in loaded),
+                max_ongoing_requests=SLOTS_PER_REPLICA,
+                min_replicas=ws.min_replicas,
+                max_replicas=ws.max_replicas,
+                max_loaded_models=ws.max_loaded_models,
+            )
+        )
+    return plans
+
+
+def deployable(catalog: Catalog) -> Catalog:
+    """The catalog with local paths made absolute, so replicas anywhere read the same thing."""
+    models = []
+    for m in catalog.models:
+        if "://" in m.weights and not m.weights.startswith("file://"):
+            models.append(m)
+        else:
+            path = m.weights.removeprefix("file://")
+            models.append(m.model_copy(update={"weights": str(catalog.resolve_path(path))}))
+    server = catalog.server
+    if isinstance(server.storage, LocalStorage):
+        storage = server.storage.model_copy(
+            update={"dir": str(catalog.resolve_path(server.storage.dir))}
+        )
+        server = server.model_copy(update={"storage": storage})
+    sched = server.scheduler.model_copy(
+        update={"job_store": str(catalog.resolve_path(server.scheduler.job_store))}
+    )
+    server = server.model_copy(update={"scheduler": sched})
+    return catalog.model_copy(update={"models": models, "server": server})
+
+
+def build_app(
+    catalog: Catalog, tenants: TenantsFile, *, gpus_available: bool = True
+) -> Application:
+    """The Serve application for a catalog (``gpus_available=False`` drops GPU requests).
+
+    ``tenants`` holds hashed keys only; plaintext keys never reach the cluster."""
+    catalog = deployable(catalog)
+    by_family = catalog.families()
+    server = catalog.server
+    server_data = server.model_dump(mode="json")
+    workers = {}
+    for plan in plan_workers(catalog):
+        entries = by_family[plan.family]
+        workers[plan.family] = FamilyWorkerDeployment.options(
+            **plan.deployment_options(gpus_available)
+        ).bind(
+            plan.family,
+            [e.model_dump(mode="json") for e in entries],
+            {e.id: e.weights for e in entries},
+            plan.num_cpus,
+            plan.max_loaded_models,
+            plan.memory_gb,
+            server_data,
+        )
+    data = catalog.model_dump(mode="json", exclude={"source"})
+    source = catalog.source or "<catalog>"
+    tenants_data = tenants.model_dump(mode="json")
+    scheduler = SchedulerDeployment.options(
+        name=SCHEDULER_NAME,
+        num_replicas=1,  # the one owner of every queue; restarted from the job store
+        max_ongoing_requests=SCHEDULER_MAX_ONGOING,
+        ray_actor_options={
+            "num_cpus": server.scheduler_num_cpus,
+            "num_gpus": 0,
+            "runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}},
+        },
+    ).bind(
+        data,
+        source,
+        workers,
+        tenants_data,
+        {family: worker_name(family) for family in workers},
+        APP_NAME,
+    )
+    gateway = GatewayDeployment.options(
+        name=GATEWAY_NAME,
+        num_replicas=server.gateway_replicas,
+        max_ongoing_requests=GATEWAY_MAX_ONGOING,
+        ray_actor_options={
+            "num_cpus": server.gateway_num_cpus,
+            "num_gpus": 0,
+            "runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}},
+        },
+    )
+    return gateway.bind(data, source, scheduler, workers, tenants_data)

@@ -1,0 +1,123 @@
+"""Encode a batch's outputs (images, videos, audio clips) and store each with a JSON sidecar
+(model, parameters, seed).
+
+Runs on the family worker, in the pipeline's thread after it releases the step gate, so a
+result is stored before its job is marked ``COMPLETED``. Keys start with the tenant id: the
+gateway serves a file only to its tenant. The encoders (``models/media.py``) write no
+timestamps, so the same model, parameters and seed give identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from genmedia.deployments.store.storage import Storage
+from genmedia.models import media
+from genmedia.models.params import GenerationJob
+
+
+@dataclass
+class StoredOutput:
+    """One stored output, as the result lists it."""
+
+    key: str
+    seed: int
+    width: int
+    height: int
+    content_type: str
+    sha256: str
+    num_frames: int | None = None  # video
+    fps: int | None = None  # video
+    duration_s: float | None = None  # video and audio
+    sample_rate: int | None = None  # audio
+    channels: int | None = None  # audio
+
+    def as_record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def output_prefix(request_id: str, now: float) -> str:
+    return time.strftime("%Y/%m/%d", time.gmtime(now)) + f"/{request_id}"
+
+
+def encode_output(
+    job: GenerationJob, array: np.ndarray, sample_rate: int | None = None
+) -> tuple[bytes, dict]:
+    """The bytes of one output in the job's format, and what the result records about it."""
+    output = job.extra.get("output") or {}
+    task = job.params.task
+    if task == "text-to-video":
+        fps = int(output.get("fps") or 16)
+        frames, height, width = array.shape[0], array.shape[1], array.shape[2]
+        data = media.encode_video(array, fps, output.get("format", "mp4"))
+        return data, {
+            "width": width,
+            "height": height,
+            "num_frames": frames,
+            "fps": fps,
+            "duration_s": round(frames / fps, 6),
+        }
+    if task == "text-to-audio":
+        if sample_rate is None:
+            raise ValueError("audio output needs the model's sample rate")
+        data = media.encode_audio(array, sample_rate, output.get("format", "wav"))
+        channels = 1 if array.ndim == 1 else int(array.shape[0])
+        return data, {
+            "width": 0,
+            "height": 0,
+            "sample_rate": sample_rate,
+            "channels": channels,
+            "duration_s": round(array.shape[-1] / sample_rate, 6),
+        }
+    data = media.encode_image(array, output.get("format", "png"), output.get("quality"))
+    return data, {"width": int(array.shape[1]), "height": int(array.shape[0])}
+
+
+def store_outputs(
+    storage: Storage,
+    job: GenerationJob,
+    outputs: list[np.ndarray],
+    *,
+    prefix: str,
+    extra: dict,
+    now: float,
+    sample_rate: int | None = None,
+) -> list[StoredOutput]:
+    """Write each output and its sidecar under ``prefix``; returns what was written."""
+    base = prefix + output_prefix(job.request_id, now)
+    fmt = (job.extra.get("output") or {}).get("format") or media.DEFAULT_FORMAT_BY_TASK.get(
+        job.params.task, "png"
+    )
+    content_type = media.content_type(fmt)
+    out: list[StoredOutput] = []
+    for i, array in enumerate(outputs):
+        data, meta = encode_output(job, array, sample_rate)
+        key = f"{base}/{i}.{media.EXTENSIONS[fmt]}"
+        sidecar = {
+            "request_id": job.request_id,
+            "index": i,
+            "model": job.params.model_id,
+            "task": job.params.task,
+            "parameters": job.describe(),
+            "seed": job.seed + i,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            **meta,
+            **extra,
+        }
+        storage.put(key, data, content_type)
+        storage.put(f"{base}/{i}.json", json.dumps(sidecar, indent=2).encode(), "application/json")
+        out.append(
+            StoredOutput(
+                key=key,
+                seed=job.seed + i,
+                content_type=content_type,
+                sha256=hashlib.sha256(data).hexdigest(),
+                **meta,
+            )
+        )
+    return out

@@ -1,0 +1,143 @@
+"""The CLI's validation paths: clear errors naming file, model, field or path; no tracebacks."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from genmedia.deployments.cli.main import app
+
+runner = CliRunner()
+
+
+def write(tmp_path, models, name="catalog.yaml"):
+    f = tmp_path / name
+    f.write_text(yaml.safe_dump({"models": models}))
+    return f
+
+
+def test_validate_default_catalog_ok():
+    from importlib import resources
+
+    path = resources.files("genmedia.models") / "catalogs" / "default.yaml"
+    r = runner.invoke(app, ["catalog", "validate", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "6 model(s) valid" in r.output
+
+
+def test_validate_reports_every_problem(tmp_path):
+    f = write(
+        tmp_path,
+        [
+            {"id": "a", "family": "sd15", "weights": "tiny://sd15", "max_batch_size": 0},
+            {"id": "b", "family": "dalle", "weights": "tiny://sd15"},
+        ],
+    )
+    r = runner.invoke(app, ["catalog", "validate", str(f)])
+    assert r.exit_code == 2
+    assert "model 'a': max_batch_size" in r.output
+    assert "model 'b': family" in r.output
+    assert "catalog.yaml" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_missing_weights_named_at_deploy_time(tmp_path):
+    f = write(tmp_path, [{"id": "gone", "family": "sd15", "weights": "weights/gone"}])
+    r = runner.invoke(app, ["catalog", "validate", str(f), "--check-weights"])
+    assert r.exit_code == 2
+    assert "model 'gone'" in r.output and str(tmp_path / "weights" / "gone") in r.output
+
+
+def test_pickle_weights_refused(tmp_path):
+    d = tmp_path / "w"
+    (d / "unet").mkdir(parents=True)
+    (d / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    f = write(tmp_path, [{"id": "pk", "family": "sd15", "weights": str(d)}])
+    r = runner.invoke(app, ["catalog", "validate", str(f), "--check-weights"])
+    assert r.exit_code == 2
+    assert "model 'pk'" in r.output and "diffusion_pytorch_model.bin" in r.output
+
+
+def test_serve_refuses_bad_catalog_before_starting_ray(tmp_path):
+    f = write(tmp_path, [{"id": "x", "family": "sd15", "weights": str(tmp_path / "nope")}])
+    r = runner.invoke(app, ["serve", "--catalog", str(f)])
+    assert r.exit_code == 2
+    assert "model 'x'" in r.output and "nope" in r.output
+
+
+def test_unknown_family_for_build_tiny():
+    r = runner.invoke(app, ["models", "build-tiny", "--family", "dalle"])
+    assert r.exit_code == 2 and "dalle" in r.output
+
+
+def test_serve_refuses_options_this_device_cannot_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENMEDIA_HOME", str(tmp_path / "home"))
+    f = write(
+        tmp_path,
+        [
+            {
+                "id": "x",
+                "family": "sd15",
+                "weights": "tiny://sd15",
+                "acceleration": {"attention": "xformers"},
+            }
+        ],
+    )
+    r = runner.invoke(app, ["serve", "--catalog", str(f)])
+    assert r.exit_code == 2
+    assert "model 'x': acceleration.attention" in r.output
+
+
+def test_plan_prints_the_packing(tmp_path):
+    r = runner.invoke(app, ["plan", "--gpus", "1"])
+    assert r.exit_code == 0, r.output
+    assert "sd15 #1 (sd15-tiny, sd15-tiny-turbo)" in r.output
+    assert "minimum replicas fit on 1 of 1 GPU(s)" in r.output
+
+
+def test_plan_names_the_models_that_do_not_fit(tmp_path):
+    f = write(
+        tmp_path,
+        [{"id": "big", "family": "sdxl", "weights": "tiny://sdxl", "gpu_fraction": 0.5}],
+    )
+    r = runner.invoke(app, ["plan", "--gpus", "1", "--gpu-memory-gb", "6", "--catalog", str(f)])
+    assert r.exit_code == 2
+    assert "'big': gpu_fraction" in r.output and "does not fit 1 GPU(s) of 6 GiB" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_render_unknown_target_is_a_clear_error():
+    r = runner.invoke(app, ["render", "helm"])
+    assert r.exit_code == 2
+    assert "unknown render target 'helm'; known: serve-config, kuberay" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_render_carries_autoscaling_knobs_into_the_serve_config():
+    r = runner.invoke(app, ["render", "serve-config", "--knob", "replica_start_s=60"])
+    assert r.exit_code == 0, r.output
+    kwargs = yaml.safe_load(r.stdout)["applications"][0]["autoscaling_policy"]["policy_kwargs"]
+    assert kwargs["replica_start_s"] == 60.0 and kwargs["down_utilisation"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("knob", "message"),
+    [
+        ("replica_start_s", "expected NAME=VALUE"),
+        ("replica_start_s=soon", "the value must be a number"),
+        ("start=5", "unknown autoscaling knob(s) ['start']"),
+        ("batch_utilisation=2", "batch_utilisation must be in (0, 1], got 2.0"),
+    ],
+)
+def test_render_refuses_a_bad_knob(knob, message):
+    r = runner.invoke(app, ["render", "serve-config", "--knob", knob])
+    assert r.exit_code == 2
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_render_writes_the_file(tmp_path):
+    out = tmp_path / "prometheus.yml"
+    r = runner.invoke(app, ["render", "prometheus", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "job_name: genmedia" in out.read_text()

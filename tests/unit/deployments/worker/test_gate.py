@@ -1,0 +1,97 @@
+"""The worker's step gate: one call at a time, interactive preempts at a step boundary."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from genmedia.deployments.worker.gate import Cancelled, StepGate
+
+
+def test_higher_priority_preempts_at_the_next_checkpoint():
+    gate = StepGate()
+    log: list[str] = []
+
+    def bulk():
+        t = gate.acquire(1)
+        for step in range(6):
+            log.append(f"bulk{step}")
+            time.sleep(0.02)
+            t = gate.checkpoint(t, 1)
+        gate.release(t)
+
+    def interactive():
+        t = gate.acquire(0)
+        log.append("inter")
+        gate.release(t)
+
+    a = threading.Thread(target=bulk)
+    a.start()
+    time.sleep(0.05)
+    b = threading.Thread(target=interactive)
+    b.start()
+    a.join()
+    b.join()
+    i = log.index("inter")
+    assert 0 < i < len(log) - 1  # ran between bulk steps, not after the whole call
+    assert gate.preemptions == 1
+
+
+def test_equal_priority_does_not_preempt():
+    gate = StepGate()
+    t = gate.acquire(1)
+    started = threading.Event()
+
+    def other():
+        started.set()
+        t2 = gate.acquire(1)
+        gate.release(t2)
+
+    th = threading.Thread(target=other)
+    th.start()
+    started.wait()
+    time.sleep(0.02)
+    assert gate.checkpoint(t, 1) == t  # still ours
+    gate.release(t)
+    th.join()
+
+
+def test_cancel_stops_at_checkpoint_and_while_waiting():
+    gate = StepGate()
+    cancel = threading.Event()
+    t = gate.acquire(1, cancel)
+    cancel.set()
+    with pytest.raises(Cancelled):
+        gate.checkpoint(t, 1, cancel)
+    gate.release(t)
+    holder = gate.acquire(1)
+    waiting_cancel = threading.Event()
+    errors = []
+
+    def waiter():
+        try:
+            gate.acquire(0, waiting_cancel)
+        except Cancelled:
+            errors.append("cancelled")
+
+    th = threading.Thread(target=waiter)
+    th.start()
+    time.sleep(0.05)
+    waiting_cancel.set()
+    th.join(1.0)
+    assert errors == ["cancelled"]
+    gate.release(holder)
+    assert not gate.busy
+
+
+def test_busy_time_counts_only_held_time():
+    gate = StepGate()
+    time.sleep(0.05)  # idle: not counted
+    t = gate.acquire(1)
+    time.sleep(0.05)
+    gate.release(t)
+    assert 0.05 <= gate.busy_s < 0.5
+    gate.release(t)  # a second release of the same ticket adds nothing
+    assert gate.busy_s < 0.5
