@@ -13,23 +13,12 @@ import json
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field, fields
-from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from genmedia.deployments.protocol import TERMINAL, AdapterRecord, JobStatus, UsageRow
 
-class JobStatus(StrEnum):
-    IN_QUEUE = "IN_QUEUE"
-    IN_PROGRESS = "IN_PROGRESS"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    EXPIRED = "EXPIRED"
-
-
-TERMINAL = frozenset(
-    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
-)
+__all__ = ["TERMINAL", "JobRecord", "JobStatus", "JobStore", "SQLiteJobStore"]
 
 
 @dataclass
@@ -120,17 +109,17 @@ class JobStore(Protocol):
 
     def webhooks_pending(self) -> list[JobRecord]: ...
 
-    def put_adapter(self, adapter_id: str, record: dict) -> None:
-        """Register (or replace) a LoRA adapter registered at run time."""
+    def put_adapter(self, record: AdapterRecord) -> None:
+        """Keep (or replace) a LoRA adapter registered at run time."""
         ...
 
     def delete_adapter(self, adapter_id: str) -> bool: ...
 
-    def adapters(self) -> dict[str, dict]:
+    def adapters(self) -> dict[str, AdapterRecord]:
         """Adapters registered at run time, by id."""
         ...
 
-    def usage(self, tenant: str) -> list[dict]:
+    def usage(self, tenant: str) -> list[UsageRow]:
         """Per model: jobs, images, steps and compute seconds of the tenant's finished jobs."""
         ...
 
@@ -317,23 +306,23 @@ class SQLiteJobStore:
             ).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
-    def put_adapter(self, adapter_id: str, record: dict) -> None:
+    def put_adapter(self, record: AdapterRecord) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO adapters (id, record) VALUES (?, ?)",
-                (adapter_id, json.dumps(record)),
+                (record.id, json.dumps(record.stored())),
             )
 
     def delete_adapter(self, adapter_id: str) -> bool:
         with self._lock:
             return self._db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,)).rowcount > 0
 
-    def adapters(self) -> dict[str, dict]:
+    def adapters(self) -> dict[str, AdapterRecord]:
         with self._lock:
             rows = self._db.execute("SELECT id, record FROM adapters ORDER BY id").fetchall()
-        return {r["id"]: json.loads(r["record"]) for r in rows}
+        return {r["id"]: AdapterRecord.from_stored(json.loads(r["record"])) for r in rows}
 
-    def usage(self, tenant: str) -> list[dict]:
+    def usage(self, tenant: str) -> list[UsageRow]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT model_id, status, COUNT(*) AS jobs, "
@@ -343,4 +332,14 @@ class SQLiteJobStore:
                 "FROM jobs WHERE tenant = ? GROUP BY model_id, status ORDER BY model_id",
                 (tenant,),
             ).fetchall()
-        return [dict(r) for r in rows]
+        return [
+            UsageRow(
+                model_id=r["model_id"],
+                status=JobStatus(r["status"]),
+                jobs=r["jobs"],
+                images=r["images"],
+                steps=r["steps"],
+                compute_s=r["compute_s"],
+            )
+            for r in rows
+        ]
