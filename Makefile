@@ -32,13 +32,22 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	# typecheck: mypy cannot follow the editable install's import hook, so it reads genmedia.*
+	# through links named as in [tool.setuptools] package-dir ([tool.mypy] mypy_path). The
+	# __init__.py: under a namespace package mypy takes a data folder (loadtests/scenarios/)
+	# for the module of the same name (scenarios.py); Python does not.
+	mkdir -p build/mypy-path/genmedia
+	touch build/mypy-path/genmedia/__init__.py
+	for pkg in deployments models kernels autoscaling infra loadtests; do \
+		ln -sfn ../../../$$pkg build/mypy-path/genmedia/$$pkg; done
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
-	$(PY) loadtests/bench_serving.py
+	$(PY) benchmarks/bench_serving.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

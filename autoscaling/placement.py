@@ -163,11 +163,14 @@ class Placement:
     reachable_max: dict[str, int]  # replicas per family that fit when all grow in turn
 
 
-def _shape_issues(shapes: dict[str, ReplicaShape], catalog: Catalog, gpu_memory_gb: float):
+def _shape_issues(
+    shapes: dict[str, ReplicaShape], catalog: Catalog, gpu_memory_gb: float
+) -> list[PlacementIssue]:
     issues: list[PlacementIssue] = []
+    entries = {m.id: m for m in catalog.models}
     for shape in shapes.values():
         for mid in shape.model_ids:
-            m = catalog.model(mid)
+            m = entries[mid]
             if m.memory_gb > gpu_memory_gb + EPS:
                 issues.append(
                     PlacementIssue(

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import cast
 
 from genmedia.autoscaling.placement import GpuPool, ReplicaShape, allocate, replica_shapes
 from genmedia.models.catalog import Catalog, ModelEntry
@@ -97,7 +98,7 @@ class PolicyConfig:
 
     @classmethod
     def from_catalog(
-        cls, catalog: Catalog, gpu_count: int, gpu_memory_gb: float, **knobs
+        cls, catalog: Catalog, gpu_count: int, gpu_memory_gb: float, **knobs: float
     ) -> PolicyConfig:
         models = {
             f: {m.id: ModelTargets.of(m) for m in entries}
@@ -114,7 +115,7 @@ KNOBS = tuple(f.name for f in fields(PolicyConfig) if f.default is not MISSING)
 def policy_knobs(**overrides: float) -> dict[str, float]:
     """Every knob of the policy at its default, with ``overrides``; an unknown name or a value
     out of range is a ``ValueError`` naming it."""
-    defaults = {f.name: f.default for f in fields(PolicyConfig) if f.name in KNOBS}  # ordered
+    defaults = {f.name: cast(float, f.default) for f in fields(PolicyConfig) if f.name in KNOBS}
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(f"unknown autoscaling knob(s) {unknown}; known: {sorted(defaults)}")
@@ -168,7 +169,7 @@ class RateEstimate:
     trend: float = 0.0  # units per second, per second
     warm: bool = False  # a first rate was observed
 
-    def update(self, now: float, counter: float, window_s: float, sample_s: float):
+    def update(self, now: float, counter: float, window_s: float, sample_s: float) -> RateEstimate:
         """Holt's linear smoothing of the counter's rate, from the first observed rate on; a
         counter that went back (the scheduler restarted) restarts the series and keeps the
         level."""
@@ -282,7 +283,9 @@ def update_rates(
     out = dict(rates)
     for mid in config.models[family]:
         admitted = snap.models.get(mid, ModelLoad()).admitted_units
-        for cls in CLASSES if admitted is not None else ():
+        if admitted is None:
+            continue
+        for cls in CLASSES:
             key, counter = f"{mid}|{cls}", admitted.get(cls, 0.0)
             prev = out.get(key)
             out[key] = (
@@ -374,7 +377,7 @@ def _family_step(
                 for mid, t in config.models[family].items()
             ),
         )
-        if now - idle_since >= keep_warm:
+        if idle_since is not None and now - idle_since >= keep_warm:
             floor = 0
     cap = shape.max_replicas
     held = st.held

@@ -41,8 +41,8 @@ def latest_metrics(ctx: AutoscalingContext) -> dict[str, float]:
         if values:
             out[name] = float(sum(values))
     if not out:
-        for name, per_replica in (ctx.aggregated_metrics or {}).items():
-            out[name] = float(sum(per_replica.values()))
+        for name, by_replica in (ctx.aggregated_metrics or {}).items():
+            out[name] = float(sum(by_replica.values()))
     return out
 
 
@@ -51,7 +51,9 @@ class GenmediaAutoscaler:
     queued work. ``catalog`` is the catalog as JSON data; ``gpus`` and ``gpu_memory_gb`` the
     budget; other keyword arguments are ``PolicyConfig`` knobs."""
 
-    def __init__(self, catalog: dict, gpus: int, gpu_memory_gb: float, **knobs: float):
+    def __init__(
+        self, catalog: dict[str, Any], gpus: int, gpu_memory_gb: float, **knobs: float
+    ) -> None:
         self.config = PolicyConfig.from_catalog(
             parse_catalog(catalog, "<autoscaling policy_kwargs>"), gpus, gpu_memory_gb, **knobs
         )
@@ -59,7 +61,7 @@ class GenmediaAutoscaler:
 
     def __call__(
         self, contexts: dict[Any, AutoscalingContext]
-    ) -> tuple[dict[Any, int], dict[Any, dict]]:
+    ) -> tuple[dict[Any, int], dict[Any, dict[str, Any]]]:
         workers = {
             ctx.deployment_name.removeprefix(WORKER_PREFIX): (dep_id, ctx)
             for dep_id, ctx in contexts.items()

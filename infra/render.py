@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
@@ -77,7 +78,7 @@ def _yaml(data: object) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100)
 
 
-def serve_config(catalog: Catalog, cluster: Cluster) -> dict:
+def serve_config(catalog: Catalog, cluster: Cluster) -> dict[str, Any]:
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
@@ -93,7 +94,7 @@ def serve_config(catalog: Catalog, cluster: Cluster) -> dict:
     }
 
 
-def _container(name: str, image: str, cpu: str, memory: str, gpus: int) -> dict:
+def _container(name: str, image: str, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
     limits = {"cpu": cpu, "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
@@ -109,12 +110,12 @@ def _container(name: str, image: str, cpu: str, memory: str, gpus: int) -> dict:
     }
 
 
-def _pod(container: dict, ports: list[tuple[str, int]], gpu: bool) -> dict:
+def _pod(container: dict[str, Any], ports: list[tuple[str, int]], gpu: bool) -> dict[str, Any]:
     container = {
         **container,
         "ports": [{"name": n, "containerPort": p} for n, p in ports],
     }
-    spec: dict = {
+    spec: dict[str, Any] = {
         "containers": [container],
         "volumes": [
             {"name": "tenants", "secret": {"secretName": "genmedia-tenants"}},
@@ -128,7 +129,7 @@ def _pod(container: dict, ports: list[tuple[str, int]], gpu: bool) -> dict:
     return {"metadata": {"labels": {"app.kubernetes.io/name": SERVICE}}, "spec": spec}
 
 
-def head_pod_template(cluster: Cluster) -> dict:
+def head_pod_template(cluster: Cluster) -> dict[str, Any]:
     c = _container("ray-head", f"{cluster.image}:{cluster.tag}-cpu", "2", "8Gi", 0)
     ports = [
         ("gcs", 6379),
@@ -140,12 +141,12 @@ def head_pod_template(cluster: Cluster) -> dict:
     return _pod(c, ports, gpu=False)
 
 
-def gpu_worker_pod_template(cluster: Cluster) -> dict:
+def gpu_worker_pod_template(cluster: Cluster) -> dict[str, Any]:
     c = _container("ray-worker", f"{cluster.image}:{cluster.tag}-cuda", "8", "32Gi", 1)
     return _pod(c, [("metrics", RAY_METRICS_PORT)], gpu=True)
 
 
-def rayservice(catalog: Catalog, cluster: Cluster) -> dict:
+def rayservice(catalog: Catalog, cluster: Cluster) -> dict[str, Any]:
     minimum = len(plan_placement(catalog, cluster.gpus, cluster.gpu_memory_gb).gpus)
     return {
         "apiVersion": "ray.io/v1",
@@ -213,7 +214,7 @@ def prometheus(
     genmedia_targets: list[str] | None = None,
     ray_targets: list[str] | None = None,
     scrape_interval_s: float = 15.0,
-) -> dict:
+) -> dict[str, Any]:
     """Scrape genmedia's /metrics (gateway + scheduler) and Ray's metrics export."""
     interval = f"{scrape_interval_s:g}s"
     return {
@@ -239,7 +240,9 @@ def prometheus(
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
-def _panel(pid: int, title: str, unit: str, exprs: list[tuple[str, str]], x: int, y: int):
+def _panel(
+    pid: int, title: str, unit: str, exprs: list[tuple[str, str]], x: int, y: int
+) -> dict[str, Any]:
     return {
         "type": "timeseries",
         "id": pid,
@@ -269,8 +272,11 @@ def _quantiles(metric: str, by: str) -> list[tuple[str, str]]:
     ]
 
 
-def grafana() -> dict:
-    panels = [
+Panel = tuple[str, str, list[tuple[str, str]]]  # title, unit, (PromQL, legend) per series
+
+
+def _grafana_panels() -> list[Panel]:
+    return [
         (
             "Queue depth per model and class",
             "short",
@@ -320,6 +326,9 @@ def grafana() -> dict:
             ],
         ),
     ]
+
+
+def grafana() -> dict[str, Any]:
     return {
         "uid": "genmedia-serving",
         "title": "genmedia serving",
@@ -333,7 +342,7 @@ def grafana() -> dict:
         },
         "panels": [
             _panel(i + 1, title, unit, exprs, 12 * (i % 2), 8 * (i // 2))
-            for i, (title, unit, exprs) in enumerate(panels)
+            for i, (title, unit, exprs) in enumerate(_grafana_panels())
         ],
     }
 

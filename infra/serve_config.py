@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from genmedia.autoscaling.placement import replica_shapes
 from genmedia.autoscaling.policy import policy_knobs
@@ -43,22 +44,43 @@ def application_config(
     name: str = APP_NAME,
     route_prefix: str = "/",
     tenants_file: str | None = None,
-    tenants: dict | None = None,
+    tenants: dict[str, Any] | None = None,
     gpus_available: bool = True,
     knobs: ScalingKnobs = ScalingKnobs(),
-) -> dict:
+) -> dict[str, Any]:
     """One entry of a Serve config's ``applications`` list."""
     data = catalog.model_dump(mode="json", exclude={"source"})
-    args: dict = {"catalog": data, "gpus_available": gpus_available}
+    args: dict[str, Any] = {"catalog": data, "gpus_available": gpus_available}
     if tenants_file:
         args["tenants_file"] = tenants_file
     if tenants is not None:
         args["tenants"] = tenants
+    return {
+        "name": name,
+        "route_prefix": route_prefix,
+        "import_path": BUILDER,
+        "args": args,
+        "autoscaling_policy": {
+            "policy_function": POLICY,
+            "policy_kwargs": {
+                "catalog": data,
+                "gpus": gpus,
+                "gpu_memory_gb": gpu_memory_gb,
+                **policy_knobs(**knobs.policy),
+            },
+        },
+        "deployments": _deployments(catalog, knobs),
+    }
+
+
+def _deployments(catalog: Catalog, knobs: ScalingKnobs) -> list[dict[str, Any]]:
+    """The scheduler (one replica, reporting its queues) and one autoscaled worker per family,
+    with Serve's own delays at zero."""
     report = {
         "metrics_interval_s": knobs.metrics_interval_s,
         "look_back_period_s": knobs.look_back_period_s,
     }
-    deployments = [
+    deployments: list[dict[str, Any]] = [
         {
             "name": "scheduler",
             "num_replicas": "auto",
@@ -81,19 +103,4 @@ def application_config(
                 },
             }
         )
-    return {
-        "name": name,
-        "route_prefix": route_prefix,
-        "import_path": BUILDER,
-        "args": args,
-        "autoscaling_policy": {
-            "policy_function": POLICY,
-            "policy_kwargs": {
-                "catalog": data,
-                "gpus": gpus,
-                "gpu_memory_gb": gpu_memory_gb,
-                **policy_knobs(**knobs.policy),
-            },
-        },
-        "deployments": deployments,
-    }
+    return deployments

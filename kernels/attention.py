@@ -31,13 +31,25 @@ __all__ = [
 ]
 
 
-def sdpa_attention(q, k, v, mask=None, scale=None):
+def sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """torch SDPA; torch chooses flash / efficient / cudnn / math itself."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def _sdpa_only(backend: SDPBackend) -> AttentionFn:
-    def run(q, k, v, mask=None, scale=None):
+    def run(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        scale: float | None = None,
+    ) -> torch.Tensor:
         with sdpa_kernel(backend):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
@@ -65,12 +77,18 @@ def _xformers_bias(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torc
     return bias
 
 
-def xformers_attention(q, k, v, mask=None, scale=None):
+def xformers_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """xformers ``memory_efficient_attention`` (its layout is (B, S, H, D))."""
     import xformers.ops as xops
 
     bias = _xformers_bias(mask, q, k) if mask is not None else None
-    out = xops.memory_efficient_attention(
+    out: torch.Tensor = xops.memory_efficient_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, scale=scale
     )
     return out.transpose(1, 2)
@@ -80,4 +98,5 @@ def xformers_attention(q, k, v, mask=None, scale=None):
 def get_impl(name: str) -> AttentionFn:
     """The implementation of backend ``name`` (imported on first use)."""
     module, _, attr = BACKENDS[name].impl.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    impl: AttentionFn = getattr(importlib.import_module(module), attr)
+    return impl

@@ -25,7 +25,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 RESULTS = Path(__file__).resolve().parent / "bench_results"
 HEADER = [
@@ -54,7 +59,8 @@ class Case:
     model: str
     shape: str
     impls: dict[str, Callable[[], object]]  # "eager" first, then the candidates
-    check: tuple[Callable[[], object], Callable[[], object]] | None  # (kernel, reference)
+    # (kernel, reference)
+    check: tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]] | None
     bytes_model: str | None  # key of traffic.BYTES_PER_ELEMENT
     elements: int
 
@@ -73,155 +79,202 @@ def _commit() -> str:
         return "unknown"
 
 
-def _op_cases(ops: list[str], dtype, device: str = "cuda", small: bool = False) -> list[Case]:
-    """The benchmark cases at the real 1024^2 shapes (``small``: tiny stand-ins, for a smoke
-    test of this script under the Triton interpreter)."""
+@dataclass(frozen=True)
+class _Inputs:
+    """Where and in which dtype the cases' tensors live."""
+
+    dtype: torch.dtype
+    device: str
+
+    def randn(self, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        import torch
+
+        return torch.randn(*shape, device=self.device, dtype=dtype or self.dtype)
+
+
+def _groupnorm_silu_case(inp: _Inputs, shape: tuple[int, int, int, int]) -> Case:
     import torch
+
+    from genmedia.kernels import reference as ref
+    from genmedia.kernels.triton_ops import groupnorm_silu
+
+    x = inp.randn(*shape)
+    gn = torch.nn.GroupNorm(32, shape[1]).to(inp.device, inp.dtype)
+    act = torch.nn.SiLU()
+    w, b = gn.weight, gn.bias
+
+    def kernel() -> torch.Tensor:
+        return groupnorm_silu.groupnorm_silu(x, 32, w, b, 1e-5)
+
+    return Case(
+        "groupnorm_silu",
+        "sdxl",
+        str(shape),
+        {"eager": lambda: act(gn(x)), "triton": kernel},
+        (kernel, lambda: ref.groupnorm_silu(x, 32, w, b, 1e-5)),
+        "groupnorm_silu",
+        x.numel(),
+    )
+
+
+def _geglu_case(inp: _Inputs, n_tok: int, width: int) -> Case:
     import torch.nn.functional as F
-    from diffusers.models.embeddings import apply_rotary_emb
+
+    from genmedia.kernels import reference as ref
+    from genmedia.kernels.triton_ops import geglu
+
+    h = inp.randn(2, n_tok, 8 * width)
+
+    def stock() -> torch.Tensor:
+        a, g = h.chunk(2, dim=-1)
+        return a * F.gelu(g)
+
+    def kernel() -> torch.Tensor:
+        return geglu.geglu(h)
+
+    return Case(
+        "geglu",
+        "sdxl",
+        str(tuple(h.shape)),
+        {"eager": stock, "triton": kernel},
+        (kernel, lambda: ref.geglu(h)),
+        "geglu",
+        h.numel() // 2,
+    )
+
+
+def _rmsnorm_case(inp: _Inputs, q: torch.Tensor) -> Case:
+    import torch
     from diffusers.models.normalization import RMSNorm
 
     from genmedia.kernels import reference as ref
-    from genmedia.kernels.triton_ops import adaln, geglu, groupnorm_silu, rmsnorm, rope
+    from genmedia.kernels.triton_ops import rmsnorm
 
-    dev = device
+    head_dim = q.shape[-1]
+    torch_norm = torch.nn.RMSNorm(head_dim, eps=1e-6).to(inp.device, inp.dtype)
+    diffusers_norm = RMSNorm(head_dim, eps=1e-6).to(inp.device, inp.dtype)
+    w = torch_norm.weight
+
+    def kernel() -> torch.Tensor:
+        return rmsnorm.rms_norm(q, w, None, 1e-6, inp.dtype)
+
+    return Case(
+        "rmsnorm",
+        "flux",
+        str(tuple(q.shape)),
+        {
+            "eager": lambda: torch_norm(q),
+            "eager_diffusers_rmsnorm": lambda: diffusers_norm(q),
+            "triton": kernel,
+        },
+        (kernel, lambda: ref.rms_norm(q, w, None, 1e-6, inp.dtype)),
+        "rmsnorm_torch",
+        q.numel(),
+    )
+
+
+def _rope_case(inp: _Inputs, q: torch.Tensor) -> Case:
+    import torch
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    from genmedia.kernels import reference as ref
+    from genmedia.kernels.triton_ops import rope
+
+    tokens, head_dim = q.shape[1], q.shape[3]
+    cos = inp.randn(tokens, head_dim, dtype=torch.float32)
+    sin = inp.randn(tokens, head_dim, dtype=torch.float32)
+    freqs: tuple[torch.Tensor, torch.Tensor] = (cos, sin)
+
+    def kernel() -> torch.Tensor:
+        return rope.rope(q, cos, sin)
+
+    return Case(
+        "rope",
+        "flux",
+        str(tuple(q.shape)),
+        {
+            # diffusers annotates the (cos, sin) pair as tuple[Tensor]
+            "eager": lambda: apply_rotary_emb(q, freqs, sequence_dim=1),  # type: ignore[arg-type]
+            "triton": kernel,
+        },
+        (kernel, lambda: ref.rope(q, cos, sin)),
+        "rope",
+        q.numel(),
+    )
+
+
+def _adaln_case(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> Case:
+    import torch
+
+    from genmedia.kernels import reference as ref
+    from genmedia.kernels.triton_ops import adaln
+
+    ln = torch.nn.LayerNorm(x.shape[-1], elementwise_affine=False, eps=1e-6)
+
+    def kernel() -> torch.Tensor:
+        return adaln.adaln_modulate(x, shift, scale, 1e-6)
+
+    return Case(
+        "adaln",
+        "flux",
+        str(tuple(x.shape)),
+        {"eager": lambda: ln(x) * (1 + scale[:, None]) + shift[:, None], "triton": kernel},
+        (kernel, lambda: ref.adaln_modulate(x, shift, scale, 1e-6)),
+        "adaln",
+        x.numel(),
+    )
+
+
+def _gated_residual_case(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> Case:
+    from genmedia.kernels import reference as ref
+    from genmedia.kernels.triton_ops import adaln
+
+    def kernel() -> torch.Tensor:
+        return adaln.gated_residual(x, gate, y)
+
+    return Case(
+        "gated_residual",
+        "flux",
+        str(tuple(x.shape)),
+        {"eager": lambda: x + gate.unsqueeze(1) * y, "triton": kernel},
+        (kernel, lambda: ref.gated_residual(x, gate, y)),
+        "gated_residual",
+        x.numel(),
+    )
+
+
+def _op_cases(
+    ops: list[str], dtype: torch.dtype, device: str = "cuda", small: bool = False
+) -> list[Case]:
+    """The benchmark cases at the real 1024^2 shapes (``small``: tiny stand-ins, for a smoke
+    test of this script under the Triton interpreter)."""
+    inp = _Inputs(dtype, device)
     cases: list[Case] = []
-    # Flux: 512 text + 4096 image tokens, 24 heads of 128, dim 3072
-    tokens, heads, head_dim, dim = (6, 3, 8, 40) if small else (4608, 24, 128, 3072)
-
-    def randn(*shape, dt=dtype):
-        return torch.randn(*shape, device=dev, dtype=dt)
-
     if "groupnorm_silu" in ops:
         gn_shapes = [(2, 64, 5, 3)] if small else [(2, 320, 128, 128), (2, 1280, 32, 32)]
-        for shape in gn_shapes:
-            x = randn(*shape)
-            gn = torch.nn.GroupNorm(32, shape[1]).to(dev, dtype)
-            act = torch.nn.SiLU()
-            w, b = gn.weight, gn.bias
-            cases.append(
-                Case(
-                    "groupnorm_silu",
-                    "sdxl",
-                    str(shape),
-                    {
-                        "eager": lambda x=x, gn=gn, act=act: act(gn(x)),
-                        "triton": lambda x=x, w=w, b=b: groupnorm_silu.groupnorm_silu(
-                            x, 32, w, b, 1e-5
-                        ),
-                    },
-                    (
-                        lambda x=x, w=w, b=b: groupnorm_silu.groupnorm_silu(x, 32, w, b, 1e-5),
-                        lambda x=x, w=w, b=b: ref.groupnorm_silu(x, 32, w, b, 1e-5),
-                    ),
-                    "groupnorm_silu",
-                    x.numel(),
-                )
-            )
+        cases += [_groupnorm_silu_case(inp, shape) for shape in gn_shapes]
     if "geglu" in ops:
-        for n_tok, width in [(7, 4)] if small else [(4096, 640), (1024, 1280)]:
-            h = randn(2, n_tok, 8 * width)
-
-            def stock(h=h):
-                a, g = h.chunk(2, dim=-1)
-                return a * F.gelu(g)
-
-            cases.append(
-                Case(
-                    "geglu",
-                    "sdxl",
-                    str(tuple(h.shape)),
-                    {"eager": stock, "triton": lambda h=h: geglu.geglu(h)},
-                    (lambda h=h: geglu.geglu(h), lambda h=h: ref.geglu(h)),
-                    "geglu",
-                    h.numel() // 2,
-                )
-            )
-    q = randn(1, tokens, heads, head_dim)
+        sizes = [(7, 4)] if small else [(4096, 640), (1024, 1280)]
+        cases += [_geglu_case(inp, n_tok, width) for n_tok, width in sizes]
+    # Flux: 512 text + 4096 image tokens, 24 heads of 128, dim 3072
+    tokens, heads, head_dim, dim = (6, 3, 8, 40) if small else (4608, 24, 128, 3072)
+    q = inp.randn(1, tokens, heads, head_dim)
     if "rmsnorm" in ops:
-        torch_norm = torch.nn.RMSNorm(head_dim, eps=1e-6).to(dev, dtype)
-        diffusers_norm = RMSNorm(head_dim, eps=1e-6).to(dev, dtype)
-        w = torch_norm.weight
-        cases.append(
-            Case(
-                "rmsnorm",
-                "flux",
-                str(tuple(q.shape)),
-                {
-                    "eager": lambda: torch_norm(q),
-                    "eager_diffusers_rmsnorm": lambda: diffusers_norm(q),
-                    "triton": lambda: rmsnorm.rms_norm(q, w, None, 1e-6, dtype),
-                },
-                (
-                    lambda: rmsnorm.rms_norm(q, w, None, 1e-6, dtype),
-                    lambda: ref.rms_norm(q, w, None, 1e-6, dtype),
-                ),
-                "rmsnorm_torch",
-                q.numel(),
-            )
-        )
+        cases.append(_rmsnorm_case(inp, q))
     if "rope" in ops:
-        cos = torch.randn(tokens, head_dim, device=dev)
-        sin = torch.randn(tokens, head_dim, device=dev)
-        cases.append(
-            Case(
-                "rope",
-                "flux",
-                str(tuple(q.shape)),
-                {
-                    "eager": lambda: apply_rotary_emb(q, (cos, sin), sequence_dim=1),
-                    "triton": lambda: rope.rope(q, cos, sin),
-                },
-                (lambda: rope.rope(q, cos, sin), lambda: ref.rope(q, cos, sin)),
-                "rope",
-                q.numel(),
-            )
-        )
+        cases.append(_rope_case(inp, q))
     if "adaln" in ops or "gated_residual" in ops:
-        x = randn(1, tokens, dim)
-        y = randn(1, tokens, dim)
-        shift, scale, gate = randn(1, 3 * dim).chunk(3, dim=1)
-        ln = torch.nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        x = inp.randn(1, tokens, dim)
+        y = inp.randn(1, tokens, dim)
+        shift, scale, gate = inp.randn(1, 3 * dim).chunk(3, dim=1)
         if "adaln" in ops:
-            cases.append(
-                Case(
-                    "adaln",
-                    "flux",
-                    str(tuple(x.shape)),
-                    {
-                        "eager": lambda: ln(x) * (1 + scale[:, None]) + shift[:, None],
-                        "triton": lambda: adaln.adaln_modulate(x, shift, scale, 1e-6),
-                    },
-                    (
-                        lambda: adaln.adaln_modulate(x, shift, scale, 1e-6),
-                        lambda: ref.adaln_modulate(x, shift, scale, 1e-6),
-                    ),
-                    "adaln",
-                    x.numel(),
-                )
-            )
+            cases.append(_adaln_case(x, shift, scale))
         if "gated_residual" in ops:
-            cases.append(
-                Case(
-                    "gated_residual",
-                    "flux",
-                    str(tuple(x.shape)),
-                    {
-                        "eager": lambda: x + gate.unsqueeze(1) * y,
-                        "triton": lambda: adaln.gated_residual(x, gate, y),
-                    },
-                    (
-                        lambda: adaln.gated_residual(x, gate, y),
-                        lambda: ref.gated_residual(x, gate, y),
-                    ),
-                    "gated_residual",
-                    x.numel(),
-                )
-            )
+            cases.append(_gated_residual_case(x, gate, y))
     return cases
 
 
-def _attention_cases(dtype) -> list[Case]:
+def _attention_cases(dtype: torch.dtype) -> list[Case]:
     import torch
 
     from genmedia.kernels.attention import get_impl
@@ -230,14 +283,14 @@ def _attention_cases(dtype) -> list[Case]:
     cases = []
     for model, (b, h, s, d) in [("sdxl", (2, 10, 4096, 64)), ("flux", (1, 24, 4608, 128))]:
         q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=dtype) for _ in range(3))
-        impls = {}
+        impls: dict[str, Callable[[], object]] = {}
         # the stock diffusers path (torch SDPA, kernel picked by torch) is the "eager" baseline;
         # the float32 reference ("math") is no serving option and is not timed
         for name in ("sdpa", *(n for n in BACKENDS if n not in ("sdpa", "math"))):
             if check_backend(name, "cuda", dtype, d) is not None:
                 continue
             label = "eager" if name == "sdpa" else name
-            impls[label] = lambda fn=get_impl(name), q=q, k=k, v=v: fn(q, k, v)
+            impls[label] = partial(get_impl(name), q, k, v)
         cases.append(Case("attention", model, str((b, h, s, d)), impls, None, None, 0))
     return cases
 
@@ -263,7 +316,7 @@ def _measure(case: Case, rounds: int) -> dict[str, dict[str, float]]:
     }
 
 
-def _check(case: Case, dtype) -> None:
+def _check(case: Case, dtype: torch.dtype) -> None:
     import torch
 
     from genmedia.kernels.reference import tolerance
@@ -282,6 +335,38 @@ def _append(path: Path, rows: list[dict[str, object]]) -> None:
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def _case_rows(case: Case, rounds: int, meta: dict[str, str]) -> list[dict[str, object]]:
+    """Time one case; a CSV row per implementation (also printed)."""
+    from genmedia.kernels.traffic import bytes_per_element
+
+    rows: list[dict[str, object]] = []
+    for impl, m in _measure(case, rounds).items():
+        gbps = ""
+        if case.bytes_model:
+            eager_b, fused_b = bytes_per_element(case.bytes_model)
+            per_elem = fused_b if impl == "triton" else eager_b
+            gbps = f"{case.elements * per_elem / (m['median'] * 1e-3) / 1e9:.1f}"
+        rows.append(
+            {
+                **meta,
+                "op": case.op,
+                "model": case.model,
+                "shape": case.shape,
+                "impl": impl,
+                "median_ms": f"{m['median']:.4f}",
+                "min_ms": f"{m['min']:.4f}",
+                "max_ms": f"{m['max']:.4f}",
+                "gb_per_s": gbps,
+                "speedup_vs_eager": f"{m['speedup']:.3f}",
+            }
+        )
+        print(
+            f"{case.op:15s} {case.model:5s} {case.shape:28s} {impl:24s} "
+            f"{m['median']:8.4f} ms  x{m['speedup']:.2f}"
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,8 +389,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import triton
 
-    from genmedia.kernels.traffic import bytes_per_element
-
     dtype = getattr(torch, args.dtype)
     meta = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -320,32 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_attention:
         groups.append(("attention.csv", _attention_cases(dtype)))
     for filename, cases in groups:
-        rows = []
+        rows: list[dict[str, object]] = []
         for case in cases:
             _check(case, dtype)
-            for impl, m in _measure(case, args.rounds).items():
-                gbps = ""
-                if case.bytes_model:
-                    eager_b, fused_b = bytes_per_element(case.bytes_model)
-                    per_elem = fused_b if impl == "triton" else eager_b
-                    gbps = f"{case.elements * per_elem / (m['median'] * 1e-3) / 1e9:.1f}"
-                row = {
-                    **meta,
-                    "op": case.op,
-                    "model": case.model,
-                    "shape": case.shape,
-                    "impl": impl,
-                    "median_ms": f"{m['median']:.4f}",
-                    "min_ms": f"{m['min']:.4f}",
-                    "max_ms": f"{m['max']:.4f}",
-                    "gb_per_s": gbps,
-                    "speedup_vs_eager": f"{m['speedup']:.3f}",
-                }
-                rows.append(row)
-                print(
-                    f"{case.op:15s} {case.model:5s} {case.shape:28s} {impl:24s} "
-                    f"{m['median']:8.4f} ms  x{m['speedup']:.2f}"
-                )
+            rows += _case_rows(case, args.rounds, meta)
         _append(args.out / filename, rows)
         print(f"appended {len(rows)} rows to {args.out / filename}")
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -26,6 +27,9 @@ from genmedia.kernels import reference as ref
 from genmedia.kernels.backends import device_type, module_available
 
 TRITON_MODULES = ("groupnorm_silu", "rmsnorm", "rope", "adaln", "geglu")
+Launcher = Callable[..., torch.Tensor]
+# torch.compiler.disable carries no annotations; this is its type as used here.
+_hide_from_compile: Callable[[Launcher], Launcher] = torch.compiler.disable
 _KERNEL_DTYPES = {
     "triton": (torch.float32, torch.float16, torch.bfloat16),
     # numpy has no bfloat16: the interpreter checks float32 and float16 only
@@ -79,9 +83,9 @@ def resolve_mode(device: str) -> tuple[str, str]:
     )
 
 
-def _launchers(mods: dict[str, ModuleType]) -> dict[str, object]:
+def _launchers(mods: dict[str, ModuleType]) -> dict[str, Launcher]:
     """The launcher of each op, hidden from torch.compile."""
-    fns = {
+    fns: dict[str, Launcher] = {
         "groupnorm_silu": mods["groupnorm_silu"].groupnorm_silu,
         "rms_norm": mods["rmsnorm"].rms_norm,
         "rope": mods["rope"].rope,
@@ -89,14 +93,14 @@ def _launchers(mods: dict[str, ModuleType]) -> dict[str, object]:
         "gated_residual": mods["adaln"].gated_residual,
         "geglu": mods["geglu"].geglu,
     }
-    return {name: torch.compiler.disable(fn) for name, fn in fns.items()}
+    return {name: _hide_from_compile(fn) for name, fn in fns.items()}
 
 
 class OpRunner:
     """The fused ops as patched modules call them; each falls back per call to its reference
     when an input is outside what the kernel handles (dtype, device, layout)."""
 
-    def __init__(self, mode: str, device: str):
+    def __init__(self, mode: str, device: str) -> None:
         self.mode = mode
         self.device_type = device_type(device)
         self._k = _launchers(_import_triton_ops()) if mode in _KERNEL_DTYPES else {}
@@ -112,18 +116,32 @@ class OpRunner:
             self.reference_calls += 1
         return ok
 
-    def groupnorm_silu(self, x, num_groups, weight, bias, eps):
+    def groupnorm_silu(
+        self,
+        x: torch.Tensor,
+        num_groups: int,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
         if x.dim() >= 2 and self._kernel_ok(x):
             return self._k["groupnorm_silu"](x.contiguous(), num_groups, weight, bias, eps)
         return ref.groupnorm_silu(x, num_groups, weight, bias, eps)
 
-    def rms_norm(self, x, weight, bias, eps, out_dtype=None):
+    def rms_norm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         out_dtype = out_dtype or ref.rms_norm_out_dtype(x.dtype, weight)
         if self._kernel_ok(x):
             return self._k["rms_norm"](x.contiguous(), weight, bias, eps, out_dtype)
         return ref.rms_norm(x, weight, bias, eps, out_dtype)
 
-    def rope(self, x, freqs):
+    def rope(self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         cos, sin = freqs
         if x.dim() == 4 and cos.shape == (x.shape[1], x.shape[3]) and self._kernel_ok(x):
             return self._k["rope"](
@@ -133,7 +151,9 @@ class OpRunner:
             )
         return ref.rope(x, cos.to(x.device), sin.to(x.device))
 
-    def adaln_modulate(self, x, shift, scale, eps):
+    def adaln_modulate(
+        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+    ) -> torch.Tensor:
         shapes_ok = (
             x.dim() == 3
             and shift.shape == scale.shape == (x.shape[0], x.shape[2])
@@ -144,13 +164,13 @@ class OpRunner:
             return self._k["adaln_modulate"](x.contiguous(), shift, scale, eps)
         return ref.adaln_modulate(x, shift, scale, eps)
 
-    def gated_residual(self, x, gate, y):
+    def gated_residual(self, x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shapes_ok = x.dim() == 3 and x.shape == y.shape and gate.shape == (x.shape[0], x.shape[2])
         if shapes_ok and gate.stride(1) == 1 and self._kernel_ok(x, gate, y):
             return self._k["gated_residual"](x.contiguous(), gate, y.contiguous())
         return ref.gated_residual(x, gate, y)
 
-    def geglu(self, h):
+    def geglu(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[-1] % 2 == 0 and self._kernel_ok(h):
             return self._k["geglu"](h.contiguous())
         return ref.geglu(h)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers.models.activations import GEGLU
@@ -26,16 +27,23 @@ from torch import nn
 
 from genmedia.kernels.dispatch import OpRunner
 
-PATCHED_ATTR = "_genmedia_op"
+PATCHED_ATTR = "_genmedia_op"  # the op name, on every patched instance
+RUNNER_ATTR = "_genmedia_ops"  # the OpRunner its forward calls
 
 # (count of patched instances, reasons for instances left alone)
 PatchResult = tuple[int, list[str]]
 
 
-def _install(module: nn.Module, op: str, forward: Callable, runner: OpRunner) -> None:
-    module._genmedia_ops = runner
+def _install(module: nn.Module, op: str, forward: Callable[..., object], runner: OpRunner) -> None:
+    setattr(module, RUNNER_ATTR, runner)
     module.forward = types.MethodType(forward, module)
     setattr(module, PATCHED_ATTR, op)
+
+
+def _ops(module: nn.Module) -> OpRunner:
+    """The runner ``_install`` left on a patched instance."""
+    runner: OpRunner = getattr(module, RUNNER_ATTR)
+    return runner
 
 
 def _plain_layer_norm(norm: nn.Module) -> bool:
@@ -49,9 +57,15 @@ def _gn_silu(runner: OpRunner, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Ten
     return runner.groupnorm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
 
-def _resnet_forward(self, input_tensor, temb, *args, **kwargs):
+def _resnet_forward(
+    self: ResnetBlock2D,
+    input_tensor: torch.Tensor,
+    temb: torch.Tensor | None,
+    *args: object,
+    **kwargs: object,
+) -> torch.Tensor:
     # ResnetBlock2D with time_embedding_norm="default": both GroupNorm -> SiLU pairs fused.
-    runner = self._genmedia_ops
+    runner = _ops(self)
     hidden = _gn_silu(runner, self.norm1, input_tensor)
     if self.upsample is not None:
         if hidden.shape[0] >= 64:
@@ -73,16 +87,17 @@ def _resnet_forward(self, input_tensor, temb, *args, **kwargs):
     hidden = self.conv2(self.dropout(hidden))
     if self.conv_shortcut is not None:
         input_tensor = self.conv_shortcut(input_tensor)
-    return (input_tensor + hidden) / self.output_scale_factor
+    out: torch.Tensor = (input_tensor + hidden) / self.output_scale_factor  # nn.Module calls: Any
+    return out
 
 
-def _groupnorm_silu_forward(self, x):
+def _groupnorm_silu_forward(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     # a GroupNorm whose following SiLU was replaced by Identity
-    return _gn_silu(self._genmedia_ops, self, x)
+    return _gn_silu(_ops(self), self, x)
 
 
 def patch_groupnorm_silu(model: nn.Module, runner: OpRunner) -> PatchResult:
-    count, skipped = 0, []
+    count, skipped = 0, list[str]()
     for name, mod in list(model.named_modules()):
         if isinstance(mod, ResnetBlock2D):
             fusable = (
@@ -109,19 +124,19 @@ def patch_groupnorm_silu(model: nn.Module, runner: OpRunner) -> PatchResult:
 # --- rmsnorm --------------------------------------------------------------------------------
 
 
-def _rms_norm_forward(self, hidden_states):
+def _rms_norm_forward(self: RMSNorm, hidden_states: torch.Tensor) -> torch.Tensor:
     # diffusers RMSNorm: half weights decide the output dtype
-    return self._genmedia_ops.rms_norm(hidden_states, self.weight, self.bias, self.eps)
+    return _ops(self).rms_norm(hidden_states, self.weight, self.bias, self.eps)
 
 
-def _torch_rms_norm_forward(self, x):
+def _torch_rms_norm_forward(self: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
     # torch.nn.RMSNorm (Flux QK-norm): output in x's dtype, eps None = finfo(x.dtype).eps
     eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-    return self._genmedia_ops.rms_norm(x, self.weight, None, eps, x.dtype)
+    return _ops(self).rms_norm(x, self.weight, None, eps, x.dtype)
 
 
 def patch_rmsnorm(model: nn.Module, runner: OpRunner) -> PatchResult:
-    count, skipped = 0, []
+    count, skipped = 0, list[str]()
     for name, mod in model.named_modules():
         if type(mod) is RMSNorm:
             _install(mod, "rmsnorm", _rms_norm_forward, runner)
@@ -138,28 +153,39 @@ def patch_rmsnorm(model: nn.Module, runner: OpRunner) -> PatchResult:
 # --- adaln ----------------------------------------------------------------------------------
 
 
-def _ada_zero_forward(self, x, timestep=None, class_labels=None, hidden_dtype=None, emb=None):
+def _ada_zero_forward(
+    self: AdaLayerNormZero,
+    x: torch.Tensor,
+    timestep: torch.Tensor | None = None,
+    class_labels: torch.LongTensor | None = None,
+    hidden_dtype: torch.dtype | None = None,
+    emb: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     if self.emb is not None:
         emb = self.emb(timestep, class_labels, hidden_dtype=hidden_dtype)
     emb = self.linear(self.silu(emb))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = emb.chunk(6, dim=1)
-    x = self._genmedia_ops.adaln_modulate(x, shift_msa, scale_msa, self.norm.eps)
+    x = _ops(self).adaln_modulate(x, shift_msa, scale_msa, self.norm.eps)
     return x, gate_msa, shift_mlp, scale_mlp, gate_mlp
 
 
-def _ada_zero_single_forward(self, x, emb=None):
+def _ada_zero_single_forward(
+    self: AdaLayerNormZeroSingle, x: torch.Tensor, emb: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     emb = self.linear(self.silu(emb))
     shift_msa, scale_msa, gate_msa = emb.chunk(3, dim=1)
-    return self._genmedia_ops.adaln_modulate(x, shift_msa, scale_msa, self.norm.eps), gate_msa
+    return _ops(self).adaln_modulate(x, shift_msa, scale_msa, self.norm.eps), gate_msa
 
 
-def _ada_continuous_forward(self, x, conditioning_embedding):
+def _ada_continuous_forward(
+    self: AdaLayerNormContinuous, x: torch.Tensor, conditioning_embedding: torch.Tensor
+) -> torch.Tensor:
     emb = self.linear(self.silu(conditioning_embedding).to(x.dtype))
     scale, shift = torch.chunk(emb, 2, dim=1)  # scale first in this module
-    return self._genmedia_ops.adaln_modulate(x, shift, scale, self.norm.eps)
+    return _ops(self).adaln_modulate(x, shift, scale, self.norm.eps)
 
 
-_ADALN_FORWARDS = {
+_ADALN_FORWARDS: dict[type[nn.Module], Callable[..., Any]] = {
     AdaLayerNormZero: _ada_zero_forward,
     AdaLayerNormZeroSingle: _ada_zero_single_forward,
     AdaLayerNormContinuous: _ada_continuous_forward,
@@ -167,7 +193,7 @@ _ADALN_FORWARDS = {
 
 
 def patch_adaln(model: nn.Module, runner: OpRunner) -> PatchResult:
-    count, skipped = 0, []
+    count, skipped = 0, list[str]()
     for name, mod in model.named_modules():
         forward = _ADALN_FORWARDS.get(type(mod))
         if forward is None:
@@ -183,8 +209,10 @@ def patch_adaln(model: nn.Module, runner: OpRunner) -> PatchResult:
 # --- geglu ----------------------------------------------------------------------------------
 
 
-def _geglu_forward(self, hidden_states, *args, **kwargs):
-    return self._genmedia_ops.geglu(self.proj(hidden_states))
+def _geglu_forward(
+    self: GEGLU, hidden_states: torch.Tensor, *args: object, **kwargs: object
+) -> torch.Tensor:
+    return _ops(self).geglu(self.proj(hidden_states))
 
 
 def patch_geglu(model: nn.Module, runner: OpRunner) -> PatchResult:

@@ -108,44 +108,57 @@ def _cxx_compiler() -> str | None:
     return None
 
 
+Issues = list[tuple[str, str]]  # (field, message)
+
+
 def check_options(
     family: str,
     opts: KernelOptions,
     device: str | None = None,
     dtype: str | None = None,
-) -> list[tuple[str, str]]:
+) -> Issues:
     """Deploy-time validation: every problem as a ``(field, message)`` pair, [] when fine.
 
     ``device`` None skips the checks that depend on the machine (is xformers installed, is there
     a compiler, ...); ``dtype`` None skips the dtype rules of the attention backend. Pure and
     light: nothing heavy is imported.
     """
-    issues: list[tuple[str, str]] = []
-    known_family = family in DENOISERS
-    if not known_family and opts != KernelOptions():  # defaults: nothing to install
+    issues: Issues = []
+    if family not in DENOISERS and opts != KernelOptions():  # defaults: nothing to install
         issues.append(
             (
                 "family",
                 f"no kernel patterns known for family {family!r}; known: {', '.join(DENOISERS)}",
             )
         )
-    denoiser = DENOISERS.get(family, "the denoiser")
+    return [
+        *issues,
+        *_attention_issues(opts, device, dtype),
+        *_kernel_issues(family, opts, device),
+        *_compile_issues(opts, device),
+        *_cache_issues(family, opts),
+        *_quantization_issues(opts, device),
+    ]
 
-    # attention
+
+def _attention_issues(opts: KernelOptions, device: str | None, dtype: str | None) -> Issues:
     if opts.attention != AUTO and opts.attention not in BACKENDS:
-        issues.append(
+        return [
             (
                 "attention",
                 f"unknown attention backend {opts.attention!r}; known: "
                 f"{', '.join(ATTENTION_CHOICES)}",
             )
-        )
-    elif opts.attention != AUTO and device is not None:
+        ]
+    if opts.attention != AUTO and device is not None:
         why = check_backend(opts.attention, device, dtype)
         if why is not None:
-            issues.append(("attention", f"{why} (use 'auto' to fall back with a log line)"))
+            return [("attention", f"{why} (use 'auto' to fall back with a log line)")]
+    return []
 
-    # fused ops
+
+def _kernel_issues(family: str, opts: KernelOptions, device: str | None) -> Issues:
+    issues: Issues = []
     seen: set[str] = set()
     for name in opts.kernels:
         if name in seen:
@@ -155,58 +168,62 @@ def check_options(
         spec = OPS.get(name)
         if spec is None:
             issues.append(("kernels", f"unknown op {name!r}; known: {', '.join(OP_NAMES)}"))
-        elif known_family and family not in spec.families:
+        elif family in DENOISERS and family not in spec.families:
             usable = ", ".join(ops_for_family(family)) or "none"
             issues.append(
                 (
                     "kernels",
-                    f"op {name!r} has no pattern in family {family!r}: {denoiser} has no "
-                    f"{spec.looks_for}; ops for {family}: {usable}",
+                    f"op {name!r} has no pattern in family {family!r}: {DENOISERS[family]} has "
+                    f"no {spec.looks_for}; ops for {family}: {usable}",
                 )
             )
     on_cuda = device is not None and device_type(device) == "cuda"
     if opts.kernels and on_cuda and not module_available("triton"):
         issues.append(("kernels", "the Triton ops need the 'triton' package on CUDA"))
-
-    # torch.compile
-    if opts.compile and device is not None:
-        dev = device_type(device)
-        if dev == "cpu" and _cxx_compiler() is None:
-            issues.append(
-                ("compile", "torch.compile on the CPU needs a C++ compiler (c++/g++), none found")
-            )
-        elif dev == "cuda" and not module_available("triton"):
-            issues.append(("compile", "torch.compile on CUDA needs the 'triton' package"))
-
-    # step cache
-    if opts.cache is not None:
-        kind = opts.cache.kind
-        if kind in CACHE_NOT_AVAILABLE:
-            issues.append(("cache.kind", CACHE_NOT_AVAILABLE[kind]))
-        elif kind not in CACHE_KINDS:
-            issues.append(
-                ("cache.kind", f"unknown cache kind {kind!r}; known: {', '.join(CACHE_KINDS)}")
-            )
-        elif known_family and family not in CACHE_FAMILIES[kind]:
-            issues.append(
-                (
-                    "cache.kind",
-                    f"{kind} is not supported for family {family!r}: {denoiser} is not a "
-                    f"diffusers CacheMixin transformer; supported: "
-                    f"{', '.join(CACHE_FAMILIES[kind])}",
-                )
-            )
-
-    # quantization
-    if opts.quantization != "none" and device is not None and not module_available("torchao"):
-        issues.append(
-            (
-                "quantization",
-                f"{opts.quantization} needs the 'torchao' package, which is not installed "
-                "(pip install torchao)",
-            )
-        )
     return issues
+
+
+def _compile_issues(opts: KernelOptions, device: str | None) -> Issues:
+    if not opts.compile or device is None:
+        return []
+    dev = device_type(device)
+    if dev == "cpu" and _cxx_compiler() is None:
+        return [("compile", "torch.compile on the CPU needs a C++ compiler (c++/g++), none found")]
+    if dev == "cuda" and not module_available("triton"):
+        return [("compile", "torch.compile on CUDA needs the 'triton' package")]
+    return []
+
+
+def _cache_issues(family: str, opts: KernelOptions) -> Issues:
+    if opts.cache is None:
+        return []
+    kind = opts.cache.kind
+    if kind in CACHE_NOT_AVAILABLE:
+        return [("cache.kind", CACHE_NOT_AVAILABLE[kind])]
+    if kind not in CACHE_KINDS:
+        return [("cache.kind", f"unknown cache kind {kind!r}; known: {', '.join(CACHE_KINDS)}")]
+    if family in DENOISERS and family not in CACHE_FAMILIES[kind]:
+        return [
+            (
+                "cache.kind",
+                f"{kind} is not supported for family {family!r}: {DENOISERS[family]} is not a "
+                f"diffusers CacheMixin transformer; supported: "
+                f"{', '.join(CACHE_FAMILIES[kind])}",
+            )
+        ]
+    return []
+
+
+def _quantization_issues(opts: KernelOptions, device: str | None) -> Issues:
+    if opts.quantization == "none" or device is None or module_available("torchao"):
+        return []
+    return [
+        (
+            "quantization",
+            f"{opts.quantization} needs the 'torchao' package, which is not installed "
+            "(pip install torchao)",
+        )
+    ]
 
 
 def raise_for_options(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol, cast
 
 from torch import nn
 
@@ -62,15 +62,47 @@ def _validate(family: str, opts: KernelOptions, device: str, dtype: str, strict:
         raise KernelOptionsError(issues)
 
 
-def _install_attention(
-    model: nn.Module, requested: str, device: str, dtype: Any, rope_runner: OpRunner | None
-) -> dict[str, Any]:
+class _AttentionHost(Protocol):
+    """A denoiser with diffusers' attention-processor setter (``AttentionMixin`` or its own)."""
+
+    def set_attn_processor(self, processor: dict[str, Any]) -> None: ...
+
+
+def _mirrored_layer(module: nn.Module, proc: object) -> tuple[str, int] | None:
+    """``(kind, head_dim)`` of a layer whose stock processor we mirror: ``"flux"`` or
+    ``"unet"``; None for any other processor (IP-adapter, custom)."""
     from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
     from diffusers.models.transformers.transformer_flux import FluxAttention
     from diffusers.models.transformers.transformer_flux import (
         FluxAttnProcessor as StockFluxProcessor,
     )
 
+    if isinstance(module, FluxAttention) and type(proc) is StockFluxProcessor:
+        return "flux", module.head_dim
+    if isinstance(module, Attention) and type(proc) in (AttnProcessor2_0, AttnProcessor):
+        return "unet", module.inner_dim // module.heads
+    return None
+
+
+def _layer_backend(
+    requested: str, device: str, dtype: Any, head_dim: int, layer: str, reasons: list[str]
+) -> str:
+    """The backend of one attention layer; a new fallback reason is logged and appended."""
+    try:
+        backend, reason = select_backend(requested, device, dtype, head_dim, has_mask=False)
+    except BackendUnavailable as e:
+        raise KernelOptionsError(
+            [("attention", f"{e} (layer {layer}, head dim {head_dim})")]
+        ) from None
+    if reason and reason not in reasons:
+        reasons.append(reason)
+        logger.info("attention auto -> %s: %s", backend, reason)
+    return backend
+
+
+def _install_attention(
+    model: nn.Module, requested: str, device: str, dtype: Any, rope_runner: OpRunner | None
+) -> dict[str, Any]:
     from genmedia.kernels.processors import FluxAttnProcessor, UNetAttnProcessor
 
     current = getattr(model, "attn_processors", None)
@@ -81,24 +113,13 @@ def _install_attention(
     reasons: list[str] = []
     kept = rope_layers = stock = 0
     for name, proc in current.items():
-        module = model.get_submodule(name.removesuffix(".processor"))
-        if isinstance(module, FluxAttention) and type(proc) is StockFluxProcessor:
-            kind, head_dim = "flux", module.head_dim
-        elif isinstance(module, Attention) and type(proc) in (AttnProcessor2_0, AttnProcessor):
-            kind, head_dim = "unet", module.inner_dim // module.heads
-        else:
+        layer = _mirrored_layer(model.get_submodule(name.removesuffix(".processor")), proc)
+        if layer is None:
             new[name] = proc  # a processor we do not mirror (IP-adapter, custom): keep it
             kept += 1
             continue
-        try:
-            backend, reason = select_backend(requested, device, dtype, head_dim, has_mask=False)
-        except BackendUnavailable as e:
-            raise KernelOptionsError(
-                [("attention", f"{e} (layer {name}, head dim {head_dim})")]
-            ) from None
-        if reason and reason not in reasons:
-            reasons.append(reason)
-            logger.info("attention auto -> %s: %s", backend, reason)
+        kind, head_dim = layer
+        backend = _layer_backend(requested, device, dtype, head_dim, name, reasons)
         chosen[backend] += 1
         if backend == "sdpa" and (kind == "unet" or rope_runner is None):
             # the stock processor already runs torch SDPA: leave the diffusers path as it is
@@ -112,7 +133,7 @@ def _install_attention(
         else:
             new[name] = UNetAttnProcessor(backend, mask_ok)
     if stock < len(current) - kept:
-        model.set_attn_processor(new)
+        cast(_AttentionHost, model).set_attn_processor(new)
     names = sorted(chosen)
     return {
         "attention": names[0] if len(names) == 1 else ("mixed" if names else None),
@@ -134,7 +155,7 @@ def _install_ops(
     untouched: dict[str, str] = {}
     for op in ops:
         if op == "rope":
-            count, skipped = rope_layers, []
+            count, skipped = rope_layers, list[str]()
         else:
             count, skipped = PATCHERS[op](model, runner)
         counts[op] = count
@@ -209,8 +230,9 @@ def apply_kernel_options(
     record["cache"] = None
     if opts.cache is not None:
         from diffusers.hooks import FirstBlockCacheConfig
+        from diffusers.models.cache_utils import CacheMixin
 
-        model.enable_cache(FirstBlockCacheConfig(threshold=opts.cache.threshold))
+        cast(CacheMixin, model).enable_cache(FirstBlockCacheConfig(threshold=opts.cache.threshold))
         record["cache"] = {"kind": opts.cache.kind, "threshold": opts.cache.threshold}
 
     record["compile"] = bool(opts.compile)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+from diffusers.models.attention_processor import Attention
+from diffusers.models.transformers.transformer_flux import FluxAttention, _get_qkv_projections
 
 from genmedia.kernels.attention import get_impl, sdpa_attention
 from genmedia.kernels.dispatch import OpRunner
@@ -29,13 +30,19 @@ logger = logging.getLogger("genmedia.kernels")
 class _Attend:
     """The chosen backend of one layer, with its mask fallback."""
 
-    def __init__(self, backend: str, mask_ok: bool):
+    def __init__(self, backend: str, mask_ok: bool) -> None:
         self.backend = backend
         self.fn = get_impl(backend)
         self.mask_ok = mask_ok
         self._warned = False
 
-    def __call__(self, q, k, v, mask=None):
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if mask is not None and not self.mask_ok:
             if not self._warned:
                 self._warned = True
@@ -47,7 +54,7 @@ class _Attend:
 class UNetAttnProcessor:
     """``Attention`` processor of UNet families running the selected backend."""
 
-    def __init__(self, backend: str, mask_ok: bool = True):
+    def __init__(self, backend: str, mask_ok: bool = True) -> None:
         self.attend = _Attend(backend, mask_ok)
 
     @property
@@ -56,13 +63,13 @@ class UNetAttnProcessor:
 
     def __call__(
         self,
-        attn,
+        attn: Attention,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        *args,
-        **kwargs,
+        *args: object,
+        **kwargs: object,
     ) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -107,13 +114,14 @@ class UNetAttnProcessor:
             out = out.transpose(-1, -2).reshape(image_shape)
         if attn.residual_connection:
             out = out + residual
-        return out / attn.rescale_output_factor
+        scaled: torch.Tensor = out / attn.rescale_output_factor  # the nn.Module calls: Any
+        return scaled
 
 
 class FluxAttnProcessor:
     """``FluxAttention`` processor running the selected backend and, optionally, fused RoPE."""
 
-    def __init__(self, backend: str, mask_ok: bool = True, ops: OpRunner | None = None):
+    def __init__(self, backend: str, mask_ok: bool = True, ops: OpRunner | None = None) -> None:
         self.attend = _Attend(backend, mask_ok)
         self.ops = ops  # set when the rope op is installed
 
@@ -121,7 +129,7 @@ class FluxAttnProcessor:
     def backend(self) -> str:
         return self.attend.backend
 
-    def _rope(self, x: torch.Tensor, freqs) -> torch.Tensor:
+    def _rope(self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         if self.ops is not None:
             return self.ops.rope(x, freqs)
         cos, sin = freqs
@@ -129,12 +137,12 @@ class FluxAttnProcessor:
 
     def __call__(
         self,
-        attn,
+        attn: FluxAttention,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        image_rotary_emb=None,
-    ):
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         query, key, value, ctx_query, ctx_key, ctx_value = _get_qkv_projections(
             attn, hidden_states, encoder_hidden_states
         )

@@ -92,7 +92,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     ``sequence_dim=1``, as in Flux).
     """
     xf = x.float()
-    pairs = xf.unflatten(-1, (-1, 2))
+    pairs = torch.unflatten(xf, -1, (-1, 2))
     rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
     c = cos.float()[None, :, None, :]
     s = sin.float()[None, :, None, :]

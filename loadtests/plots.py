@@ -2,16 +2,15 @@
 
 Called by ``report.write_report`` with the records, the summary and the time series it computed:
 latency CDF per class, throughput and queue depth over time, per-tenant share against weights.
+matplotlib is the ``loadtest`` extra (``pip install 'genmedia[loadtest]'``), imported only when
+a plot is drawn; ``pyplot()`` is also what the simulator's study and the benchmarks plot with.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from genmedia.loadtests.records import RequestRecord
@@ -19,7 +18,27 @@ from genmedia.loadtests.records import RequestRecord
 COLORS = {"all": "black", "interactive": "tab:red", "batch": "tab:blue"}
 
 
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed: the ``loadtest`` extra is missing."""
+
+
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend; ``PlotsUnavailable`` naming the extra if the
+    ``loadtest`` extra is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotsUnavailable(
+            "plots need matplotlib, the 'loadtest' extra: pip install 'genmedia[loadtest]'"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def latency_cdf(path: Path, records: list[RequestRecord], summary: dict) -> Path:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     drawn = False
     for cls, color in COLORS.items():
@@ -50,6 +69,7 @@ def latency_cdf(path: Path, records: list[RequestRecord], summary: dict) -> Path
 
 
 def over_time(path: Path, summary: dict, series: dict) -> Path:
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
     t = np.asarray(series["t"]) + series["bin_s"] / 2
     for cls, color in COLORS.items():
@@ -83,6 +103,7 @@ def tenant_share(path: Path, summary: dict) -> Path:
         ("weight share", [stats[t]["weight_share"] for t in tenants], "tab:gray"),
     ]
     x = np.arange(len(tenants))
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(tenants) + 2), 4))
     for k, (label, values, color) in enumerate(bars):
         ax.bar(x + (k - 1) * 0.27, values, 0.27, label=label, color=color)

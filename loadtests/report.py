@@ -325,15 +325,17 @@ def markdown(summary: dict, plots: Iterable[str] = ()) -> str:
 
 
 def write_report(out_dir: str | Path, records: list[RequestRecord], info: RunInfo) -> dict:
-    """``summary.json``, ``report.md`` and the PNG plots into ``out_dir``; returns the summary."""
+    """``summary.json``, ``report.md`` and the PNG plots into ``out_dir``; returns the summary.
+    The plots need the ``loadtest`` extra (``plots.PlotsUnavailable`` without it, raised after
+    ``summary.json`` is written)."""
     from genmedia.loadtests.plots import write_plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records, info)
     series = timeline(records, summary["window_s"])
-    plots = write_plots(out, records, summary, series)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plots = write_plots(out, records, summary, series)
     (out / "report.md").write_text(markdown(summary, plots))
     return summary
 

@@ -2,7 +2,9 @@
 
 Read once at deploy time (``genmedia serve|deploy|catalog validate``); the app builder turns it
 into one worker deployment per family, and the gateway validates every request against the
-entry of the model it names. No Ray, no torch here.
+entry of the model it names. This module holds the model entries and the checks that need the
+family specs (``registry.py``); the server-side settings live in ``server_config.py``. No Ray,
+no torch here.
 """
 
 from __future__ import annotations
@@ -12,15 +14,45 @@ from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from genmedia.deployments.webhooks.delivery import WebhookPolicy
 from genmedia.kernels.options import KernelOptions, check_options
 from genmedia.models.config_issues import field_errors
-from genmedia.models.registry import FAMILIES
+from genmedia.models.registry import FAMILIES, lora_families
+from genmedia.models.server_config import (
+    LocalStorage,
+    S3Storage,
+    SchedulerSettings,
+    ServerSettings,
+    WebhookPolicy,
+    WorkerSettings,
+)
+
+__all__ = [
+    "DEFAULT_CATALOG",
+    "LORA_FAMILIES",
+    "Catalog",
+    "CatalogError",
+    "CatalogIssue",
+    "ClassTargets",
+    "FloatBounds",
+    "IntBounds",
+    "LocalStorage",
+    "LoraEntry",
+    "ModelEntry",
+    "ModelScaling",
+    "ParameterBounds",
+    "S3Storage",
+    "SchedulerSettings",
+    "ServerSettings",
+    "WebhookPolicy",
+    "WorkerSettings",
+    "load_catalog",
+    "parse_catalog",
+]
 
 DEFAULT_CATALOG = "default.yaml"
 
@@ -33,7 +65,7 @@ ModelId = Annotated[
 ]
 
 
-LORA_FAMILIES = ("sd15", "sdxl", "flux")  # families whose pipelines load LoRA adapters
+LORA_FAMILIES = lora_families()  # families whose pipelines load LoRA adapters
 
 
 class _Strict(BaseModel):
@@ -270,122 +302,6 @@ class ModelEntry(_Strict):
         return spec.default_scheduler if spec.default_scheduler in allowed else allowed[0]
 
 
-class WorkerSettings(_Strict):
-    """How the Ray Serve deployment of one family's worker is sized."""
-
-    num_cpus: float = Field(
-        default=1.0,
-        gt=0.0,
-        le=256.0,
-        description="Ray CPUs per replica; torch threads are sized from it (at least one).",
-    )
-    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas kept.")
-    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas allowed.")
-    max_loaded_models: int = Field(
-        default=4, ge=1, le=64, description="Pipelines a replica keeps loaded (LRU beyond)."
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> WorkerSettings:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas ({self.min_replicas}) is greater than max_replicas "
-                f"({self.max_replicas})"
-            )
-        return self
-
-
-class LocalStorage(_Strict):
-    """Outputs written to a directory on the gateway's node, served by GET /v1/files/{path}."""
-
-    kind: Literal["local"] = Field(default="local", description="Storage kind.")
-    dir: str = Field(
-        default="~/.cache/genmedia/outputs",
-        description="Directory for outputs and their JSON sidecars (relative: to the catalog).",
-    )
-
-
-class S3Storage(_Strict):
-    """Outputs written to an S3 bucket through boto3 (any S3-compatible endpoint)."""
-
-    kind: Literal["s3"] = Field(default="s3", description="Storage kind.")
-    bucket: str = Field(min_length=3, description="Bucket name.")
-    prefix: str = Field(default="outputs", description="Key prefix for every output.")
-    endpoint_url: str | None = Field(
-        default=None, description="S3-compatible endpoint; default: AWS."
-    )
-    region: str | None = Field(default=None, description="Region name passed to boto3.")
-    url_expiry_s: int = Field(
-        default=3600, ge=60, le=604800, description="Lifetime of presigned output URLs."
-    )
-
-
-class SchedulerSettings(_Strict):
-    """The scheduler: where jobs are kept and how classes share the workers."""
-
-    job_store: str = Field(
-        default="~/.cache/genmedia/jobs.sqlite",
-        description="SQLite file of the job store (relative: to the catalog file). It lives on "
-        "the scheduler's node; a multi-node cluster pins the scheduler there or mounts a volume.",
-    )
-    batch_min_share: float = Field(
-        default=0.2,
-        ge=0.0,
-        le=1.0,
-        description="Share of the work on main worker slots kept for the batch class while "
-        "interactive work waits, so batch never starves.",
-    )
-    model_queue_limit: int = Field(
-        default=10_000, ge=1, le=10_000_000, description="Most jobs queued per model (429 beyond)."
-    )
-    policy: Literal["priority", "fifo"] = Field(
-        default="priority",
-        description="'priority': classes, tenant fair share, preemption at step boundaries. "
-        "'fifo': one queue in arrival order, no classes, no fairness, no preemption (the "
-        "baseline the benchmarks compare against).",
-    )
-
-
-class ServerSettings(_Strict):
-    """Gateway-wide settings."""
-
-    scheduler: SchedulerSettings = Field(
-        default_factory=SchedulerSettings, description="Job store and class shares."
-    )
-    webhooks: WebhookPolicy = Field(
-        default_factory=WebhookPolicy, description="Where completion webhooks may go, retries."
-    )
-
-    storage: LocalStorage | S3Storage = Field(
-        default_factory=LocalStorage,
-        discriminator="kind",
-        description="Where outputs go: 'local' (default) or 's3'.",
-    )
-    max_body_bytes: int = Field(
-        default=16 * 1_048_576,
-        ge=1024,
-        le=1_073_741_824,
-        description="Largest request body accepted (inline base64 images and uploads "
-        "included); larger ones get 413.",
-    )
-    max_adapter_bytes: int = Field(
-        default=512 * 1_048_576,
-        ge=1024,
-        le=16 * 1_073_741_824,
-        description="Largest LoRA adapter file accepted.",
-    )
-    gateway_replicas: int = Field(default=1, ge=1, le=100, description="Gateway replicas.")
-    gateway_num_cpus: float = Field(
-        default=0.25, gt=0.0, le=64.0, description="Ray CPUs per gateway replica."
-    )
-    scheduler_num_cpus: float = Field(
-        default=0.25, gt=0.0, le=64.0, description="Ray CPUs of the scheduler replica."
-    )
-    request_timeout_s: float = Field(
-        default=600.0, gt=0.0, le=86_400.0, description="Longest a sync request may take."
-    )
-
-
 class LoraEntry(_Strict):
     """A LoRA adapter the catalog serves (more can be registered at run time)."""
 
@@ -545,40 +461,47 @@ def _inverted_replica_issues(
     return issues
 
 
-def parse_catalog(data: object, file: str = "<catalog>") -> Catalog:
-    """Validate catalog data; raise CatalogError listing every issue found."""
-    if not isinstance(data, dict):
-        raise CatalogError([CatalogIssue(file, None, "(root)", "must be a mapping")])
-    issues: list[CatalogIssue] = []
-    raw_models = data.get("models")
+def _model_entries(raw_models: object, file: str) -> tuple[list[ModelEntry], list[CatalogIssue]]:
+    """The valid model entries, and the issues of every entry (named by id, else by position)."""
     entries: list[ModelEntry] = []
-    if isinstance(raw_models, list):
-        for i, raw in enumerate(raw_models):
-            mid = raw.get("id") if isinstance(raw, dict) else None
-            mid = mid if isinstance(mid, str) else f"#{i}"
-            try:
-                entry = ModelEntry.model_validate(raw)
-            except ValidationError as e:
-                issues += [CatalogIssue(file, mid, f, m) for f, m in field_errors(e)]
-                continue
-            issues += _entry_issues(entry, file)
-            entries.append(entry)
+    issues: list[CatalogIssue] = []
+    if not isinstance(raw_models, list):
+        return entries, issues
+    for i, raw in enumerate(raw_models):
+        mid = raw.get("id") if isinstance(raw, dict) else None
+        mid = mid if isinstance(mid, str) else f"#{i}"
+        try:
+            entry = ModelEntry.model_validate(raw)
+        except ValidationError as e:
+            issues += [CatalogIssue(file, mid, f, m) for f, m in field_errors(e)]
+            continue
+        issues += _entry_issues(entry, file)
+        entries.append(entry)
+    return entries, issues
+
+
+def _whole_catalog(data: dict, file: str) -> tuple[Catalog | None, list[CatalogIssue]]:
+    """The catalog as a whole, and its issues outside the models (reported per model)."""
     try:
-        catalog = Catalog.model_validate({**data, "source": file})
+        return Catalog.model_validate({**data, "source": file}), []
     except ValidationError as e:
-        for field, message in field_errors(e):
-            if field.startswith("models.") and field != "models":
-                continue  # already reported per model above
-            issues.append(CatalogIssue(file, None, field, message))
-        catalog = None
+        return None, [
+            CatalogIssue(file, None, field, message)
+            for field, message in field_errors(e)
+            if not (field.startswith("models.") and field != "models")
+        ]
+
+
+def _shared_gpu_issues(
+    entries: list[ModelEntry], by_family: dict[str, list[ModelEntry]], file: str
+) -> list[CatalogIssue]:
+    """Duplicate model ids, and families whose models need more than one GPU together."""
+    issues: list[CatalogIssue] = []
     seen: set[str] = set()
     for entry in entries:
         if entry.id in seen:
             issues.append(CatalogIssue(file, entry.id, "id", "duplicate model id"))
         seen.add(entry.id)
-    by_family: dict[str, list[ModelEntry]] = defaultdict(list)
-    for entry in entries:
-        by_family[entry.family].append(entry)
     for family, members in by_family.items():
         total = sum(m.gpu_fraction for m in members)
         if total > 1.0 + 1e-9:
@@ -592,49 +515,67 @@ def parse_catalog(data: object, file: str = "<catalog>") -> Catalog:
                         f"gpu_fraction sums to {total:g} > 1 (one worker replica sits on one GPU)",
                     )
                 )
+    return issues
+
+
+def _lora_issues(
+    catalog: Catalog | None, entries: list[ModelEntry], file: str
+) -> list[CatalogIssue]:
+    """Adapters naming a missing model or a family without LoRA, non-safetensors sources and
+    duplicate adapter ids."""
+    if catalog is None:
+        return []
+    issues: list[CatalogIssue] = []
     by_id = {e.id: e for e in entries}
-    for lora in catalog.loras if catalog is not None else ():
+    for lora in catalog.loras:
+        where = f"loras.{lora.id}"
         base = by_id.get(lora.base_model)
         if base is None:
-            issues.append(CatalogIssue(file, None, f"loras.{lora.id}.base_model", "no such model"))
+            issues.append(CatalogIssue(file, None, f"{where}.base_model", "no such model"))
         elif base.family not in LORA_FAMILIES:
-            issues.append(
-                CatalogIssue(
-                    file,
-                    None,
-                    f"loras.{lora.id}.base_model",
-                    f"the {base.family} family takes no LoRA adapters",
-                )
-            )
+            message = f"the {base.family} family takes no LoRA adapters"
+            issues.append(CatalogIssue(file, None, f"{where}.base_model", message))
         if not (lora.source.endswith(".safetensors") or lora.source.startswith("tiny://")):
             issues.append(
-                CatalogIssue(file, None, f"loras.{lora.id}.source", "must be a .safetensors file")
+                CatalogIssue(file, None, f"{where}.source", "must be a .safetensors file")
             )
-    if catalog is not None and len({x.id for x in catalog.loras}) != len(catalog.loras):
+    if len({x.id for x in catalog.loras}) != len(catalog.loras):
         issues.append(CatalogIssue(file, None, "loras", "duplicate adapter id"))
-    issues += _inverted_replica_issues(data.get("workers"), by_family, file)
-    for family in data.get("workers") or {}:
+    return issues
+
+
+def _worker_family_issues(
+    workers: Any, by_family: dict[str, list[ModelEntry]], file: str
+) -> list[CatalogIssue]:
+    """Worker settings for an unknown family or for a family with no model."""
+    issues: list[CatalogIssue] = []
+    for family in workers or {}:
         if family not in FAMILIES:
-            issues.append(
-                CatalogIssue(
-                    file,
-                    None,
-                    f"workers.{family}",
-                    f"unknown family; known: {', '.join(sorted(FAMILIES))}",
-                )
-            )
+            message = f"unknown family; known: {', '.join(sorted(FAMILIES))}"
         elif family not in by_family:
-            issues.append(
-                CatalogIssue(
-                    file,
-                    None,
-                    f"workers.{family}",
-                    "settings for a family with no model in the catalog",
-                )
-            )
-    if issues:
+            message = "settings for a family with no model in the catalog"
+        else:
+            continue
+        issues.append(CatalogIssue(file, None, f"workers.{family}", message))
+    return issues
+
+
+def parse_catalog(data: object, file: str = "<catalog>") -> Catalog:
+    """Validate catalog data; raise CatalogError listing every issue found."""
+    if not isinstance(data, dict):
+        raise CatalogError([CatalogIssue(file, None, "(root)", "must be a mapping")])
+    entries, issues = _model_entries(data.get("models"), file)
+    catalog, catalog_issues = _whole_catalog(data, file)
+    issues += catalog_issues
+    by_family: dict[str, list[ModelEntry]] = defaultdict(list)
+    for entry in entries:
+        by_family[entry.family].append(entry)
+    issues += _shared_gpu_issues(entries, by_family, file)
+    issues += _lora_issues(catalog, entries, file)
+    issues += _inverted_replica_issues(data.get("workers"), by_family, file)
+    issues += _worker_family_issues(data.get("workers"), by_family, file)
+    if issues or catalog is None:
         raise CatalogError(issues)
-    assert catalog is not None
     return catalog
 
 

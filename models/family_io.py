@@ -1,20 +1,21 @@
 """Checkpoint writing, loading and scheduler swapping shared by the family modules.
 
-Where this sits: under ``models/<family>.py`` (``wan``, ``stable_audio``). A family's
+Where this sits: under every ``models/<family>.py``, at replica start and in tests. A family's
 ``build_tiny`` ends in ``save_tiny``, its ``load_pipeline`` in ``load_checkpoint`` and its
 ``set_scheduler`` is ``swap_scheduler``; the family module keeps what differs (components,
-configs, call arguments).
+configs, call arguments). torch is imported on use, as the family modules do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from genmedia.models import weights
+
+if TYPE_CHECKING:
+    import torch
 
 
 def save_tiny(pipe: Any, out_dir: Path, *, family: str, seed: int, version: int) -> None:
@@ -24,15 +25,25 @@ def save_tiny(pipe: Any, out_dir: Path, *, family: str, seed: int, version: int)
 
 
 def load_checkpoint(
-    pipeline_class: type, path: Path, dtype: torch.dtype, device: str, **components: Any
+    pipeline_class: Any,
+    path: Path,
+    dtype: torch.dtype | None,
+    device: str,
+    **components: Any,
 ) -> Any:
     """A safetensors-only checkpoint directory through ``from_pretrained``, offline, on
-    ``device``, progress bars off. ``components`` replace the checkpoint's own (e.g. a VAE
-    loaded in another dtype)."""
+    ``device`` (``dtype`` None: float32), progress bars off. ``components`` replace the
+    checkpoint's own (e.g. a VAE loaded in another dtype) or are passed to the pipeline."""
+    import torch
+
     path = Path(path)
     weights.check_safetensors_only(path)
     pipe = pipeline_class.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, local_files_only=True, **components
+        path,
+        dtype=torch.float32 if dtype is None else dtype,
+        use_safetensors=True,
+        local_files_only=True,
+        **components,
     )
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -1,34 +1,31 @@
-"""FLUX.1 (dev-style, guidance-distilled) family: the pipeline adapter the family worker calls.
+"""FLUX.1 (dev-style, guidance-distilled) family: its spec, its tiny checkpoint and its pipeline
+adapter.
 
-Where this sits in a request's way: at replica start the worker resolves the weights
-(``weights.resolve_source``) and calls ``load_pipeline``; for every batch it calls the pipeline
-with ``prompt=[...]``, ``width``/``height`` (multiples of ``SIZE_MULTIPLE``: the VAE
-downsamples by 8 and the transformer packs 2x2 latent patches, so 16),
-``num_inference_steps``, one ``torch.Generator`` per image, ``output_type="np"``,
-``callback_on_step_end`` and ``**call_kwargs(...)``.
+Where this sits in a request's way: the gateway checks each request against ``SPEC`` (tasks, the
+one flow-matching scheduler, sizes a multiple of ``SIZE_MULTIPLE``: the VAE downsamples by 8 and
+the transformer packs 2x2 latent patches, so 16; LoRA on the transformer and the CLIP encoder);
+at replica start the family worker resolves the weights (``weights.resolve_source``) and calls
+``load_pipeline``; for every batch ``run`` makes one call of the batch's task pipeline
+(``runner.run_images``) with ``prompt=[...]``, ``width``/``height``, ``num_inference_steps``,
+one ``torch.Generator`` per image, ``output_type="np"``, ``callback_on_step_end`` and
+``**call_kwargs(...)``.
 
 ``build_tiny`` writes a deterministic random-weight checkpoint in the real classes: a
 ``FluxTransformer2DModel`` with guidance embedding (1 double-stream + 1 single-stream block),
 a 4-level VAE without quant convs (as in FLUX), a CLIP text encoder (pooled embedding) and a
 T5 encoder (sequence embedding), and the flow-matching Euler scheduler with dynamic shifting.
+
+torch and diffusers are imported inside the functions that use them (``PIPELINE_CLASS`` and
+``SCHEDULERS`` on first use): reading ``SPEC`` imports neither.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-from genmedia.models import weights
+from genmedia.models.family import FamilySpec, StepCallback, diffusers_classes
+from genmedia.models.family_io import load_checkpoint, save_tiny, swap_scheduler
 from genmedia.models.tiny_tokenizers import (
     CLIP_MAX_LENGTH,
     T5_MAX_LENGTH,
@@ -36,13 +33,22 @@ from genmedia.models.tiny_tokenizers import (
     build_t5_tokenizer,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline, FluxPipeline
+
+    from genmedia.models.params import GenerationJob
+    from genmedia.models.runner import LoadedModel
+
 FAMILY = "flux"
-PIPELINE_CLASS = FluxPipeline
-SCHEDULERS: dict[str, type] = {"flow_euler": FlowMatchEulerDiscreteScheduler}
+TASKS = ("text-to-image", "image-to-image", "inpainting")
+SCHEDULER_CLASSES: dict[str, str] = {"flow_euler": "FlowMatchEulerDiscreteScheduler"}
 DEFAULT_SCHEDULER = "flow_euler"
 SIZE_MULTIPLE = 16  # vae_scale_factor (8) * 2x2 latent packing
 DEFAULT_SIZE = 64
 TINY_VERSION = 1  # bump when build_tiny changes, so cached tiny checkpoints get rebuilt
+LORA_COMPONENTS = ("transformer", "text_encoder")  # prefixes of diffusers' saved LoRA keys
 # Scale of true classifier-free guidance, used only when a batch has negative prompts (FLUX.1-dev
 # is guidance-distilled: ``guidance_scale`` is an input of the model, not CFG).
 DEFAULT_TRUE_CFG_SCALE = 4.0
@@ -65,13 +71,31 @@ _LATENT_CHANNELS = 4
 _TEXT_HIDDEN = 32
 
 
-def build_components(seed: int = 0) -> dict[str, Any]:
-    """The tiny pipeline components, each initialized right after ``torch.manual_seed``."""
-    tokenizer = build_clip_tokenizer()
-    tokenizer_2 = build_t5_tokenizer()
+def pipeline_class() -> type[FluxPipeline]:
+    """The diffusers pipeline class of the family (imports diffusers)."""
+    from diffusers import FluxPipeline
 
-    torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
+    return FluxPipeline
+
+
+def scheduler_classes() -> dict[str, Any]:
+    """Scheduler name -> diffusers class."""
+    return diffusers_classes(SCHEDULER_CLASSES)
+
+
+def __getattr__(name: str) -> Any:
+    """``PIPELINE_CLASS`` and ``SCHEDULERS`` import diffusers, so they are built on first use."""
+    if name == "PIPELINE_CLASS":
+        return pipeline_class()
+    if name == "SCHEDULERS":
+        return scheduler_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _tiny_transformer() -> Any:
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
         patch_size=1,
         in_channels=4 * _LATENT_CHANNELS,  # 2x2 packed latent patches
         num_layers=1,
@@ -84,8 +108,11 @@ def build_components(seed: int = 0) -> dict[str, Any]:
         axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
     )
 
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
+
+def _tiny_vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -101,8 +128,11 @@ def build_components(seed: int = 0) -> dict[str, Any]:
         shift_factor=0.1159,
     )
 
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
+
+def _tiny_clip(tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=_TEXT_HIDDEN,
@@ -118,26 +148,43 @@ def build_components(seed: int = 0) -> dict[str, Any]:
         )
     )
 
-    torch.manual_seed(seed + 3)
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=_TEXT_HIDDEN,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
-            feed_forward_proj="gated-gelu",  # T5 v1.1, as the FLUX T5-XXL encoder
-            tie_word_embeddings=False,
-            pad_token_id=tokenizer_2.pad_token_id,
-            eos_token_id=tokenizer_2.eos_token_id,
-            decoder_start_token_id=tokenizer_2.pad_token_id,
-        )
-    )
 
-    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+def _tiny_t5(tokenizer: Any) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=_TEXT_HIDDEN,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu",  # T5 v1.1, as the FLUX T5-XXL encoder
+        tie_word_embeddings=False,  # type: ignore[call-arg]  # a PretrainedConfig kwarg
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config)
+
+
+def build_components(seed: int = 0) -> dict[str, Any]:
+    """The tiny pipeline components, each initialized right after ``torch.manual_seed``."""
+    import torch
+
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = _tiny_transformer()
+    torch.manual_seed(seed + 1)
+    vae = _tiny_vae()
+    torch.manual_seed(seed + 2)
+    text_encoder = _tiny_clip(tokenizer)
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = _tiny_t5(tokenizer_2)
+    scheduler = scheduler_classes()[DEFAULT_SCHEDULER](**SCHEDULER_CONFIG)
     return {
         "transformer": transformer,
         "vae": vae,
@@ -153,34 +200,20 @@ def build_components(seed: int = 0) -> dict[str, Any]:
 
 def build_tiny(out_dir: Path, seed: int = 0) -> None:
     """Write a deterministic random-weight FLUX checkpoint to ``out_dir`` (atomically)."""
-    pipe = PIPELINE_CLASS(**build_components(seed))
-    marker = {"family": FAMILY, "seed": seed, "version": TINY_VERSION}
-    weights.save_pipeline_atomically(pipe, Path(out_dir), {weights.TINY_MARKER: marker})
+    pipe = pipeline_class()(**build_components(seed))
+    save_tiny(pipe, out_dir, family=FAMILY, seed=seed, version=TINY_VERSION)
 
 
 def load_pipeline(
-    path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    path: Path, dtype: torch.dtype | None = None, device: str = "cpu"
 ) -> DiffusionPipeline:
     """Load a safetensors-only FLUX checkpoint directory, offline, onto ``device``."""
-    path = Path(path)
-    weights.check_safetensors_only(path)
-    pipe = PIPELINE_CLASS.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, local_files_only=True
-    )
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_checkpoint(pipeline_class(), path, dtype, device)
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Replace ``pipe.scheduler`` by scheduler ``name`` built from the checkpoint's config."""
-    try:
-        cls = SCHEDULERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown scheduler {name!r} for {FAMILY}; allowed: {', '.join(sorted(SCHEDULERS))}"
-        ) from None
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    swap_scheduler(pipe, FAMILY, scheduler_classes(), name)
 
 
 def call_kwargs(
@@ -210,3 +243,32 @@ def call_kwargs(
         kwargs["negative_prompt"] = list(negative_prompts)
         kwargs["true_cfg_scale"] = scale
     return kwargs
+
+
+def run(
+    model: LoadedModel,
+    jobs: list[GenerationJob],
+    on_step: StepCallback | None = None,
+    inputs: list[dict] | None = None,
+) -> list[list[np.ndarray]]:
+    """One pipeline call of the batch's image task with this family's call arguments."""
+    from genmedia.models.runner import run_images
+
+    return run_images(model, jobs, on_step, inputs, call_kwargs)
+
+
+SPEC = FamilySpec(
+    name=FAMILY,
+    title="Flux-style (MMDiT transformer + CLIP + T5)",
+    tasks=TASKS,
+    schedulers=tuple(SCHEDULER_CLASSES),
+    default_scheduler=DEFAULT_SCHEDULER,
+    size_multiple=SIZE_MULTIPLE,
+    build_tiny=build_tiny,
+    load_pipeline=load_pipeline,
+    scheduler_factories=scheduler_classes,
+    run=run,
+    tiny_version=TINY_VERSION,
+    lora_components=LORA_COMPONENTS,
+    lora_denoiser="transformer",
+)

@@ -29,15 +29,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from genmedia.models.params import AdapterUse
+from genmedia.models.registry import FAMILIES, lora_families
 from genmedia.models.weights import genmedia_home
 
-# Components a LoRA may target, per family (the prefixes of diffusers' saved LoRA keys).
-COMPONENTS = {
-    "sd15": ("unet", "text_encoder"),
-    "sdxl": ("unet", "text_encoder", "text_encoder_2"),
-    "flux": ("transformer", "text_encoder"),
-}
-DENOISER = {"sd15": "unet", "sdxl": "unet", "flux": "transformer"}
 # Attention projections: what tiny test adapters (and most published ones) target.
 TARGETS = {
     "unet": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -82,16 +76,16 @@ def _tiny_adapter(source: str) -> Path:
     (seeded by its name) into the adapter cache."""
     import zlib
 
-    from genmedia.models.registry import family_module
     from genmedia.models.weights import _file_lock, resolve_source
 
     family, _, name = source[len("tiny://") :].partition("/")
-    if family not in DENOISER or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", name):
-        raise AdapterError(f"{source!r}: expected tiny://<sd15|sdxl|flux>/<name>")
+    families = lora_families()
+    if family not in families or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", name):
+        raise AdapterError(f"{source!r}: expected tiny://<{'|'.join(families)}>/<name>")
     out = adapter_cache_dir() / "tiny" / family / f"{name}.safetensors"
     with _file_lock(adapter_cache_dir() / ".locks" / f"tiny-{family}-{name}.lock"):
         if not out.is_file():
-            pipe = family_module(family).load_pipeline(
+            pipe = FAMILIES[family].load_pipeline(
                 resolve_source(f"tiny://{family}"), dtype=torch.float32, device="cpu"
             )
             tmp = out.with_name(f".part-{os.getpid()}-{out.name}")
@@ -153,7 +147,7 @@ def check_keys(pipe: Any, family: str, shapes: dict[str, tuple[int, ...]]) -> li
     be ``A: (r, in)``, ``B: (out, r)`` with one rank per module."""
     if not shapes:
         return ["the file has no tensors"]
-    allowed = COMPONENTS.get(family, ())
+    allowed = FAMILIES[family].lora_components if family in FAMILIES else ()
     problems: list[str] = []
     modules: dict[str, dict[str, torch.nn.Module]] = {}
     ranks: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
@@ -287,6 +281,7 @@ class AdapterCache:
             start = time.perf_counter()
             state = load_file(str(path))
             keep = pinned | set(files)
+            victim: str | None
             if current is not None:  # re-registered from another file: reuse its own slot
                 victim = aid
             elif len(self.loaded) >= self.capacity:
@@ -349,7 +344,9 @@ def build_tiny_adapter(
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    comp = DENOISER[family]
+    comp = FAMILIES[family].lora_denoiser
+    if comp is None:
+        raise AdapterError(f"the {family} family takes no LoRA adapters")
     module = getattr(pipe, comp)
     name = f"_build_{seed}"
     module.add_adapter(

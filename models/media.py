@@ -21,6 +21,7 @@ import tempfile
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -196,7 +197,8 @@ def encode_video(frames: np.ndarray, fps: int | float | Fraction, fmt: str = "mp
             options = {"threads": "1"}
             if codec == "libx264":
                 options |= {"crf": str(VIDEO_CRF), "preset": VIDEO_PRESET}
-            stream = container.add_stream(codec, rate=rate, options=options)
+            # a video codec gives a video stream
+            stream = cast(av.VideoStream, container.add_stream(codec, rate=rate, options=options))
             stream.width, stream.height, stream.pix_fmt = out_w, out_h, "yuv420p"
             if codec != "libx264":
                 stream.bit_rate = max(200_000, out_w * out_h * 4)

@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genmedia.models.catalog import LORA_FAMILIES, FloatBounds, IntBounds, ModelEntry
+from genmedia.models.catalog import FloatBounds, IntBounds, ModelEntry, ParameterBounds
+from genmedia.models.family import FamilySpec
 from genmedia.models.media import DEFAULT_FORMAT_BY_TASK, FORMATS_BY_TASK
 from genmedia.models.registry import FAMILIES
 
@@ -241,9 +242,9 @@ def _float_in(name: str, value: float | None, b: FloatBounds, errors: list[Field
     return value
 
 
-def resolve_task(entry: ModelEntry, req: GenerateRequest) -> tuple[str, list[FieldError]]:
+def resolve_task(entry: ModelEntry, req: GenerateRequest) -> tuple[Task, list[FieldError]]:
     """Which task a request asks for: a mask makes it inpainting, an image image-to-image."""
-    task = "inpainting" if req.mask_image else "image-to-image" if req.image else entry.task
+    task: Task = "inpainting" if req.mask_image else "image-to-image" if req.image else entry.task
     errors = []
     if req.mask_image and not req.image:
         errors.append(FieldError("image", "inpainting needs the image the mask applies to", None))
@@ -256,21 +257,13 @@ def resolve_task(entry: ModelEntry, req: GenerateRequest) -> tuple[str, list[Fie
     return task, errors
 
 
-def resolve_request(
-    entry: ModelEntry,
+def _size(
     req: GenerateRequest,
-    *,
-    request_id: str,
-    now: float = 0.0,
-    image_size: tuple[int, int] | None = None,
-) -> tuple[GenerationJob | None, list[FieldError]]:
-    """Fill defaults from the catalog entry and check every bound; all errors at once.
-    ``image_size`` is the decoded input image's (width, height): it sets the output size."""
-    errors: list[FieldError] = []
-    p = entry.parameters
-    multiple = FAMILIES[entry.family].size_multiple
-    task, task_errors = resolve_task(entry, req)
-    errors += task_errors
+    p: ParameterBounds,
+    image_size: tuple[int, int] | None,
+    errors: list[FieldError],
+) -> tuple[int, int]:
+    """Width and height: the input image's when there is one (the request may not set them)."""
     if image_size is not None:
         for name, asked, got in (
             ("width", req.width, image_size[0]),
@@ -282,13 +275,27 @@ def resolve_request(
                 )
     width = _int_in("width", image_size[0] if image_size else req.width, p.width, errors)
     height = _int_in("height", image_size[1] if image_size else req.height, p.height, errors)
-    strength = None
+    return width, height
+
+
+def _strength(
+    task: Task, req: GenerateRequest, p: ParameterBounds, errors: list[FieldError]
+) -> float | None:
+    """How much of the input image is re-noised; image-to-image and inpainting only."""
     if task in ("image-to-image", "inpainting"):
-        strength = _float_in("strength", req.strength, p.strength, errors)
-    elif req.strength is not None:
+        return _float_in("strength", req.strength, p.strength, errors)
+    if req.strength is not None:
         errors.append(FieldError("strength", "needs an input image", None))
+    return None
+
+
+def _adapters(
+    entry: ModelEntry, spec: FamilySpec, req: GenerateRequest, errors: list[FieldError]
+) -> list[tuple[str, float]]:
+    """The LoRA adapters (id, scale) in request order, when the family takes them."""
+    p = entry.parameters
     adapters: list[tuple[str, float]] = []
-    if req.loras and entry.family not in LORA_FAMILIES:
+    if req.loras and not spec.takes_lora:
         errors.append(FieldError("loras", f"the {entry.family} family takes no LoRA adapters", 0))
     if len(req.loras) > p.max_loras:
         errors.append(
@@ -299,28 +306,38 @@ def resolve_request(
             errors.append(FieldError(f"loras[{i}].id", f"{lora.id!r} is listed twice", None))
         scale = _float_in(f"loras[{i}].scale", lora.scale, p.lora_scale, errors)
         adapters.append((lora.id, float(scale)))
-    spec = FAMILIES[entry.family]
-    num_frames = duration_s = None
-    fps = None
-    if task == "text-to-video":
-        num_frames = _int_in("num_frames", req.num_frames, p.num_frames, errors)
-        step = spec.num_frames_step
-        if step and (num_frames - 1) % step:
-            low = (num_frames - 1) // step * step + 1
-            errors.append(
-                FieldError(
-                    "num_frames",
-                    f"must be {step}k + 1 for {entry.id} (e.g. {low} or {low + step})",
-                    step,
-                )
+    return adapters
+
+
+def _video(
+    entry: ModelEntry, spec: FamilySpec, req: GenerateRequest, errors: list[FieldError]
+) -> tuple[int, int]:
+    """Frames per clip (in bounds, and on the family's ``step * k + 1`` rule) and fps."""
+    p = entry.parameters
+    num_frames = _int_in("num_frames", req.num_frames, p.num_frames, errors)
+    step = spec.num_frames_step
+    if step and (num_frames - 1) % step:
+        low = (num_frames - 1) // step * step + 1
+        errors.append(
+            FieldError(
+                "num_frames",
+                f"must be {step}k + 1 for {entry.id} (e.g. {low} or {low + step})",
+                step,
             )
-        fps = _int_in("fps", req.fps, p.fps, errors)
-    if task == "text-to-audio":
-        duration_s = _float_in("duration_s", req.duration_s, p.duration_s, errors)
-        for name in ("width", "height"):
-            if getattr(req, name) is not None:
-                errors.append(FieldError(name, "is not used by text-to-audio", None))
-        width = height = 0  # no pixels; the clip length is duration_s
+        )
+    return num_frames, _int_in("fps", req.fps, p.fps, errors)
+
+
+def _audio_duration(req: GenerateRequest, p: ParameterBounds, errors: list[FieldError]) -> float:
+    """Clip length in seconds; an audio request sets no width or height."""
+    duration_s = _float_in("duration_s", req.duration_s, p.duration_s, errors)
+    for name in ("width", "height"):
+        if getattr(req, name) is not None:
+            errors.append(FieldError(name, "is not used by text-to-audio", None))
+    return duration_s
+
+
+def _task_only_fields(task: Task, req: GenerateRequest, errors: list[FieldError]) -> None:
     for name, value, kind in (
         ("num_frames", req.num_frames, "text-to-video"),
         ("fps", req.fps, "text-to-video"),
@@ -328,6 +345,10 @@ def resolve_request(
     ):
         if value is not None and task != kind:
             errors.append(FieldError(name, f"applies to {kind} only", None))
+
+
+def _output(task: Task, req: GenerateRequest, errors: list[FieldError]) -> str:
+    """The output format: one the task's media type allows (quality for jpeg/webp only)."""
     media_task = MEDIA_TASK.get(task, task)
     allowed = FORMATS_BY_TASK[media_task]
     output_format = (req.output_format or DEFAULT_FORMAT_BY_TASK[media_task]).lower()
@@ -342,12 +363,10 @@ def resolve_request(
         )
     if req.output_quality is not None and output_format not in ("jpeg", "webp"):
         errors.append(FieldError("output_quality", "applies to jpeg and webp only", None))
-    for name, v in (("width", width), ("height", height)):
-        if v and v % multiple:
-            errors.append(FieldError(name, f"must be a multiple of {multiple}", multiple))
-    steps = _int_in("num_inference_steps", req.num_inference_steps, p.steps, errors)
-    guidance = _float_in("guidance_scale", req.guidance_scale, p.guidance, errors)
-    num_images = _int_in("num_images", req.num_images, p.num_images, errors)
+    return output_format
+
+
+def _prompts(req: GenerateRequest, p: ParameterBounds, errors: list[FieldError]) -> None:
     if not req.prompt.strip():
         errors.append(FieldError("prompt", "must not be blank", None))
     if len(req.prompt) > p.max_prompt_chars:
@@ -362,6 +381,9 @@ def resolve_request(
                 p.max_prompt_chars,
             )
         )
+
+
+def _scheduler(entry: ModelEntry, req: GenerateRequest, errors: list[FieldError]) -> str:
     allowed = entry.allowed_schedulers()
     scheduler = req.scheduler or entry.scheduler_default()
     if scheduler not in allowed:
@@ -372,9 +394,24 @@ def resolve_request(
                 allowed,
             )
         )
+    return scheduler
+
+
+def _seed(req: GenerateRequest, num_images: int, errors: list[FieldError]) -> int:
+    """The request's seed, or a random one; every output's ``seed + i`` must fit."""
     seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
     if seed + num_images - 1 > MAX_SEED:
         errors.append(FieldError("seed", f"seed + num_images - 1 must be <= {MAX_SEED}", MAX_SEED))
+    return seed
+
+
+def _size_multiple(width: int, height: int, multiple: int, errors: list[FieldError]) -> None:
+    for name, v in (("width", width), ("height", height)):
+        if v and v % multiple:
+            errors.append(FieldError(name, f"must be a multiple of {multiple}", multiple))
+
+
+def _strength_runs_a_step(strength: float | None, steps: int, errors: list[FieldError]) -> None:
     if strength is not None and not errors and int(steps * strength) < 1:
         errors.append(
             FieldError(
@@ -384,6 +421,41 @@ def resolve_request(
                 1 / steps,
             )
         )
+
+
+def resolve_request(
+    entry: ModelEntry,
+    req: GenerateRequest,
+    *,
+    request_id: str,
+    now: float = 0.0,
+    image_size: tuple[int, int] | None = None,
+) -> tuple[GenerationJob | None, list[FieldError]]:
+    """Fill defaults from the catalog entry and check every bound; all errors at once.
+    ``image_size`` is the decoded input image's (width, height): it sets the output size."""
+    p = entry.parameters
+    spec = FAMILIES[entry.family]
+    task, errors = resolve_task(entry, req)
+    width, height = _size(req, p, image_size, errors)
+    strength = _strength(task, req, p, errors)
+    adapters = _adapters(entry, spec, req, errors)
+    num_frames = fps = None
+    if task == "text-to-video":
+        num_frames, fps = _video(entry, spec, req, errors)
+    duration_s = None
+    if task == "text-to-audio":
+        duration_s = _audio_duration(req, p, errors)
+        width = height = 0  # no pixels; the clip length is duration_s
+    _task_only_fields(task, req, errors)
+    output_format = _output(task, req, errors)
+    _size_multiple(width, height, spec.size_multiple, errors)
+    steps = _int_in("num_inference_steps", req.num_inference_steps, p.steps, errors)
+    guidance = _float_in("guidance_scale", req.guidance_scale, p.guidance, errors)
+    num_images = _int_in("num_images", req.num_images, p.num_images, errors)
+    _prompts(req, p, errors)
+    scheduler = _scheduler(entry, req, errors)
+    seed = _seed(req, num_images, errors)
+    _strength_runs_a_step(strength, steps, errors)
     if errors:
         return None, errors
     params = GenerationParams(
@@ -399,21 +471,13 @@ def resolve_request(
         num_frames=num_frames,
         duration_s=None if duration_s is None else float(duration_s),
     )
+    output: dict[str, object] = {"format": output_format}
+    output["quality"] = req.output_quality or DEFAULT_QUALITY
+    if fps is not None:
+        output["fps"] = fps
+    extra = {"output": output}
     job = GenerationJob(
-        request_id,
-        params,
-        req.prompt,
-        req.negative_prompt or None,
-        seed,
-        num_images,
-        submitted_at=now,
-        extra={
-            "output": {
-                "format": output_format,
-                "quality": req.output_quality or DEFAULT_QUALITY,
-                **({"fps": fps} if fps is not None else {}),
-            }
-        },
+        request_id, params, req.prompt, req.negative_prompt or None, seed, num_images, now, extra
     )
     return job, []
 
@@ -421,7 +485,8 @@ def resolve_request(
 def parameter_schema(entry: ModelEntry) -> dict:
     """What ``GET /v1/models`` shows of one model: defaults, bounds and choices per field."""
     p = entry.parameters
-    multiple = FAMILIES[entry.family].size_multiple
+    spec = FAMILIES[entry.family]
+    multiple = spec.size_multiple
 
     def rng(b: IntBounds | FloatBounds, **extra: object) -> dict:
         return {
@@ -432,7 +497,6 @@ def parameter_schema(entry: ModelEntry) -> dict:
             **extra,
         }
 
-    spec = FAMILIES[entry.family]
     out: dict = {
         "prompt": {"type": "string", "minLength": 1, "maxLength": p.max_prompt_chars},
         "negative_prompt": {"type": "string", "maxLength": p.max_prompt_chars},
@@ -463,7 +527,7 @@ def parameter_schema(entry: ModelEntry) -> dict:
         out["image"] = {"type": "string", "description": "image-to-image / inpainting input"}
         out["mask_image"] = {"type": "string", "description": "inpainting mask (white = repaint)"}
         out["strength"] = rng(p.strength)
-    if entry.family in LORA_FAMILIES:
+    if spec.takes_lora:
         out["loras"] = {
             "type": "array",
             "maxItems": p.max_loras,

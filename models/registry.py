@@ -1,83 +1,50 @@
-"""The model families genmedia serves, as light data (no torch/diffusers import).
+"""The model families genmedia serves: each name and the module that implements it.
 
-Read by the catalog validator and the gateway to check requests; the family worker imports the
-heavy family module named here (``models/<family>.py``) to build, load and run pipelines.
+Where this sits in a request's way: the catalog validator, the gateway and the family worker
+look a family up here by the catalog's ``family`` value. Like vLLM's model registry, the list is
+names and import paths: a family's module (``models/<family>.py``, which exports ``SPEC``, see
+``family.py``) is imported the first time its spec is read. Family modules import torch and
+diffusers only inside their worker-side hooks, so reading a spec stays cheap.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 
+from genmedia.models.family import FamilySpec
 
-@dataclass(frozen=True)
-class FamilySpec:
-    """What the catalog and the gateway need to know about a family without loading it."""
-
-    name: str
-    module: str
-    tasks: tuple[str, ...]
-    schedulers: tuple[str, ...]
-    default_scheduler: str
-    size_multiple: int
-    title: str
-    num_frames_step: int | None = None  # video: num_frames must be step * k + 1
-    # negative prompts "none" and "" give different outputs: they must not share a batch
-    negative_prompt_splits: bool = True
-
-
-FAMILIES: dict[str, FamilySpec] = {
-    spec.name: spec
-    for spec in (
-        FamilySpec(
-            name="sd15",
-            module="genmedia.models.sd15",
-            tasks=("text-to-image", "image-to-image", "inpainting"),
-            schedulers=("ddim", "euler", "euler_a", "dpmpp_2m", "pndm"),
-            default_scheduler="euler",
-            size_multiple=8,
-            title="Stable Diffusion 1.5-style (UNet + CLIP)",
-        ),
-        FamilySpec(
-            name="sdxl",
-            module="genmedia.models.sdxl",
-            tasks=("text-to-image", "image-to-image", "inpainting"),
-            schedulers=("ddim", "euler", "euler_a", "dpmpp_2m", "pndm"),
-            default_scheduler="euler",
-            size_multiple=8,
-            title="Stable Diffusion XL-style (UNet + two CLIP encoders)",
-        ),
-        FamilySpec(
-            name="flux",
-            module="genmedia.models.flux",
-            tasks=("text-to-image", "image-to-image", "inpainting"),
-            schedulers=("flow_euler",),
-            default_scheduler="flow_euler",
-            size_multiple=16,
-            title="Flux-style (MMDiT transformer + CLIP + T5)",
-        ),
-        FamilySpec(
-            name="wan",
-            module="genmedia.models.wan",
-            tasks=("text-to-video",),
-            schedulers=("unipc", "flow_euler"),
-            default_scheduler="unipc",
-            size_multiple=16,
-            title="Wan 2.1-style video (3D DiT + causal video VAE + UMT5)",
-            num_frames_step=4,
-        ),
-        FamilySpec(
-            name="stable-audio",
-            module="genmedia.models.stable_audio",
-            tasks=("text-to-audio",),
-            schedulers=("cosine_dpmpp_2m_sde", "edm_dpmpp_2m"),
-            default_scheduler="cosine_dpmpp_2m_sde",
-            size_multiple=1,
-            title="Stable Audio Open-style audio (DiT + Oobleck VAE + T5)",
-        ),
-    )
+# Family name -> module exporting its SPEC. A new family is one module and one line here.
+FAMILY_MODULES: dict[str, str] = {
+    "sd15": "genmedia.models.sd15",
+    "sdxl": "genmedia.models.sdxl",
+    "flux": "genmedia.models.flux",
+    "wan": "genmedia.models.wan",
+    "stable-audio": "genmedia.models.stable_audio",
 }
+
+
+class _Families(Mapping[str, FamilySpec]):
+    """Family name -> spec; a family's module is imported when its spec is first read."""
+
+    def __getitem__(self, name: str) -> FamilySpec:
+        if name not in FAMILY_MODULES:
+            raise KeyError(name)
+        spec: FamilySpec = importlib.import_module(FAMILY_MODULES[name]).SPEC
+        return spec
+
+    def __contains__(self, name: object) -> bool:
+        return name in FAMILY_MODULES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FAMILY_MODULES)
+
+    def __len__(self) -> int:
+        return len(FAMILY_MODULES)
+
+
+FAMILIES: Mapping[str, FamilySpec] = _Families()
 
 
 def family_spec(name: str) -> FamilySpec:
@@ -91,5 +58,11 @@ def family_spec(name: str) -> FamilySpec:
 
 
 def family_module(name: str) -> ModuleType:
-    """Import the heavy family module (diffusers, torch) on first use."""
-    return importlib.import_module(family_spec(name).module)
+    """The module of a family (its SPEC, tiny builder, loader and runner)."""
+    family_spec(name)  # a ValueError naming the known families
+    return importlib.import_module(FAMILY_MODULES[name])
+
+
+def lora_families() -> tuple[str, ...]:
+    """The families whose pipelines load LoRA adapters, in registry order."""
+    return tuple(name for name, spec in FAMILIES.items() if spec.takes_lora)

@@ -1,11 +1,15 @@
-"""Run one batch of compatible image jobs (text-to-image, image-to-image, inpainting) through a
-loaded diffusers pipeline.
+"""Load a catalog entry's pipeline and run one batch of compatible jobs through it.
 
-Called by the family worker from a thread (never on its event loop), one batch at a time per
-pipeline. Each image gets its own CPU ``torch.Generator`` seeded with ``seed + i``, so a request's
-images depend on its seed, not on the batch it happened to share. Image-to-image and inpainting
-run diffusers' own pipelines for those tasks built with ``from_pipe`` over the same modules: no
-second copy of the weights, and LoRA adapters loaded into the shared modules apply to every task.
+Called by the family worker: ``load_model`` at replica start (the family's ``load_pipeline``,
+then the kernel options), ``run_batch`` from a thread (never on its event loop), one batch at a
+time per pipeline, which hands the batch to its family's runner (``SPEC.run`` of
+``models/<family>.py``). Each output gets its own CPU ``torch.Generator`` seeded with
+``seed + i``, so a request's outputs depend on its seed, not on the batch it happened to share.
+
+``run_images`` is the runner of the image families (text-to-image, image-to-image,
+inpainting): image-to-image and inpainting run diffusers' own pipelines for those tasks built
+with ``from_pipe`` over the same modules, so there is no second copy of the weights and LoRA
+adapters loaded into the shared modules apply to every task.
 """
 
 from __future__ import annotations
@@ -25,16 +29,29 @@ import numpy as np
 import torch
 
 from genmedia.models.catalog import ModelEntry
+from genmedia.models.family import FamilySpec, StepCallback, per_job, seeded_batch, to_uint8
 from genmedia.models.lora import AdapterCache
 from genmedia.models.params import GenerationJob
 from genmedia.models.registry import family_module
+
+__all__ = [
+    "DTYPES",
+    "LoadedModel",
+    "StepCallback",
+    "cap_gpu_memory",
+    "load_model",
+    "pick_device",
+    "run_batch",
+    "run_images",
+    "to_uint8",
+]
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-# (steps done, total steps); called between denoising steps, may raise to stop the call
-StepCallback = Callable[[int, int], None]
+# A family's ``call_kwargs``: its ``__call__`` arguments for guidance and negative prompts.
+CallKwargs = Callable[..., dict[str, Any]]
 
 
 @dataclass
@@ -43,13 +60,18 @@ class LoadedModel:
 
     entry: ModelEntry
     pipe: Any
-    family: ModuleType
+    family: ModuleType  # models/<family>.py
     device: str
     load_s: float
     _scheduler_config: dict = field(default_factory=dict)
     acceleration: dict = field(default_factory=dict)  # what kernels/options are active
     adapters: AdapterCache = field(default_factory=lambda: AdapterCache(8))
     _task_pipes: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> FamilySpec:
+        spec: FamilySpec = self.family.SPEC
+        return spec
 
     @property
     def step_cached(self) -> bool:
@@ -73,11 +95,13 @@ class LoadedModel:
         """A pipeline for one call: the same modules (weights are never copied) with a scheduler
         instance of its own, so calls paused at a step boundary do not disturb each other."""
         view = copy.copy(self.task_pipe(task))
-        view.scheduler = self.family.SCHEDULERS[scheduler].from_config(self._scheduler_config)
+        factory = self.spec.scheduler_factories()[scheduler]
+        view.scheduler = factory.from_config(self._scheduler_config)
         return view
 
 
 def pick_device() -> str:
+    """``cuda`` when a CUDA device is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -108,8 +132,9 @@ def load_model(entry: ModelEntry, path: Path, device: str | None = None) -> Load
     if device == "cpu" and dtype is torch.float16:
         dtype = torch.float32  # fp16 conv kernels are missing or very slow on CPU
     start = time.perf_counter()
-    pipe = fam.load_pipeline(path, dtype=dtype, device=device)
-    from genmedia.kernels.options import DENOISERS, KernelOptions
+    pipe = fam.SPEC.load_pipeline(path, dtype=dtype, device=device)
+    from genmedia.kernels.op_specs import DENOISERS
+    from genmedia.kernels.options import KernelOptions
     from genmedia.kernels.patcher import apply_kernel_options
 
     if entry.family in DENOISERS or entry.acceleration != KernelOptions():
@@ -134,92 +159,66 @@ def _call_parameters(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.__call__).parameters)
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Pipeline float output in [0, 1] (N, H, W, C) to uint8."""
-    return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
-def _seeded(jobs: list[GenerationJob]) -> tuple[list[str], list[str], list[torch.Generator]]:
-    """Prompts, negative prompts and one generator per output (``seed + i``), in job order."""
-    prompts, negatives, generators = [], [], []
-    for job in jobs:
-        for i in range(job.num_images):
-            prompts.append(job.prompt)
-            negatives.append(job.negative_prompt or "")
-            generators.append(torch.Generator("cpu").manual_seed(job.seed + i))
-    return prompts, negatives, generators
-
-
-def _per_job(jobs: list[GenerationJob], outputs: np.ndarray) -> list[list[np.ndarray]]:
-    result, k = [], 0
-    for job in jobs:
-        result.append([outputs[k + i] for i in range(job.num_images)])
-        k += job.num_images
-    return result
-
-
 def run_batch(
     model: LoadedModel,
     jobs: list[GenerationJob],
     on_step: StepCallback | None = None,
     inputs: list[dict] | None = None,
 ) -> list[list[np.ndarray]]:
-    """One pipeline call of any task: images ``[H, W, 3]`` uint8, video frames
-    ``[F, H, W, 3]`` uint8 or audio ``[channels, samples]`` float32, per job."""
+    """One pipeline call of any task through the family's runner: images ``[H, W, 3]`` uint8,
+    video frames ``[F, H, W, 3]`` uint8 or audio ``[channels, samples]`` float32, per job."""
     if not jobs:
         return []
     if any(j.batch_key != jobs[0].batch_key for j in jobs):
         raise ValueError("run_batch got incompatible jobs in one batch")
-    params = jobs[0].params
-    if params.task in ("text-to-video", "text-to-audio"):
-        if params.task == "text-to-video":
-            run, shape = (
-                model.family.run_text_to_video,
-                {
-                    "num_frames": params.num_frames,
-                    "width": params.width,
-                    "height": params.height,
-                },
-            )
-        else:
-            run, shape = model.family.run_text_to_audio, {"duration_s": params.duration_s}
-        prompts, negatives, generators = _seeded(jobs)
-        outputs = run(
-            model.call_view(params.scheduler),
-            prompts,
-            steps=params.num_inference_steps,
-            generators=generators,
-            guidance_scale=params.guidance_scale,
-            negative_prompts=negatives if jobs[0].negative_prompt is not None else None,
-            on_step=on_step,
-            **shape,
-        )
-        return _per_job(jobs, outputs)
-    return _run_images(model, jobs, on_step, inputs)
+    return model.spec.run(model, jobs, on_step, inputs)
 
 
-def _run_images(
+def _image_inputs(
+    jobs: list[GenerationJob], task: str, inputs: list[dict] | None
+) -> tuple[list[Any], list[Any]]:
+    """Each output's input image and mask (image-to-image / inpainting), in job order."""
+    images_in: list[Any] = []
+    masks_in: list[Any] = []
+    if task == "text-to-image":
+        return images_in, masks_in
+    if inputs is None or len(inputs) != len(jobs):
+        raise ValueError(f"{task} needs one input per job")
+    for n, job in enumerate(jobs):
+        images_in += [inputs[n]["image"]] * job.num_images
+        if task == "inpainting":
+            masks_in += [inputs[n]["mask"]] * job.num_images
+    return images_in, masks_in
+
+
+def _progress_callback(task: str, steps: int, on_step: StepCallback) -> Callable[..., dict]:
+    def _callback(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        # strength < 1 runs only the last part of the schedule: count what really runs
+        total = steps
+        if task != "text-to-image":
+            total = getattr(pipe, "_num_timesteps", None) or total
+        on_step(min(step + 1, total), total)  # PNDM calls back steps + 1 times
+        return callback_kwargs
+
+    return _callback
+
+
+def run_images(
     model: LoadedModel,
     jobs: list[GenerationJob],
     on_step: StepCallback | None,
     inputs: list[dict] | None,
+    call_kwargs: CallKwargs,
 ) -> list[list[np.ndarray]]:
-    """The image tasks' pipeline call. ``inputs`` gives each job's input images for
-    image-to-image / inpainting (``{"image": PIL.Image, "mask": PIL.Image}``)."""
+    """The image families' runner: one call of the batch's task pipeline. ``inputs`` gives each
+    job's input images for image-to-image / inpainting (``{"image": PIL.Image, "mask":
+    PIL.Image}``); ``call_kwargs`` is the family's (guidance, negative prompts)."""
     params = jobs[0].params
     task = params.task
-    if task != "text-to-image" and (inputs is None or len(inputs) != len(jobs)):
-        raise ValueError(f"{task} needs one input per job")
-    prompts, negatives, generators = _seeded(jobs)  # negatives: all set or none (batch_key)
-    images_in: list[Any] = []
-    masks_in: list[Any] = []
-    if task != "text-to-image":
-        for n, job in enumerate(jobs):
-            images_in += [inputs[n]["image"]] * job.num_images
-            if task == "inpainting":
-                masks_in += [inputs[n]["mask"]] * job.num_images
+    images_in, masks_in = _image_inputs(jobs, task, inputs)
+    prompts, negatives, generators = seeded_batch(jobs)  # negatives: all set or none (batch_key)
     pipe = model.call_view(params.scheduler, task)
-    kwargs = model.family.call_kwargs(
+    kwargs = call_kwargs(
         guidance_scale=params.guidance_scale,
         negative_prompts=negatives if any(negatives) else None,
     )
@@ -228,19 +227,13 @@ def _run_images(
         kwargs["strength"] = params.strength
     if task == "inpainting":
         kwargs["mask_image"] = masks_in
-    if task == "text-to-image" or "width" in _call_parameters(type(pipe)):
+    pipe_class: type = type(pipe)
+    if task == "text-to-image" or "width" in _call_parameters(pipe_class):
         kwargs["width"], kwargs["height"] = params.width, params.height
     if on_step is not None:
-
-        def _callback(pipe, step, timestep, callback_kwargs):
-            # strength < 1 runs only the last part of the schedule: count what really runs
-            total = params.num_inference_steps
-            if task != "text-to-image":
-                total = getattr(pipe, "_num_timesteps", None) or total
-            on_step(min(step + 1, total), total)  # PNDM calls back steps + 1 times
-            return callback_kwargs
-
-        kwargs["callback_on_step_end"] = _callback
+        kwargs["callback_on_step_end"] = _progress_callback(
+            task, params.num_inference_steps, on_step
+        )
     try:
         with torch.inference_mode():
             out = pipe(
@@ -256,4 +249,4 @@ def _run_images(
 
             reset_step_cache(model.pipe)
         raise
-    return _per_job(jobs, to_uint8(np.asarray(out.images)))
+    return per_job(jobs, to_uint8(np.asarray(out.images)))

@@ -1,52 +1,53 @@
-"""Stable Diffusion 1.5 family: the pipeline adapter the family worker calls.
+"""Stable Diffusion 1.5 family: its spec, its tiny checkpoint and its pipeline adapter.
 
-Where this sits in a request's way: at replica start the worker resolves the weights
-(``weights.resolve_source``) and calls ``load_pipeline``; for every batch it swaps in the
-requested scheduler from ``SCHEDULERS`` and calls the pipeline with
-``prompt=[...]``, ``width``/``height`` (multiples of ``SIZE_MULTIPLE``),
-``num_inference_steps``, one ``torch.Generator`` per image, ``output_type="np"``,
-``callback_on_step_end`` and ``**call_kwargs(...)``.
+Where this sits in a request's way: the gateway checks each request against ``SPEC`` (tasks,
+schedulers, sizes a multiple of ``SIZE_MULTIPLE``, LoRA on the UNet and the text encoder); at
+replica start the family worker resolves the weights (``weights.resolve_source``) and calls
+``load_pipeline``; for every batch ``run`` makes one call of the batch's task pipeline
+(``runner.run_images``) with a scheduler from ``SCHEDULERS``, ``prompt=[...]``,
+``width``/``height``, ``num_inference_steps``, one ``torch.Generator`` per image,
+``output_type="np"``, ``callback_on_step_end`` and ``**call_kwargs(...)``.
 
 ``build_tiny`` writes a deterministic random-weight checkpoint in the real diffusers /
 transformers classes (a real 2-level cross-attention UNet, a 4-level VAE so the latent is 1/8
 of the image as in SD1.5, a 2-layer CLIP text encoder) for tests and CPU-only clusters.
+
+torch and diffusers are imported inside the functions that use them (``PIPELINE_CLASS`` and
+``SCHEDULERS`` on first use): reading ``SPEC`` imports neither.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel
-
-from genmedia.models import weights
+from genmedia.models.family import FamilySpec, StepCallback, diffusers_classes
+from genmedia.models.family_io import load_checkpoint, save_tiny, swap_scheduler
 from genmedia.models.tiny_tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from transformers import CLIPTextConfig
+
+    from genmedia.models.params import GenerationJob
+    from genmedia.models.runner import LoadedModel
+
 FAMILY = "sd15"
-PIPELINE_CLASS = StableDiffusionPipeline
-SCHEDULERS: dict[str, type] = {
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler_a": EulerAncestralDiscreteScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
-    "pndm": PNDMScheduler,
+TASKS = ("text-to-image", "image-to-image", "inpainting")
+SCHEDULER_CLASSES: dict[str, str] = {  # request name -> diffusers scheduler class
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
 }
 DEFAULT_SCHEDULER = "euler"
 SIZE_MULTIPLE = 8  # VAE downsamples by 8; the UNet needs nothing more at 2 levels
 DEFAULT_SIZE = 64  # default width/height of the tiny checkpoint (unet sample_size * 8)
 TINY_VERSION = 1  # bump when build_tiny changes, so cached tiny checkpoints get rebuilt
+LORA_COMPONENTS = ("unet", "text_encoder")  # prefixes of diffusers' saved LoRA keys
 
 # The noise schedule of SD1.5 (scheduler_config.json of the original checkpoint).
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -63,7 +64,30 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
+def pipeline_class() -> type[StableDiffusionPipeline]:
+    """The diffusers pipeline class of the family (imports diffusers)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline
+
+
+def scheduler_classes() -> dict[str, Any]:
+    """Scheduler name -> diffusers class."""
+    return diffusers_classes(SCHEDULER_CLASSES)
+
+
+def __getattr__(name: str) -> Any:
+    """``PIPELINE_CLASS`` and ``SCHEDULERS`` import diffusers, so they are built on first use."""
+    if name == "PIPELINE_CLASS":
+        return pipeline_class()
+    if name == "SCHEDULERS":
+        return scheduler_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _tiny_clip_text_config(vocab_size: int, tokenizer: Any) -> CLIPTextConfig:
+    from transformers import CLIPTextConfig
+
     return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -81,6 +105,10 @@ def _tiny_clip_text_config(vocab_size: int, tokenizer: Any) -> CLIPTextConfig:
 
 def build_components(seed: int = 0) -> dict[str, Any]:
     """The tiny pipeline components, each initialized right after ``torch.manual_seed``."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
     tokenizer = build_clip_tokenizer()
 
     torch.manual_seed(seed)
@@ -115,7 +143,7 @@ def build_components(seed: int = 0) -> dict[str, Any]:
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_tiny_clip_text_config(len(tokenizer), tokenizer))
 
-    scheduler = SCHEDULERS[DEFAULT_SCHEDULER].from_config(SCHEDULER_CONFIG)
+    scheduler = scheduler_classes()[DEFAULT_SCHEDULER].from_config(SCHEDULER_CONFIG)
     return {
         "unet": unet,
         "vae": vae,
@@ -130,40 +158,28 @@ def build_components(seed: int = 0) -> dict[str, Any]:
 
 def build_tiny(out_dir: Path, seed: int = 0) -> None:
     """Write a deterministic random-weight SD1.5 checkpoint to ``out_dir`` (atomically)."""
-    pipe = PIPELINE_CLASS(**build_components(seed), requires_safety_checker=False)
-    marker = {"family": FAMILY, "seed": seed, "version": TINY_VERSION}
-    weights.save_pipeline_atomically(pipe, Path(out_dir), {weights.TINY_MARKER: marker})
+    pipe = pipeline_class()(**build_components(seed), requires_safety_checker=False)
+    save_tiny(pipe, out_dir, family=FAMILY, seed=seed, version=TINY_VERSION)
 
 
 def load_pipeline(
-    path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    path: Path, dtype: torch.dtype | None = None, device: str = "cpu"
 ) -> DiffusionPipeline:
     """Load a safetensors-only SD1.5 checkpoint directory, offline, onto ``device``."""
-    path = Path(path)
-    weights.check_safetensors_only(path)
-    pipe = PIPELINE_CLASS.from_pretrained(
+    return load_checkpoint(
+        pipeline_class(),
         path,
-        dtype=dtype,
-        use_safetensors=True,
-        local_files_only=True,
+        dtype,
+        device,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Replace ``pipe.scheduler`` by scheduler ``name`` built from the checkpoint's config."""
-    try:
-        cls = SCHEDULERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown scheduler {name!r} for {FAMILY}; allowed: {', '.join(sorted(SCHEDULERS))}"
-        ) from None
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    swap_scheduler(pipe, FAMILY, scheduler_classes(), name)
 
 
 def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) -> dict[str, Any]:
@@ -176,3 +192,32 @@ def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) ->
     if negative_prompts is not None:
         kwargs["negative_prompt"] = list(negative_prompts)
     return kwargs
+
+
+def run(
+    model: LoadedModel,
+    jobs: list[GenerationJob],
+    on_step: StepCallback | None = None,
+    inputs: list[dict] | None = None,
+) -> list[list[np.ndarray]]:
+    """One pipeline call of the batch's image task with this family's call arguments."""
+    from genmedia.models.runner import run_images
+
+    return run_images(model, jobs, on_step, inputs, call_kwargs)
+
+
+SPEC = FamilySpec(
+    name=FAMILY,
+    title="Stable Diffusion 1.5-style (UNet + CLIP)",
+    tasks=TASKS,
+    schedulers=tuple(SCHEDULER_CLASSES),
+    default_scheduler=DEFAULT_SCHEDULER,
+    size_multiple=SIZE_MULTIPLE,
+    build_tiny=build_tiny,
+    load_pipeline=load_pipeline,
+    scheduler_factories=scheduler_classes,
+    run=run,
+    tiny_version=TINY_VERSION,
+    lora_components=LORA_COMPONENTS,
+    lora_denoiser="unet",
+)

@@ -1,53 +1,54 @@
-"""Stable Diffusion XL family: the pipeline adapter the family worker calls.
+"""Stable Diffusion XL family: its spec, its tiny checkpoint and its pipeline adapter.
 
-Where this sits in a request's way: at replica start the worker resolves the weights
-(``weights.resolve_source``) and calls ``load_pipeline``; for every batch it swaps in the
-requested scheduler from ``SCHEDULERS`` and calls the pipeline with
-``prompt=[...]``, ``width``/``height`` (multiples of ``SIZE_MULTIPLE``),
-``num_inference_steps``, one ``torch.Generator`` per image, ``output_type="np"``,
-``callback_on_step_end`` and ``**call_kwargs(...)``.
+Where this sits in a request's way: the gateway checks each request against ``SPEC`` (tasks,
+schedulers, sizes a multiple of ``SIZE_MULTIPLE``, LoRA on the UNet and both text encoders); at
+replica start the family worker resolves the weights (``weights.resolve_source``) and calls
+``load_pipeline``; for every batch ``run`` makes one call of the batch's task pipeline
+(``runner.run_images``) with a scheduler from ``SCHEDULERS``, ``prompt=[...]``,
+``width``/``height``, ``num_inference_steps``, one ``torch.Generator`` per image,
+``output_type="np"``, ``callback_on_step_end`` and ``**call_kwargs(...)``.
 
 ``build_tiny`` writes a deterministic random-weight checkpoint in the real classes: a 2-level
 UNet with SDXL's ``text_time`` added conditioning (pooled text embeds + size/crop ids), two CLIP
 text encoders (the second with projection) whose hidden states are concatenated for
 cross-attention, and a 4-level VAE (latent = image / 8).
+
+torch and diffusers are imported inside the functions that use them (``PIPELINE_CLASS`` and
+``SCHEDULERS`` on first use): reading ``SPEC`` imports neither.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-from genmedia.models import weights
+from genmedia.models.family import FamilySpec, StepCallback, diffusers_classes
+from genmedia.models.family_io import load_checkpoint, save_tiny, swap_scheduler
 from genmedia.models.tiny_tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig
+
+    from genmedia.models.params import GenerationJob
+    from genmedia.models.runner import LoadedModel
+
 FAMILY = "sdxl"
-PIPELINE_CLASS = StableDiffusionXLPipeline
-SCHEDULERS: dict[str, type] = {
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler_a": EulerAncestralDiscreteScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
-    "pndm": PNDMScheduler,
+TASKS = ("text-to-image", "image-to-image", "inpainting")
+SCHEDULER_CLASSES: dict[str, str] = {  # request name -> diffusers scheduler class
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
 }
 DEFAULT_SCHEDULER = "euler"
 SIZE_MULTIPLE = 8
 DEFAULT_SIZE = 64
 TINY_VERSION = 1  # bump when build_tiny changes, so cached tiny checkpoints get rebuilt
+LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # prefixes of saved LoRA keys
 
 # The noise schedule of SDXL base (scheduler_config.json of the original checkpoint).
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -69,7 +70,30 @@ _POOLED_DIM = 32  # projection_dim of text_encoder_2 (pooled text embeds)
 _TIME_EMBED_DIM = 8  # addition_time_embed_dim; 6 size/crop ids are embedded with it
 
 
+def pipeline_class() -> type[StableDiffusionXLPipeline]:
+    """The diffusers pipeline class of the family (imports diffusers)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline
+
+
+def scheduler_classes() -> dict[str, Any]:
+    """Scheduler name -> diffusers class."""
+    return diffusers_classes(SCHEDULER_CLASSES)
+
+
+def __getattr__(name: str) -> Any:
+    """``PIPELINE_CLASS`` and ``SCHEDULERS`` import diffusers, so they are built on first use."""
+    if name == "PIPELINE_CLASS":
+        return pipeline_class()
+    if name == "SCHEDULERS":
+        return scheduler_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _tiny_clip_text_config(vocab_size: int, tokenizer: Any) -> CLIPTextConfig:
+    from transformers import CLIPTextConfig
+
     return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=_TEXT_HIDDEN,
@@ -85,13 +109,10 @@ def _tiny_clip_text_config(vocab_size: int, tokenizer: Any) -> CLIPTextConfig:
     )
 
 
-def build_components(seed: int = 0) -> dict[str, Any]:
-    """The tiny pipeline components, each initialized right after ``torch.manual_seed``."""
-    tokenizer = build_clip_tokenizer()
-    tokenizer_2 = build_clip_tokenizer()
+def _tiny_unet() -> Any:
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -109,8 +130,11 @@ def build_components(seed: int = 0) -> dict[str, Any]:
         projection_class_embeddings_input_dim=6 * _TIME_EMBED_DIM + _POOLED_DIM,
     )
 
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
+
+def _tiny_vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -124,14 +148,25 @@ def build_components(seed: int = 0) -> dict[str, Any]:
         force_upcast=True,
     )
 
+
+def build_components(seed: int = 0) -> dict[str, Any]:
+    """The tiny pipeline components, each initialized right after ``torch.manual_seed``."""
+    import torch
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = _tiny_unet()
+    torch.manual_seed(seed + 1)
+    vae = _tiny_vae()
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_tiny_clip_text_config(len(tokenizer), tokenizer))
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(
         _tiny_clip_text_config(len(tokenizer_2), tokenizer_2)
     )
-
-    scheduler = SCHEDULERS[DEFAULT_SCHEDULER].from_config(SCHEDULER_CONFIG)
+    scheduler = scheduler_classes()[DEFAULT_SCHEDULER].from_config(SCHEDULER_CONFIG)
     return {
         "unet": unet,
         "vae": vae,
@@ -147,38 +182,21 @@ def build_components(seed: int = 0) -> dict[str, Any]:
 
 def build_tiny(out_dir: Path, seed: int = 0) -> None:
     """Write a deterministic random-weight SDXL checkpoint to ``out_dir`` (atomically)."""
-    pipe = PIPELINE_CLASS(**build_components(seed), add_watermarker=False)
-    marker = {"family": FAMILY, "seed": seed, "version": TINY_VERSION}
-    weights.save_pipeline_atomically(pipe, Path(out_dir), {weights.TINY_MARKER: marker})
+    pipe = pipeline_class()(**build_components(seed), add_watermarker=False)
+    save_tiny(pipe, out_dir, family=FAMILY, seed=seed, version=TINY_VERSION)
 
 
 def load_pipeline(
-    path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    path: Path, dtype: torch.dtype | None = None, device: str = "cpu"
 ) -> DiffusionPipeline:
     """Load a safetensors-only SDXL checkpoint directory, offline, onto ``device``."""
-    path = Path(path)
-    weights.check_safetensors_only(path)
-    pipe = PIPELINE_CLASS.from_pretrained(
-        path,
-        dtype=dtype,
-        use_safetensors=True,
-        local_files_only=True,
-        add_watermarker=False,  # don't depend on whether invisible-watermark is installed
-    )
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    # add_watermarker=False: don't depend on whether invisible-watermark is installed
+    return load_checkpoint(pipeline_class(), path, dtype, device, add_watermarker=False)
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Replace ``pipe.scheduler`` by scheduler ``name`` built from the checkpoint's config."""
-    try:
-        cls = SCHEDULERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown scheduler {name!r} for {FAMILY}; allowed: {', '.join(sorted(SCHEDULERS))}"
-        ) from None
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    swap_scheduler(pipe, FAMILY, scheduler_classes(), name)
 
 
 def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) -> dict[str, Any]:
@@ -193,3 +211,32 @@ def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) ->
     if negative_prompts is not None:
         kwargs["negative_prompt"] = list(negative_prompts)
     return kwargs
+
+
+def run(
+    model: LoadedModel,
+    jobs: list[GenerationJob],
+    on_step: StepCallback | None = None,
+    inputs: list[dict] | None = None,
+) -> list[list[np.ndarray]]:
+    """One pipeline call of the batch's image task with this family's call arguments."""
+    from genmedia.models.runner import run_images
+
+    return run_images(model, jobs, on_step, inputs, call_kwargs)
+
+
+SPEC = FamilySpec(
+    name=FAMILY,
+    title="Stable Diffusion XL-style (UNet + two CLIP encoders)",
+    tasks=TASKS,
+    schedulers=tuple(SCHEDULER_CLASSES),
+    default_scheduler=DEFAULT_SCHEDULER,
+    size_multiple=SIZE_MULTIPLE,
+    build_tiny=build_tiny,
+    load_pipeline=load_pipeline,
+    scheduler_factories=scheduler_classes,
+    run=run,
+    tiny_version=TINY_VERSION,
+    lora_components=LORA_COMPONENTS,
+    lora_denoiser="unet",
+)

@@ -1,9 +1,10 @@
 """Offline tokenizers for the tiny test checkpoints.
 
 Where this sits in a request's way: nowhere at serving time directly. ``build_tiny`` in each
-family module (``sd15``/``sdxl``/``flux``) calls these builders once to write the tokenizer
+family module (``models/<family>.py``) calls these builders once to write the tokenizer
 folders of a tiny checkpoint; the family worker later loads them back through the pipeline's
-own ``from_pretrained`` like any real checkpoint. Nothing here touches the network.
+own ``from_pretrained`` like any real checkpoint. Nothing here touches the network, and
+transformers is imported only when a builder runs.
 
 * CLIP: a byte-level BPE tokenizer (``CLIPTokenizer``). The vocabulary holds all 256 byte
   symbols (plain and with the ``</w>`` end-of-word marker), so every prompt, in any script,
@@ -24,8 +25,10 @@ import math
 import re
 from collections import Counter
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from transformers import CLIPTokenizer, T5Tokenizer
+if TYPE_CHECKING:  # transformers is imported by the builders, when a tiny checkpoint is built
+    from transformers import CLIPTokenizer, T5Tokenizer
 
 CLIP_MAX_LENGTH = 77
 T5_MAX_LENGTH = 64
@@ -122,6 +125,8 @@ def _corpus_words() -> Counter[str]:
 
 def build_clip_tokenizer(model_max_length: int = CLIP_MAX_LENGTH) -> CLIPTokenizer:
     """A tiny byte-level CLIP BPE tokenizer (vocab ~ 900), fully offline and deterministic."""
+    from transformers import CLIPTokenizer
+
     byte_symbols = list(_bytes_to_unicode().values())
     merges = _learn_bpe_merges(_corpus_words(), CLIP_NUM_MERGES)
     tokens = byte_symbols + [s + "</w>" for s in byte_symbols] + [a + b for a, b in merges]
@@ -131,7 +136,7 @@ def build_clip_tokenizer(model_max_length: int = CLIP_MAX_LENGTH) -> CLIPTokeniz
         vocab.setdefault(token, len(vocab))
     return CLIPTokenizer(
         vocab=vocab,
-        merges=merges,
+        merges=merges,  # type: ignore[arg-type]  # pairs are accepted; the stub says str
         model_max_length=model_max_length,
     )
 
@@ -159,12 +164,13 @@ def _t5_characters() -> list[str]:
         "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年山水日月火木金土花猫狗"
     )
     chars += ["\U0001f600", "\U0001f431", "\U0001f436", "\u2764", "\u2728", "\u00b7"]
-    seen: set[str] = set()
-    return [c for c in chars if not (c in seen or seen.add(c)) and c.isprintable()]
+    return [c for c in dict.fromkeys(chars) if c.isprintable()]  # first occurrences, in order
 
 
 def build_t5_tokenizer(model_max_length: int = T5_MAX_LENGTH) -> T5Tokenizer:
     """A tiny Unigram T5 tokenizer (vocab ~ 1000), fully offline and deterministic."""
+    from transformers import T5Tokenizer
+
     words = _corpus_words()
     total = sum(words.values())
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]

@@ -1,45 +1,53 @@
-"""Wan 2.1-style text-to-video family: the pipeline adapter the family worker calls.
+"""Wan 2.1-style text-to-video family: its spec, its request rule, its tiny checkpoint and its
+runner.
 
-Where this sits in a request's way: at replica start the worker resolves the weights
-(``weights.resolve_source``) and calls ``load_pipeline``; for every batch it calls
-``run_text_to_video`` with the batch's prompts, ``num_frames`` (``4k + 1``: the VAE compresses
-time by 4 and keeps the first frame, see ``valid_num_frames``), ``width``/``height`` (multiples
-of ``SIZE_MULTIPLE``: the VAE downsamples by 8 and the transformer packs 2x2 latent patches),
-one ``torch.Generator`` per video and a per-step callback. The frames it returns go to
-``media.encode_video`` (MP4).
+Where this sits in a request's way: the gateway checks each request against ``SPEC``
+(text-to-video only, ``num_frames = 4k + 1``: the VAE compresses time by 4 and keeps the first
+frame, sizes a multiple of ``SIZE_MULTIPLE``: the VAE downsamples by 8 and the transformer packs
+2x2 latent patches; no LoRA); at replica start the family worker resolves the weights
+(``weights.resolve_source``) and calls ``load_pipeline``; for every batch ``run`` calls
+``run_text_to_video`` with the batch's prompts, ``num_frames`` (checked again by
+``check_num_frames``), ``width``/``height``, one ``torch.Generator`` per video and a per-step
+callback. The frames it returns go to ``media.encode_video`` (MP4).
 
 ``build_tiny`` writes a deterministic random-weight checkpoint in the real classes: a
 ``WanTransformer3DModel`` (2 blocks), an ``AutoencoderKLWan`` (causal 3D VAE, 8x spatial and
 4x temporal compression, as in Wan 2.1), a UMT5 encoder with the offline T5 tokenizer, and the
 flow-matching UniPC scheduler real Wan 2.1 checkpoints ship. A 17-frame 64x64 clip with 4 steps
 takes well under a second on a CPU core.
+
+torch and diffusers are imported inside the functions that use them (``PIPELINE_CLASS`` and
+``SCHEDULERS`` on first use): reading ``SPEC`` imports neither.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from diffusers import (
-    AutoencoderKLWan,
-    DiffusionPipeline,
-    FlowMatchEulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-    WanPipeline,
-    WanTransformer3DModel,
-)
-from transformers import UMT5Config, UMT5EncoderModel
 
 from genmedia.models import weights
+from genmedia.models.family import (
+    FamilySpec,
+    StepCallback,
+    per_job,
+    seeded_batch,
+    to_uint8,
+)
 from genmedia.models.family_io import load_checkpoint, save_tiny, swap_scheduler
 from genmedia.models.tiny_tokenizers import build_t5_tokenizer
 
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline, WanPipeline
+
+    from genmedia.models.params import GenerationJob
+    from genmedia.models.runner import LoadedModel
+
 FAMILY = "wan"
-PIPELINE_CLASS = WanPipeline
 TASK = "text-to-video"
 SIZE_MULTIPLE = 16  # VAE spatial factor (8) * transformer patch (2)
 DEFAULT_SIZE = 64
@@ -56,12 +64,14 @@ TINY_VERSION = 1  # bump when build_tiny changes, so cached tiny checkpoints get
 # (the tiny one: 64) uses its tokenizer's length, so prompts are not padded past it.
 MAX_SEQUENCE_LENGTH = 512
 FLOW_SHIFT = 3.0  # Wan 2.1's shift for 480p; the scheduler config carries it
+SCHEDULER_CLASSES: dict[str, str] = {  # request name -> diffusers flow-matching scheduler
+    "unipc": "UniPCMultistepScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",
+}
+DEFAULT_SCHEDULER = "unipc"
 
 _TEXT_HIDDEN = 32
 _LATENT_CHANNELS = 16
-
-# (steps done, total steps); called between denoising steps, may raise to stop the call
-StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -74,9 +84,11 @@ class FlowScheduler:
     scheduler has.
     """
 
-    cls: type
+    cls: Any
 
     def from_config(self, config: Mapping[str, Any]) -> Any:
+        from diffusers import UniPCMultistepScheduler
+
         shift = float(config.get("flow_shift", config.get("shift", FLOW_SHIFT)))
         steps = int(config.get("num_train_timesteps", 1000))
         if self.cls is UniPCMultistepScheduler:
@@ -89,11 +101,27 @@ class FlowScheduler:
         return self.cls(num_train_timesteps=steps, shift=shift)
 
 
-SCHEDULERS: dict[str, FlowScheduler] = {
-    "unipc": FlowScheduler(UniPCMultistepScheduler),
-    "flow_euler": FlowScheduler(FlowMatchEulerDiscreteScheduler),
-}
-DEFAULT_SCHEDULER = "unipc"
+def pipeline_class() -> type[WanPipeline]:
+    """The diffusers pipeline class of the family (imports diffusers)."""
+    from diffusers import WanPipeline
+
+    return WanPipeline
+
+
+def scheduler_classes() -> dict[str, FlowScheduler]:
+    """Scheduler name -> factory building it with the checkpoint's flow shift."""
+    import diffusers
+
+    return {name: FlowScheduler(getattr(diffusers, cls)) for name, cls in SCHEDULER_CLASSES.items()}
+
+
+def __getattr__(name: str) -> Any:
+    """``PIPELINE_CLASS`` and ``SCHEDULERS`` import diffusers, so they are built on first use."""
+    if name == "PIPELINE_CLASS":
+        return pipeline_class()
+    if name == "SCHEDULERS":
+        return scheduler_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def valid_num_frames(n: int) -> bool:
@@ -117,12 +145,10 @@ def check_num_frames(n: int) -> int:
     raise ValueError(f"{NUM_FRAMES_RULE}; got {n} (nearest valid: {near})")
 
 
-def build_components(seed: int = 0) -> dict[str, Any]:
-    """The tiny pipeline components, each initialized right after ``torch.manual_seed``."""
-    tokenizer = build_t5_tokenizer()
+def _tiny_transformer() -> Any:
+    from diffusers import WanTransformer3DModel
 
-    torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(
+    return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=24,  # rope splits it 8 (time) / 8 (height) / 8 (width)
@@ -137,6 +163,36 @@ def build_components(seed: int = 0) -> dict[str, Any]:
         rope_max_seq_len=1024,
     )
 
+
+def _tiny_umt5(tokenizer: Any) -> Any:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=len(tokenizer),
+        d_model=_TEXT_HIDDEN,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu",  # as umt5-xxl
+        tie_word_embeddings=False,  # type: ignore[call-arg]  # a PretrainedConfig kwarg
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return UMT5EncoderModel(config)
+
+
+def build_components(seed: int = 0) -> dict[str, Any]:
+    """The tiny pipeline components, each initialized right after ``torch.manual_seed``."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    tokenizer = build_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = _tiny_transformer()
     torch.manual_seed(seed + 1)
     vae = AutoencoderKLWan(
         base_dim=8,
@@ -145,27 +201,9 @@ def build_components(seed: int = 0) -> dict[str, Any]:
         num_res_blocks=1,
         temperal_downsample=[False, True, True],
     )
-
     torch.manual_seed(seed + 2)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=_TEXT_HIDDEN,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
-            feed_forward_proj="gated-gelu",  # as umt5-xxl
-            tie_word_embeddings=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
-
-    scheduler = SCHEDULERS[DEFAULT_SCHEDULER].from_config({"flow_shift": FLOW_SHIFT})
+    text_encoder = _tiny_umt5(tokenizer)
+    scheduler = scheduler_classes()[DEFAULT_SCHEDULER].from_config({"flow_shift": FLOW_SHIFT})
     return {
         "transformer": transformer,
         "transformer_2": None,
@@ -178,30 +216,33 @@ def build_components(seed: int = 0) -> dict[str, Any]:
 
 def build_tiny(out_dir: Path, seed: int = 0) -> None:
     """Write a deterministic random-weight Wan checkpoint to ``out_dir`` (atomically)."""
-    pipe = PIPELINE_CLASS(**build_components(seed))
+    pipe = pipeline_class()(**build_components(seed))
     save_tiny(pipe, out_dir, family=FAMILY, seed=seed, version=TINY_VERSION)
 
 
 def load_pipeline(
-    path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    path: Path, dtype: torch.dtype | None = None, device: str = "cpu"
 ) -> DiffusionPipeline:
     """Load a safetensors-only Wan checkpoint directory, offline, onto ``device``.
 
     The VAE stays in float32 whatever ``dtype`` is (Wan's own recommendation: its decoder loses
     detail in half precision).
     """
+    import torch
+    from diffusers import AutoencoderKLWan
+
     components: dict[str, Any] = {}
-    if dtype != torch.float32:
+    if dtype is not None and dtype != torch.float32:
         weights.check_safetensors_only(Path(path))  # before any file of it is read
         components["vae"] = AutoencoderKLWan.from_pretrained(
             path, subfolder="vae", dtype=torch.float32, use_safetensors=True, local_files_only=True
         )
-    return load_checkpoint(PIPELINE_CLASS, path, dtype, device, **components)
+    return load_checkpoint(pipeline_class(), path, dtype, device, **components)
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Replace ``pipe.scheduler`` by scheduler ``name`` with the checkpoint's flow shift."""
-    swap_scheduler(pipe, FAMILY, SCHEDULERS, name)
+    swap_scheduler(pipe, FAMILY, scheduler_classes(), name)
 
 
 def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) -> dict[str, Any]:
@@ -218,7 +259,7 @@ def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) ->
 
 def sequence_length(pipe: DiffusionPipeline) -> int:
     """Prompt tokens the pipeline encodes: the tokenizer's length, at most Wan's 512."""
-    return min(MAX_SEQUENCE_LENGTH, int(pipe.tokenizer.model_max_length))
+    return min(MAX_SEQUENCE_LENGTH, int(pipe.tokenizer.model_max_length))  # type: ignore[attr-defined]
 
 
 def _check_size(width: int, height: int) -> None:
@@ -248,6 +289,8 @@ def run_text_to_video(
     batch). ``on_step(done, total)`` runs after each denoising step and may raise to stop the
     call. Raises ValueError for a bad ``num_frames`` or size before any compute.
     """
+    import torch
+
     check_num_frames(num_frames)
     _check_size(width, height)
     if not prompts:
@@ -260,13 +303,13 @@ def run_text_to_video(
     kwargs["max_sequence_length"] = sequence_length(pipe)
     if on_step is not None:
 
-        def _callback(_pipe, step, _timestep, callback_kwargs):
+        def _callback(_pipe: Any, step: int, _timestep: Any, callback_kwargs: dict) -> dict:
             on_step(min(step + 1, steps), steps)
             return callback_kwargs
 
         kwargs["callback_on_step_end"] = _callback
     with torch.inference_mode():
-        out = pipe(
+        out = pipe(  # type: ignore[operator]
             prompt=list(prompts),
             num_frames=num_frames,
             width=width,
@@ -276,5 +319,47 @@ def run_text_to_video(
             output_type="np",
             **kwargs,
         )
-    frames = np.asarray(out.frames)  # [N, F, H, W, 3] floats in [0, 1]
-    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return to_uint8(np.asarray(out.frames))  # [N, F, H, W, 3] floats in [0, 1]
+
+
+def run(
+    model: LoadedModel,
+    jobs: list[GenerationJob],
+    on_step: StepCallback | None = None,
+    inputs: list[dict] | None = None,
+) -> list[list[np.ndarray]]:
+    """One ``run_text_to_video`` call for the batch: each job's videos ``[F, H, W, 3]`` uint8
+    (``inputs``: none for text-to-video)."""
+    params = jobs[0].params
+    if params.num_frames is None:
+        raise ValueError("a text-to-video batch needs num_frames")
+    prompts, negatives, generators = seeded_batch(jobs)
+    frames = run_text_to_video(
+        model.call_view(params.scheduler),
+        prompts,
+        num_frames=params.num_frames,
+        width=params.width,
+        height=params.height,
+        steps=params.num_inference_steps,
+        generators=generators,
+        guidance_scale=params.guidance_scale,
+        negative_prompts=negatives if jobs[0].negative_prompt is not None else None,
+        on_step=on_step,
+    )
+    return per_job(jobs, frames)
+
+
+SPEC = FamilySpec(
+    name=FAMILY,
+    title="Wan 2.1-style video (3D DiT + causal video VAE + UMT5)",
+    tasks=(TASK,),
+    schedulers=tuple(SCHEDULER_CLASSES),
+    default_scheduler=DEFAULT_SCHEDULER,
+    size_multiple=SIZE_MULTIPLE,
+    build_tiny=build_tiny,
+    load_pipeline=load_pipeline,
+    scheduler_factories=scheduler_classes,
+    run=run,
+    tiny_version=TINY_VERSION,
+    num_frames_step=TEMPORAL_FACTOR,
+)

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from genmedia.models.registry import FAMILIES, family_module
+from genmedia.models.family import FamilySpec
+from genmedia.models.registry import FAMILIES, FAMILY_MODULES, family_module, family_spec
 
 __all__ = [
     "FAMILY_MODULES",
@@ -48,10 +49,6 @@ _PART_MARKER = ".genmedia-part-"
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # A safetensors file starts with an 8-byte little-endian header length, then a JSON object.
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
-
-
-# Family name -> adapter module, derived from the family registry (the single source of truth).
-FAMILY_MODULES: dict[str, str] = {name: spec.module for name, spec in FAMILIES.items()}
 
 
 class WeightsError(Exception):
@@ -198,7 +195,7 @@ def _notify(progress: Callable[[str], None] | None, message: str) -> None:
         progress(message)
 
 
-def _tiny_is_current(path: Path, module: Any) -> bool:
+def _tiny_is_current(path: Path, spec: FamilySpec) -> bool:
     marker = path / TINY_MARKER
     if not (path / "model_index.json").is_file() or not marker.is_file():
         return False
@@ -206,7 +203,7 @@ def _tiny_is_current(path: Path, module: Any) -> bool:
         info = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return info.get("family") == module.FAMILY and info.get("version") == module.TINY_VERSION
+    return info.get("family") == spec.name and info.get("version") == spec.tiny_version
 
 
 def _resolve_tiny(
@@ -220,9 +217,9 @@ def _resolve_tiny(
         raise WeightsError(
             f"unknown model family in {source!r}; known families: {', '.join(sorted(FAMILIES))}"
         )
-    module = family_module(family)
+    spec = family_spec(family)
     path = tiny_cache_dir() / family
-    if _tiny_is_current(path, module):
+    if _tiny_is_current(path, spec):
         return path
     if not build_missing_tiny:
         raise WeightsError(
@@ -230,9 +227,9 @@ def _resolve_tiny(
             "(build it first, e.g. resolve it once with build_missing_tiny=True)"
         )
     with _file_lock(tiny_cache_dir() / f".{family}.lock"):
-        if not _tiny_is_current(path, module):  # another process may have built it meanwhile
+        if not _tiny_is_current(path, spec):  # another process may have built it meanwhile
             _notify(progress, f"building tiny {family} checkpoint at {path}")
-            module.build_tiny(path)
+            spec.build_tiny(path)
             _notify(progress, f"built tiny {family} checkpoint at {path}")
     return path
 
@@ -286,38 +283,27 @@ def _write_manifest(path: Path, source: str, objects: dict[str, dict[str, Any]])
     os.replace(tmp, path)
 
 
-def _resolve_s3(
-    source: str,
-    *,
-    progress: Callable[[str], None] | None,
-    s3_endpoint_url: str | None,
-) -> Path:
-    rest = source[len("s3://") :]
-    bucket, _, prefix = rest.partition("/")
-    prefix = prefix.strip("/")
-    if not bucket:
-        raise WeightsError(f"S3 source {source!r} has no bucket name")
+def _s3_listing(
+    source: str, bucket: str, prefix: str, endpoint: str | None
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """An S3 client and, per relative path, the key, size and ETag of every object under the
+    prefix: the whole listing is checked (unsafe keys, pickle weights, no safetensors) before
+    anything is downloaded."""
     try:
         import boto3
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError as exc:  # pragma: no cover - boto3 is a dependency
         raise WeightsError(f"boto3 is required for {source}: {exc}") from exc
 
-    endpoint = _s3_endpoint(s3_endpoint_url)
-    local_dir = s3_cache_dir() / bucket / prefix if prefix else s3_cache_dir() / bucket
-    list_prefix = f"{prefix}/" if prefix else ""
-
     try:
         client = boto3.client("s3", endpoint_url=endpoint)
         objects: list[dict[str, Any]] = []
         paginator = client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=list_prefix):
+        for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
             objects.extend(page.get("Contents", []))
     except (BotoCoreError, ClientError) as exc:
         where = f" at {endpoint}" if endpoint else ""
         raise WeightsError(f"cannot list {source}{where}: {exc}") from exc
-
-    # Validate the whole listing before downloading anything.
     wanted: dict[str, dict[str, Any]] = {}
     for obj in sorted(objects, key=lambda o: o["Key"]):
         key = obj["Key"]
@@ -335,55 +321,85 @@ def _resolve_s3(
             f"no *.safetensors objects under {source}"
             + (" (the prefix is empty)" if not wanted else "")
         )
+    return client, wanted
+
+
+def _drop_stale(local_dir: Path, manifest: dict[str, dict[str, Any]], wanted: dict) -> None:
+    """Remove files a previous version of this prefix had and the current one lacks, and
+    leftovers of interrupted downloads."""
+    for rel in sorted(set(manifest) - set(wanted)):
+        with contextlib.suppress(OSError):
+            (local_dir / rel).unlink()
+        manifest.pop(rel, None)
+    for leftover in local_dir.rglob(f"{_PART_MARKER}*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def _is_mirrored(dest: Path, known: dict[str, Any] | None, info: dict[str, Any]) -> bool:
+    """True when ``dest`` is the object the manifest recorded (same size and ETag)."""
+    return (
+        known is not None
+        and known.get("size") == info["size"]
+        and known.get("etag") == info["etag"]
+        and dest.is_file()
+        and dest.stat().st_size == info["size"]
+    )
+
+
+def _download(client: Any, bucket: str, info: dict[str, Any], dest: Path) -> None:
+    """One object to ``dest`` through a temporary file, its size checked."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{_PART_MARKER}{uuid.uuid4().hex[:8]}-{dest.name}")
+    try:
+        client.download_file(bucket, info["key"], str(tmp))
+        got = tmp.stat().st_size
+        if got != info["size"]:
+            raise WeightsError(
+                f"size mismatch downloading s3://{bucket}/{info['key']}: "
+                f"expected {info['size']} bytes, got {got}"
+            )
+        os.replace(tmp, dest)
+    except (BotoCoreError, ClientError) as exc:
+        raise WeightsError(f"cannot download s3://{bucket}/{info['key']}: {exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _resolve_s3(
+    source: str,
+    *,
+    progress: Callable[[str], None] | None,
+    s3_endpoint_url: str | None,
+) -> Path:
+    rest = source[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not bucket:
+        raise WeightsError(f"S3 source {source!r} has no bucket name")
+    endpoint = _s3_endpoint(s3_endpoint_url)
+    local_dir = s3_cache_dir() / bucket / prefix if prefix else s3_cache_dir() / bucket
+    client, wanted = _s3_listing(source, bucket, prefix, endpoint)
 
     with _file_lock(s3_cache_dir() / ".locks" / f"{bucket}--{prefix.replace('/', '--')}.lock"):
         local_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = local_dir / S3_MANIFEST
         manifest = _load_manifest(manifest_path)
         original = json.loads(json.dumps(manifest))
-
-        # Drop files a previous version of this prefix had and the current one lacks, and
-        # leftovers of interrupted downloads.
-        for rel in sorted(set(manifest) - set(wanted)):
-            with contextlib.suppress(OSError):
-                (local_dir / rel).unlink()
-            manifest.pop(rel, None)
-        for leftover in local_dir.rglob(f"{_PART_MARKER}*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
+        _drop_stale(local_dir, manifest, wanted)
         total = len(wanted)
         for i, (rel, info) in enumerate(wanted.items(), start=1):
             dest = local_dir / rel
-            known = manifest.get(rel)
-            if (
-                known is not None
-                and known.get("size") == info["size"]
-                and known.get("etag") == info["etag"]
-                and dest.is_file()
-                and dest.stat().st_size == info["size"]
-            ):
+            if _is_mirrored(dest, manifest.get(rel), info):
                 continue
             _notify(
                 progress,
                 f"downloading s3://{bucket}/{info['key']} ({i}/{total}, {info['size']} bytes)",
             )
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f"{_PART_MARKER}{uuid.uuid4().hex[:8]}-{dest.name}")
-            try:
-                client.download_file(bucket, info["key"], str(tmp))
-                got = tmp.stat().st_size
-                if got != info["size"]:
-                    raise WeightsError(
-                        f"size mismatch downloading s3://{bucket}/{info['key']}: "
-                        f"expected {info['size']} bytes, got {got}"
-                    )
-                os.replace(tmp, dest)
-            except (BotoCoreError, ClientError) as exc:
-                raise WeightsError(f"cannot download s3://{bucket}/{info['key']}: {exc}") from exc
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+            _download(client, bucket, info, dest)
             manifest[rel] = {"size": info["size"], "etag": info["etag"]}
             _write_manifest(manifest_path, source, manifest)
         if manifest != original or not manifest_path.exists():
@@ -416,7 +432,7 @@ def resolve_source(
     source = source.strip()
     match = _SCHEME_RE.match(source)
     scheme = match.group(1).lower() if match else None
-    if scheme == "tiny":
+    if match is not None and scheme == "tiny":
         family = source[len(match.group(0)) :].strip("/")
         path = _resolve_tiny(
             source, family, build_missing_tiny=build_missing_tiny, progress=progress

@@ -2,12 +2,16 @@
 
 First thing on a request's way: the body-size limit (413) runs before FastAPI reads the body;
 malformed JSON answers 400, a wrong type or a bound 422, each naming the field (and the limit).
-Every error body is ``{"error": {"type", "message", "fields": [{"field", "message", "limit"}]}}``.
+Every error body is ``{"error": {"type", "message", "fields": [{"field", "message", "limit"}]}}``
+(``schemas.ErrorBody``), its ``type`` a code in lower snake_case; ``error_responses`` documents
+which statuses and codes a route answers.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,28 +19,49 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
-class ApiError(Exception):
-    """An error the API answers with its own status and type."""
-
-    def __init__(
-        self,
-        status: int,
-        type_: str,
-        message: str,
-        fields: list[dict] | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.type = type_
-        self.message = message
-        self.fields = fields or []
-        self.headers = headers
+from genmedia.deployments.api.schemas import ErrorBody
+from genmedia.deployments.errors import ApiError
 
 
 def error_body(type_: str, message: str, fields: list[dict] | None = None) -> dict:
     return {"error": {"type": type_, "message": message, "fields": fields or []}}
+
+
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    429: {
+        "Retry-After": {
+            "description": "Seconds before a retry can pass.",
+            "schema": {"type": "integer"},
+        }
+    },
+    503: {"Retry-After": {"description": "Seconds before a retry.", "schema": {"type": "integer"}}},
+}
+
+
+# Error statuses most /v1 routes share, as ``error_responses`` groups.
+AUTH = {401: "unauthorized: no API key, or not a valid one."}
+UNAVAILABLE = {503: "unavailable: the scheduler cannot be reached now; retry after Retry-After."}
+BODY = {
+    400: "malformed_json: the body is not valid JSON.",
+    413: "payload_too_large: the body is over the gateway's limit.",
+    422: "invalid_request: a field of the body or a header breaks its type or bound "
+    "(fields names each, with the limit).",
+}
+
+
+def error_responses(*groups: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of a route's error statuses, each answering ``ErrorBody``. A group
+    maps a status to the ``type`` codes it carries and when; a later group's text wins."""
+    described: dict[int, str] = {}
+    for group in groups:
+        described.update(group)
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, text in sorted(described.items()):
+        out[status] = {"model": ErrorBody, "description": text}
+        if status in _HEADERS:
+            out[status]["headers"] = _HEADERS[status]
+    return out
 
 
 def _field_name(loc: tuple) -> str:
@@ -52,7 +77,8 @@ def _limit_of(err: dict) -> object:
     return None
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         msg = next(e for e in errors if e.get("type") == "json_invalid")
@@ -78,7 +104,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(status_code=422, content=error_body("invalid_request", summary, fields))
 
 
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
     return JSONResponse(
         status_code=exc.status,
         content=error_body(exc.type, exc.message, exc.fields),
@@ -86,7 +113,8 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     )
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
     type_ = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(
         status_code=exc.status_code, content=error_body(type_, str(exc.detail)), headers=exc.headers
@@ -130,14 +158,15 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.limit is None:
+        limit = self.limit
+        if scope["type"] != "http" or limit is None:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.limit
+                too_big = int(declared) > limit
             except ValueError:
                 too_big = False
             if too_big:
@@ -154,7 +183,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     # Answer 413 now; the app sees a disconnected client and its own
                     # response (if any) is dropped below.
                     rejected = True

@@ -1,14 +1,14 @@
 """CLI for deploy planning: ``genmedia plan`` (GPU packing) and ``genmedia render`` (infra/).
 
 Both read a catalog and run before anything is deployed; neither starts Ray. Registered in
-``cli.py`` with one ``add_typer`` line.
+``main.py`` with one ``add_typer`` line.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 from genmedia.autoscaling.placement import PlacementError, plan_placement
 from genmedia.autoscaling.policy import PolicyConfig, zero_blockers
 from genmedia.models.catalog import Catalog
+
+if TYPE_CHECKING:
+    from genmedia.infra.render import Cluster
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -131,22 +134,24 @@ def render_cmd(
     ] = None,
 ) -> None:
     """Render a deploy artifact from the catalog (the files under infra/ are made this way)."""
-    from genmedia.infra.render import (
-        TARGETS,
-        Cluster,
-        RenderError,
-        gpus_for_max,
-        render,
-        render_all,
-    )
+    from genmedia.infra.render import TARGETS, Cluster, gpus_for_max
 
     if target not in (*TARGETS, "all"):
         raise _fail(f"unknown render target {target!r}; known: {', '.join(TARGETS)}, all")
+    catalog = _catalog(catalog_file)
+    overrides = _knob_overrides(knob or [])
+    cluster = Cluster(
+        gpus or gpus_for_max(catalog, gpu_memory_gb), gpu_memory_gb, policy_knobs=overrides
+    )
+    _write(target, _render_files(target, catalog, cluster, variant), out_path)
+
+
+def _knob_overrides(items: list[str]) -> dict[str, float]:
+    """``--knob NAME=VALUE`` items as policy knob overrides, each checked."""
     from genmedia.autoscaling.policy import policy_knobs
 
-    catalog = _catalog(catalog_file)
     overrides: dict[str, float] = {}
-    for item in knob or []:
+    for item in items:
         name, sep, value = item.partition("=")
         if not sep:
             raise _fail(f"--knob {item!r}: expected NAME=VALUE")
@@ -158,20 +163,26 @@ def render_cmd(
         policy_knobs(**overrides)
     except ValueError as e:
         raise _fail(f"--knob: {e}") from None
-    cluster = Cluster(
-        gpus or gpus_for_max(catalog, gpu_memory_gb), gpu_memory_gb, policy_knobs=overrides
-    )
+    return overrides
+
+
+def _render_files(target: str, catalog: Catalog, cluster: Cluster, variant: str) -> dict[str, str]:
+    """File name -> text for ``all``; ``{"": text}`` for one target."""
+    from genmedia.infra.render import RenderError, render, render_all
+
     try:
         if target == "all":
-            files = render_all(catalog, cluster)
-        else:
-            files = {"": render(target, catalog, cluster, variant)}
+            return render_all(catalog, cluster)
+        return {"": render(target, catalog, cluster, variant)}
     except PlacementError as e:
         for issue in e.issues:
             console.print(f"[red]✗[/] {catalog.source}: {issue}", highlight=False)
         raise _fail(f"the catalog does not fit {cluster.gpus} GPU(s)") from None
     except RenderError as e:
         raise _fail(str(e)) from None
+
+
+def _write(target: str, files: dict[str, str], out_path: Path | None) -> None:
     if target == "all":
         if out_path is None:
             raise _fail("'render all' needs --out DIR")

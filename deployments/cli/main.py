@@ -6,28 +6,30 @@ model, field) instead of tracebacks; long work shows rich progress.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from genmedia.deployments.cli.infra import infra_app
 from genmedia.deployments.cli.tenants import tenants_app
-from genmedia.deployments.tenants.config import (
+from genmedia.deployments.tenants.schema import (
     TenantsError,
     TenantsFile,
     development_tenants,
     load_tenants,
 )
 from genmedia.loadtests.loadtest_cli import loadtest_app
+from genmedia.loadtests.plots import PlotsUnavailable
 from genmedia.loadtests.sim.cli import sim as sim_command
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
 
@@ -172,57 +174,39 @@ def models_build_tiny(
 
 
 # -- serve / deploy ----------------------------------------------------------------------------
-def _wait_for_app(catalog: Catalog, runner: threading.Thread, errors: list) -> None:
-    from ray import serve
-
-    from genmedia.deployments.serve.app import APP_NAME
-
-    with _progress() as progress:
-        task = progress.add_task("starting deployments", total=len(catalog.families()) + 2)
-        while runner.is_alive():
-            try:
-                status = serve.status().applications.get(APP_NAME)
-            except Exception:
-                status = None
-            if status is not None:
-                running = sum(
-                    1 for d in status.deployments.values() if str(d.status).endswith("HEALTHY")
-                )
-                states = ", ".join(
-                    f"{n}: {str(d.status).split('.')[-1].lower()}"
-                    for n, d in sorted(status.deployments.items())
-                )
-                progress.update(task, completed=running, description=states or "deploying")
-            time.sleep(0.5)
-        progress.update(task, completed=len(catalog.families()) + 2, description="deployed")
-    if errors:
-        raise _fail(f"deployment failed: {errors[0]}")
-
-
-def _run_app(
+def _deploy(
     catalog: Catalog, tenants: TenantsFile, *, host: str, port: int, gpus_available: bool
 ) -> None:
-    from ray import serve
+    """Deploy the app on the connected Ray, showing each deployment's state until it runs."""
+    from genmedia.deployments.serve.local import AppState, deploy_watched
 
-    from genmedia.deployments.serve.app import APP_NAME, build_app
+    total = len(catalog.families()) + 2  # the workers, the gateway and the scheduler
+    error: Exception | None = None
+    with _progress() as progress:
+        task = progress.add_task("starting deployments", total=total)
 
-    errors: list = []
+        def on_state(state: AppState | None) -> None:
+            if state is None:
+                return
+            deps = sorted(state.deployments.values(), key=lambda d: d.name)
+            running = sum(1 for d in deps if d.status == "HEALTHY")
+            states = ", ".join(f"{d.name}: {d.status.lower()}" for d in deps)
+            progress.update(task, completed=running, description=states or "deploying")
 
-    def deploy() -> None:
         try:
-            serve.start(http_options={"host": host, "port": port})
-            serve.run(
-                build_app(catalog, tenants, gpus_available=gpus_available),
-                name=APP_NAME,
-                route_prefix="/",
-                blocking=False,
+            deploy_watched(
+                catalog,
+                tenants,
+                host=host,
+                port=port,
+                gpus_available=gpus_available,
+                on_state=on_state,
             )
         except Exception as e:
-            errors.append(e)
-
-    runner = threading.Thread(target=deploy, daemon=True)
-    runner.start()
-    _wait_for_app(catalog, runner, errors)
+            error = e
+        progress.update(task, completed=total, description="deployed")
+    if error is not None:
+        raise _fail(f"deployment failed: {error}")
 
 
 def _cpus_needed(catalog: Catalog) -> float:
@@ -231,6 +215,59 @@ def _cpus_needed(catalog: Catalog) -> float:
     workers = sum(p.num_cpus * max(1, p.min_replicas) for p in plan_workers(catalog))
     server = catalog.server
     return workers + server.gateway_num_cpus * server.gateway_replicas + server.scheduler_num_cpus
+
+
+def _check_acceleration(catalog: Catalog) -> None:
+    from genmedia.deployments.cli.preflight import check_acceleration
+    from genmedia.models.runner import pick_device
+
+    problems = check_acceleration(catalog, pick_device())
+    if problems:
+        for p in problems:
+            console.print(f"[red]✗[/] {p}", highlight=False)
+        raise _fail(f"{len(problems)} acceleration option(s) this machine cannot run")
+
+
+def _local_gpus(asked: float | None) -> tuple[float, int]:
+    """GPUs to give the local Ray (``--gpus``, else the real count, else 1 logical) and the
+    real CUDA devices here."""
+    from genmedia.models.runner import pick_device
+
+    real = 0
+    if pick_device() == "cuda":
+        import torch
+
+        real = torch.cuda.device_count()
+    return (asked if asked is not None else (real or 1)), real
+
+
+def _print_serving(catalog: Catalog, url: str, dev_key: str | None) -> None:
+    first = catalog.models[0].id
+    out.print(
+        f"\n[bold green]genmedia is serving[/] {len(catalog.models)} model(s) at "
+        f"[bold]{url}[/]  (docs: {url}/docs)"
+    )
+    if dev_key:
+        out.print(f"development API key (tenant 'dev'): [bold]{dev_key}[/]")
+        out.print(f"  export GENMEDIA_API_KEY={dev_key}")
+    auth = '-H "Authorization: Bearer $GENMEDIA_API_KEY"'
+    out.print(f"  curl -s {auth} {url}/v1/models")
+    out.print(
+        f"  curl -s {auth} -X POST {url}/v1/models/{first}/generate "
+        "-H 'content-type: application/json' -d '{\"prompt\": \"a red fox\"}'"
+    )
+    out.print("Ctrl-C stops.")
+
+
+def _wait_for_stop() -> None:
+    """Until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
@@ -261,70 +298,23 @@ def serve(
     if gpus is not None and gpus < 0:
         raise _fail("--gpus must be >= 0")
     _check_weights(catalog, build_tiny=True)
-    import ray
-    from ray import serve as rs
-
-    from genmedia.deployments.cli.preflight import check_acceleration
-    from genmedia.models.runner import pick_device
-
-    problems = check_acceleration(catalog, pick_device())
-    if problems:
-        for p in problems:
-            console.print(f"[red]✗[/] {p}", highlight=False)
-        raise _fail(f"{len(problems)} acceleration option(s) this machine cannot run")
-
-    real_gpus = 1 if pick_device() == "cuda" else 0
-    if real_gpus:
-        import torch
-
-        real_gpus = torch.cuda.device_count()
-    declared = gpus if gpus is not None else (real_gpus or 1)
+    _check_acceleration(catalog)
+    declared, real_gpus = _local_gpus(gpus)
     cpus = num_cpus or max(float(os.cpu_count() or 1), _cpus_needed(catalog))
     console.print(
         f"starting Ray: {cpus:g} CPUs, {declared:g} GPU(s)"
         + ("" if real_gpus else " (logical: no CUDA device here)")
     )
-    # Ray starts workers at nice 15; on a CPU-only box that lets any busy process slow the
-    # pipeline. Replicas here are the work, so they run at normal priority.
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(
-        num_cpus=int(cpus + 0.999),
-        num_gpus=declared,
-        include_dashboard=False,
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
+    from genmedia.deployments.serve import local
+
+    local.start_ray(num_cpus=int(cpus + 0.999), num_gpus=declared)
     try:
-        _run_app(catalog, tenants, host=host, port=port, gpus_available=declared > 0)
-        url = f"http://{host}:{port}"
-        first = catalog.models[0].id
-        out.print(
-            f"\n[bold green]genmedia is serving[/] {len(catalog.models)} model(s) at "
-            f"[bold]{url}[/]  (docs: {url}/docs)"
-        )
-        if dev_key:
-            out.print(f"development API key (tenant 'dev'): [bold]{dev_key}[/]")
-            out.print(f"  export GENMEDIA_API_KEY={dev_key}")
-        auth = '-H "Authorization: Bearer $GENMEDIA_API_KEY"'
-        out.print(f"  curl -s {auth} {url}/v1/models")
-        out.print(
-            f"  curl -s {auth} -X POST {url}/v1/models/{first}/generate "
-            "-H 'content-type: application/json' -d '{\"prompt\": \"a red fox\"}'"
-        )
-        out.print("Ctrl-C stops.")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            while not stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
-            pass
+        _deploy(catalog, tenants, host=host, port=port, gpus_available=declared > 0)
+        _print_serving(catalog, f"http://{host}:{port}", dev_key)
+        _wait_for_stop()
     finally:
         console.print("shutting down")
-        try:
-            rs.shutdown()
-        finally:
-            ray.shutdown()
+        local.stop()
 
 
 @app.command()
@@ -348,14 +338,14 @@ def deploy(
     tenants, dev_key = _load_tenants(tenants_file)
     if check_weights:
         _check_weights(catalog, build_tiny=True)
-    import ray
+    from genmedia.deployments.serve.local import cluster_gpus, connect
 
     try:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        connect(address)
     except Exception as e:
         raise _fail(f"cannot connect to the Ray cluster at {address}: {e}") from None
-    gpus = ray.cluster_resources().get("GPU", 0)
-    _run_app(catalog, tenants, host="0.0.0.0", port=8000, gpus_available=gpus > 0)
+    gpus_available = cluster_gpus() > 0
+    _deploy(catalog, tenants, host="0.0.0.0", port=8000, gpus_available=gpus_available)
     out.print(f"[bold green]deployed[/] {len(catalog.models)} model(s) to {address}")
     if dev_key:
         out.print(f"development API key (tenant 'dev'): [bold]{dev_key}[/]")
@@ -366,17 +356,15 @@ def status(
     address: Annotated[str, typer.Option(help="Ray cluster address.")] = "auto",
 ) -> None:
     """Show deployments, replicas, GPU shares and loaded models of a running genmedia app."""
-    import ray
-    from ray import serve as rs
-
     from genmedia.deployments.serve.app import APP_NAME
+    from genmedia.deployments.serve.local import app_state, connect, deployment_info
 
     try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        connect(address, logging_level=logging.ERROR)
     except Exception as e:
         raise _fail(f"no Ray cluster at {address!r}: {e}") from None
-    app_status = rs.status().applications.get(APP_NAME)
-    if app_status is None:
+    state = app_state()
+    if state is None:
         raise _fail(f"no '{APP_NAME}' application on this cluster (genmedia serve / deploy)")
     table = Table(
         "deployment",
@@ -386,22 +374,20 @@ def status(
         "CPU / replica",
         "GPU ids",
         "loaded models",
-        title=f"{APP_NAME}: {str(app_status.status).split('.')[-1]}",
+        title=f"{APP_NAME}: {state.status}",
     )
-    for name, dep in sorted(app_status.deployments.items()):
-        replicas = ", ".join(
-            f"{str(k).split('.')[-1].lower()}: {v}" for k, v in dep.replica_states.items()
-        )
+    for name, dep in sorted(state.deployments.items()):
+        replicas = ", ".join(f"{k.lower()}: {v}" for k, v in dep.replicas.items())
         gpu = cpu = ids = loaded = "-"
         try:
-            info = rs.get_deployment_handle(name, APP_NAME).info.remote().result(timeout_s=10)
+            info = deployment_info(name)
             res = info["resources"]
             gpu, cpu = f"{res.get('GPU', 0):g}", f"{res.get('CPU', 0):g}"
             ids = ",".join(info["gpu_ids"]) or "-"
             loaded = ", ".join(info.get("loaded", [])) or "-"
         except Exception as e:
             loaded = f"? ({type(e).__name__})"
-        table.add_row(name, str(dep.status).split(".")[-1], replicas or "0", gpu, cpu, ids, loaded)
+        table.add_row(name, dep.status, replicas or "0", gpu, cpu, ids, loaded)
     out.print(table)
 
 
@@ -414,6 +400,9 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except PlotsUnavailable as e:  # a load-test report without the 'loadtest' extra
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

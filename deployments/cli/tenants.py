@@ -13,18 +13,18 @@ import secrets
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from genmedia.deployments.tenants.config import (
-    PRIORITY_CLASSES,
+from genmedia.deployments.protocol import PRIORITY_CLASSES
+from genmedia.deployments.tenants.keys import new_api_key
+from genmedia.deployments.tenants.schema import (
     TenantsError,
     TenantsFile,
-    new_api_key,
     parse_tenants,
     read_tenants_data,
 )
@@ -55,7 +55,7 @@ def _report(e: TenantsError, what: str) -> typer.Exit:
     return _fail(f"{len(e.issues)} problem(s) {what}")
 
 
-def _load_raw(file: Path) -> tuple[str, dict]:
+def _load_raw(file: Path) -> tuple[str, dict[str, Any]]:
     """The raw data of a valid tenants file (edits start from it, not from defaults filled in)."""
     try:
         name, data = read_tenants_data(file)
@@ -66,7 +66,7 @@ def _load_raw(file: Path) -> tuple[str, dict]:
     return name, data
 
 
-def _check_and_write(file: Path, name: str, data: dict) -> TenantsFile:
+def _check_and_write(file: Path, name: str, data: dict[str, Any]) -> TenantsFile:
     try:
         tenants = parse_tenants(data, name)
     except TenantsError as e:
@@ -78,7 +78,7 @@ def _check_and_write(file: Path, name: str, data: dict) -> TenantsFile:
     return tenants
 
 
-def _write_atomic(file: Path, data: dict) -> None:
+def _write_atomic(file: Path, data: dict[str, Any]) -> None:
     """Write YAML next to the target, fsync, then rename over it (keeps the file's mode; a new
     file is 0600 since it holds webhook secrets)."""
     target = file.resolve()
@@ -104,7 +104,7 @@ def _write_atomic(file: Path, data: dict) -> None:
             os.close(dir_fd)
 
 
-def _tenant_entries(data: dict) -> list:
+def _tenant_entries(data: dict[str, Any]) -> list[Any]:
     tenants = data.get("tenants")
     return tenants if isinstance(tenants, list) else []
 
@@ -214,7 +214,7 @@ def create(
     if any(isinstance(t, dict) and t.get("id") == tenant for t in _tenant_entries(data)):
         raise _fail(f"tenant {tenant!r} already exists in {file}; add a key with add-key")
     key_id, key, record = new_api_key(description)
-    entry: dict = {"id": tenant, "weight": weight}
+    entry: dict[str, Any] = {"id": tenant, "weight": weight}
     if classes:
         entry["allowed_classes"] = [c.strip() for cs in classes for c in cs.split(",") if c.strip()]
     if default_class:

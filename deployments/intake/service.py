@@ -1,7 +1,8 @@
 """The gateway's logic, without HTTP or Ray: authenticate, validate, hand to the scheduler.
 
-``api.py`` puts HTTP in front of it; ``gateway.py`` runs it in a Ray Serve replica with a
-scheduler client made of a deployment handle. A sync request is a queue job the gateway waits on.
+``api/`` puts HTTP in front of it; ``serve/gateway.py`` runs it in a Ray Serve replica with a
+scheduler client made of a deployment handle. It talks to the scheduler in ``protocol`` messages
+and turns their answers into response bodies. A sync request is a queue job the gateway waits on.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol, TypeVar
 
-from genmedia.deployments.api.errors import ApiError
+from genmedia.deployments.errors import ApiError
 from genmedia.deployments.intake.inputs import (
     UPLOAD_TYPES,
     InputError,
@@ -24,11 +25,25 @@ from genmedia.deployments.intake.inputs import (
     upload_key,
 )
 from genmedia.deployments.metrics import GatewayMetrics
-from genmedia.deployments.serve.scheduler import Submission
+from genmedia.deployments.protocol import (
+    AdapterDeleted,
+    AdapterError,
+    AdapterRecord,
+    CancelOutcome,
+    JobStatus,
+    JobStatusView,
+    PriorityClass,
+    Rejection,
+    Submission,
+    SubmitAccepted,
+    UsageRow,
+)
 from genmedia.deployments.store.storage import Storage, make_storage
-from genmedia.deployments.tenants.config import Authenticator, Tenant, retry_after_header
-from genmedia.deployments.webhooks.delivery import WebhookUrlError, validate_webhook_url
-from genmedia.models.catalog import Catalog, ModelEntry
+from genmedia.deployments.tenants.auth import Authenticator
+from genmedia.deployments.tenants.ratelimit import retry_after_header
+from genmedia.deployments.tenants.schema import Tenant
+from genmedia.deployments.webhooks.urls import WebhookUrlError, validate_webhook_url
+from genmedia.models.catalog import Catalog, LoraEntry, ModelEntry
 from genmedia.models.params import (
     GenerateRequest,
     parameter_schema,
@@ -39,30 +54,34 @@ from genmedia.models.registry import FAMILIES
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 MAX_DEADLINE_S = 7 * 24 * 3600.0
+T = TypeVar("T")
 
 
 class SchedulerClient(Protocol):
-    """How the gateway reaches the scheduler (a deployment handle, or a fake in unit tests)."""
+    """How the gateway reaches the scheduler (a deployment handle, or a fake in unit tests).
+    ``status`` and ``wait`` answer None for a job that is not the tenant's (or none at all)."""
 
-    async def submit(self, sub: Submission) -> dict: ...
+    async def submit(self, sub: Submission) -> SubmitAccepted | Rejection: ...
 
-    async def status(self, job_id: str, tenant: str) -> dict: ...
+    async def status(self, job_id: str, tenant: str) -> JobStatusView | None: ...
 
-    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> dict: ...
+    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> JobStatusView | None: ...
 
-    async def submit_and_wait(self, sub: Submission, timeout_s: float) -> dict: ...
+    async def submit_and_wait(
+        self, sub: Submission, timeout_s: float
+    ) -> JobStatusView | Rejection: ...
 
-    async def cancel(self, job_id: str, tenant: str) -> str: ...
+    async def cancel(self, job_id: str, tenant: str) -> CancelOutcome: ...
 
-    def watch(self, job_id: str, tenant: str) -> AsyncIterator[dict]: ...
+    def watch(self, job_id: str, tenant: str) -> AsyncIterator[JobStatusView]: ...
 
-    async def usage(self, tenant: str) -> list[dict]: ...
+    async def usage(self, tenant: str) -> list[UsageRow]: ...
 
-    async def adapters(self) -> list[dict]: ...
+    async def adapters(self) -> list[AdapterRecord]: ...
 
-    async def register_adapter(self, spec: dict) -> dict: ...
+    async def register_adapter(self, spec: LoraEntry) -> AdapterRecord | AdapterError: ...
 
-    async def delete_adapter(self, adapter_id: str) -> dict: ...
+    async def delete_adapter(self, adapter_id: str) -> AdapterDeleted | AdapterError: ...
 
     async def metrics_text(self) -> bytes: ...
 
@@ -72,23 +91,22 @@ class SchedulerClient(Protocol):
 def _not_found(job_id: str) -> ApiError:
     return ApiError(
         404,
-        "NOT_FOUND",
+        "not_found",
         f"no request {job_id!r}",
         [{"field": "request_id", "message": "unknown request", "limit": None}],
     )
 
 
-def _adapter_outcome(out: dict) -> dict:
+def _adapter_outcome(out: AdapterRecord | AdapterDeleted | AdapterError) -> dict[str, Any]:
     """The scheduler's answer to an admin adapter call, or its refusal as an ApiError."""
-    if "error" in out:
-        e = out["error"]
+    if isinstance(out, AdapterError):
         raise ApiError(
-            e["status"],
-            e["type"],
-            f"{e['field']}: {e['message']}",
-            [{"field": e["field"], "message": e["message"], "limit": None}],
+            out.status,
+            out.type,
+            f"{out.field}: {out.message}",
+            [{"field": out.field, "message": out.message, "limit": None}],
         )
-    return out
+    return out.public() if isinstance(out, AdapterRecord) else out.as_dict()
 
 
 def parse_deadline(value: str | None) -> float | None:
@@ -174,7 +192,8 @@ class GatewayService:
         }
 
     # -- submit ------------------------------------------------------------------------------
-    async def _call(self, coro):
+    async def _call(self, coro: Awaitable[T]) -> T:
+        """A scheduler call; its failure (unreachable, restarting) is a 503 with Retry-After."""
         try:
             return await coro
         except ApiError:
@@ -199,7 +218,7 @@ class GatewayService:
     ) -> Submission:
         """Everything checked at the gateway, as a submission for the scheduler."""
         entry = self.entry(model_id)
-        priority = req.priority
+        priority: str | None = req.priority
         if priority is None:
             # long jobs (a batch-class model: video, audio) default to batch on both APIs
             if entry.priority_class == "batch" and tenant.allows_class("batch"):
@@ -210,24 +229,7 @@ class GatewayService:
         deadline_s = parse_deadline(deadline)
         key = parse_idempotency_key(idempotency_key)
         if req.webhook_url is not None:
-            if sync:
-                raise ApiError(
-                    422,
-                    "invalid_request",
-                    "webhook_url needs the queue API (POST /v1/queue/models/{model_id})",
-                    [{"field": "webhook_url", "message": "queue API only", "limit": None}],
-                )
-            try:
-                await asyncio.to_thread(
-                    validate_webhook_url, req.webhook_url, self.catalog.server.webhooks
-                )
-            except WebhookUrlError as e:
-                raise ApiError(
-                    422,
-                    "invalid_webhook_url",
-                    f"webhook_url: {e}",
-                    [{"field": "webhook_url", "message": str(e), "limit": e.rule}],
-                ) from None
+            await self._check_webhook(req.webhook_url, sync=sync)
         request_id = uuid.uuid4().hex
         inputs, image_size = await self._inputs(tenant, entry, req, request_id)
         job, errors = resolve_request(entry, req, request_id=request_id, image_size=image_size)
@@ -244,12 +246,31 @@ class GatewayService:
         return Submission(
             tenant=tenant.id,
             model_id=model_id,
-            priority=priority,
+            priority=PriorityClass(priority),
             job=job,
             deadline_s=deadline_s,
             idempotency_key=key,
             webhook_url=req.webhook_url,
         )
+
+    async def _check_webhook(self, url: str, *, sync: bool) -> None:
+        """A webhook needs the queue API and a URL the webhook rules allow (422 otherwise)."""
+        if sync:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "webhook_url needs the queue API (POST /v1/queue/models/{model_id})",
+                [{"field": "webhook_url", "message": "queue API only", "limit": None}],
+            )
+        try:
+            await asyncio.to_thread(validate_webhook_url, url, self.catalog.server.webhooks)
+        except WebhookUrlError as e:
+            raise ApiError(
+                422,
+                "invalid_webhook_url",
+                f"webhook_url: {e}",
+                [{"field": "webhook_url", "message": str(e), "limit": e.rule}],
+            ) from None
 
     async def _inputs(
         self, tenant: Tenant, entry: ModelEntry, req: GenerateRequest, request_id: str
@@ -340,37 +361,38 @@ class GatewayService:
     # -- LoRA adapters ----------------------------------------------------------------------
     async def adapters(self, tenant: Tenant) -> dict:
         items = await self._call(self.scheduler.adapters())
-        return {"loras": [a for a in items if tenant.allows_model(a["base_model"])]}
+        return {"loras": [a.public() for a in items if tenant.allows_model(a.base_model)]}
 
     def _admin(self, tenant: Tenant) -> None:
         if not tenant.admin:
             raise ApiError(403, "forbidden", f"tenant {tenant.id!r} is not an admin tenant")
 
-    async def register_adapter(self, tenant: Tenant, spec: dict) -> dict:
+    async def register_adapter(
+        self, tenant: Tenant, spec: LoraEntry | dict[str, Any]
+    ) -> dict[str, Any]:
         self._admin(tenant)
-        return _adapter_outcome(await self._call(self.scheduler.register_adapter(spec)))
+        entry = spec if isinstance(spec, LoraEntry) else LoraEntry.model_validate(spec)
+        return _adapter_outcome(await self._call(self.scheduler.register_adapter(entry)))
 
-    async def delete_adapter(self, tenant: Tenant, adapter_id: str) -> dict:
+    async def delete_adapter(self, tenant: Tenant, adapter_id: str) -> dict[str, Any]:
         self._admin(tenant)
         return _adapter_outcome(await self._call(self.scheduler.delete_adapter(adapter_id)))
 
-    def _check_refused(self, sub: Submission, result: dict) -> None:
+    def _check_refused(
+        self, sub: Submission, result: SubmitAccepted | JobStatusView | Rejection
+    ) -> None:
         """Count the outcome; raise the scheduler's refusal as 429 with Retry-After."""
-        if "rejected" not in result:
+        if not isinstance(result, Rejection):
             self.metrics.submitted.labels(sub.model_id, sub.priority).inc()
             return
-        r = result["rejected"]
-        self.metrics.rejected.labels(sub.model_id, r["type"]).inc()
-        fields = (
-            [{"field": r["field"], "message": r["message"], "limit": None}]
-            if r.get("field")
-            else None
-        )
-        retry = r.get("retry_after_s")
+        r = result
+        self.metrics.rejected.labels(sub.model_id, r.type).inc()
+        fields = [{"field": r.field, "message": r.message, "limit": None}] if r.field else None
+        retry = r.retry_after_s
         raise ApiError(
-            r["status"],
-            r["type"],
-            r["message"],
+            r.status,
+            r.type,
+            r.message,
             fields,
             headers={"Retry-After": retry_after_header(retry)} if retry is not None else None,
         )
@@ -383,13 +405,15 @@ class GatewayService:
         *,
         deadline: str | None = None,
         idempotency_key: str | None = None,
-    ) -> dict:
-        """The queue API's submit: accepted (202) or refused (429 and friends)."""
+    ) -> SubmitAccepted:
+        """The queue API's submit: accepted (202, ``public_status`` is its body) or refused
+        (429 and friends)."""
         sub = await self._prepare(
             tenant, model_id, req, sync=False, deadline=deadline, idempotency_key=idempotency_key
         )
         result = await self._call(self.scheduler.submit(sub))
         self._check_refused(sub, result)
+        assert isinstance(result, SubmitAccepted)
         return result
 
     async def generate(
@@ -409,21 +433,24 @@ class GatewayService:
         timeout = self.catalog.server.request_timeout_s
         status = await self._call(self.scheduler.submit_and_wait(sub, timeout))
         self._check_refused(sub, status)
-        s = status["status"]
-        job_id = status["request_id"]
-        if s == "COMPLETED":
+        assert isinstance(status, JobStatusView)
+        s = status.status
+        job_id = status.request_id
+        if s is JobStatus.COMPLETED:
             return self.result_body(status, base_url, req.return_base64)
-        if s in ("IN_QUEUE", "IN_PROGRESS"):
+        if s in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS):
             raise ApiError(
                 504,
                 "timeout",
                 f"request {job_id} did not finish within "
                 f"{timeout:g}s; it goes on: GET /v1/queue/requests/{job_id}/status",
             )
-        err = status.get("error") or {}
-        code = {"FAILED": 500, "EXPIRED": 504, "CANCELLED": 409}.get(s, 500)
+        code = {JobStatus.FAILED: 500, JobStatus.EXPIRED: 504, JobStatus.CANCELLED: 409}.get(s, 500)
+        err = status.error
         raise ApiError(
-            code, err.get("type") or s.lower(), err.get("message") or f"request {job_id} ended {s}"
+            code,
+            (err.type if err else None) or s.lower(),
+            (err.message if err else None) or f"request {job_id} ended {s}",
         )
 
     # -- queue API ---------------------------------------------------------------------------
@@ -436,36 +463,48 @@ class GatewayService:
             "stream_url": f"{root}/stream",
         }
 
-    def public_status(self, status: dict, base_url: str) -> dict:
-        out = {k: v for k, v in status.items() if k not in ("tenant", "result")}
-        return {**out, **self.urls(status["request_id"], base_url)}
+    def public_status(
+        self, status: JobStatusView | SubmitAccepted, base_url: str
+    ) -> dict[str, Any]:
+        """A status body: the job without its tenant and result, plus its URLs (a submit's
+        also says whether it ``created`` the job)."""
+        created: dict[str, Any] = {}
+        if isinstance(status, SubmitAccepted):
+            created, status = {"created": status.created}, status.job
+        out = status.as_dict(tenant=False, result=False)
+        return {**created, **out, **self.urls(status.request_id, base_url)}
 
-    async def status(self, tenant: Tenant, job_id: str, base_url: str) -> dict:
+    async def _status(self, tenant: Tenant, job_id: str) -> JobStatusView:
         status = await self._call(self.scheduler.status(job_id, tenant.id))
-        if status["status"] == "NOT_FOUND":
+        if status is None:
             raise _not_found(job_id)
-        return self.public_status(status, base_url)
+        return status
+
+    async def status(self, tenant: Tenant, job_id: str, base_url: str) -> dict[str, Any]:
+        return self.public_status(await self._status(tenant, job_id), base_url)
 
     async def result(
         self, tenant: Tenant, job_id: str, base_url: str, return_base64: bool = False
-    ) -> dict:
-        status = await self._call(self.scheduler.status(job_id, tenant.id))
-        s = status["status"]
-        if s == "NOT_FOUND":
-            raise _not_found(job_id)
-        if s in ("IN_QUEUE", "IN_PROGRESS"):
+    ) -> dict[str, Any]:
+        status = await self._status(tenant, job_id)
+        s = status.status
+        if s in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS):
             raise ApiError(
                 409,
                 "not_finished",
                 f"request {job_id} is {s}; see its status_url",
                 headers={"Retry-After": "1"},
             )
-        if s == "COMPLETED":
+        if s is JobStatus.COMPLETED:
             return self.result_body(status, base_url, return_base64)
         return self.public_status(status, base_url)
 
-    def result_body(self, status: dict, base_url: str, return_base64: bool) -> dict:
-        result = dict(status["result"])
+    def result_body(
+        self, status: JobStatusView, base_url: str, return_base64: bool
+    ) -> dict[str, Any]:
+        """A completed job's result: its outputs with URLs (and base64 if asked)."""
+        assert status.result is not None
+        result = dict(status.result)
         outputs = []
         for img in result["images"]:
             d = {**img, "url": self.storage.url(img["key"], base_url), "path": img["key"]}
@@ -478,49 +517,50 @@ class GatewayService:
         # "outputs" for every task; image tasks also answer under their historical "images"
         result.pop("images")
         result["outputs"] = outputs
+        # results stored before video and audio existed have no "task"
         if result.get("task", "text-to-image") in ("text-to-image", "image-to-image", "inpainting"):
             result["images"] = outputs
         return {
-            "id": status["request_id"],
-            "request_id": status["request_id"],
-            "model": status["model"],
+            "id": status.request_id,
+            "request_id": status.request_id,
+            "model": status.model,
             "status": "COMPLETED",
-            "priority": status.get("priority"),
+            "priority": str(status.priority),
             **result,
         }
 
-    async def cancel(self, tenant: Tenant, job_id: str) -> dict:
+    async def cancel(self, tenant: Tenant, job_id: str) -> dict[str, Any]:
         outcome = await self._call(self.scheduler.cancel(job_id, tenant.id))
-        if outcome == "not_found":
+        if outcome is CancelOutcome.NOT_FOUND:
             raise _not_found(job_id)
-        if outcome == "already_finished":
-            raise ApiError(400, "ALREADY_COMPLETED", f"request {job_id} already finished")
+        if outcome is CancelOutcome.ALREADY_FINISHED:
+            raise ApiError(400, "already_completed", f"request {job_id} already finished")
         return {"request_id": job_id, "status": "CANCELLATION_REQUESTED"}
 
-    async def stream(self, tenant: Tenant, job_id: str, base_url: str) -> AsyncIterator[dict]:
-        first = await self._call(self.scheduler.status(job_id, tenant.id))
-        if first["status"] == "NOT_FOUND":
-            raise _not_found(job_id)
+    async def stream(
+        self, tenant: Tenant, job_id: str, base_url: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        await self._status(tenant, job_id)  # 404 before the stream starts
 
-        async def events() -> AsyncIterator[dict]:
+        async def events() -> AsyncIterator[dict[str, Any]]:
             async for status in self.scheduler.watch(job_id, tenant.id):
                 yield self.public_status(status, base_url)
 
         return events()
 
-    async def usage(self, tenant: Tenant) -> dict:
+    async def usage(self, tenant: Tenant) -> dict[str, Any]:
         rows = await self._call(self.scheduler.usage(tenant.id))
-        models: dict[str, dict] = {}
+        models: dict[str, dict[str, Any]] = {}
         for r in rows:
             m = models.setdefault(
-                r["model_id"],
+                r.model_id,
                 {"jobs": 0, "images": 0, "steps": 0, "compute_s": 0.0, "by_status": {}},
             )
-            m["jobs"] += r["jobs"]
-            m["images"] += r["images"] or 0
-            m["steps"] += r["steps"] or 0
-            m["compute_s"] += r["compute_s"] or 0.0
-            m["by_status"][r["status"]] = r["jobs"]
+            m["jobs"] += r.jobs
+            m["images"] += r.images
+            m["steps"] += r.steps
+            m["compute_s"] += r.compute_s
+            m["by_status"][str(r.status)] = r.jobs
         return {"tenant": tenant.id, "models": models}
 
     def file_key(self, tenant: Tenant, path: str) -> str:

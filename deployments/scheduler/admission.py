@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from genmedia.deployments.protocol import Rejection
 
-@dataclass(frozen=True)
-class Rejection:
-    """Why a submit is refused; answered as ``status`` with ``Retry-After``."""
-
-    status: int
-    type: str
-    message: str
-    retry_after_s: float
-    field: str | None = None
+__all__ = ["AdmissionInput", "Rejection", "admit"]
 
 
 @dataclass(frozen=True)

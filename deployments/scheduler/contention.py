@@ -48,7 +48,9 @@ class _Samples:
     contended_n: int = 0
     contended_at: float = 0.0  # wall clock of the last contended sample
 
-    def add(self, x: float, spu: float, t: float, alpha: float, solo_below: float, over: float):
+    def add(
+        self, x: float, spu: float, t: float, alpha: float, solo_below: float, over: float
+    ) -> None:
         def ewma(old: float, new: float, n: int) -> float:
             return new if n == 0 else old + max(alpha, 1.0 / (n + 1)) * (new - old)
 
@@ -132,7 +134,7 @@ class ContentionTracker:
         """The model's slowdown per concurrent call over its batch sizes with enough solo and
         contended samples (weighted by the contended evidence); None without such evidence."""
         total = weight = 0.0
-        newest = None
+        newest: float | None = None
         for (mid, _), s in self.samples.items():
             if mid != model_id or min(s.solo_n, s.contended_n) < self.min_samples:
                 continue
@@ -142,6 +144,6 @@ class ContentionTracker:
             total += b * s.contended_n
             weight += s.contended_n
             newest = s.contended_at if newest is None else max(newest, s.contended_at)
-        if not weight:
+        if not weight or newest is None:
             return None
         return Slowdown(total / weight, int(weight), max(0.0, now - newest))

@@ -12,9 +12,9 @@ from genmedia.deployments.scheduler.queues import QueuedJob
 class ServiceTimeEstimator:
     """Per-model seconds per work unit, EWMAs of observed pipeline calls: wall seconds (what a
     call takes, for ETAs) and device seconds (what it costs its device, for the autoscaler;
-    ``deployments/device_time.py``)."""
+    ``deployments/worker/device_time.py``)."""
 
-    def __init__(self, alpha: float = 0.2):
+    def __init__(self, alpha: float = 0.2) -> None:
         self.alpha = alpha
         self.per_cost: dict[str, float] = {}  # wall seconds per work unit
         self.device_per_cost: dict[str, float] = {}  # device seconds per work unit

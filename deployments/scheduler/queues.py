@@ -1,7 +1,7 @@
 """Fair queues and batch forming, pure: queue order, batch forming, class shares, expiry.
 
-The scheduler's dispatcher owns the state below and calls these functions with ``now`` from its
-clock; unit tests and the load-test simulator call the same code with a fake one.
+The dispatcher (``dispatcher.py``) owns the state below and calls these functions with ``now``
+from its caller's clock: the scheduler deployment's, or the load-test simulator's virtual one.
 
 - Two classes: ``interactive`` (latency) before ``batch`` (throughput), except that batch keeps a
   bounded share of the work dispatched on main slots, so it never starves.
@@ -10,8 +10,9 @@ clock; unit tests and the load-test simulator call the same code with a fake one
 - Batches hold only compatible jobs (same ``batch_key``), up to the model's ``max_batch_size``
   images; interactive dispatches at once with what is waiting, batch waits up to
   ``batch_wait_s`` for a fuller batch.
-- Slots: each worker replica has ``main`` slots (any class) and ``preempt`` slots (interactive
-  only; the worker pauses a running batch-class call at a step boundary to run it).
+- Slots (counted by the dispatcher): each worker replica has ``main`` slots (any class) and
+  ``preempt`` slots (interactive only; the worker pauses a running batch-class call at a step
+  boundary to run it).
 No Ray imports.
 """
 
@@ -23,8 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-PriorityClass = Literal["interactive", "batch"]
-CLASSES: tuple[PriorityClass, ...] = ("interactive", "batch")
+from genmedia.deployments.protocol import PRIORITY_CLASSES, PriorityClass
+
+CLASSES: tuple[PriorityClass, ...] = PRIORITY_CLASSES
+# Module-level names: reading a member through its enum class costs a lookup on the hot path.
+INTERACTIVE = PriorityClass.INTERACTIVE
+BATCH = PriorityClass.BATCH
 SlotKind = Literal["main", "preempt"]
 _seq = itertools.count()
 
@@ -38,7 +43,7 @@ class QueuedJob:
     model_id: str
     family: str
     priority: PriorityClass
-    key: tuple  # batch_key: equal keys may share a pipeline call
+    key: tuple[object, ...]  # batch_key: equal keys may share a pipeline call
     images: int
     cost: float  # work units (images x steps x megapixels)
     arrived: float
@@ -48,7 +53,7 @@ class QueuedJob:
     finish_tag: float = 0.0
     seq: int = field(default_factory=lambda: next(_seq))
 
-    def order(self) -> tuple:
+    def order(self) -> tuple[float, float, int]:
         return (self.finish_tag, self.arrived, self.seq)
 
 
@@ -125,7 +130,7 @@ def form_batch(jobs: list[QueuedJob], max_images: Callable[[str], int]) -> list[
 class ShareTracker:
     """Exponentially decayed work dispatched per class on main slots (half-life in seconds)."""
 
-    def __init__(self, half_life_s: float = 30.0):
+    def __init__(self, half_life_s: float = 30.0) -> None:
         self.half_life_s = half_life_s
         self.work = {c: 0.0 for c in CLASSES}
         self.updated = 0.0
@@ -141,11 +146,6 @@ class ShareTracker:
     def record(self, cls: PriorityClass, cost: float, now: float) -> None:
         self._decay(now)
         self.work[cls] += cost
-
-    def share(self, cls: PriorityClass, now: float) -> float:
-        self._decay(now)
-        total = sum(self.work.values())
-        return self.work[cls] / total if total > 0 else 0.0
 
     def owed(self, cls: PriorityClass, min_share: float, now: float) -> bool:
         """Whether ``cls`` got less than ``min_share`` of the recent work (never on no work)."""
@@ -173,13 +173,13 @@ def next_batch(
     now: float,
 ) -> Decision:
     """What a free slot of ``slot`` kind should run next (pure apart from reading the state)."""
-    inter = queues.get("interactive")
-    bulk = queues.get("batch")
+    inter = queues.get(INTERACTIVE)
+    bulk = queues.get(BATCH)
     inter_batch = form_batch(inter.jobs, max_images) if inter is not None else []
     if slot == "preempt":
-        return Decision(inter_batch, "interactive" if inter_batch else None)
+        return Decision(inter_batch, INTERACTIVE if inter_batch else None)
     bulk_batch: list[QueuedJob] = []
-    retry_at = None
+    retry_at: float | None = None
     if bulk is not None and len(bulk):
         candidate = form_batch(bulk.jobs, max_images)
         head = candidate[0]
@@ -190,19 +190,19 @@ def next_batch(
         else:
             retry_at = ready_at
     if inter_batch and bulk_batch:
-        if shares.owed("batch", batch_min_share, now):
-            return Decision(bulk_batch, "batch")
-        return Decision(inter_batch, "interactive")
+        if shares.owed(BATCH, batch_min_share, now):
+            return Decision(bulk_batch, BATCH)
+        return Decision(inter_batch, INTERACTIVE)
     if inter_batch:
-        return Decision(inter_batch, "interactive", retry_at)
+        return Decision(inter_batch, INTERACTIVE, retry_at)
     if bulk_batch:
-        return Decision(bulk_batch, "batch")
+        return Decision(bulk_batch, BATCH)
     return Decision([], None, retry_at)
 
 
 def expired(queues: Iterable[FairQueue], now: float) -> list[QueuedJob]:
     """Remove and return the queued jobs whose deadline has passed."""
-    out = []
+    out: list[QueuedJob] = []
     for q in queues:
         gone = [j for j in q.jobs if j.deadline is not None and j.deadline <= now]
         for j in gone:
@@ -213,8 +213,8 @@ def expired(queues: Iterable[FairQueue], now: float) -> list[QueuedJob]:
 
 def position(queues: dict[PriorityClass, FairQueue], job_id: str) -> int | None:
     """Jobs ahead of this one for the same workers (0 = next)."""
-    inter = queues.get("interactive")
-    bulk = queues.get("batch")
+    inter = queues.get(INTERACTIVE)
+    bulk = queues.get(BATCH)
     inter_jobs = inter.jobs if inter else []
     for i, j in enumerate(inter_jobs):
         if j.id == job_id:

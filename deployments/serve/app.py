@@ -14,12 +14,9 @@ from ray.serve import Application
 
 from genmedia.deployments.serve.gateway import GatewayDeployment
 from genmedia.deployments.serve.scheduler import SchedulerDeployment
-from genmedia.deployments.serve.worker import (
-    SLOTS_PER_REPLICA,
-    FamilyWorkerDeployment,
-    torch_threads_for,
-)
-from genmedia.deployments.tenants.config import TenantsFile
+from genmedia.deployments.serve.worker import SLOTS_PER_REPLICA, FamilyWorkerDeployment
+from genmedia.deployments.tenants.schema import TenantsFile
+from genmedia.deployments.worker.batch import torch_threads_for
 from genmedia.models.catalog import Catalog, LocalStorage
 
 APP_NAME = "genmedia"

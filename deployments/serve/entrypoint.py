@@ -15,7 +15,7 @@ from __future__ import annotations
 from ray.serve import Application
 
 from genmedia.deployments.serve.app import build_app
-from genmedia.deployments.tenants.config import development_tenants, load_tenants, parse_tenants
+from genmedia.deployments.tenants.schema import development_tenants, load_tenants, parse_tenants
 from genmedia.models.catalog import load_catalog, parse_catalog
 
 

@@ -1,7 +1,7 @@
 """Gateway deployment: the FastAPI ingress of the Ray Serve app (CPU only, no GPU visible).
 
 Front of a request's way. Each replica builds a ``GatewayService`` over a deployment handle of
-the scheduler and serves the routes of ``api.py``. It holds no queue: every job goes to the one
+the scheduler and serves the routes of ``api/``. It holds no queue: every job goes to the one
 scheduler, so order and fairness are global across gateway replicas.
 """
 
@@ -13,29 +13,41 @@ import time
 from collections.abc import AsyncIterator
 
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from genmedia.deployments.api.app import build_api
 from genmedia.deployments.intake.service import GatewayService
-from genmedia.deployments.serve.scheduler import Submission
+from genmedia.deployments.protocol import (
+    AdapterDeleted,
+    AdapterError,
+    AdapterRecord,
+    CancelOutcome,
+    JobStatusView,
+    Rejection,
+    Submission,
+    SubmitAccepted,
+    UsageRow,
+)
 from genmedia.deployments.serve.worker import yield_cpu_to_workers
-from genmedia.deployments.tenants.config import Authenticator, TenantsFile
-from genmedia.models.catalog import parse_catalog
+from genmedia.deployments.tenants.auth import Authenticator
+from genmedia.deployments.tenants.schema import TenantsFile
+from genmedia.models.catalog import LoraEntry, parse_catalog
 
 
 class RaySchedulerClient:
-    """Reaches the scheduler through its Serve deployment handle."""
+    """Reaches the scheduler through its Serve deployment handle (``intake.SchedulerClient``);
+    every answer is a ``protocol`` message."""
 
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
 
-    async def submit(self, sub: Submission) -> dict:
+    async def submit(self, sub: Submission) -> SubmitAccepted | Rejection:
         return await self.handle.submit.remote(sub)
 
-    async def status(self, job_id: str, tenant: str) -> dict:
+    async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
         return await self.handle.status.remote(job_id, tenant)
 
-    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> dict:
+    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> JobStatusView | None:
         # A scheduler restart breaks a long wait: ask the new replica until the deadline.
         deadline = time.monotonic() + timeout_s
         while True:
@@ -47,26 +59,28 @@ class RaySchedulerClient:
                     raise
                 await asyncio.sleep(0.5)
 
-    async def submit_and_wait(self, sub: Submission, timeout_s: float) -> dict:
+    async def submit_and_wait(self, sub: Submission, timeout_s: float) -> JobStatusView | Rejection:
         return await self.handle.submit_and_wait.remote(sub, timeout_s)
 
-    async def cancel(self, job_id: str, tenant: str) -> str:
+    async def cancel(self, job_id: str, tenant: str) -> CancelOutcome:
         return await self.handle.cancel.remote(job_id, tenant)
 
-    async def watch(self, job_id: str, tenant: str) -> AsyncIterator[dict]:
-        async for event in self.handle.options(stream=True).watch.remote(job_id, tenant):
+    async def watch(self, job_id: str, tenant: str) -> AsyncIterator[JobStatusView]:
+        events = self.handle.options(stream=True).watch.remote(job_id, tenant)
+        assert isinstance(events, DeploymentResponseGenerator)
+        async for event in events:
             yield event
 
-    async def usage(self, tenant: str) -> list[dict]:
+    async def usage(self, tenant: str) -> list[UsageRow]:
         return await self.handle.usage.remote(tenant)
 
-    async def adapters(self) -> list[dict]:
+    async def adapters(self) -> list[AdapterRecord]:
         return await self.handle.adapters.remote()
 
-    async def register_adapter(self, spec: dict) -> dict:
+    async def register_adapter(self, spec: LoraEntry) -> AdapterRecord | AdapterError:
         return await self.handle.register_adapter.remote(spec)
 
-    async def delete_adapter(self, adapter_id: str) -> dict:
+    async def delete_adapter(self, adapter_id: str) -> AdapterDeleted | AdapterError:
         return await self.handle.delete_adapter.remote(adapter_id)
 
     async def metrics_text(self) -> bytes:

@@ -2,9 +2,10 @@
 
 Gateway replicas hand it submits (``submit``) and ask it for status, results, cancels and progress
 streams. It admits or refuses a job (quotas, rate, queue bounds, deadline feasibility), writes it
-to the job store before answering, keeps per-family fair queues per class, and whenever a worker
-slot is free dispatches the batch the policy in ``scheduling.py`` picks, as a streaming call that
-reports every denoising step. Results are stored by the worker before the job is marked
+to the job store before answering, and whenever a worker slot is free dispatches the batch its
+``Dispatcher`` picks (``deployments/scheduler/dispatcher.py``: the per-family fair queues, slots
+and running batches, pure; this actor does the I/O around it), as a streaming call that reports
+every denoising step. Results are stored by the worker before the job is marked
 ``COMPLETED``; webhooks go out after. On restart it rebuilds its queues from the store.
 """
 
@@ -17,52 +18,50 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from genmedia.deployments.metrics import SchedulerMetrics
+from genmedia.deployments.protocol import (
+    AdapterCheck,
+    AdapterDeleted,
+    AdapterError,
+    AdapterRecord,
+    BatchRequest,
+    CancelOutcome,
+    JobError,
+    JobStatusView,
+    PriorityClass,
+    ProgressEvent,
+    Rejection,
+    StepProgress,
+    StoredOutput,
+    Submission,
+    SubmitAccepted,
+    UsageRow,
+    WorkerResult,
+)
 from genmedia.deployments.scheduler.admission import AdmissionInput, admit
 from genmedia.deployments.scheduler.contention import ComputeSpan, ContentionTracker
-from genmedia.deployments.scheduler.eta import ServiceTimeEstimator, eta_seconds, slot_free_in
-from genmedia.deployments.scheduler.queues import (
-    CLASSES,
-    FairQueue,
-    QueuedJob,
-    ShareTracker,
-    expired,
-    job_cost,
-    next_batch,
-    position,
-)
-from genmedia.deployments.serve.worker import BatchRequest, yield_cpu_to_workers
+from genmedia.deployments.scheduler.dispatcher import Dispatcher, Launch, ModelLimits
+from genmedia.deployments.scheduler.queues import CLASSES, QueuedJob, job_cost
+from genmedia.deployments.serve.worker import yield_cpu_to_workers
 from genmedia.deployments.store.jobs import TERMINAL, JobRecord, JobStatus, SQLiteJobStore
-from genmedia.deployments.tenants.config import RateLimiter, TenantsFile
-from genmedia.deployments.webhooks.delivery import WebhookPolicy, deliver
-from genmedia.models.catalog import LORA_FAMILIES, Catalog, parse_catalog
-from genmedia.models.params import AdapterUse, GenerationJob, GenerationParams, adapter_set_key
+from genmedia.deployments.tenants.ratelimit import RateLimiter
+from genmedia.deployments.tenants.schema import TenantsFile
+from genmedia.deployments.webhooks.delivery import deliver
+from genmedia.models.catalog import LORA_FAMILIES, Catalog, LoraEntry, WebhookPolicy, parse_catalog
+from genmedia.models.params import AdapterUse, GenerationJob, GenerationParams
 
 logger = logging.getLogger("ray.serve")
 
-MAIN_SLOTS_PER_REPLICA = 2
-PREEMPT_SLOTS_PER_REPLICA = 2
 MAX_ATTEMPTS = 3  # a job whose worker died this many times fails instead of running again
 REPLICA_POLL_S = 2.0
-
-
-@dataclass
-class Submission:
-    """A validated request from the gateway, with the tenant facts admission needs."""
-
-    tenant: str
-    model_id: str
-    priority: str
-    job: GenerationJob
-    deadline_s: float | None = None
-    idempotency_key: str | None = None
-    webhook_url: str | None = None
+REPLICA_POLL_LOG_EVERY = 30  # failed replica reads in a row between two warnings (a minute)
 
 
 def job_to_dict(job: GenerationJob) -> dict:
@@ -73,20 +72,10 @@ def job_from_dict(d: dict) -> GenerationJob:
     return GenerationJob(**{**d, "params": GenerationParams(**d["params"])})
 
 
-def _adapter_error(status: int, type_: str, field: str, message: str) -> dict:
-    """An admin adapter call refused: the gateway answers it as ``status`` naming ``field``."""
-    return {"error": {"status": status, "type": type_, "field": field, "message": message}}
-
-
-def _public_adapter(record: dict) -> dict:
-    """What callers see of a registry record (the worker-local file path stays inside)."""
-    return {k: v for k, v in record.items() if k != "path"}
-
-
 class Scheduler:
     """See the module docstring. One replica; its state is rebuilt from the store."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         catalog: dict,
         catalog_file: str,
@@ -107,50 +96,31 @@ class Scheduler:
         self.webhook_policy = WebhookPolicy.model_validate(
             self.catalog.server.webhooks.model_dump()
         )
-        self.batch_min_share = settings.batch_min_share
         self.model_queue_limit = settings.model_queue_limit
         self.clock = clock
         self.family_of = {m.id: m.family for m in self.catalog.models}
-        self.fifo = settings.policy == "fifo"
-        self.queues: dict[str, dict[str, FairQueue]] = {
-            f: {c: FairQueue(fifo=self.fifo) for c in CLASSES} for f in self.catalog.families()
-        }
-        self.shares = {f: ShareTracker() for f in self.catalog.families()}
-        self.estimator = ServiceTimeEstimator()
+        # queues, shares, slots, replica counts and running batches: pure, I/O stays here
+        self.dispatcher = Dispatcher(
+            {
+                m.id: ModelLimits(m.family, m.max_batch_size, m.batch_wait_ms / 1000.0)
+                for m in self.catalog.models
+            },
+            batch_min_share=settings.batch_min_share,
+            fifo=settings.policy == "fifo",
+            families=self.catalog.families(),
+        )
+        self.estimator = self.dispatcher.estimator
         self.contention = ContentionTracker()  # replicas slowing each other: for the autoscaler
-        self.replicas = {f: 1 for f in self.catalog.families()}
-        self.inflight = {f: {"main": 0, "preempt": 0} for f in self.catalog.families()}
-        self.main_batch_calls = dict.fromkeys(self.catalog.families(), 0)
-        self.queued: dict[str, QueuedJob] = {}
         self.progress: dict[str, tuple[int, int]] = {}
-        self.batch_of: dict[str, str] = {}  # running job id -> batch id
-        self.running_tenant: dict[str, str] = {}  # running job id -> tenant
-        # batch id -> (family, slot, expected end or None), for ETAs
-        self.running_ends: dict[str, tuple[str, str, float | None]] = {}
-        self.running_work: dict[str, tuple[str, float]] = {}  # batch id -> (model, cost)
-        # work units enqueued per (model, class) since start: the autoscaler's arrival rates
-        self.admitted_units: dict[tuple[str, str], float] = defaultdict(float)
-        self.batches: dict[str, tuple[list[str], object]] = {}  # batch id -> (job ids, stream)
+        # batch id -> (job ids, the worker call's stream)
+        self.batches: dict[str, tuple[list[str], DeploymentResponseGenerator]] = {}
         self.watchers: dict[str, list[asyncio.Queue]] = defaultdict(list)  # progress streams
         self.done: dict[str, asyncio.Event] = {}  # sync waits: set when the job ends
         self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in self.tenants.values()})
         self.metrics = SchedulerMetrics()
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        # LoRA adapters: the catalog's, then those registered at run time (the store's)
-        self.adapter_registry: dict[str, dict] = {
-            a.id: {
-                "id": a.id,
-                "base_model": a.base_model,
-                "source": self._adapter_source(a.source),
-                "description": a.description,
-                "origin": "catalog",
-                "status": "pending",
-            }
-            for a in self.catalog.loras
-        }
-        for aid, record in self.store.adapters().items():
-            self.adapter_registry[aid] = {**record, "origin": "api"}
+        self.adapter_registry = self._load_adapters()
         self._recover()
         self._spawn(self._check_catalog_adapters())
         self._spawn(self._dispatch_loop())
@@ -173,7 +143,7 @@ class Scheduler:
             tenant=rec.tenant,
             model_id=rec.model_id,
             family=self.family_of[rec.model_id],
-            priority="batch" if self.fifo else rec.priority,  # fifo: one queue for all
+            priority=self.dispatcher.queue_class(rec.priority),  # fifo: one queue for all
             key=job.batch_key,
             images=job.num_images,
             # pixels per output: video counts its frames, audio its seconds (params.pixels)
@@ -184,13 +154,13 @@ class Scheduler:
         )
 
     def _enqueue(self, qj: QueuedJob) -> None:
-        self.admitted_units[(qj.model_id, qj.priority)] += qj.cost
-        self.queues[qj.family][qj.priority].push(qj)
-        self.queued[qj.id] = qj
+        self.dispatcher.enqueue(qj)
         self._wakeup.set()
 
     def _recover(self) -> None:
-        n = 0
+        """Queue again what the store holds unfinished (a restart): jobs of removed models and
+        jobs whose worker was lost too often fail; running jobs go back to the queue."""
+        back: list[QueuedJob] = []
         for rec in self.store.unfinished():
             if rec.model_id not in self.family_of:
                 self.store.transition(
@@ -212,13 +182,15 @@ class Scheduler:
                         error_message=f"the job's worker was lost {rec.attempts} times",
                     )
                     continue
-                rec = self.store.transition(
+                requeued = self.store.transition(
                     rec.id, {JobStatus.IN_PROGRESS}, JobStatus.IN_QUEUE, started_at=None
                 )
-                if rec is None:
+                if requeued is None:
                     continue
-            self._enqueue(self._queued_job(rec, rec.weight))
-            n += 1
+                rec = requeued
+            back.append(self._queued_job(rec, rec.weight))
+        n = self.dispatcher.recover(back)
+        self._wakeup.set()
         if n:
             logger.info("scheduler recovered %d unfinished job(s) from the store", n)
 
@@ -227,6 +199,8 @@ class Scheduler:
         if not watchers:
             return
         event = self._status_of(job_id)
+        if event is None:
+            return
         for q in watchers:
             q.put_nowait(event)
 
@@ -235,39 +209,28 @@ class Scheduler:
         if done is not None:
             done.set()
 
-    def _capacity(self, family: str) -> int:
-        return max(1, self.replicas.get(family, 1))
-
     # -- submit / status ---------------------------------------------------------------------
-    async def submit(self, sub: Submission) -> dict:
-        """Admit (or refuse) and persist a job; returns {"status": ...} or {"rejected": ...}."""
+    async def submit(self, sub: Submission) -> SubmitAccepted | Rejection:
+        """Admit (or refuse) and persist a job."""
         now = self.clock()
         tenant = self.tenants[sub.tenant]
         quotas = tenant.quotas
         if sub.idempotency_key:
             existing = self.store.find(sub.tenant, sub.idempotency_key)
             if existing is not None:
-                return {"created": False, **self._status_of(existing.id)}
+                return SubmitAccepted(created=False, job=self._view(existing))
         family = self.family_of[sub.model_id]
         bad_adapter = self._adapter_rejection(sub.model_id, sub.job.params.adapters)
         if bad_adapter is not None:
-            return {"rejected": bad_adapter}
-        tenant_jobs = [j for j in self.queued.values() if j.tenant == sub.tenant]
-        running = sum(1 for t in self.running_tenant.values() if t == sub.tenant)
-        model_queued = sum(1 for j in self.queued.values() if j.model_id == sub.model_id)
-        ahead = self._ahead_of(family, "batch" if self.fifo else sub.priority)
-        predicted = eta_seconds(
-            ahead,
-            self.estimator,
-            self._capacity(family),
-            self._slot_free_in(family, sub.priority, now),
-        )
+            return bad_adapter
+        queued, running, model_queued = self.dispatcher.admission_counts(sub.tenant, sub.model_id)
+        predicted = self.dispatcher.predicted_start(family, sub.priority, now)
         rate_wait = self.rate.try_acquire(sub.tenant, now)
         rejection = admit(
             AdmissionInput(
                 tenant=sub.tenant,
-                tenant_queued=len(tenant_jobs),
-                tenant_active=len(tenant_jobs) + running,
+                tenant_queued=queued,
+                tenant_active=queued + running,
                 max_queued_jobs=quotas.max_queued_jobs,
                 max_concurrent_jobs=quotas.max_concurrent_jobs,
                 model_queued=model_queued,
@@ -278,7 +241,7 @@ class Scheduler:
             )
         )
         if rejection is not None:
-            return {"rejected": asdict(rejection)}
+            return rejection
         rec = JobRecord(
             id=uuid.uuid4().hex,
             tenant=sub.tenant,
@@ -297,102 +260,84 @@ class Scheduler:
         if created:
             qj = self._queued_job(rec, tenant.weight)
             self._enqueue(qj)
-        return {"created": created, **self._status_of(rec.id)}
+        return SubmitAccepted(created=created, job=self._view(rec))
 
-    def _slot_free_in(self, family: str, priority: str, now: float) -> float | None:
-        slots = ("main", "preempt") if priority == "interactive" else ("main",)
-        best: float | None = None
-        for slot in slots:
-            ends = [
-                end for (f, sl, end) in self.running_ends.values() if f == family and sl == slot
-            ]
-            free = slot_free_in(ends, self._slots(family, slot, self._capacity(family)), now)
-            if free is not None and (best is None or free < best):
-                best = free
-        return best
+    def _status_of(self, job_id: str) -> JobStatusView | None:
+        rec = self.store.get(job_id)
+        return None if rec is None else self._view(rec)
 
-    def _ahead_of(self, family: str, priority: str) -> list[QueuedJob]:
-        qs = self.queues[family]
-        if priority == "interactive":
-            return list(qs["interactive"].jobs)
-        return list(qs["interactive"].jobs) + list(qs["batch"].jobs)
-
-    def _status_of(self, job_id: str, rec: JobRecord | None = None) -> dict:
-        rec = rec or self.store.get(job_id)
-        if rec is None:
-            return {"status": "NOT_FOUND"}
-        out: dict = {
-            "request_id": rec.id,
-            "model": rec.model_id,
-            "status": str(rec.status),
-            "priority": rec.priority,
-            "submitted_at": rec.submitted_at,
-            "tenant": rec.tenant,
-        }
+    def _view(self, rec: JobRecord) -> JobStatusView:
+        """A job as callers see it: the stored record plus queue position, ETA and progress."""
+        view = JobStatusView(
+            request_id=rec.id,
+            model=rec.model_id,
+            status=rec.status,
+            priority=PriorityClass(rec.priority),
+            submitted_at=rec.submitted_at,
+            tenant=rec.tenant,
+        )
         if rec.status == JobStatus.IN_QUEUE:
-            qj = self.queued.get(rec.id)
-            if qj is not None:
-                qs = self.queues[qj.family]
-                pos = position(qs, rec.id)
-                out["queue_position"] = pos
-                ahead = self._ahead_of(qj.family, qj.priority)
-                ahead = ahead[: pos or 0]
-                eta = eta_seconds(
-                    ahead,
-                    self.estimator,
-                    self._capacity(qj.family),
-                    self._slot_free_in(qj.family, qj.priority, self.clock()),
-                )
-                out["eta_s"] = None if eta is None else round(eta, 3)
+            if self.dispatcher.is_queued(rec.id):
+                view.queue_position = self.dispatcher.position(rec.id)
+                eta = self.dispatcher.eta(rec.id, self.clock())
+                view.eta_s = None if eta is None else round(eta, 3)
         elif rec.status == JobStatus.IN_PROGRESS:
             step, total = self.progress.get(
                 rec.id, (0, job_from_dict(rec.job).params.num_inference_steps)
             )
-            out["progress"] = {"step": step, "total": total}
+            view.progress = StepProgress(step=step, total=total)
         if rec.status in TERMINAL:
-            out["finished_at"] = rec.finished_at
+            view.finished_at = rec.finished_at
         if rec.status == JobStatus.COMPLETED:
-            out["result"] = rec.result
+            view.result = rec.result
         if rec.error_type:
-            out["error"] = {"type": rec.error_type, "message": rec.error_message}
-        return out
+            view.error = JobError(type=rec.error_type, message=rec.error_message)
+        return view
 
-    async def status(self, job_id: str, tenant: str) -> dict:
+    async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
+        """The tenant's job, or None (another tenant's job is not found either)."""
         rec = self.store.get(job_id)
         if rec is None or rec.tenant != tenant:
-            return {"status": "NOT_FOUND"}
-        return self._status_of(job_id, rec)
+            return None
+        return self._view(rec)
 
-    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> dict:
+    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> JobStatusView | None:
         """Status once the job is terminal (or the current one after ``timeout_s``)."""
         status = await self.status(job_id, tenant)  # never suspends: no end can slip in
-        if status["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+        if status is not None and status.status not in TERMINAL:
             done = self.done.setdefault(job_id, asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout_s)
             status = await self.status(job_id, tenant)
         return status
 
-    async def submit_and_wait(self, sub: Submission, timeout_s: float) -> dict:
+    async def submit_and_wait(self, sub: Submission, timeout_s: float) -> JobStatusView | Rejection:
         """The sync endpoint's one call: submit, then wait for the end (or the refusal)."""
         accepted = await self.submit(sub)
-        if "rejected" in accepted:
+        if isinstance(accepted, Rejection):
             return accepted
-        return await self.wait(accepted["request_id"], sub.tenant, timeout_s)
+        status = await self.wait(accepted.job.request_id, sub.tenant, timeout_s)
+        return status or accepted.job
 
-    async def watch(self, job_id: str, tenant: str) -> AsyncIterator[dict]:
-        """Streaming: the current status, then every change and step, until terminal."""
-        q: asyncio.Queue = asyncio.Queue()
+    async def watch(self, job_id: str, tenant: str) -> AsyncIterator[JobStatusView]:
+        """Streaming: the current status, then every change and step, until terminal (nothing
+        for an unknown job)."""
+        q: asyncio.Queue[JobStatusView] = asyncio.Queue()
         self.watchers[job_id].append(q)
         try:
             status = await self.status(job_id, tenant)
+            if status is None:
+                return
             yield status
-            while status["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+            while status.status not in TERMINAL:
                 try:
                     status = await asyncio.wait_for(q.get(), 15.0)
                 except TimeoutError:
-                    status = await self.status(job_id, tenant)
-                    yield {"type": "keepalive", **status}
+                    again = await self.status(job_id, tenant)
+                    if again is None:
+                        return
+                    status = again
+                    yield replace(status, keepalive=True)
                     continue
                 yield status
         finally:
@@ -400,16 +345,14 @@ class Scheduler:
             if not self.watchers[job_id]:
                 self.watchers.pop(job_id, None)
 
-    async def cancel(self, job_id: str, tenant: str) -> str:
-        """'cancelled' | 'already_finished' | 'not_found'."""
+    async def cancel(self, job_id: str, tenant: str) -> CancelOutcome:
+        """Cancel a queued or running job (a running batch stops once all its jobs are)."""
         rec = self.store.get(job_id)
         if rec is None or rec.tenant != tenant:
-            return "not_found"
+            return CancelOutcome.NOT_FOUND
         if rec.terminal:
-            return "already_finished"
-        qj = self.queued.pop(job_id, None)
-        if qj is not None:
-            self.queues[qj.family][qj.priority].remove(job_id)
+            return CancelOutcome.ALREADY_FINISHED
+        self.dispatcher.remove(job_id)
         done = self._finish(
             job_id,
             {JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS},
@@ -418,19 +361,19 @@ class Scheduler:
             error_message=None,
         )
         if done is None:
-            return "already_finished"
-        batch_id = self.batch_of.get(job_id)
-        if batch_id and batch_id in self.batches:
-            ids, stream = self.batches[batch_id]
+            return CancelOutcome.ALREADY_FINISHED
+        batch = self.dispatcher.batch_of(job_id)
+        if batch is not None and batch.id in self.batches:
+            ids, stream = self.batches[batch.id]
             if all(self._is_cancelled(j) for j in ids):
                 stream.cancel()  # the worker stops at its next step boundary
-        return "cancelled"
+        return CancelOutcome.CANCELLED
 
     def _is_cancelled(self, job_id: str) -> bool:
         rec = self.store.get(job_id)
         return rec is not None and rec.status == JobStatus.CANCELLED
 
-    async def usage(self, tenant: str) -> list[dict]:
+    async def usage(self, tenant: str) -> list[UsageRow]:
         return self.store.usage(tenant)
 
     # -- LoRA adapters -----------------------------------------------------------------------
@@ -439,108 +382,114 @@ class Scheduler:
             return source
         return str(self.catalog.resolve_path(source.removeprefix("file://")))
 
-    async def _check_adapter(self, base_model: str, source: str) -> dict:
+    def _load_adapters(self) -> dict[str, AdapterRecord]:
+        """The registry: the catalog's adapters (checked once the workers are up), then those
+        registered at run time (the store's)."""
+        registry = {
+            a.id: AdapterRecord(
+                id=a.id,
+                base_model=a.base_model,
+                source=self._adapter_source(a.source),
+                description=a.description,
+                origin="catalog",
+                status="pending",
+            )
+            for a in self.catalog.loras
+        }
+        registry.update(self.store.adapters())
+        return registry
+
+    async def _check_adapter(self, base_model: str, source: str) -> AdapterCheck:
         """The base model's worker reads the adapter and checks it against the loaded model."""
         family = self.family_of[base_model]
         handle = self.workers[family].options(multiplexed_model_id=base_model)
-        return await handle.check_adapter.remote(
+        check: AdapterCheck = await handle.check_adapter.remote(
             base_model, source, self.catalog.server.max_adapter_bytes
         )
+        return check
 
     async def _check_catalog_adapters(self) -> None:
         for aid, record in list(self.adapter_registry.items()):
-            if record["origin"] != "catalog":
+            if record.origin != "catalog":
                 continue
             try:
-                out = await self._check_adapter(record["base_model"], record["source"])
+                out = await self._check_adapter(record.base_model, record.source)
             except Exception as e:  # the worker is gone: requests naming it fail at dispatch
-                out = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
-            if "error" in out:
-                logger.error("LoRA adapter %s is unusable: %s", aid, out["error"])
-                record.update(status="failed", error=out["error"])
+                out = AdapterCheck(error=f"{type(e).__name__}: {e}".splitlines()[0])
+            if out.info is None:
+                logger.error("LoRA adapter %s is unusable: %s", aid, out.error)
+                record.status, record.error = "failed", out.error
             else:
-                record.update(status="ready", **out["info"])
+                record.status, record.info = "ready", out.info
 
-    async def adapters(self) -> list[dict]:
-        records = sorted(self.adapter_registry.values(), key=lambda a: a["id"])
-        return [_public_adapter(a) for a in records]
+    async def adapters(self) -> list[AdapterRecord]:
+        return sorted(self.adapter_registry.values(), key=lambda a: a.id)
 
-    async def register_adapter(self, spec: dict) -> dict:
+    async def register_adapter(self, spec: LoraEntry) -> AdapterRecord | AdapterError:
         """Check an adapter against its base model, then keep it (store first)."""
-        error = _adapter_error
-        aid, base = spec["id"], spec["base_model"]
+        aid, base = spec.id, spec.base_model
         entry = self.catalog.model(base)
         if entry is None:
-            return error(422, "invalid_request", "base_model", f"no model {base!r}")
+            return AdapterError(422, "invalid_request", "base_model", f"no model {base!r}")
         if entry.family not in LORA_FAMILIES:
-            return error(
+            return AdapterError(
                 422, "invalid_request", "base_model", f"the {entry.family} family takes no LoRA"
             )
         existing = self.adapter_registry.get(aid)
-        if existing is not None and existing["origin"] == "catalog":
-            return error(409, "conflict", "id", f"adapter {aid!r} is defined in the catalog")
-        source = self._adapter_source(spec["source"])
+        if existing is not None and existing.origin == "catalog":
+            return AdapterError(409, "conflict", "id", f"adapter {aid!r} is defined in the catalog")
+        source = self._adapter_source(spec.source)
         try:
             out = await self._check_adapter(base, source)
         except Exception as e:
-            return error(503, "unavailable", "base_model", f"{type(e).__name__}: {e}")
-        if "error" in out:
-            return error(422, "invalid_adapter", "source", out["error"])
-        record = {
-            "id": aid,
-            "base_model": base,
-            "source": source,
-            "description": spec.get("description", ""),
-            "status": "ready",
-            "registered_at": self.clock(),
-            **out["info"],
-        }
-        self.store.put_adapter(aid, record)
-        self.adapter_registry[aid] = {**record, "origin": "api"}
-        return _public_adapter(self.adapter_registry[aid])
+            return AdapterError(503, "unavailable", "base_model", f"{type(e).__name__}: {e}")
+        if out.info is None:
+            return AdapterError(422, "invalid_adapter", "source", str(out.error))
+        record = AdapterRecord(
+            id=aid,
+            base_model=base,
+            source=source,
+            description=spec.description,
+            origin="api",
+            status="ready",
+            registered_at=self.clock(),
+            info=out.info,
+        )
+        self.store.put_adapter(record)
+        self.adapter_registry[aid] = record
+        return record
 
-    async def delete_adapter(self, adapter_id: str) -> dict:
+    async def delete_adapter(self, adapter_id: str) -> AdapterDeleted | AdapterError:
         record = self.adapter_registry.get(adapter_id)
         if record is None:
-            return _adapter_error(404, "not_found", "adapter_id", f"no adapter {adapter_id!r}")
-        if record["origin"] == "catalog":
-            return _adapter_error(
+            return AdapterError(404, "not_found", "adapter_id", f"no adapter {adapter_id!r}")
+        if record.origin == "catalog":
+            return AdapterError(
                 409, "conflict", "adapter_id", f"adapter {adapter_id!r} is defined in the catalog"
             )
         self.store.delete_adapter(adapter_id)
         del self.adapter_registry[adapter_id]
-        return {"id": adapter_id, "deleted": True}
+        return AdapterDeleted(adapter_id)
 
-    def _adapter_rejection(self, model_id: str, adapters) -> dict | None:
+    def _adapter_rejection(
+        self, model_id: str, adapters: tuple[tuple[str, float], ...]
+    ) -> Rejection | None:
         """422 for an adapter a request names that this model cannot use."""
         for i, (aid, _) in enumerate(adapters):
             record = self.adapter_registry.get(aid)
             message = None
             if record is None:
                 message = f"unknown adapter {aid!r} (GET /v1/loras lists them)"
-            elif record["base_model"] != model_id:
-                message = f"adapter {aid!r} is for model {record['base_model']!r}, not {model_id!r}"
-            elif record.get("status") == "failed":
-                message = f"adapter {aid!r} is unusable: {record.get('error')}"
+            elif record.base_model != model_id:
+                message = f"adapter {aid!r} is for model {record.base_model!r}, not {model_id!r}"
+            elif record.status == "failed":
+                message = f"adapter {aid!r} is unusable: {record.error}"
             if message:
-                return {
-                    "status": 422,
-                    "type": "invalid_request",
-                    "message": f"loras[{i}].id: {message}",
-                    "field": f"loras[{i}].id",
-                    "retry_after_s": None,
-                }
+                field = f"loras[{i}].id"
+                return Rejection(422, "invalid_request", f"{field}: {message}", None, field=field)
         return None
 
     # -- dispatch ----------------------------------------------------------------------------
-    def _max_images(self, model_id: str) -> int:
-        return self.catalog.model(model_id).max_batch_size
-
-    def _batch_wait(self, model_id: str) -> float:
-        if self.fifo:
-            return 0.0
-        return max(self.catalog.model(model_id).batch_wait_ms / 1000.0, 0.0)
-
     def _finish(self, job_id: str, allowed: set, to: JobStatus, **updates) -> JobRecord | None:
         moved = self._finish_many([(job_id, updates)], allowed, to)
         return moved[0] if moved else None
@@ -584,13 +533,13 @@ class Scheduler:
     async def metrics_text(self) -> bytes:
         """The scheduler's Prometheus text (queue depth refreshed now)."""
         depth = {(m.id, c): 0 for m in self.catalog.models for c in CLASSES}
-        for j in self.queued.values():
+        for j in self.dispatcher.queued_jobs():
             depth[(j.model_id, j.priority)] += 1
         for (model, cls), n in depth.items():
             self.metrics.queue_depth.labels(model, cls).set(n)
-        self.metrics.running.set(len(self.batch_of))
+        self.metrics.running.set(self.dispatcher.running_job_count)
         for m in self.catalog.models:
-            share = m.gpu_fraction * self.replicas.get(m.family, 0)
+            share = m.gpu_fraction * self.dispatcher.replicas(m.family)
             self.metrics.gpu_share.labels(m.id, m.family).set(share)
         return self.metrics.render()
 
@@ -605,11 +554,11 @@ class Scheduler:
         now = time.time()
         slowdowns = {m.id: self.contention.slowdown(m.id, now) for m in self.catalog.models}
         return encode(
-            ((j.model_id, j.priority, j.cost) for j in self.queued.values()),
-            self.running_work.values(),
+            self.dispatcher.queued_work(),
+            self.dispatcher.running_work(),
             self.estimator.device_per_cost,
             (m.id for m in self.catalog.models),
-            self.admitted_units,
+            self.dispatcher.admitted_units,
             {m: (s.per_call, s.age_s) for m, s in slowdowns.items() if s is not None},
         )
 
@@ -639,11 +588,13 @@ class Scheduler:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     def _dispatch_once(self) -> float | None:
+        """Expire what waited past its deadline, launch what the dispatcher picks for every
+        free slot; when to look again for a batch-class head waiting to fill (None: at the
+        next wake-up)."""
         now = self.clock()
-        retry_at: float | None = None
-        for family, qs in self.queues.items():
-            for qj in expired(qs.values(), now):
-                self.queued.pop(qj.id, None)
+        while True:
+            d = self.dispatcher.dispatch(now)
+            for qj in d.expired:
                 self._finish(
                     qj.id,
                     {JobStatus.IN_QUEUE},
@@ -651,95 +602,66 @@ class Scheduler:
                     error_type="deadline_expired",
                     error_message="the deadline passed while the job was queued",
                 )
-            cap = self._capacity(family)
-            for slot in ("main", "preempt"):
-                while self.inflight[family][slot] < self._slots(family, slot, cap):
-                    d = next_batch(
-                        qs,
-                        slot,
-                        max_images=self._max_images,
-                        batch_wait_s=self._batch_wait,
-                        shares=self.shares[family],
-                        batch_min_share=self.batch_min_share,
-                        now=now,
-                    )
-                    if d.retry_at is not None:
-                        retry_at = d.retry_at if retry_at is None else min(retry_at, d.retry_at)
-                    if not d.batch:
-                        break
-                    self._launch(family, slot, d.cls, d.batch, now)
-        return retry_at
+            launched = True
+            for launch in d.launches:
+                try:
+                    launched = self._launch(launch, now) and launched
+                except Exception:
+                    logger.exception("scheduler could not launch a %s batch", launch.family)
+            if launched:
+                return d.retry_at
+            # a launch none of whose jobs was still queued freed its slot: fill it again
 
-    def _slots(self, family: str, slot: str, cap: int) -> int:
-        """Main slots: ``MAIN_SLOTS_PER_REPLICA`` per replica, one call computing and one staged
-        at the worker's gate, so the pipeline never idles while a result travels back and the
-        next batch travels out. Preempt slots: two per replica (one computing, one staged at the
-        gate, so a second interactive call starts the moment the first ends instead of a
-        dispatch and a batch step later), and never more than main slots hold batch-class
-        calls."""
-        if slot == "main":
-            return MAIN_SLOTS_PER_REPLICA * cap
-        return min(PREEMPT_SLOTS_PER_REPLICA * cap, self.main_batch_calls[family])
-
-    def _launch(self, family: str, slot: str, cls: str, batch: list[QueuedJob], now: float) -> None:
-        qs = self.queues[family][cls]
-        qs.take(batch)
-        if slot == "main":
-            self.shares[family].record(cls, sum(j.cost for j in batch), now)
-        for qj in batch:
-            self.queued.pop(qj.id, None)
-        started = self.store.transition_many(
-            [(qj.id, {"started_at": now}) for qj in batch],
-            {JobStatus.IN_QUEUE},
-            JobStatus.IN_PROGRESS,
-            bump_attempts=True,
-        )
-        if not started:
-            return
+    def _launch(self, launch: Launch, now: float) -> bool:
+        """Move a launch's jobs to IN_PROGRESS and call its family's worker; False when none of
+        them was still queued in the store (the slot is free again)."""
+        try:
+            recs = self.store.transition_many(
+                [(qj.id, {"started_at": now}) for qj in launch.jobs],
+                {JobStatus.IN_QUEUE},
+                JobStatus.IN_PROGRESS,
+                bump_attempts=True,
+            )
+        except Exception:
+            self.dispatcher.release(launch)
+            raise
         batch_id = uuid.uuid4().hex[:12]
-        self.contention.dispatched(family, batch_id, time.time())
-        self.inflight[family][slot] += 1
-        if slot == "main" and cls == "batch":
-            self.main_batch_calls[family] += 1
-        cost = sum(j.cost for j in batch)
-        expected = self.estimator.seconds(batch[0].model_id, cost)
-        self.running_ends[batch_id] = (family, slot, None if expected is None else now + expected)
-        self.running_work[batch_id] = (batch[0].model_id, cost)
-        for rec in started:
-            self.batch_of[rec.id] = batch_id
-            self.running_tenant[rec.id] = rec.tenant
+        if self.dispatcher.started(launch, now, batch_id, {r.id for r in recs}) is None:
+            return False
+        self._spawn(self._run(launch.family, launch.cls, batch_id, recs))
+        self.contention.dispatched(launch.family, batch_id, time.time())
+        for rec in recs:
             self.progress[rec.id] = (0, job_from_dict(rec.job).params.num_inference_steps)
             self._notify(rec.id)
-        self._spawn(self._run(family, slot, cls, batch_id, started))
+        return True
 
-    async def _run(
-        self, family: str, slot: str, cls: str, batch_id: str, recs: list[JobRecord]
-    ) -> None:
+    async def _run(self, family: str, cls: str, batch_id: str, recs: list[JobRecord]) -> None:
         model_id = recs[0].model_id
         jobs = [job_from_dict(r.job) for r in recs]
         ids = [r.id for r in recs]
-        result = None
+        result: WorkerResult | None = None
         try:
-            adapters = self._adapter_uses(model_id, jobs[0].params.adapters)
             req = BatchRequest(
                 batch_id=batch_id,
                 model_id=model_id,
-                priority=cls,
+                priority=PriorityClass(cls),
                 jobs=jobs,
                 tenants={r.id: r.tenant for r in recs},
-                adapters=adapters,
+                adapters=self._adapter_uses(model_id, jobs[0].params.adapters),
             )
             # Routing affinity: replicas that already hold this adapter set are preferred, and
             # a busy one spills the set over to another replica (Serve's multiplexed routing).
-            mux_id = model_id + (f"@{adapter_set_key(adapters)}" if adapters else "")
-            handle = self.workers[family].options(multiplexed_model_id=mux_id, stream=True)
+            handle = self.workers[family].options(
+                multiplexed_model_id=req.multiplex_id, stream=True
+            )
             stream = handle.run_batch.remote(req)
+            assert isinstance(stream, DeploymentResponseGenerator)
             self.batches[batch_id] = (ids, stream)
             async for event in stream:
-                if event["type"] == "progress":
+                if isinstance(event, ProgressEvent):
                     for jid in ids:
                         if jid in self.progress:
-                            self.progress[jid] = (event["step"], event["total"])
+                            self.progress[jid] = (event.step, event.total)
                             self._notify(jid)
                 else:
                     result = event
@@ -753,86 +675,92 @@ class Scheduler:
         finally:
             self.contention.dropped(family, batch_id)
             self.batches.pop(batch_id, None)
-            self.running_ends.pop(batch_id, None)
-            self.running_work.pop(batch_id, None)
+            self.dispatcher.finished(batch_id)
             for jid in ids:
-                self.batch_of.pop(jid, None)
-                self.running_tenant.pop(jid, None)
                 self.progress.pop(jid, None)
-            self.inflight[family][slot] -= 1
-            if slot == "main" and cls == "batch":
-                self.main_batch_calls[family] -= 1
             self._wakeup.set()
 
-    def _complete(self, recs: list[JobRecord], result: dict) -> None:
-        by_job = {r["job_id"]: r for r in result["results"]}
+    def _complete(self, recs: list[JobRecord], result: WorkerResult) -> None:
+        """Store every job's result and usage (one write), then feed the estimator and the
+        contention tracker with the call's timings."""
+        by_job = {j.job_id: j for j in result.jobs}
         now = self.clock()
         total_cost = 0.0
         done: list[tuple[str, dict]] = []
         for rec in recs:
-            r = by_job[rec.id]
+            out = by_job[rec.id]
             job = job_from_dict(rec.job)
             total_cost += job_cost(
                 job.num_images, job.params.num_inference_steps, int(job.params.pixels), 1
             )
-            started = rec.started_at or now
-            payload = {
-                "images": r["images"],
-                "seed": job.seed,
-                "parameters": job.describe(),
-                "timings": {
-                    "queue_s": round(started - rec.submitted_at, 6),
-                    "load_s": round(result.get("load_s", 0.0), 6),
-                    "adapter_load_s": round(result.get("adapter_load_s", 0.0), 6),
-                    "wait_s": round(result.get("wait_s", 0.0), 6),
-                    "paused_s": round(result.get("paused_s", 0.0), 6),
-                    "compute_s": round(result["compute_s"], 6),
-                    "device_s": round(result.get("device_s", result["compute_s"]), 6),
-                    "store_s": round(result.get("store_s", 0.0), 6),
-                    "total_s": round(now - rec.submitted_at, 6),
-                },
-                "batch": {
-                    "id": result["batch_id"],
-                    "images": result["batch_images"],
-                    "requests": len(recs),
-                },
-                "device": result.get("device"),
-                "acceleration": result.get("acceleration", {}),
-                "loras": result.get("adapters", []),
-                "task": job.params.task,
-            }
             usage = {
                 "images": job.num_images,
                 "steps": job.num_images * job.params.num_inference_steps,
-                "compute_s": r["compute_s"],
+                "compute_s": out.compute_s,
             }
+            payload = self._result_payload(rec, job, out.outputs, result, len(recs), now)
             done.append((rec.id, {"result": payload, "usage": usage}))
         self._finish_many(done, {JobStatus.IN_PROGRESS}, JobStatus.COMPLETED)
-        self.estimator.observe(
-            recs[0].model_id, total_cost, result["compute_s"], result.get("device_s")
-        )
-        span = result.get("compute_span")
-        if span and result.get("replica") and total_cost > 0:
+        t = result.timings
+        self.estimator.observe(recs[0].model_id, total_cost, t.compute_s, t.device_s)
+        if total_cost > 0:
+            start, end = result.compute_span
             self.contention.finished(
                 self.family_of[recs[0].model_id],
                 ComputeSpan(
-                    call_id=result["batch_id"],
-                    replica=str(result["replica"]),
+                    call_id=result.batch_id,
+                    replica=result.replica,
                     model_id=recs[0].model_id,
-                    images=int(result["batch_images"]),
-                    start=float(span[0]),
-                    end=float(span[1]),
-                    seconds_per_unit=float(result["compute_s"]) / total_cost,
+                    images=result.batch_images,
+                    start=start,
+                    end=end,
+                    seconds_per_unit=t.compute_s / total_cost,
                 ),
             )
 
-    def _adapter_uses(self, model_id: str, adapters) -> list[AdapterUse]:
+    @staticmethod
+    def _result_payload(
+        rec: JobRecord,
+        job: GenerationJob,
+        outputs: list[StoredOutput],
+        result: WorkerResult,
+        requests: int,
+        now: float,
+    ) -> dict[str, Any]:
+        """The result a job keeps in the store (and the result API answers)."""
+        t = result.timings
+        started = rec.started_at or now
+        return {
+            "images": [o.as_record() for o in outputs],
+            "seed": job.seed,
+            "parameters": job.describe(),
+            "timings": {
+                "queue_s": round(started - rec.submitted_at, 6),
+                "load_s": round(t.load_s, 6),
+                "adapter_load_s": round(t.adapter_load_s, 6),
+                "wait_s": round(t.wait_s, 6),
+                "paused_s": round(t.paused_s, 6),
+                "compute_s": round(t.compute_s, 6),
+                "device_s": round(t.device_s, 6),
+                "store_s": round(t.store_s, 6),
+                "total_s": round(now - rec.submitted_at, 6),
+            },
+            "batch": {"id": result.batch_id, "images": result.batch_images, "requests": requests},
+            "device": result.device,
+            "acceleration": result.acceleration,
+            "loras": [{"id": a, "scale": w} for a, w in result.adapters],
+            "task": job.params.task,
+        }
+
+    def _adapter_uses(
+        self, model_id: str, adapters: tuple[tuple[str, float], ...]
+    ) -> list[AdapterUse]:
         uses = []
         for aid, scale in adapters:
             record = self.adapter_registry.get(aid)
-            if record is None or record["base_model"] != model_id:
+            if record is None or record.base_model != model_id:
                 raise LookupError(f"adapter {aid!r} was removed after the job was accepted")
-            uses.append(AdapterUse(aid, scale, record["source"]))
+            uses.append(AdapterUse(aid, scale, record.source))
         return uses
 
     def _failed(self, recs: list[JobRecord], error: Exception) -> None:
@@ -861,27 +789,47 @@ class Scheduler:
             )
 
     async def _poll_replicas(self) -> None:
+        """Follow each family worker's running replicas (its slots scale with them). A failed
+        read keeps the last counts; it is logged once, then every ``REPLICA_POLL_LOG_EVERY``
+        failures in a row."""
+        failures = 0
         while True:
-            with contextlib.suppress(Exception):
-                app = serve.status().applications.get(self.app_name)
-                if app is not None:
-                    for family, name in self.worker_names.items():
-                        dep = app.deployments.get(name)
-                        if dep is not None:
-                            running = sum(
-                                v
-                                for k, v in dep.replica_states.items()
-                                if str(k).endswith("RUNNING")
-                            )
-                            if running and running != self.replicas.get(family):
-                                self.replicas[family] = running
-                                self._wakeup.set()
+            try:
+                self._read_replicas()
+            except Exception as e:
+                failures += 1
+                if failures == 1 or failures % REPLICA_POLL_LOG_EVERY == 0:
+                    logger.warning(
+                        "scheduler could not read the worker replica counts (%d time(s) in a "
+                        "row; keeping the last ones): %s: %s",
+                        failures,
+                        type(e).__name__,
+                        e,
+                        exc_info=failures == 1,
+                    )
+            else:
+                if failures:
+                    logger.info("scheduler reads the worker replica counts again")
+                failures = 0
             await asyncio.sleep(REPLICA_POLL_S)
+
+    def _read_replicas(self) -> None:
+        app = serve.status().applications.get(self.app_name)
+        if app is None:
+            return
+        for family, name in self.worker_names.items():
+            dep = app.deployments.get(name)
+            if dep is None:
+                continue
+            running = sum(v for k, v in dep.replica_states.items() if str(k).endswith("RUNNING"))
+            if running and running != self.dispatcher.replicas(family):
+                self.dispatcher.set_replicas(family, running)
+                self._wakeup.set()
 
     # -- webhooks ----------------------------------------------------------------------------
     async def _send_webhook(self, rec: JobRecord) -> None:
-        event = {"type": f"job.{str(rec.status).lower()}", **self._status_of(rec.id)}
-        event.pop("tenant", None)
+        view = self._status_of(rec.id) or self._view(rec)
+        event = {"type": f"job.{str(rec.status).lower()}", **view.as_dict(tenant=False)}
         tenant = self.tenants.get(rec.tenant)
         secret = tenant.webhook_secret if tenant else None
         result = await deliver(rec.webhook_url, event, secret, self.webhook_policy)
@@ -905,7 +853,10 @@ class Scheduler:
             "resources": ray.get_runtime_context().get_assigned_resources(),
             "gpu_ids": [],
             "pid": os.getpid(),
-            "loaded": [f"{len(self.queued)} queued", f"{len(self.batch_of)} running"],
+            "loaded": [
+                f"{self.dispatcher.queued_count} queued",
+                f"{self.dispatcher.running_job_count} running",
+            ],
         }
 
     async def check_health(self) -> None:

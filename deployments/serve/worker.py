@@ -7,13 +7,15 @@ its own under the replica's ``StepGate`` (one call computes at a time; an intera
 a running batch-class call pause at its next step boundary), streams per-step progress back,
 stores the outputs and their sidecars, and returns what it wrote. Cancelling the streaming call
 stops the pipeline at the next step boundary. Torch threads are sized from the replica's CPU share.
+The call itself (gate, adapters, progress, timings, result) is ``worker/batch.py``; this module
+holds the deployment, the multiplexed model cache and the Ray calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
+import dataclasses
 import logging
 import os
 import sys
@@ -22,45 +24,36 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ray import serve
 
-from genmedia.deployments.store.outputs import store_outputs
+from genmedia.deployments.protocol import (
+    AdapterCheck,
+    AdapterInfo,
+    BatchRequest,
+    ProgressEvent,
+    WorkerResult,
+)
+from genmedia.deployments.scheduler.dispatcher import SLOTS_PER_REPLICA
 from genmedia.deployments.store.storage import make_storage
-from genmedia.deployments.worker.device_time import DeviceClock, timed
+from genmedia.deployments.worker.batch import (
+    AdapterFiles,
+    WorkerContext,
+    run_batch_call,
+    torch_threads_for,
+)
 from genmedia.deployments.worker.gate import Cancelled, StepGate
 from genmedia.models.catalog import ModelEntry, ServerSettings
-from genmedia.models.params import AdapterUse, GenerationJob, adapter_set_key
 
 logger = logging.getLogger("ray.serve")
 
-PRIORITY = {"interactive": 0, "batch": 1}
-PROGRESS_HZ = 2.0
 # The pipeline thread holds the GIL through the Python side of every op; other threads of the
 # replica (Serve's event loop, Ray's core worker) take it over every switch interval. A longer
 # interval lets the pipeline run in longer stretches; the event loop waits a little longer.
 GIL_SWITCH_INTERVAL_S = 0.02
-# Two main slots (one computing, one staged at the gate) and two preempt slots (interactive only:
-# one computing, one staged behind it); the scheduler never sends more, so waiting happens in its
-# queue.
-SLOTS_PER_REPLICA = 4
-
-
-@dataclass
-class BatchRequest:
-    """A batch formed by the scheduler: compatible jobs of one model and class."""
-
-    batch_id: str
-    model_id: str
-    priority: str
-    jobs: list[GenerationJob]
-    tenants: dict[str, str]  # job id -> tenant (output paths are per tenant)
-    adapters: list[AdapterUse] = field(default_factory=list)  # LoRA set of the whole batch
-
-
-CONTROL_PLANE_NICENESS = 10
+CONTROL_PLANE_NICENESS = 10  # added to the gateway's and the scheduler's niceness
 
 
 def yield_cpu_to_workers() -> None:
@@ -71,21 +64,31 @@ def yield_cpu_to_workers() -> None:
         os.nice(CONTROL_PLANE_NICENESS)
 
 
+def _setup_process(num_cpus: float) -> int:
+    """Torch threads sized from the replica's CPU share, a longer GIL switch interval, no
+    progress bars; returns the torch intra-op threads."""
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    threads = torch_threads_for(num_cpus)
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # already set in this process
+        torch.set_num_interop_threads(1)
+    return threads
+
+
 def _assigned_gpu_share() -> float:
     import ray
 
     return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
-def torch_threads_for(num_cpus: float) -> int:
-    """Torch intra-op threads for a replica with ``num_cpus`` Ray CPUs (at least one)."""
-    return max(1, int(num_cpus))
-
-
 class FamilyWorker:
     """Serves every model of one family; see the module docstring."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         family: str,
         entries: list[dict],
@@ -95,15 +98,7 @@ class FamilyWorker:
         memory_gb: float | None,
         server: dict,
     ):
-        import torch
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.disable_progress_bar()
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        threads = torch_threads_for(num_cpus)
-        torch.set_num_threads(threads)
-        with contextlib.suppress(RuntimeError):  # already set in this process
-            torch.set_num_interop_threads(1)
+        threads = _setup_process(num_cpus)
         self.family = family
         self.entries = {e["id"]: ModelEntry.model_validate(e) for e in entries}
         self.weights = weights
@@ -114,20 +109,25 @@ class FamilyWorker:
         # Ray's GPU fractions are bookkeeping only: cap this process at its share.
         cap_gpu_memory(_assigned_gpu_share(), memory_gb)
         settings = ServerSettings.model_validate(server)
-        self.max_adapter_bytes = settings.max_adapter_bytes
-        self.storage = make_storage(settings.storage, Path)  # paths already absolute
-        ctx = serve.get_replica_context()
-        self.replica = ctx.replica_id.unique_id if ctx else f"pid{os.getpid()}"
+        replica_ctx = serve.get_replica_context()
+        self.replica = replica_ctx.replica_id.unique_id if replica_ctx else f"pid{os.getpid()}"
         self.gate = StepGate()
+        # what every batch call of this replica shares (``worker/batch.py``)
+        self.ctx = WorkerContext(
+            gate=self.gate,
+            storage=make_storage(settings.storage, Path),  # paths already absolute
+            device=self.device,
+            threads=threads,
+            replica=self.replica,
+            adapter_files=AdapterFiles(settings.max_adapter_bytes),
+        )
         self.executor = ThreadPoolExecutor(
             max_workers=SLOTS_PER_REPLICA + 2, thread_name_prefix="pipeline"
         )
         self.running: dict[str, str] = {}  # batch id -> priority
-        self.running_adapters: dict[str, tuple[str, set[str]]] = {}  # batch id -> (model, ids)
-        self.models: OrderedDict[str, object] = OrderedDict()  # base pipelines, LRU
+        self.models: OrderedDict[str, Any] = OrderedDict()  # base pipelines (LoadedModel), LRU
         self.max_loaded_models = max_loaded_models
         self._loading: dict[str, asyncio.Task] = {}
-        self.adapter_files: dict[str, object] = {}  # adapter source -> local file
 
         async def _load(mux_id: str):
             # "<model>" or "<model>@<adapter ids>": Serve routes a batch to replicas that hold
@@ -181,168 +181,29 @@ class FamilyWorker:
         logger.info("loaded %s in %.2fs", model_id, model.load_s)
         return model
 
-    def _inputs(self, req: BatchRequest) -> list[dict] | None:
-        """Input images of an image-to-image / inpainting batch, read from storage."""
-        if req.jobs[0].params.task == "text-to-image":
-            return None
-        from PIL import Image
-
-        out = []
-        for job in req.jobs:
-            keys = job.extra.get("inputs") or {}
-            item = {}
-            for name, mode in (("image", "RGB"), ("mask", "L")):
-                if name in keys:
-                    data = self.storage.get(keys[name])
-                    if data is None:
-                        raise FileNotFoundError(f"input {name} of {job.request_id} is gone")
-                    item[name] = Image.open(io.BytesIO(data)).convert(mode)
-            out.append(item)
-        return out
-
-    def _adapter_files(self, uses: list[AdapterUse]) -> dict[str, object]:
-        from genmedia.models.lora import resolve_adapter_file
-
-        files = {}
-        for use in uses:
-            if use.source not in self.adapter_files:
-                self.adapter_files[use.source] = resolve_adapter_file(
-                    use.source, max_bytes=self.max_adapter_bytes
-                )
-            files[use.id] = self.adapter_files[use.source]
-        return files
-
-    def _pinned(self, model_id: str, batch_id: str) -> set[str]:
-        """Adapters of the other calls on this model: paused at a step, they still need them."""
-        out: set[str] = set()
-        for other, (mid, ids) in self.running_adapters.items():
-            if other != batch_id and mid == model_id:
-                out |= ids
-        return out
-
-    def _run(self, model, req: BatchRequest, cancel: threading.Event, emit) -> dict:
-        """The pipeline call, in a thread: gate, steps (with checkpoints), then storage."""
-        from genmedia.models.runner import run_batch
-
-        prio = PRIORITY[req.priority]
-        # A step-cached model keeps per-call state in its shared modules: its calls run to the
-        # end once started (they neither yield nor are interleaved with another call).
-        yields = not model.step_cached
-        inputs = self._inputs(req)
-        files = self._adapter_files(req.adapters)
-        self.running_adapters[req.batch_id] = (req.model_id, set(files))
-        adapter_s = 0.0
-
-        def on_gate() -> None:
-            """Whenever this call (re)takes the gate: its adapters, and only they, are set."""
-            nonlocal adapter_s
-            if files or model.adapters.loaded:
-                pinned = self._pinned(req.model_id, req.batch_id)
-                loaded, wall_s, cpu_s = timed(model.adapters.ensure, model.pipe, files, pinned)
-                adapter_s += loaded
-                clock.exclude(wall_s, cpu_s)
-                model.adapters.activate(model.pipe, req.adapters)
-
-        waited = time.perf_counter()
-        ticket = self.gate.acquire(prio, cancel)
-        started = time.perf_counter()
-        started_wall = time.time()  # the compute span, for the scheduler's contention signal
-        clock = DeviceClock(self.device, self.threads)
-        paused = 0.0
-        state = {"ticket": ticket}
-        last_emit = 0.0
-
-        def on_step(step: int, total: int) -> None:
-            nonlocal paused, last_emit
-            before = time.perf_counter()
-            if yields:
-                held = state["ticket"]
-                state["ticket"] = self.gate.checkpoint(held, prio, cancel)
-                if state["ticket"] != held:  # another call ran meanwhile
-                    on_gate()
-            elif cancel.is_set():
-                raise Cancelled()
-            after = time.perf_counter()
-            paused += after - before
-            # Progress costs this replica's event loop (and the GIL) a message each: at most
-            # PROGRESS_HZ a second, and always the first and the last step.
-            if step in (1, total) or after - last_emit >= 1.0 / PROGRESS_HZ:
-                last_emit = after
-                emit({"type": "progress", "step": step, "total": total})
-
-        try:
-            on_gate()
-            outputs = run_batch(model, req.jobs, on_step=on_step, inputs=inputs)
-        finally:
-            self.gate.release(state["ticket"])
-            self.running_adapters.pop(req.batch_id, None)
-        compute_s, device_s = clock.stop(paused)
-        done = time.perf_counter()
-        now = time.time()
-        results = []
-        total_images = sum(j.num_images for j in req.jobs)
-        sample_rate = None
-        if req.jobs[0].params.task == "text-to-audio":
-            sample_rate = model.family.sample_rate(model.pipe)
-        for job, arrays in zip(req.jobs, outputs, strict=True):
-            tenant = req.tenants.get(job.request_id, "_")
-            stored = store_outputs(
-                self.storage,
-                job,
-                arrays,
-                prefix=f"{tenant}/",
-                sample_rate=sample_rate,
-                extra={"batch": req.batch_id, "batch_size": total_images},
-                now=now,
-            )
-            results.append(
-                {
-                    "job_id": job.request_id,
-                    "images": [s.as_record() for s in stored],
-                    "compute_s": compute_s * job.num_images / total_images,
-                }
-            )
-        return {
-            "type": "result",
-            "batch_id": req.batch_id,
-            "results": results,
-            "batch_images": total_images,
-            "compute_s": compute_s,
-            "device_s": device_s,
-            "wait_s": started - waited,
-            "paused_s": paused,
-            "store_s": time.perf_counter() - done,
-            "adapter_load_s": adapter_s,
-            "adapters": [{"id": u.id, "scale": u.scale} for u in req.adapters],
-            "replica": self.replica,
-            "compute_span": [started_wall, now],
-            "device": self.device,
-            "acceleration": model.acceleration,
-        }
-
-    async def run_batch(self, req: BatchRequest) -> AsyncIterator[dict]:
+    async def run_batch(self, req: BatchRequest) -> AsyncIterator[ProgressEvent | WorkerResult]:
         """Run one batch; yields progress events, then the result (streaming call)."""
         if req.model_id not in self.entries:
             raise KeyError(f"model {req.model_id!r} is not served by the {self.family} worker")
         loop = asyncio.get_running_loop()
         load_start = time.perf_counter()
-        mux_id = req.model_id
-        if req.adapters:
-            mux_id += "@" + adapter_set_key(req.adapters)
-        model = await self._get_model(mux_id)
+        model = await self._get_model(req.multiplex_id)
         load_s = time.perf_counter() - load_start
-        events: asyncio.Queue = asyncio.Queue()
+        events: asyncio.Queue[ProgressEvent] = asyncio.Queue()
         cancel = threading.Event()
 
-        def emit(event: dict) -> None:
+        def emit(event: ProgressEvent) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         self.running[req.batch_id] = req.priority
-        future = loop.run_in_executor(self.executor, self._run, model, req, cancel, emit)
+        future = loop.run_in_executor(
+            self.executor, run_batch_call, self.ctx, model, req, cancel, emit
+        )
         try:
             while True:
                 getter = asyncio.ensure_future(events.get())
-                done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                both: set[asyncio.Future[Any]] = {getter, future}
+                done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
                     yield getter.result()
                     continue
@@ -350,8 +211,8 @@ class FamilyWorker:
                 while not events.empty():
                     yield events.get_nowait()
                 result = future.result()  # raises the pipeline's error
-                result["load_s"] = load_s
-                yield result
+                timings = dataclasses.replace(result.timings, load_s=load_s)
+                yield dataclasses.replace(result, timings=timings)
                 return
         except (asyncio.CancelledError, GeneratorExit):
             cancel.set()  # the thread stops at its next step boundary
@@ -373,9 +234,9 @@ class FamilyWorker:
             "running": len(self.running),
         }
 
-    async def check_adapter(self, model_id: str, source: str, max_bytes: int) -> dict:
+    async def check_adapter(self, model_id: str, source: str, max_bytes: int) -> AdapterCheck:
         """Registration: resolve an adapter and check its keys against the loaded model (read
-        only: running calls are not disturbed). ``{"info": ...}`` or ``{"error": message}``."""
+        only: running calls are not disturbed)."""
         from genmedia.models.lora import AdapterError, check_adapter
 
         model = await self._base_model(model_id)
@@ -392,9 +253,9 @@ class FamilyWorker:
         try:
             path, info = await asyncio.get_running_loop().run_in_executor(self.executor, _check)
         except AdapterError as e:
-            return {"error": str(e)}
-        self.adapter_files[source] = path
-        return {"info": info}
+            return AdapterCheck(error=str(e))
+        self.ctx.adapter_files.remember(source, path)
+        return AdapterCheck(info=AdapterInfo(**info))  # path, bytes, sha256, rank, tensors
 
     async def info(self) -> dict:
         """Where this replica runs and what it holds (for ``genmedia status`` and tests)."""

@@ -12,42 +12,24 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
+from genmedia.deployments.protocol import StoredOutput
 from genmedia.deployments.store.storage import Storage
 from genmedia.models import media
 from genmedia.models.params import GenerationJob
 
 
-@dataclass
-class StoredOutput:
-    """One stored output, as the result lists it."""
-
-    key: str
-    seed: int
-    width: int
-    height: int
-    content_type: str
-    sha256: str
-    num_frames: int | None = None  # video
-    fps: int | None = None  # video
-    duration_s: float | None = None  # video and audio
-    sample_rate: int | None = None  # audio
-    channels: int | None = None  # audio
-
-    def as_record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
 def output_prefix(request_id: str, now: float) -> str:
+    """The key part under a tenant for one job's outputs: date, then the request id."""
     return time.strftime("%Y/%m/%d", time.gmtime(now)) + f"/{request_id}"
 
 
 def encode_output(
     job: GenerationJob, array: np.ndarray, sample_rate: int | None = None
-) -> tuple[bytes, dict]:
+) -> tuple[bytes, dict[str, Any]]:
     """The bytes of one output in the job's format, and what the result records about it."""
     output = job.extra.get("output") or {}
     task = job.params.task
@@ -84,7 +66,7 @@ def store_outputs(
     outputs: list[np.ndarray],
     *,
     prefix: str,
-    extra: dict,
+    extra: dict[str, Any],
     now: float,
     sample_rate: int | None = None,
 ) -> list[StoredOutput]:

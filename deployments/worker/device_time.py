@@ -1,6 +1,6 @@
 """Device seconds of one pipeline call: the time its device spent on it, not the wall time.
 
-The worker (``deployments/serve/worker.py``) reports both for every call; the scheduler's estimator
+The worker (``deployments/worker/batch.py``) reports both for every call; the scheduler's estimator
 keeps wall seconds per work unit for its ETAs and device seconds per unit for the autoscaler
 (``autoscaling/signals.py``). They differ when replicas share one device: co-located calls
 slow each other down, so wall time per unit rises with the replicas while the work offered
@@ -21,7 +21,12 @@ slow the others further.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,7 +55,7 @@ class DeviceClock:
         return wall, min(wall, cpu)
 
 
-def timed(fn, *args, **kwargs):
+def timed(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T, float, float]:
     """``fn(*args, **kwargs)`` and the (wall, thread CPU) seconds it took on this thread."""
     wall0, cpu0 = time.perf_counter(), time.thread_time()
     out = fn(*args, **kwargs)

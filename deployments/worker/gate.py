@@ -71,3 +71,8 @@ class StepGate:
     @property
     def busy(self) -> bool:
         return self._holder is not None
+
+    @property
+    def waiters(self) -> int:
+        """Calls waiting for the gate."""
+        return len(self._waiting)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from genmedia.models.catalog import Catalog
+
+if TYPE_CHECKING:
+    from genmedia.loadtests.sim.engine import Call
 
 Packing = Literal["dedicated", "fractional"]
 EPS = 1e-9
@@ -28,7 +31,7 @@ class Gpu:
         self.id = gpu_id
         self.free = 1.0  # unreserved fraction
         self.replicas: list[Replica] = []
-        self.active: list = []  # calls holding a replica's gate on this device
+        self.active: list[Call] = []  # calls holding a replica's gate on this device
         self.load = 0.0  # sum of the active calls' device shares
 
 
@@ -57,8 +60,8 @@ class Replica:
         self.max_loaded = max_loaded
         self.loaded: OrderedDict[str, None] = OrderedDict()  # LRU of loaded model ids
         self.ongoing = 0  # calls routed here and not finished (Serve's max_ongoing_requests)
-        self.holder = None  # the call holding the step gate
-        self.waiting: list = []  # calls waiting at the gate
+        self.holder: Call | None = None  # the call holding the step gate
+        self.waiting: list[Call] = []  # calls waiting at the gate
         self.ready = False
         self.draining = False
 

@@ -1,16 +1,14 @@
 """Discrete-event engine of the cluster simulator: a heap of events on a virtual clock.
 
-It plays the scheduler deployment's part with the scheduler's own policy code: per family a
-``FairQueue`` per class, ``next_batch`` (which calls ``form_batch``) for every free slot,
-``ShareTracker`` for the batch class's share, ``admit`` with the tenant's ``RateLimiter`` and,
-for a request with a deadline, ``eta_seconds`` / ``slot_free_in`` on the
-``ServiceTimeEstimator``; ``expired`` when a queued job's deadline passes. Slots mirror
-``deployments/serve/scheduler.py`` (two main slots per replica, preempt slots only while main slots
-hold batch-class calls); each replica mirrors ``deployments/serve/worker.py`` and ``gate.py``:
-one call computes at a time, the best waiter (class, then arrival at the gate) goes next, and a
-running batch-class call pauses at its next step boundary when an interactive one waits. Calls of
-replicas packed on one GPU share it (``FamilyCost.device_share``). The cost of each call comes
-from a ``Profile``; a ``Scaler`` may change replica counts every ``scale_interval_s``.
+It plays the scheduler deployment's part with the scheduler's own objects: the same
+``Dispatcher`` (``deployments/scheduler/dispatcher.py``: per family the fair queues, the batch
+class's share, the slots, the running batches, expiry, the admission counts and ETAs) and
+``admit`` with the tenant's ``RateLimiter``. Each replica mirrors ``deployments/serve/worker.py``
+and ``deployments/worker/gate.py``: at most ``SLOTS_PER_REPLICA`` calls routed to it, one call
+computes at a time, the best waiter (``PriorityClass.rank``, then arrival at the gate) goes next,
+and a running batch-class call pauses at its next step boundary when an interactive one waits.
+Calls of replicas packed on one GPU share it (``FamilyCost.device_share``). The cost of each call
+comes from a ``Profile``; a ``Scaler`` may change replica counts every ``scale_interval_s``.
 
 The control plane (proxy, gateway, scheduler, the client) is ``control_plane_servers`` servers
 that take each request's measured work per phase (``Profile.control_plane``), each piece on the
@@ -33,19 +31,19 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from genmedia.deployments.scheduler.admission import AdmissionInput, admit
-from genmedia.deployments.scheduler.eta import ServiceTimeEstimator, eta_seconds, slot_free_in
-from genmedia.deployments.scheduler.queues import (
-    CLASSES,
-    FairQueue,
-    QueuedJob,
-    ShareTracker,
-    expired,
-    next_batch,
+from genmedia.deployments.scheduler.dispatcher import (
+    SLOTS_PER_REPLICA,
+    Dispatcher,
+    Launch,
+    ModelLimits,
+    RunningBatch,
 )
-from genmedia.deployments.tenants.config import RateLimiter, TenantsFile
+from genmedia.deployments.scheduler.queues import CLASSES, QueuedJob
+from genmedia.deployments.tenants.ratelimit import RateLimiter
+from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.loadtests.records import RequestRecord
 from genmedia.loadtests.sim.cluster import Cluster, Gpu, Packing, Replica, place, replica_counts
 from genmedia.loadtests.sim.costs import FamilyCost, Profile
@@ -53,12 +51,6 @@ from genmedia.loadtests.sim.empirical import draw
 from genmedia.loadtests.sim.scaling import ClusterSnapshot, FamilySnapshot, ModelSnapshot, Scaler
 from genmedia.loadtests.sim.workload import SimRequest
 from genmedia.models.catalog import Catalog
-
-# Mirrors of constants in modules that import Ray (checked against their source by the tests).
-MAIN_SLOTS_PER_REPLICA = 2  # deployments/serve/scheduler.py
-PREEMPT_SLOTS_PER_REPLICA = 2  # deployments/serve/scheduler.py
-SLOTS_PER_REPLICA = 4  # deployments/serve/worker.py: Serve's max_ongoing_requests of a worker
-GATE_PRIORITY = {"interactive": 0, "batch": 1}  # deployments/serve/worker.py PRIORITY
 
 UNLIMITED = 10**9
 EPS = 1e-9
@@ -88,7 +80,7 @@ class Call:
     """One pipeline call (a formed batch) from dispatch to its result."""
 
     __slots__ = (
-        "cls",
+        "batch",
         "compute",
         "cost",
         "done",
@@ -106,7 +98,6 @@ class Call:
         "replica",
         "share",
         "since",
-        "slot",
         "started",
         "step",
         "steps",
@@ -117,16 +108,15 @@ class Call:
         "version",
     )
 
-    def __init__(self, call_id: int, family: str, slot: str, cls: str, jobs: list[QueuedJob]):
+    def __init__(self, call_id: int, batch: RunningBatch):
         self.id = call_id
-        self.family = family
-        self.slot = slot
-        self.cls = cls
-        self.priority = GATE_PRIORITY[cls]
-        self.jobs = jobs
-        self.model_id = jobs[0].model_id
-        self.images = sum(j.images for j in jobs)
-        self.cost = sum(j.cost for j in jobs)
+        self.batch = batch  # the dispatcher's record: slot, class, jobs
+        self.family = batch.family
+        self.priority = batch.cls.rank
+        self.jobs = batch.jobs
+        self.model_id = batch.model_id
+        self.images = sum(j.images for j in batch.jobs)
+        self.cost = batch.cost
         self.replica: Replica | None = None
         self.pre = self.step = self.total = 0.0
         self.store = 0.0  # encoding and storing the outputs, after the gate
@@ -154,23 +144,17 @@ class Call:
 
 
 class FamilyState:
-    """The scheduler's state for one family, plus the routing view of its replicas."""
+    """The routing view of one family's replicas (its scheduler state is the dispatcher's)."""
 
-    def __init__(self, name: str, fifo: bool):
+    def __init__(self, name: str):
         self.name = name
-        self.queues = {c: FairQueue(fifo=fifo) for c in CLASSES}
-        self.shares = ShareTracker()
-        self.inflight = {"main": 0, "preempt": 0}
-        self.main_batch_calls = 0
         self.ready = 0  # replicas taking work
         self.starting = 0
         self.buckets: list[dict[int, Replica]] = [{} for _ in range(SLOTS_PER_REPLICA)]
         self.unrouted: deque[Call] = deque()  # calls waiting for a replica (caller's queue)
-        self.retry_at: float | None = None
-        self.running_ends: dict[int, tuple[str, float | None]] = {}
+        self.retry_at: float | None = None  # of the DISPATCH event pushed for a batch's wait
         self.arrivals = 0
         self.completed = 0
-        self.running_jobs = 0  # jobs in dispatched calls (requests a replica is serving)
 
 
 @dataclass
@@ -205,16 +189,23 @@ class Simulation:
         self.model_queue_limit = settings.model_queue_limit
         self.entries = {m.id: m for m in catalog.models}
         self.max_images_of = {m.id: m.max_batch_size for m in catalog.models}
-        self.wait_of = {
-            m.id: 0.0 if self.fifo else max(m.batch_wait_ms / 1000.0, 0.0) for m in catalog.models
-        }
         # Families the profile has no cost model for get no replicas (a trace for them is
         # refused before the run: ``run.run_sim``).
         self.costs: dict[str, FamilyCost] = {
             f: profile.families[f] for f in catalog.families() if f in profile.families
         }
-        self.fams = {f: FamilyState(f, self.fifo) for f in self.costs}
-        self.estimator = ServiceTimeEstimator()
+        self.fams = {f: FamilyState(f) for f in self.costs}
+        self.dispatcher = Dispatcher(
+            {
+                m.id: ModelLimits(m.family, m.max_batch_size, m.batch_wait_ms / 1000.0)
+                for m in catalog.models
+            },
+            batch_min_share=self.batch_min_share,
+            fifo=self.fifo,
+            families=self.costs,
+            replicas=0,
+        )
+        self.estimator = self.dispatcher.estimator
         tenants = self.config.tenants.tenants if self.config.tenants else []
         self.weights = {t.id: t.weight for t in tenants} or dict(self.config.weights or {})
         self.quotas = {t.id: t.quotas for t in tenants}
@@ -227,17 +218,11 @@ class Simulation:
         self.events = 0
         self.calls = 0
         self.preemptions = 0
-        self.tenant_queued: dict[str, int] = {}
-        self.tenant_running: dict[str, int] = {}
-        self.model_queued: dict[str, int] = {}
-        self.model_inflight: dict[str, float] = dict.fromkeys(self.entries, 0.0)  # work units
-        self.model_admitted: dict[str, dict[str, float]] = {  # work units enqueued, per class
-            m: dict.fromkeys(CLASSES, 0.0) for m in self.entries
-        }
         self.records: list[RequestRecord] = []
         self.reqs: list[SimRequest] = []
         self.timeline: list[dict] = []
-        self.cluster: Cluster | None = None
+        self.cluster: Cluster  # placed when the run starts (_build_cluster)
+        self.placed = False  # the initial placement is done: replicas now come from the scaler
         # when each of the control plane's servers is next free (profile.control_plane[_s])
         self.cp_frees = [0.0] * profile.control_plane_servers
         self.cp = profile.control_plane  # measured per-phase cost, or None
@@ -312,6 +297,7 @@ class Simulation:
         wall = time.perf_counter()
         self.reqs = requests
         self.cluster = self._build_cluster(requests)
+        self.placed = True
         if self.config.scaler is not None:
             self._push(self.config.scale_interval_s, SCALE)
         submit_s = self.profile.submit_s
@@ -411,32 +397,28 @@ class Simulation:
         if r.index == len(self.records):
             self.records.append(rec)
         else:  # admitted out of order (several control-plane servers): by index all the same
-            self.records.extend([None] * (r.index + 1 - len(self.records)))
+            holes = [None] * (r.index + 1 - len(self.records))  # filled as those arrive
+            self.records.extend(cast(list[RequestRecord], holes))
             self.records[r.index] = rec
         if r.error is not None:
             rec.status, rec.http_status, rec.error = "ERROR", r.error_status, r.error
             rec.t_done = now + self.profile.respond_s
             return
         fs = self.fams[r.family]
-        cls = "batch" if self.fifo else r.priority
+        d = self.dispatcher
         quotas = self.quotas.get(r.tenant)
-        queued = self.tenant_queued.get(r.tenant, 0)
+        queued, running, model_queued = d.admission_counts(r.tenant, r.model_id)
         predicted = None
         if r.deadline_s is not None:  # admit reads the ETA only against a deadline
-            predicted = eta_seconds(
-                self._ahead_of(fs, cls),
-                self.estimator,
-                max(1, fs.ready),
-                self._slot_free_in(fs, r.priority, now),
-            )
+            predicted = d.predicted_start(r.family, r.priority, now)
         rejection = admit(
             AdmissionInput(
                 tenant=r.tenant,
                 tenant_queued=queued,
-                tenant_active=queued + self.tenant_running.get(r.tenant, 0),
+                tenant_active=queued + running,
                 max_queued_jobs=quotas.max_queued_jobs if quotas else UNLIMITED,
                 max_concurrent_jobs=quotas.max_concurrent_jobs if quotas else UNLIMITED,
-                model_queued=self.model_queued.get(r.model_id, 0),
+                model_queued=model_queued,
                 model_queue_limit=self.model_queue_limit,
                 rate_wait_s=self.rate.try_acquire(r.tenant, now) if quotas else 0.0,
                 predicted_start_s=predicted,
@@ -459,7 +441,7 @@ class Simulation:
             tenant=r.tenant,
             model_id=r.model_id,
             family=r.family,
-            priority=cls,
+            priority=d.queue_class(r.priority),
             key=r.key,
             images=r.images,
             cost=r.cost,
@@ -467,102 +449,40 @@ class Simulation:
             weight=self.weights.get(r.tenant, 1.0),
             deadline=None if r.deadline_s is None else now + r.deadline_s,
         )
-        fs.queues[cls].push(job)
+        d.enqueue(job)
         fs.arrivals += 1
-        self.model_admitted[r.model_id][cls] += r.cost
-        self.tenant_queued[r.tenant] = queued + 1
-        self.model_queued[r.model_id] = self.model_queued.get(r.model_id, 0) + 1
         if job.deadline is not None:
             self._push(job.deadline, DEADLINE, fs, job)
         self._dispatch(fs)
 
-    def _ahead_of(self, fs: FamilyState, cls: str) -> list[QueuedJob]:
-        if cls == "interactive":
-            return list(fs.queues["interactive"].jobs)
-        return list(fs.queues["interactive"].jobs) + list(fs.queues["batch"].jobs)
-
-    def _slot_free_in(self, fs: FamilyState, priority: str, now: float) -> float | None:
-        slots = ("main", "preempt") if priority == "interactive" else ("main",)
-        cap = max(1, fs.ready)
-        best = None
-        for slot in slots:
-            ends = [end for (sl, end) in fs.running_ends.values() if sl == slot]
-            free = slot_free_in(ends, self._slots(fs, slot, cap), now)
-            if free is not None and (best is None or free < best):
-                best = free
-        return best
-
     def _deadline(self, fs: FamilyState, job: QueuedJob) -> None:
         if self.records[int(job.id)].t_started is not None:
             return  # started in time
-        for gone in expired(fs.queues.values(), self.now):
+        self._dispatch(fs)  # the dispatcher expires it first
+
+    # -- dispatch (the scheduler deployment's _dispatch_once, for one family) -----------------
+    def _dispatch(self, fs: FamilyState) -> None:
+        d = self.dispatcher.dispatch(self.now, fs.name)
+        for gone in d.expired:
             rec = self.records[int(gone.id)]
             rec.status, rec.error = "EXPIRED", "deadline_expired"
             rec.t_done = self.now + self.profile.respond_s
-            self._dequeued(gone)
-        self._dispatch(fs)
+        if d.retry_at is not None and (fs.retry_at is None or d.retry_at < fs.retry_at):
+            fs.retry_at = d.retry_at
+            self._push(d.retry_at, DISPATCH, fs)
+        for launch in d.launches:
+            self._launch(fs, launch)
 
-    def _dequeued(self, job: QueuedJob) -> None:
-        self.tenant_queued[job.tenant] -= 1
-        self.model_queued[job.model_id] -= 1
-
-    # -- dispatch (deployments/serve/scheduler.py: _dispatch_once) ---------------------------------
-    def _slots(self, fs: FamilyState, slot: str, cap: int) -> int:
-        if slot == "main":
-            return MAIN_SLOTS_PER_REPLICA * cap
-        return min(PREEMPT_SLOTS_PER_REPLICA * cap, fs.main_batch_calls)
-
-    def _max_images(self, model_id: str) -> int:
-        return self.max_images_of[model_id]
-
-    def _batch_wait(self, model_id: str) -> float:
-        return self.wait_of[model_id]
-
-    def _dispatch(self, fs: FamilyState) -> None:
-        qs = fs.queues
-        if not qs["interactive"].jobs and not qs["batch"].jobs:
-            return  # next_batch would find nothing
+    def _launch(self, fs: FamilyState, launch: Launch) -> None:
         now = self.now
-        cap = max(1, fs.ready)
-        for slot in ("main", "preempt"):
-            if slot == "preempt" and not qs["interactive"].jobs:
-                break  # a preempt slot runs interactive work only: next_batch would find none
-            while fs.inflight[slot] < self._slots(fs, slot, cap):
-                d = next_batch(
-                    qs,
-                    slot,
-                    max_images=self._max_images,
-                    batch_wait_s=self._batch_wait,
-                    shares=fs.shares,
-                    batch_min_share=self.batch_min_share,
-                    now=now,
-                )
-                if d.retry_at is not None and (fs.retry_at is None or d.retry_at < fs.retry_at):
-                    fs.retry_at = d.retry_at
-                    self._push(d.retry_at, DISPATCH, fs)
-                if not d.batch:
-                    break
-                self._launch(fs, slot, d.cls, d.batch)
-
-    def _launch(self, fs: FamilyState, slot: str, cls: str, batch: list[QueuedJob]) -> None:
-        now = self.now
-        fs.queues[cls].take(batch)
-        call = Call(next(self.call_ids), fs.name, slot, cls, batch)
+        call_id = next(self.call_ids)
+        batch = self.dispatcher.started(launch, now, str(call_id))
+        assert batch is not None  # every job of a simulated launch starts
+        call = Call(call_id, batch)
         self.calls += 1
-        if slot == "main":
-            fs.shares.record(cls, call.cost, now)
-        fs.inflight[slot] += 1
-        fs.running_jobs += len(batch)
-        if slot == "main" and cls == "batch":
-            fs.main_batch_calls += 1
-        self.model_inflight[call.model_id] += call.cost
-        expected = self.estimator.seconds(call.model_id, call.cost)
-        fs.running_ends[call.id] = (slot, None if expected is None else now + expected)
-        for j in batch:
+        for j in batch.jobs:
             self.records[int(j.id)].t_started = now
-            self._dequeued(j)
-            self.tenant_running[j.tenant] = self.tenant_running.get(j.tenant, 0) + 1
-        r = self.reqs[int(batch[0].id)]
+        r = self.reqs[int(batch.jobs[0].id)]
         cost = self.costs[fs.name]
         k = 1.0
         if fs.name in self.factor_quantiles:
@@ -586,7 +506,7 @@ class Simulation:
         for bucket in fs.buckets:
             if not bucket:
                 continue
-            tried = []
+            tried: list[Replica] = []
             while bucket and len(tried) < 8:
                 cand = bucket.popitem()[1]
                 tried.append(cand)
@@ -695,6 +615,7 @@ class Simulation:
         idle = self.cp_busy_until <= self.now + EPS
         self.cp_busy_until = until
         if idle:
+            assert self.slowdown is not None  # called only with host contention on
             self._push(until, CP_IDLE)
             self._set_host_rate(1.0 / self.slowdown)
 
@@ -723,10 +644,11 @@ class Simulation:
     def _call_event(self, call: Call) -> None:
         self._advance(call)
         call.done = call.target
-        rep = call.replica
         if call.done >= call.total - EPS:
             self._finish(call)
             return
+        rep = call.replica
+        assert rep is not None  # a computing call was routed
         # A step boundary with an interactive call waiting: pause (gate.checkpoint).
         call.preempt = False
         self.preemptions += 1
@@ -738,6 +660,7 @@ class Simulation:
     def _finish(self, call: Call) -> None:
         now = self.now
         rep = call.replica
+        assert rep is not None  # a computing call was routed
         fs = self.fams[call.family]
         self._release(rep, call)
         call.preempt = False
@@ -749,12 +672,7 @@ class Simulation:
         self._grant(rep)
         if rep.draining and rep.ongoing == 0:
             self.cluster.remove(rep)
-        fs.inflight[call.slot] -= 1
-        fs.running_jobs -= len(call.jobs)
-        if call.slot == "main" and call.cls == "batch":
-            fs.main_batch_calls -= 1
-        fs.running_ends.pop(call.id, None)
-        self.model_inflight[call.model_id] -= call.cost
+        self.dispatcher.finished(call.batch.id)
         self.estimator.observe(call.model_id, call.cost, call.compute)
         for j in call.jobs:
             rec = self.records[int(j.id)]
@@ -762,8 +680,8 @@ class Simulation:
             rec.t_first_progress = call.first_step_at
             rec.t_done = self._respond(now + call.store)
             rec.compute_s = call.compute * j.images / call.images
+            assert rec.t_started is not None and rec.t_admitted is not None
             rec.queue_s = rec.t_started - rec.t_admitted
-            self.tenant_running[j.tenant] -= 1
         fs.completed += len(call.jobs)
         self._route_waiting(fs)
         self._dispatch(fs)
@@ -827,15 +745,18 @@ class Simulation:
     def _set_ready(self, rep: Replica) -> None:
         fs = self.fams[rep.family]
         if not rep.ready:
-            if self.cluster is not None:  # added by the scaler (not the initial placement)
+            if self.placed:  # added by the scaler (not the initial placement)
                 fs.starting -= 1
             rep.ready = True
             fs.ready += 1
+            self.dispatcher.set_replicas(fs.name, fs.ready)
             fs.buckets[0][rep.id] = rep
 
     def _scale_tick(self, more: bool) -> None:
+        scaler = self.config.scaler
+        assert scaler is not None  # ticks run only with a scaler
         snap = self.snapshot()
-        desired = self.config.scaler(snap)
+        desired = scaler(snap)
         for fam, want in desired.items():
             if fam in self.fams:
                 self._resize(self.fams[fam], max(0, int(want)))
@@ -873,6 +794,7 @@ class Simulation:
                 break
             rep.draining = True
             fs.ready -= 1
+            self.dispatcher.set_replicas(fs.name, fs.ready)
             for bucket in fs.buckets:
                 bucket.pop(rep.id, None)
             if rep.ongoing == 0:
@@ -880,38 +802,40 @@ class Simulation:
 
     def snapshot(self) -> ClusterSnapshot:
         now = self.now
+        d = self.dispatcher
         fams = {}
         for name, fs in self.fams.items():
             reps = self.cluster.replicas[name]
+            qs = d.queues(name)
             fams[name] = FamilySnapshot(
                 family=name,
                 replicas=fs.ready,
                 starting=fs.starting,
-                queued={c: len(q) for c, q in fs.queues.items()},
-                queued_cost={c: sum(j.cost for j in q.jobs) for c, q in fs.queues.items()},
-                running_calls=fs.inflight["main"] + fs.inflight["preempt"],
+                queued={c.value: len(q) for c, q in qs.items()},
+                queued_cost={c.value: sum(j.cost for j in q.jobs) for c, q in qs.items()},
+                running_calls=d.running_calls(name),
                 busy_replicas=sum(1 for r in reps if r.holder is not None),
                 arrivals=fs.arrivals,
                 completed=fs.completed,
                 oldest_wait_s={
-                    c: (now - min(j.arrived for j in q.jobs)) if q.jobs else 0.0
-                    for c, q in fs.queues.items()
+                    c.value: (now - min(j.arrived for j in q.jobs)) if q.jobs else 0.0
+                    for c, q in qs.items()
                 },
-                running_jobs=fs.running_jobs,
+                running_jobs=d.running_jobs(name),
             )
             fs.arrivals = fs.completed = 0
-        queued = {m: dict.fromkeys(CLASSES, 0.0) for m in self.entries}
-        for fs in self.fams.values():
-            for q in fs.queues.values():
+        queued = {m: {c.value: 0.0 for c in CLASSES} for m in self.entries}
+        for name in self.fams:
+            for q in d.queues(name).values():
                 for j in q.jobs:
                     queued[j.model_id][j.priority] += j.cost
         models = {
             m: ModelSnapshot(
                 queued_units=queued[m],
-                inflight_units=self.model_inflight[m],
+                inflight_units=d.running_units.get(m, 0.0),
                 seconds_per_unit=self.estimator.device_per_cost.get(m),
                 load_s=self.costs[e.family].load_s,
-                admitted_units=dict(self.model_admitted[m]),
+                admitted_units={c.value: d.admitted_units.get((m, c), 0.0) for c in CLASSES},
             )
             for m, e in self.entries.items()
         }

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from genmedia.deployments.tenants.config import TenantsFile, load_tenants
+from genmedia.deployments.tenants.schema import TenantsFile, load_tenants
 from genmedia.loadtests.records import write_records
 from genmedia.loadtests.report import RunInfo, write_report, write_run_info
 from genmedia.loadtests.scenarios import find_scenario, generate, load_scenario

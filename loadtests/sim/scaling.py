@@ -58,11 +58,6 @@ Scaler = Callable[[ClusterSnapshot], dict[str, int]]
 """Desired replicas per family (families left out keep theirs)."""
 
 
-def fixed_replicas(snapshot: ClusterSnapshot) -> dict[str, int]:
-    """The default: keep every family at what it has."""
-    return {f: s.replicas + s.starting for f, s in snapshot.families.items()}
-
-
 def autoscaling_scaler(
     catalog: Catalog, gpus: int, gpu_memory_gb: float = 80.0, **knobs: float
 ) -> Scaler:

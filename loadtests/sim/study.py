@@ -18,6 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from rich.console import Console
@@ -54,7 +55,7 @@ STYLE = {  # colour per policy, line and marker per packing: overlapping curves 
     ("fifo", "fractional"): {"color": "tab:blue", "linestyle": "-", "marker": "o"},
     ("priority", "fractional"): {"color": "tab:red", "linestyle": "-", "marker": "o"},
 }
-CONFIGS = [
+CONFIGS: list[tuple[Literal["priority", "fifo"], Literal["dedicated", "fractional"]]] = [
     ("fifo", "dedicated"),
     ("priority", "dedicated"),
     ("fifo", "fractional"),
@@ -88,7 +89,7 @@ def workload(n: int, rate: float, seed: int) -> list[TraceRecord]:
 
 
 def tenants_file():
-    from genmedia.deployments.tenants.config import TenantsFile
+    from genmedia.deployments.tenants.schema import TenantsFile
 
     unlimited = {"max_concurrent_jobs": 10_000, "requests_per_minute": 1_000_000,
                  "max_queued_jobs": 1_000_000}  # fmt: skip
@@ -102,9 +103,14 @@ def tenants_file():
     )
 
 
+def _latency(r: RequestRecord) -> float:
+    """End to end seconds of a completed request."""
+    return (r.t_done if r.t_done is not None else r.t_submit) - r.t_submit
+
+
 def measure(records: list[RequestRecord], gpus: int, family_of: dict[str, str]) -> dict:
-    ok = [r for r in records if r.status == "COMPLETED"]
-    good = [r for r in ok if r.latency <= SLO_S[r.priority]]
+    ok = [r for r in records if r.status == "COMPLETED" and r.t_done is not None]
+    good = [r for r in ok if _latency(r) <= SLO_S[r.priority]]
     # Rates over the middle 80 % of the arrival window: completions then, not the warm-up from
     # an idle cluster nor the drain after the last arrival (which would charge a policy for
     # latency twice, once in percentiles and once in a longer span).
@@ -113,7 +119,7 @@ def measure(records: list[RequestRecord], gpus: int, family_of: dict[str, str]) 
     span = hi - lo
 
     def rate(rs: list[RequestRecord]) -> float:
-        return sum(r.images for r in rs if lo <= r.t_done < hi) / span
+        return sum(r.images for r in rs if r.t_done is not None and lo <= r.t_done < hi) / span
 
     out = {
         "completed": len(ok),
@@ -128,19 +134,19 @@ def measure(records: list[RequestRecord], gpus: int, family_of: dict[str, str]) 
         for fam in sorted(set(family_of.values()))
         if len(
             lat := [
-                r.latency for r in ok if r.priority == "interactive" and family_of[r.model] == fam
+                _latency(r) for r in ok if r.priority == "interactive" and family_of[r.model] == fam
             ]
         )
     }
     for cls in ("interactive", "batch"):
-        lat = np.array([r.latency for r in ok if r.priority == cls])
+        lats = np.array([_latency(r) for r in ok if r.priority == cls])
         wait = np.array([r.queue_wait for r in ok if r.priority == cls])
         n_cls = sum(1 for r in records if r.priority == cls)
         met = sum(1 for r in good if r.priority == cls)
         out[cls] = {
-            "p50_s": float(np.percentile(lat, 50)) if len(lat) else None,
-            "p90_s": float(np.percentile(lat, 90)) if len(lat) else None,
-            "p99_s": float(np.percentile(lat, 99)) if len(lat) else None,
+            "p50_s": float(np.percentile(lats, 50)) if len(lats) else None,
+            "p90_s": float(np.percentile(lats, 90)) if len(lats) else None,
+            "p99_s": float(np.percentile(lats, 99)) if len(lats) else None,
             "slo_met": met / n_cls if n_cls else None,
             "queue_p99_s": float(np.percentile(wait, 99)) if len(wait) else None,
         }
@@ -206,11 +212,9 @@ def label(run: dict) -> str:
 
 
 def plot(study: dict, out: Path) -> list[str]:
-    import matplotlib
+    from genmedia.loadtests.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     files = []
     for key, ylabel, name, log in (
         ("goodput_per_gpu", "goodput per GPU (images/s within SLO)", "goodput_per_gpu.png", False),
@@ -273,8 +277,33 @@ def find(study: dict, load: float, policy: str, packing: str) -> dict:
 
 
 def markdown(study: dict, plots: list[str], wall_s: float) -> str:
+    """The study's README: set-up, the table of every run, what it shows, the plots."""
+    return "\n".join(
+        [
+            *_setup(study, wall_s),
+            *_runs_table(study),
+            "",
+            "## What it shows",
+            "",
+            *(_at_load(study, load) for load in study["loads_rps"]),
+            *_reading(study),
+            "",
+            "## Plots",
+            "",
+            *[f"![{p}]({p})" for p in plots],
+            "",
+            "Raw numbers: `summary.json` (per run: counts, throughput, goodput, latency "
+            "percentiles per class and the interactive latency quantiles the CDF is drawn from). "
+            "Per-request records are not committed (hundreds of MB); `genmedia sim` writes them "
+            "for any run.",
+            "",
+        ]
+    )
+
+
+def _setup(study: dict, wall_s: float) -> list[str]:
     g = study["gpus"]
-    lines = [
+    return [
         f"# Policy study: {g} simulated GPUs",
         "",
         f"Simulator (`loadtests/sim/study.py`), GPU profile (`loadtests/sim/profiles/gpu.yaml`, "
@@ -289,6 +318,11 @@ def markdown(study: dict, plots: list[str], wall_s: float) -> str:
         f"the same trace per load; replicas per family are split by offered work, as many as "
         f"fit ({g} GPUs). Whole study: {wall_s:.0f} s wall.",
         "",
+    ]
+
+
+def _runs_table(study: dict) -> list[str]:
+    lines = [
         "| load (req/s) | policy | packing | replicas (sd15/sdxl/flux) | images/s | goodput/GPU "
         "| interactive p50 / p99 (s) | interactive p99 sd15 / sdxl / flux (s) "
         "| interactive queue p99 (s) | batch p99 (s) | interactive SLO met | preemptions |",
@@ -307,50 +341,54 @@ def markdown(study: dict, plots: list[str], wall_s: float) -> str:
             f"{i['slo_met']:.1%} | "
             f"{r['preemptions']} |"
         )
-    lines += ["", "## What it shows", ""]
-    for load in study["loads_rps"]:
-        fd, pd = find(study, load, "fifo", "dedicated"), find(study, load, "priority", "dedicated")
-        ff, pf = (find(study, load, "fifo", "fractional"),
-                  find(study, load, "priority", "fractional"))  # fmt: skip
-        lines.append(
-            f"- **{load:g} req/s.** Priority vs FIFO: interactive p99 "
-            f"{pd['interactive']['p99_s']:.2f} s vs {fd['interactive']['p99_s']:.2f} s "
-            f"(dedicated, x{pd['interactive']['p99_s'] / fd['interactive']['p99_s']:.2f}), "
-            f"{pf['interactive']['p99_s']:.2f} s vs {ff['interactive']['p99_s']:.2f} s "
-            f"(fractional, x{pf['interactive']['p99_s'] / ff['interactive']['p99_s']:.2f}); "
-            f"goodput/GPU x{pd['goodput_per_gpu'] / fd['goodput_per_gpu']:.2f} (dedicated), "
-            f"x{pf['goodput_per_gpu'] / ff['goodput_per_gpu']:.2f} (fractional). "
-            f"Fractional vs dedicated (priority): goodput/GPU "
-            f"{pf['goodput_per_gpu']:.3f} vs {pd['goodput_per_gpu']:.3f} "
-            f"(x{pf['goodput_per_gpu'] / pd['goodput_per_gpu']:.2f}), interactive p99 "
-            f"x{pf['interactive']['p99_s'] / pd['interactive']['p99_s']:.2f} (by family, "
-            + ", ".join(
-                f"{f} {pf['interactive_p99_by_family_s'][f]:.2f} s vs "
-                f"{pd['interactive_p99_by_family_s'][f]:.2f} s"
-                for f in FAMILIES
-                if f in pf["interactive_p99_by_family_s"]
-            )
-            + ")."
+    return lines
+
+
+def _at_load(study: dict, load: float) -> str:
+    """One load's finding: priority vs FIFO under both packings, fractional vs dedicated."""
+    fd, pd = find(study, load, "fifo", "dedicated"), find(study, load, "priority", "dedicated")
+    ff, pf = (find(study, load, "fifo", "fractional"),
+              find(study, load, "priority", "fractional"))  # fmt: skip
+    return (
+        f"- **{load:g} req/s.** Priority vs FIFO: interactive p99 "
+        f"{pd['interactive']['p99_s']:.2f} s vs {fd['interactive']['p99_s']:.2f} s "
+        f"(dedicated, x{pd['interactive']['p99_s'] / fd['interactive']['p99_s']:.2f}), "
+        f"{pf['interactive']['p99_s']:.2f} s vs {ff['interactive']['p99_s']:.2f} s "
+        f"(fractional, x{pf['interactive']['p99_s'] / ff['interactive']['p99_s']:.2f}); "
+        f"goodput/GPU x{pd['goodput_per_gpu'] / fd['goodput_per_gpu']:.2f} (dedicated), "
+        f"x{pf['goodput_per_gpu'] / ff['goodput_per_gpu']:.2f} (fractional). "
+        f"Fractional vs dedicated (priority): goodput/GPU "
+        f"{pf['goodput_per_gpu']:.3f} vs {pd['goodput_per_gpu']:.3f} "
+        f"(x{pf['goodput_per_gpu'] / pd['goodput_per_gpu']:.2f}), interactive p99 "
+        f"x{pf['interactive']['p99_s'] / pd['interactive']['p99_s']:.2f} (by family, "
+        + ", ".join(
+            f"{f} {pf['interactive_p99_by_family_s'][f]:.2f} s vs "
+            f"{pd['interactive_p99_by_family_s'][f]:.2f} s"
+            for f in FAMILIES
+            if f in pf["interactive_p99_by_family_s"]
         )
+        + ")."
+    )
+
+
+def _reading(study: dict) -> list[str]:
     gain = [
         find(study, load, "priority", "fractional")["goodput_per_gpu"]
         / find(study, load, "priority", "dedicated")["goodput_per_gpu"]
         for load in study["loads_rps"]
     ]
-    first = study["runs"][0]
-    flux_gpus = first["replicas"].get("flux", 0)  # a flux replica asks 0.5 + 0.5 = one GPU
-    lines += [
+    flux_gpus = study["runs"][0]["replicas"].get("flux", 0)  # a flux replica asks one GPU
+    return [
         "",
-        f"Reading: flux holds {flux_gpus} of {g} GPUs under both packings (a flux replica "
-        "serves flux-dev and flux-schnell, whose fractions sum to one GPU), and flux saturates "
-        "first, so packing changes goodput per GPU little on this catalog (fractional / "
-        f"dedicated under priority: x{min(gain):.2f} to x{max(gain):.2f} over the loads); "
-        "it gives the small families several replicas per GPU, which helps their tail near "
-        "saturation and costs them latency at light load, when packed calls slow each other "
-        "down. The priority "
-        "scheduler keeps interactive latency near its service time as load passes capacity "
-        "(preemption at step boundaries, interactive first) and makes batch work wait and "
-        "batch up (higher batch p99).",
+        f"Reading: flux holds {flux_gpus} of {study['gpus']} GPUs under both packings (a flux "
+        "replica serves flux-dev and flux-schnell, whose fractions sum to one GPU), and flux "
+        "saturates first, so packing changes goodput per GPU little on this catalog "
+        f"(fractional / dedicated under priority: x{min(gain):.2f} to x{max(gain):.2f} over the "
+        "loads); it gives the small families several replicas per GPU, which helps their tail "
+        "near saturation and costs them latency at light load, when packed calls slow each "
+        "other down. The priority scheduler keeps interactive latency near its service time as "
+        "load passes capacity (preemption at step boundaries, interactive first) and makes "
+        "batch work wait and batch up (higher batch p99).",
         "",
         "Model assumptions that decide these results (see `gpu.yaml` and `costs.py`): replicas "
         "packed on one GPU run at full speed while the device shares of their computing calls "
@@ -358,17 +396,7 @@ def markdown(study: dict, plots: list[str], wall_s: float) -> str:
         "call's share is the batch-dependent part of its step time, so small models at small "
         "batches leave room. Preemption happens at the next step boundary, as the worker's step "
         "gate does.",
-        "",
-        "## Plots",
-        "",
-        *[f"![{p}]({p})" for p in plots],
-        "",
-        "Raw numbers: `summary.json` (per run: counts, throughput, goodput, latency percentiles "
-        "per class and the interactive latency quantiles the CDF is drawn from). Per-request "
-        "records are not committed (hundreds of MB); `genmedia sim` writes them for any run.",
-        "",
     ]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -7,9 +7,10 @@ trace, as many rounds with seeds 0, 1, ... pooled the same way), then compares p
 end-to-end latency and throughput, overall and per class. Target: the whole run's numbers
 within 20 %. Each round's own numbers and their spread are reported next to the pooled ones,
 and where each request's time went (to the 202, queued, computing, the rest), real against
-simulated. Writes ``loadtests/results/sim-validation-<stamp>.{md,json}`` with every round's raw
-records and report beside them (``sim-validation-<stamp>/real-<i>``, ``.../sim-<i>``); a real
-round also keeps the server's own timings of each request (``server-timings.jsonl``).
+simulated. Writes ``loadtests/results/sim-validation-<stamp>.{md,json}``; every round's raw
+records and report go to ``loadtests/results/raw/sim-validation-<stamp>/real-<i>`` and
+``.../sim-<i>`` (not in git); a real round also keeps the server's own timings of each request
+(``server-timings.jsonl``).
 
     flock /tmp/genmedia-ray.lock python loadtests/sim/validate.py [--scenario smoke] [--rounds 8]
 """
@@ -21,23 +22,29 @@ import json
 import shutil
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from genmedia.loadtests.local import (
+    RAW,
+    RESULTS,
+    loadtest_command,
+    local_stack,
+    stamp,
+    tenant_key,
+)
 from genmedia.loadtests.records import RequestRecord, read_records
-from genmedia.loadtests.report import percentiles, read_run, summarize
+from genmedia.loadtests.report import RunInfo, percentiles, read_run, summarize
 from genmedia.loadtests.scenarios import find_scenario, generate, load_scenario
 from genmedia.loadtests.sim.costs import load_profile
 from genmedia.loadtests.sim.engine import SimConfig
-from genmedia.loadtests.sim.localstack import loadtest_command, local_stack, tenant_key
 from genmedia.loadtests.sim.run import RunInputs, run_sim, write_outputs
+from genmedia.loadtests.traces import TraceRecord
 from genmedia.models.catalog import load_catalog
 
-LOADTESTS = Path(__file__).resolve().parents[1]
-RESULTS = LOADTESTS / "results"
+REPO = Path(__file__).resolve().parents[2]  # paths in the report are relative to it
 TOLERANCE = 0.20
 ROUNDS = 8  # ~25 s each: the whole validation stays under 5 minutes
 METRICS = ("p50_s", "p99_s", "throughput_images_per_s")
@@ -150,19 +157,19 @@ def phases(records: list[list[RequestRecord]]) -> dict:
     cols: dict[str, list[float]] = {"admit": [], "queue": [], "compute": [], "rest": []}
     for rs in records:
         for r in rs:
-            if r.status != "COMPLETED" or r.t_admitted is None:
+            if r.status != "COMPLETED" or r.t_admitted is None or r.t_done is None:
                 continue
             admit = r.t_admitted - r.t_submit
             queue, compute = r.queue_s or 0.0, r.compute_s or 0.0
             cols["admit"].append(admit)
             cols["queue"].append(queue)
             cols["compute"].append(compute)
-            cols["rest"].append(r.latency - admit - queue - compute)
+            cols["rest"].append(r.t_done - r.t_submit - admit - queue - compute)
     return {k: {q: percentiles(v)[q] for q in ("p50", "p99", "max")} for k, v in cols.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--scenario", default="smoke", help="scenario name or YAML file")
     ap.add_argument("--profile", default="tiny-cpu")
     ap.add_argument(
@@ -172,52 +179,63 @@ def main() -> None:
         "--reuse",
         type=Path,
         default=None,
-        help="an earlier validation's directory: compare against its recorded real rounds "
-        "(no Ray) after a change to the simulator or the profile",
+        help="an earlier validation's raw directory (loadtests/results/raw/sim-validation-*): "
+        "compare against its recorded real rounds (no Ray) after a change to the simulator or "
+        "the profile",
     )
     args = ap.parse_args()
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
-    scenario_path = find_scenario(args.scenario)
-    trace = generate(load_scenario(scenario_path))
-    tenants = sorted({r.tenant for r in trace})
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = RESULTS / f"sim-validation-{stamp}"
-    profile = load_profile(args.profile)
+    return args
 
-    if args.reuse is not None:  # real rounds recorded by an earlier validation
-        dirs = sorted(args.reuse.glob("real-*"), key=lambda d: int(d.name.split("-")[1]))
-        if not dirs:
-            raise SystemExit(f"{args.reuse}: no real-<i> run directories")
-        args.rounds = len(dirs)
-        base.mkdir(parents=True, exist_ok=True)
-        for d in dirs:
-            shutil.copytree(d, base / d.name)
-        dirs = [base / d.name for d in dirs]
-    else:
-        dirs = run_real(scenario_path, base, tenants, args.rounds)
-    runs = [read_run(d) for d in dirs]
-    info = runs[0][1]
 
-    inputs = RunInputs(load_catalog(), profile, None, trace, info)
+def reused_rounds(earlier: Path, base: Path) -> list[Path]:
+    """The real rounds an earlier validation recorded, copied under ``base``."""
+    dirs = sorted(earlier.glob("real-*"), key=lambda d: int(d.name.split("-")[1]))
+    if not dirs:
+        raise SystemExit(f"{earlier}: no real-<i> run directories")
+    base.mkdir(parents=True, exist_ok=True)
+    for d in dirs:
+        shutil.copytree(d, base / d.name)
+    return [base / d.name for d in dirs]
+
+
+def sim_rounds(
+    trace: list[TraceRecord], info: RunInfo, profile: str, rounds: int, base: Path
+) -> tuple[list[tuple[list[RequestRecord], dict]], list[Path]]:
+    """``rounds`` seeded simulations of the trace: (records, summary) and run directory each."""
+    inputs = RunInputs(load_catalog(), load_profile(profile), None, trace, info)
     sim_info = info.model_copy(update={"source": "sim", "api": None, "url": None})
-    sim_runs, sim_dirs = [], []
-    for seed in range(args.rounds):
+    runs, dirs = [], []
+    for seed in range(rounds):
         # the catalog's replicas (one per family), packed on one GPU as Ray packs them
         result = run_sim(inputs, SimConfig(weights=info.weights, seed=seed))
         out = base / f"sim-{seed + 1}"
-        summary = write_outputs(out, result, sim_info, {"profile": args.profile, "seed": seed})
-        sim_runs.append((result.records, summary))
-        sim_dirs.append(out)
+        summary = write_outputs(out, result, sim_info, {"profile": profile, "seed": seed})
+        runs.append((result.records, summary))
+        dirs.append(out)
+    return runs, dirs
 
-    real_summaries = [summarize(rs, i) for rs, i in runs]
-    real = pooled(real_summaries, [rs for rs, _ in runs])
+
+def _rel(d: Path) -> str:
+    return str(d.relative_to(REPO) if d.is_relative_to(REPO) else d)
+
+
+def build_summary(
+    args: argparse.Namespace,
+    real_runs: list[tuple[list[RequestRecord], RunInfo]],
+    sim_runs: list[tuple[list[RequestRecord], dict]],
+    dirs: tuple[list[Path], list[Path]],
+    at: str,
+) -> dict:
+    """Pooled comparison, every round's numbers, their spread and the phases, real vs sim."""
+    real_summaries = [summarize(rs, i) for rs, i in real_runs]
+    real = pooled(real_summaries, [rs for rs, _ in real_runs])
     sim = pooled([s for _, s in sim_runs], [rs for rs, _ in sim_runs])
     rows, ok = compare(real, sim)
     real_rounds = [metrics(s) for s in real_summaries]
     sim_rounds = [metrics(s) for _, s in sim_runs]
-    rel = [str(d.relative_to(LOADTESTS.parent)) for d in dirs]
-    summary = {
+    return {
         "scenario": str(args.scenario),
         "profile": args.profile,
         "tolerance": TOLERANCE,
@@ -230,25 +248,60 @@ def main() -> None:
         "real_rounds": real_rounds,
         "sim_rounds": sim_rounds,
         "spread": {"real": spread(real_rounds), "sim": spread(sim_rounds)},
-        "phases": {"real": phases([rs for rs, _ in runs]),
+        "phases": {"real": phases([rs for rs, _ in real_runs]),
                    "sim": phases([rs for rs, _ in sim_runs])},
-        "raw": {"real": rel, "sim": [str(d.relative_to(LOADTESTS.parent)) for d in sim_dirs]},
-        "date": stamp,
+        "raw": {"real": [_rel(d) for d in dirs[0]], "sim": [_rel(d) for d in dirs[1]]},
+        "date": at,
     }  # fmt: skip
+
+
+def main() -> None:
+    args = parse_args()
+    scenario_path = find_scenario(args.scenario)
+    trace = generate(load_scenario(scenario_path))
+    tenants = sorted({r.tenant for r in trace})
+    at = stamp()
+    name = f"sim-validation-{at}"
+    raw = RAW / name
+    load_profile(args.profile)  # a bad profile fails before any real round
+    if args.reuse is not None:  # real rounds recorded by an earlier validation
+        dirs = reused_rounds(args.reuse, raw)
+        args.rounds = len(dirs)
+    else:
+        dirs = run_real(scenario_path, raw, tenants, args.rounds)
+    real_runs = [read_run(d) for d in dirs]
+    sim_runs, sim_dirs = sim_rounds(trace, real_runs[0][1], args.profile, args.rounds, raw)
+    summary = build_summary(args, real_runs, sim_runs, (dirs, sim_dirs), at)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    base = RESULTS / name
     base.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    base.with_suffix(".md").write_text(render(summary, stamp))
+    base.with_suffix(".md").write_text(render(summary, at))
     table = Table("class", "metric", "real", "sim", "ratio", title="simulator vs real")
-    for r in rows:
+    for r in summary["rows"]:
         table.add_row(r["class"], r["metric"], _f(r["real"]), _f(r["sim"]), _f(r["ratio"]))
     console.print(table)
-    console.print(f"{'PASS' if ok else 'FAIL'} → {base.with_suffix('.md')}")
+    console.print(f"{'PASS' if summary['passed'] else 'FAIL'} → {base.with_suffix('.md')}")
 
 
-def render(summary: dict, stamp: str) -> str:
+def render(summary: dict, at: str) -> str:
     """The Markdown report: pooled comparison, every round, the spread, the phases."""
+    raw = ", ".join(f"`{d}`" for d in [*summary["raw"]["real"], *summary["raw"]["sim"]])
+    return "\n".join(
+        [
+            *_render_comparison(summary, at),
+            *_render_rounds(summary),
+            *_render_phases(summary),
+            "",
+            f"Raw records and reports: {raw}.",
+            "",
+        ]
+    )
+
+
+def _render_comparison(summary: dict, at: str) -> list[str]:
     n, ok = summary["rounds"], summary["passed"]
     lines = [
-        f"# Simulator validation: {summary['scenario']} ({stamp})",
+        f"# Simulator validation: {summary['scenario']} ({at})",
         "",
         f"Real: {n} rounds of `genmedia loadtest run` against one local `genmedia serve` "
         f"(default tiny catalog, this machine); simulated: profile `{summary['profile']}`, "
@@ -269,7 +322,11 @@ def render(summary: dict, stamp: str) -> str:
             f"| {r['class']} | {r['metric']} | {_f(r['real'])} | {_f(r['sim'])} | "
             f"{_f(r['ratio'])} | {'yes' if r['within_20pct'] else 'no'} |"
         )
-    lines += [
+    return lines
+
+
+def _render_rounds(summary: dict) -> list[str]:
+    lines = [
         "",
         "## Every round (whole run)",
         "",
@@ -294,7 +351,11 @@ def render(summary: dict, stamp: str) -> str:
                     f"| {side} {k} | {_f(sp['min'])} | {_f(sp['median'])} | {_f(sp['max'])} | "
                     f"{_f(summary[side]['all'][k])} |"
                 )
-    lines += [
+    return lines
+
+
+def _render_phases(summary: dict) -> list[str]:
+    lines = [
         "",
         "## Where the time went (completed requests, pooled; seconds)",
         "",
@@ -311,9 +372,7 @@ def render(summary: dict, stamp: str) -> str:
             f"| {ph} | {_f(r['p50'])} | {_f(r['p99'])} | {_f(r['max'])} | {_f(s['p50'])} | "
             f"{_f(s['p99'])} | {_f(s['max'])} |"
         )
-    raw = ", ".join(f"`{d}`" for d in [*summary["raw"]["real"], *summary["raw"]["sim"]])
-    lines += ["", f"Raw records and reports: {raw}.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _f(v: float | None) -> str:

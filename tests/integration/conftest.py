@@ -6,13 +6,15 @@ models, built into a session temp dir. Everything is shut down at the end of the
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import httpx
 import pytest
 
-from genmedia.loadtests.local import free_port
+from genmedia.deployments.tenants.schema import TenantsFile
+from genmedia.loadtests.local import ray_stack, tenant_record, tenants_file
 
 API_KEY = "gm_0123abcd_" + "k" * 43  # tenant "dev": generous quotas, webhook secret
 OTHER_KEY = "gm_4567abcd_" + "o" * 43  # tenant "other"
@@ -20,40 +22,14 @@ TINY_KEY = "gm_89abcdef_" + "t" * 43  # tenant "tiny": one queued job, 3 request
 WEBHOOK_SECRET = "whsec-test-0123456789"
 
 
-def make_tenants():
-    from genmedia.deployments.tenants.config import key_record, parse_tenants
-
-    def keys(k):
-        return [key_record(k).model_dump(mode="json")]
-
-    big = {
-        "max_concurrent_jobs": 10_000,
-        "requests_per_minute": 1_000_000,
-        "max_queued_jobs": 10_000,
-    }
-    return parse_tenants(
-        {
-            "tenants": [
-                {
-                    "id": "dev",
-                    "api_keys": keys(API_KEY),
-                    "admin": True,
-                    "quotas": big,
-                    "webhook_secret": WEBHOOK_SECRET,
-                },
-                {"id": "other", "api_keys": keys(OTHER_KEY), "quotas": big},
-                {
-                    "id": "tiny",
-                    "api_keys": keys(TINY_KEY),
-                    "allowed_classes": ["batch"],
-                    "quotas": {
-                        "max_concurrent_jobs": 2,
-                        "requests_per_minute": 3,
-                        "max_queued_jobs": 1,
-                    },
-                },
-            ]
-        },
+def make_tenants() -> TenantsFile:
+    tiny = {"max_concurrent_jobs": 2, "requests_per_minute": 3, "max_queued_jobs": 1}
+    return tenants_file(
+        [
+            tenant_record("dev", API_KEY, admin=True, webhook_secret=WEBHOOK_SECRET),
+            tenant_record("other", OTHER_KEY),
+            tenant_record("tiny", TINY_KEY, allowed_classes=["batch"], quotas=tiny),
+        ],
         "<test tenants>",
     )
 
@@ -68,11 +44,7 @@ def genmedia_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def serve_app(genmedia_home, tmp_path_factory):
     """The default catalog served on a real local Ray Serve; yields (base_url, catalog)."""
-    import ray
-    from ray import serve
-
     from genmedia.deployments.cli.preflight import check_weights
-    from genmedia.deployments.serve.app import APP_NAME, build_app
     from genmedia.models.catalog import load_catalog
 
     catalog = load_catalog()
@@ -102,23 +74,12 @@ def serve_app(genmedia_home, tmp_path_factory):
     server = server.model_copy(update={"webhooks": webhooks})
     catalog = catalog.model_copy(update={"server": server})
     tenants = make_tenants()
-    port = free_port()
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as `genmedia serve` does
-    ray.init(
-        num_cpus=4,
-        num_gpus=1,
-        include_dashboard=False,
-        logging_level="WARNING",
-        log_to_driver=False,
-        runtime_env={"env_vars": {"GENMEDIA_HOME": str(genmedia_home)}},
-    )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(catalog, tenants), name=APP_NAME, route_prefix="/")
-        yield f"http://127.0.0.1:{port}", catalog
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    from genmedia.deployments.serve.local import run_app
+
+    env = {"GENMEDIA_HOME": str(genmedia_home)}
+    with ray_stack(num_cpus=4, num_gpus=1, logging_level=logging.WARNING, env_vars=env) as url:
+        run_app(catalog, tenants)
+        yield url, catalog
 
 
 @pytest.fixture(scope="session")

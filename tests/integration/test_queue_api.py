@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from genmedia.deployments.webhooks.delivery import verify
+from genmedia.deployments.webhooks.signing import verify
 from tests.integration.conftest import OTHER_KEY, TINY_KEY, WEBHOOK_SECRET
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def test_queued_position_eta_and_cancel_queued_and_running(http):
     assert http.put(f"/v1/queue/requests/{queued}/cancel").status_code == 202
     assert wait_status(http, queued, {"CANCELLED"})["status"] == "CANCELLED"
     r = http.put(f"/v1/queue/requests/{queued}/cancel")
-    assert r.status_code == 400 and r.json()["error"]["type"] == "ALREADY_COMPLETED"
+    assert r.status_code == 400 and r.json()["error"]["type"] == "already_completed"
     # A running job stops between steps and frees its slot: the next job starts long before
     # the cancelled one would have finished.
     nxt = submit(http, priority="interactive", num_inference_steps=2).json()["request_id"]

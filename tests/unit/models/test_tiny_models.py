@@ -63,9 +63,9 @@ def test_interface(built) -> None:
     packing = 2 if module.FAMILY == "flux" else 1  # flux packs 2x2 latent patches
     assert pipe.vae_scale_factor * packing == module.SIZE_MULTIPLE
     assert type(pipe.scheduler) is module.SCHEDULERS[module.DEFAULT_SCHEDULER]
-    # The light registry the gateway validates requests with agrees with the adapter module.
+    # The spec the gateway validates requests with is the module's own, and agrees with it.
     spec = registry.family_spec(module.FAMILY)
-    assert spec.module == module.__name__
+    assert spec is module.SPEC and registry.FAMILY_MODULES[spec.name] == module.__name__
     assert set(spec.schedulers) == set(module.SCHEDULERS)
     assert spec.default_scheduler == module.DEFAULT_SCHEDULER
     assert spec.size_multiple == module.SIZE_MULTIPLE

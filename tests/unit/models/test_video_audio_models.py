@@ -85,7 +85,7 @@ def test_interface_agrees_with_registry(module, fixture, request) -> None:
     _, pipe = request.getfixturevalue(fixture)
     assert isinstance(pipe, module.PIPELINE_CLASS)
     spec = registry.family_spec(module.FAMILY)
-    assert spec.module == module.__name__
+    assert spec is module.SPEC and registry.FAMILY_MODULES[spec.name] == module.__name__
     assert spec.tasks == (module.TASK,)
     assert set(spec.schedulers) == set(module.SCHEDULERS)
     assert spec.default_scheduler == module.DEFAULT_SCHEDULER

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -17,88 +16,11 @@ from PIL import Image
 from genmedia.deployments.api.app import build_api
 from genmedia.deployments.intake.service import GatewayService
 from genmedia.deployments.store.storage import LocalDirStorage
-from genmedia.deployments.tenants.config import Authenticator, key_record, parse_tenants
+from genmedia.deployments.tenants.auth import Authenticator
+from genmedia.deployments.tenants.keys import key_record
+from genmedia.deployments.tenants.schema import parse_tenants
 from genmedia.models.catalog import load_catalog
-from genmedia.models.media import encode_image
-
-
-class FakeScheduler:
-    """Completes every job at once with a solid-colour PNG written to the real storage."""
-
-    def __init__(self, storage, fail: Exception | None = None, reject: dict | None = None):
-        self.storage = storage
-        self.subs = []
-        self.fail = fail
-        self.reject = reject
-        self.jobs: dict[str, dict] = {}
-
-    async def submit(self, sub):
-        if self.fail:
-            raise self.fail
-        if self.reject:
-            return {"rejected": self.reject}
-        self.subs.append(sub)
-        job = sub.job
-        images = []
-        for i in range(job.num_images):
-            pixels = np.full(
-                (job.params.height, job.params.width, 3), (job.seed + i) % 256, np.uint8
-            )
-            key = f"{sub.tenant}/x/{job.request_id}/{i}.png"
-            self.storage.put(key, encode_image(pixels), "image/png")
-            images.append(
-                {
-                    "key": key,
-                    "seed": job.seed + i,
-                    "width": job.params.width,
-                    "height": job.params.height,
-                    "content_type": "image/png",
-                    "sha256": "-",
-                }
-            )
-        status = {
-            "request_id": job.request_id,
-            "model": sub.model_id,
-            "status": "COMPLETED",
-            "priority": sub.priority,
-            "tenant": sub.tenant,
-            "result": {
-                "images": images,
-                "seed": job.seed,
-                "parameters": job.describe(),
-                "timings": {"queue_s": 0.0, "compute_s": 0.01, "total_s": 0.02},
-                "batch": {"id": "b", "images": job.num_images, "requests": 1},
-            },
-        }
-        self.jobs[job.request_id] = status
-        return {"created": True, **status}
-
-    async def status(self, job_id, tenant):
-        s = self.jobs.get(job_id)
-        return s if s and s["tenant"] == tenant else {"status": "NOT_FOUND"}
-
-    async def wait(self, job_id, tenant, timeout_s):
-        return await self.status(job_id, tenant)
-
-    async def submit_and_wait(self, sub, timeout_s):
-        accepted = await self.submit(sub)
-        if "rejected" in accepted:
-            return accepted
-        return await self.wait(accepted["request_id"], sub.tenant, timeout_s)
-
-    async def cancel(self, job_id, tenant):
-        s = await self.status(job_id, tenant)
-        return "not_found" if s["status"] == "NOT_FOUND" else "already_finished"
-
-    async def usage(self, tenant):
-        return []
-
-    async def metrics_text(self):
-        return b"genmedia_queue_depth 0.0\n"
-
-    async def ready(self):
-        return {"sd15": {"loaded": ["sd15-tiny"]}}
-
+from tests.unit.deployments.fakes import FakeScheduler
 
 KEY = "gm_0123abcd_" + "k" * 43
 OTHER_KEY = "gm_89abcdef_" + "o" * 43
@@ -183,7 +105,7 @@ def test_queue_submit_answers_202_with_urls(client, scheduler):
     assert client.get(f"/v1/queue/requests/{rid}/status").json()["status"] == "COMPLETED"
     assert client.get(f"/v1/queue/requests/{rid}").json()["images"]
     r = client.put(f"/v1/queue/requests/{rid}/cancel")
-    assert r.status_code == 400 and r.json()["error"]["type"] == "ALREADY_COMPLETED"
+    assert r.status_code == 400 and r.json()["error"]["type"] == "already_completed"
 
 
 @pytest.mark.parametrize(
@@ -259,7 +181,7 @@ def test_tenants_never_see_each_others_jobs_or_files(client, scheduler, storage)
     rid = body["request_id"]
     for path in (f"/v1/queue/requests/{rid}/status", f"/v1/queue/requests/{rid}"):
         r = other.get(path)
-        assert r.status_code == 404 and r.json()["error"]["type"] == "NOT_FOUND"
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
     assert other.put(f"/v1/queue/requests/{rid}/cancel").status_code == 404
     assert other.get("/v1/files/" + body["images"][0]["path"]).status_code == 404
     assert client.get("/v1/files/" + body["images"][0]["path"]).status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from genmedia.deployments.protocol import AdapterInfo, AdapterRecord, UsageRow
 from genmedia.deployments.store.jobs import JobRecord, JobStatus, SQLiteJobStore
 
 
@@ -96,15 +97,29 @@ def test_usage_per_model(tmp_path):
     store.create(rec(9, tenant="other"))
     rows = store.usage("t")
     assert rows == [
-        {
-            "model_id": "m",
-            "status": "COMPLETED",
-            "jobs": 3,
-            "images": 6,
-            "steps": 24,
-            "compute_s": 0.75,
-        }
+        UsageRow(
+            model_id="m", status=JobStatus.COMPLETED, jobs=3, images=6, steps=24, compute_s=0.75
+        )
     ]
+
+
+def test_adapters_round_trip(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    info = AdapterInfo(path="/w/a.safetensors", bytes=10, sha256="ab", rank=4, tensors=8)
+    record = AdapterRecord(
+        id="a",
+        base_model="m",
+        source="/src/a.safetensors",
+        description="",
+        origin="api",
+        status="ready",
+        registered_at=12.5,
+        info=info,
+    )
+    store.put_adapter(record)
+    assert store.adapters() == {"a": record}
+    assert "path" not in record.public() and record.public()["sha256"] == "ab"
+    assert store.delete_adapter("a") and store.adapters() == {}
 
 
 def test_transition_many_is_one_guarded_write(tmp_path):

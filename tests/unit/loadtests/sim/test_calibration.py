@@ -9,12 +9,8 @@ import itertools
 import pytest
 
 from genmedia.loadtests.records import RequestRecord
-from genmedia.loadtests.sim.calibrate import (
-    CP_PHASES,
-    build_profile,
-    phase_windows,
-    window_cpu,
-)
+from genmedia.loadtests.sim.calibrate import build_profile
+from genmedia.loadtests.sim.calibrate_serving import CP_PHASES, phase_windows, window_cpu
 from genmedia.loadtests.sim.empirical import mean_of
 from genmedia.loadtests.sim.validate import phases, spread
 
@@ -95,7 +91,7 @@ def test_cpu_sampler_counts_a_process_once_even_when_a_refresh_misses_it():
     import sys
     import time
 
-    from genmedia.loadtests.sim.calibrate import CpuSampler
+    from genmedia.loadtests.sim.calibrate_serving import CpuSampler
 
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
     child = subprocess.Popen([sys.executable, "-c", burn])
@@ -135,7 +131,7 @@ def test_cpu_sampler_counts_a_process_once_even_when_a_refresh_misses_it():
     ],
 )
 def test_only_serves_proxy_and_non_worker_replicas_are_on_a_requests_way(title, on_path):
-    from genmedia.loadtests.sim.calibrate import serve_process_on_path
+    from genmedia.loadtests.sim.calibrate_serving import serve_process_on_path
 
     workers = ["worker-sd15", "worker-sdxl", "worker-flux"]
     assert serve_process_on_path(title, workers) is on_path

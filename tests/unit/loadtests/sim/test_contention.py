@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from genmedia.loadtests.sim.calibrate import CP_PHASES, build_profile, fit_contention
+from genmedia.loadtests.sim.calibrate import build_profile
+from genmedia.loadtests.sim.calibrate_serving import CP_PHASES, fit_contention
 from genmedia.loadtests.sim.costs import Profile, ProfileError, load_profile
 from tests.unit.loadtests.sim.test_calibration import FIT
 from tests.unit.loadtests.sim.test_empirical import assert_profile_refused

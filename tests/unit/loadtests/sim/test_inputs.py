@@ -167,8 +167,9 @@ def test_cli_profile_without_a_family_the_trace_uses(tmp_path):
 
 
 def test_local_stack_tenants_have_valid_distinct_keys():
-    from genmedia.deployments.tenants.config import parse_api_key, parse_tenants, verify_api_key
-    from genmedia.loadtests.sim.localstack import TENANT, tenant_key, tenants_data
+    from genmedia.deployments.tenants.keys import parse_api_key, verify_api_key
+    from genmedia.deployments.tenants.schema import parse_tenants
+    from genmedia.loadtests.local import TENANT, tenant_key, tenants_data
 
     ids = ["web", "studio"]
     tf = parse_tenants(tenants_data(ids), "<test>")

@@ -1,0 +1,62 @@
+"""What every router takes from a request before its own work: the service, the caller's tenant
+(from the bearer key), the base URL answers link to, and the queue API's headers.
+
+Between the error handlers and a route: ``Caller`` runs the key check of ``tenants/`` (401);
+the routes then call the ``GatewayService`` of this gateway replica (``app.state.service``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from genmedia.deployments.intake.service import GatewayService
+from genmedia.deployments.tenants.schema import Tenant
+
+# Declares the scheme in the OpenAPI document (the "Authorize" button of /docs); the key
+# itself is checked by the service's Authenticator, which reads the raw header.
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="APIKey",
+    description="An API key of the caller's tenant: 'Authorization: Bearer gm_<id>_<secret>'.",
+)
+
+
+def get_service(request: Request) -> GatewayService:
+    return request.app.state.service
+
+
+def get_caller(
+    request: Request,
+    service: Annotated[GatewayService, Depends(get_service)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> Tenant:
+    """The tenant of the bearer key (401 without a valid one)."""
+    return service.auth.authenticate(request.headers.get("authorization"))
+
+
+def get_base_url(request: Request) -> str:
+    """The URL the caller reached the gateway at; status and output URLs start with it."""
+    return str(request.base_url)
+
+
+Service = Annotated[GatewayService, Depends(get_service)]
+Caller = Annotated[Tenant, Depends(get_caller)]
+BaseUrl = Annotated[str, Depends(get_base_url)]
+Deadline = Annotated[
+    str | None,
+    Header(
+        alias="X-Deadline-Seconds",
+        description="Seconds from now by which the job must start; refused (429) when it "
+        "cannot, EXPIRED when it passes in the queue.",
+    ),
+]
+IdemKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="A retried submit with the same key returns the same job.",
+    ),
+]

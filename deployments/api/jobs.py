@@ -1,0 +1,184 @@
+"""Generation jobs: the sync call (``/v1/models/{id}/generate``) and the queue API
+(``/v1/queue/...``: submit, status, result, cancel, server-sent events).
+
+First stop of a generation request: FastAPI parses the body (``GenerateRequest``) and headers,
+``Caller`` finds the tenant; ``GatewayService`` validates, stores inputs and hands the job to
+the scheduler, and its answer is the response body (``schemas``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from fastapi.responses import StreamingResponse
+
+from genmedia.deployments.api.deps import BaseUrl, Caller, Deadline, IdemKey, Service
+from genmedia.deployments.api.errors import AUTH, BODY, UNAVAILABLE, error_responses
+from genmedia.deployments.api.schemas import CancelAccepted, JobResult, JobStatusBody
+from genmedia.models.params import GenerateRequest
+
+router = APIRouter()
+
+ModelId = Annotated[str, Path(description="Catalog id of the model (GET /v1/models lists them).")]
+RequestId = Annotated[str, Path(description="The job's request_id (from the submit).")]
+
+_SUBMIT_ERRORS = {
+    **BODY,
+    403: "forbidden: the tenant may not use this model or priority class.",
+    404: "model_not_found: no model with this id. file_not_found: 'image' or 'mask_image' "
+    "names a file the caller does not have.",
+    422: "invalid_request: a field or header breaks its type or bound (fields names each, "
+    "with the limit); invalid_input: 'image' or 'mask_image' is not a usable image; "
+    "invalid_webhook_url: the webhook URL breaks a rule.",
+    429: "Refused at admission, with Retry-After: rate_limited, tenant_queue_full, "
+    "tenant_concurrency, model_queue_full, deadline_unmeetable.",
+}
+_NOT_FOUND = {404: "not_found: no job with this id for the caller's tenant."}
+
+
+@router.post(
+    "/v1/models/{model_id}/generate",
+    tags=["generate"],
+    summary="Generate and wait for the result (sync; interactive by default)",
+    response_model=JobResult,
+    response_model_exclude_unset=True,
+    responses=error_responses(
+        AUTH,
+        _SUBMIT_ERRORS,
+        UNAVAILABLE,
+        {
+            409: "cancelled: the job was cancelled while the call waited.",
+            500: "The job failed: generation_failed, worker_lost, ...",
+            504: "timeout: not finished within the server's request timeout (the job goes on; "
+            "see its status URL); deadline_expired: X-Deadline-Seconds passed in the queue.",
+        },
+    ),
+)
+async def generate(
+    model_id: ModelId,
+    body: GenerateRequest,
+    service: Service,
+    base_url: BaseUrl,
+    caller: Caller,
+    deadline: Deadline = None,
+    idempotency_key: IdemKey = None,
+) -> dict[str, Any]:
+    return await service.generate(
+        caller, model_id, body, base_url, deadline=deadline, idempotency_key=idempotency_key
+    )
+
+
+@router.post(
+    "/v1/queue/models/{model_id}",
+    tags=["queue"],
+    status_code=202,
+    summary="Submit a job; answers at once with its URLs",
+    response_model=JobStatusBody,
+    response_model_exclude_unset=True,
+    responses=error_responses(AUTH, _SUBMIT_ERRORS, UNAVAILABLE),
+)
+async def submit(
+    model_id: ModelId,
+    body: GenerateRequest,
+    service: Service,
+    base_url: BaseUrl,
+    caller: Caller,
+    deadline: Deadline = None,
+    idempotency_key: IdemKey = None,
+) -> dict[str, Any]:
+    accepted = await service.submit(
+        caller, model_id, body, deadline=deadline, idempotency_key=idempotency_key
+    )
+    return service.public_status(accepted, base_url)
+
+
+@router.get(
+    "/v1/queue/requests/{request_id}/status",
+    tags=["queue"],
+    summary="IN_QUEUE (position, ETA), IN_PROGRESS (step), COMPLETED, FAILED, ...",
+    response_model=JobStatusBody,
+    response_model_exclude_unset=True,
+    responses=error_responses(AUTH, _NOT_FOUND, UNAVAILABLE),
+)
+async def status(
+    request_id: RequestId, service: Service, base_url: BaseUrl, caller: Caller
+) -> dict[str, Any]:
+    return await service.status(caller, request_id, base_url)
+
+
+@router.get(
+    "/v1/queue/requests/{request_id}",
+    tags=["queue"],
+    summary="The result of a finished job (409 while it runs); a job that ended without one "
+    "answers its status",
+    response_model=JobResult | JobStatusBody,
+    response_model_exclude_unset=True,
+    responses=error_responses(
+        AUTH,
+        _NOT_FOUND,
+        UNAVAILABLE,
+        {
+            409: "not_finished: the job is IN_QUEUE or IN_PROGRESS; retry after Retry-After.",
+            422: "invalid_request: return_base64 is not a boolean.",
+        },
+    ),
+)
+async def result(
+    request_id: RequestId,
+    service: Service,
+    base_url: BaseUrl,
+    caller: Caller,
+    return_base64: bool = False,
+) -> dict[str, Any]:
+    return await service.result(caller, request_id, base_url, return_base64)
+
+
+@router.put(
+    "/v1/queue/requests/{request_id}/cancel",
+    tags=["queue"],
+    status_code=202,
+    summary="Cancel: a queued job leaves the queue, a running one stops between steps",
+    response_model=CancelAccepted,
+    response_model_exclude_unset=True,
+    responses=error_responses(
+        AUTH,
+        _NOT_FOUND,
+        UNAVAILABLE,
+        {400: "already_completed: the job has already ended."},
+    ),
+)
+async def cancel(request_id: RequestId, service: Service, caller: Caller) -> dict[str, Any]:
+    return await service.cancel(caller, request_id)
+
+
+@router.get(
+    "/v1/queue/requests/{request_id}/stream",
+    tags=["queue"],
+    summary="Server-sent events: status changes and step progress until the end",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "'event: status' lines whose data is a JobStatusBody, and "
+            '\'event: keepalive\' repeats (data with "type": "keepalive") while nothing '
+            "changes; the stream ends after a terminal status.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **error_responses(AUTH, _NOT_FOUND, UNAVAILABLE),
+    },
+)
+async def stream(
+    request_id: RequestId, service: Service, base_url: BaseUrl, caller: Caller
+) -> StreamingResponse:
+    events = await service.stream(caller, request_id, base_url)
+
+    async def sse() -> AsyncIterator[str]:
+        async for event in events:
+            name = "keepalive" if event.get("type") == "keepalive" else "status"
+            yield f"event: {name}\ndata: {json.dumps(event)}\n\n"
+
+    return StreamingResponse(
+        sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

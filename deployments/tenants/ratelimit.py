@@ -1,0 +1,52 @@
+"""Per-tenant rate limits: a token bucket per tenant, and the Retry-After of a refusal.
+
+On a request's way: the scheduler's admission takes a token for every submit and refuses with
+429 ``rate_limited`` when the bucket is empty (``scheduler/admission.py``); the gateway answers it
+with ``Retry-After`` from ``retry_after_header``. The simulator runs the same limiter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from genmedia.deployments.tenants.schema import TenantsFile
+
+
+class RateLimiter:
+    """Token bucket per tenant: capacity = requests_per_minute, refilled rpm/60 tokens a second.
+
+    Pure (the caller passes ``now``, any monotonic seconds) and not thread-safe: one per event
+    loop. The limit holds per limiter: the scheduler (one active replica) holds the cluster's;
+    one per gateway replica would allow rpm x replicas.
+    """
+
+    def __init__(self, limits: Mapping[str, int]):
+        self.limits = dict(limits)
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, last refill)
+
+    @classmethod
+    def for_tenants(cls, tenants_file: TenantsFile) -> RateLimiter:
+        return cls({t.id: t.quotas.requests_per_minute for t in tenants_file.tenants})
+
+    def try_acquire(self, tenant_id: str, now: float) -> float:
+        """0.0 when a request is admitted (a token taken), else seconds until one is available.
+
+        KeyError for a tenant the limiter was not built with.
+        """
+        rpm = self.limits[tenant_id]
+        rate = rpm / 60.0
+        tokens, last = self._buckets.get(tenant_id, (float(rpm), now))
+        if now > last:
+            tokens = min(float(rpm), tokens + (now - last) * rate)
+            last = now
+        if tokens >= 1.0:
+            self._buckets[tenant_id] = (tokens - 1.0, last)
+            return 0.0
+        self._buckets[tenant_id] = (tokens, last)
+        return (1.0 - tokens) / rate
+
+
+def retry_after_header(seconds: float) -> str:
+    """A Retry-After header value (whole seconds, at least 1) for a wait in seconds."""
+    return str(max(1, math.ceil(seconds)))
