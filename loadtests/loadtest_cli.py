@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -312,7 +312,9 @@ def run_cmd(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target = out_dir or RESULTS / f"{name}-{stamp}"
     duration = spec.duration_s if spec and trace is None else records[-1].t
-    from_spec = {"slo_s": spec.slo.model_dump(), "weights": spec.weights} if spec else {}
+    from_spec: dict[str, Any] = (
+        {"slo_s": spec.slo.model_dump(), "weights": spec.weights} if spec else {}
+    )
     info = RunInfo(
         scenario=name,
         duration_s=duration,

@@ -99,9 +99,9 @@ def group_stats(records: list[RequestRecord], window: float, slo_s: dict[str, fl
         "goodput_images_per_s": sum(r.images for r in good) / window,
         "slo_attainment": len(good) / n if n else None,
         "rate_429": sum(1 for r in records if r.http_status == 429) / n if n else None,
-        "error_rate": sum(statuses[s] for s in ERRORS) / n if n else None,
-        "queue_wait_s": percentiles(r.queue_wait for r in done),
-        "latency_s": percentiles(r.latency for r in done),
+        "error_rate": sum(statuses.get(s, 0) for s in ERRORS) / n if n else None,  # type: ignore[call-overload]
+        "queue_wait_s": percentiles(r.queue_wait for r in done if r.queue_wait is not None),
+        "latency_s": percentiles(r.latency for r in done if r.latency is not None),
     }
 
 
@@ -237,7 +237,7 @@ def timeline(
         recs = [r for r in records if cls == "all" or r.priority == cls]
         done = [r for r in recs if r.status == "COMPLETED" and r.t_done is not None]
         counts, _ = np.histogram(
-            [r.t_done for r in done], bins=edges, weights=[r.images for r in done]
+            [float(r.t_done or 0.0) for r in done], bins=edges, weights=[r.images for r in done]
         )
         out["throughput"][cls] = (counts / step).tolist()
         spans = [s for s in (_queue_interval(r, window) for r in recs) if s is not None]

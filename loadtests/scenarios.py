@@ -219,7 +219,9 @@ def _cross_issues(s: Scenario) -> list[tuple[tuple, str]]:
         for j, v in enumerate(st.variants):
             out += _param_issues(v.params, ("streams", i, "variants", j, "params"))
         arrival = st.arrival
-        if getattr(arrival, "process", "") == "ramp" and arrival.from_rate == arrival.to_rate == 0:
+        if getattr(arrival, "process", "") == "ramp" and (
+            getattr(arrival, "from_rate", None) == getattr(arrival, "to_rate", None) == 0
+        ):
             out.append((("streams", i, "arrival", "to_rate"), "a ramp from 0 to 0 sends nothing"))
         total += expected_count(arrival, max(0.0, end - start))
     if total > MAX_REQUESTS:

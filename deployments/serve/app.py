@@ -128,7 +128,7 @@ def build_app(
     workers = {}
     for plan in plan_workers(catalog):
         entries = by_family[plan.family]
-        workers[plan.family] = FamilyWorkerDeployment.options(
+        workers[plan.family] = FamilyWorkerDeployment.options(  # type: ignore[attr-defined]
             **plan.deployment_options(gpus_available)
         ).bind(
             plan.family,
@@ -142,7 +142,7 @@ def build_app(
     data = catalog.model_dump(mode="json", exclude={"source"})
     source = catalog.source or "<catalog>"
     tenants_data = tenants.model_dump(mode="json")
-    scheduler = SchedulerDeployment.options(
+    scheduler = SchedulerDeployment.options(  # type: ignore[attr-defined]
         name=SCHEDULER_NAME,
         num_replicas=1,  # the one owner of every queue; restarted from the job store
         max_ongoing_requests=SCHEDULER_MAX_ONGOING,
@@ -159,7 +159,7 @@ def build_app(
         {family: worker_name(family) for family in workers},
         APP_NAME,
     )
-    gateway = GatewayDeployment.options(
+    gateway = GatewayDeployment.options(  # type: ignore[attr-defined]
         name=GATEWAY_NAME,
         num_replicas=server.gateway_replicas,
         max_ongoing_requests=GATEWAY_MAX_ONGOING,

@@ -832,6 +832,7 @@ class Scheduler:
         event = {"type": f"job.{str(rec.status).lower()}", **view.as_dict(tenant=False)}
         tenant = self.tenants.get(rec.tenant)
         secret = tenant.webhook_secret if tenant else None
+        assert rec.webhook_url is not None  # only jobs with a webhook URL come here
         result = await deliver(rec.webhook_url, event, secret, self.webhook_policy)
         if not result.ok:
             logger.warning(

@@ -16,7 +16,7 @@ from genmedia.deployments.scheduler.queues import job_cost
 from genmedia.loadtests.traces import TraceRecord
 from genmedia.models.catalog import Catalog
 from genmedia.models.config_issues import field_errors
-from genmedia.models.params import GenerateRequest, resolve_request
+from genmedia.models.params import GenerateRequest, GenerationJob, resolve_request
 
 
 @dataclass(slots=True)
@@ -43,7 +43,7 @@ class SimRequest:
 _SKIP = ("prompt", "seed")
 
 
-def _resolve(entry, params: dict) -> tuple[tuple | None, object, str | None]:
+def _resolve(entry, params: dict) -> tuple[tuple | None, GenerationJob | None, str | None]:
     try:
         body = GenerateRequest.model_validate(params)
     except ValidationError as e:
@@ -52,6 +52,7 @@ def _resolve(entry, params: dict) -> tuple[tuple | None, object, str | None]:
     job, errors = resolve_request(entry, body, request_id="sim")
     if errors:
         return None, None, "; ".join(f"{e.field}: {e.message}" for e in errors)
+    assert job is not None  # resolve_request gives a job or errors
     return job.batch_key, job, None
 
 
@@ -80,6 +81,7 @@ def prepare(trace: Iterable[TraceRecord], catalog: Catalog) -> list[SimRequest]:
         if hit is None:
             key, job, error = _resolve(entry, params)
             if error is None:
+                assert job is not None
                 p = job.params
                 hit = (
                     key,
