@@ -49,7 +49,7 @@ loadtest_app = typer.Typer(
     no_args_is_help=True,
     help="Load tests: scenario traces, open-loop replay, reports and comparisons.",
 )
-RESULTS = Path("loadtests/results")
+RESULTS = Path("loadtests/results/raw")
 
 ScenarioOpt = Annotated[
     str | None,
