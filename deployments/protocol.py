@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from genmedia.models.params import AdapterUse, GenerationJob, adapter_set_key
+from genmedia.models.params import AdapterUse, GenerationJob, GenerationParams, adapter_set_key
 
 
 class PriorityClass(StrEnum):
@@ -346,3 +346,12 @@ class WorkerResult:
     device: str  # ``cpu`` or ``cuda``
     acceleration: dict[str, Any]  # kernels and options active on the model
     adapters: list[tuple[str, float]]  # the LoRA set applied: (id, scale)
+
+
+def job_to_dict(job: GenerationJob) -> dict[str, Any]:
+    """A resolved job as the job store keeps it (JSON-ready)."""
+    return {**asdict(job), "params": asdict(job.params)}
+
+
+def job_from_dict(d: dict[str, Any]) -> GenerationJob:
+    return GenerationJob(**{**d, "params": GenerationParams(**d["params"])})

@@ -22,6 +22,17 @@ from genmedia.models.registry import FAMILIES
 MAX_SEED = 2**32 - 1
 HARD_MAX_PROMPT_CHARS = 100_000
 MAX_INLINE_INPUT_CHARS = 30_000_000  # base64 of a ~20 MB image; the body limit applies first
+# Parse-time bounds: a body past them is refused by pydantic before any other work; the
+# catalog's own (lower) bounds are checked when the request is resolved against its model.
+HARD_MAX_LORAS = 16  # the catalog's max_loras is at most this
+HARD_MAX_SIDE = 16_384
+HARD_MAX_STEPS = 1_000
+HARD_MAX_IMAGES = 64
+HARD_MAX_FRAMES = 10_000
+HARD_MAX_FPS = 240
+HARD_MAX_DURATION_S = 3_600.0
+HARD_MAX_GUIDANCE = 1_000.0
+HARD_MAX_NAME_CHARS = 64  # scheduler names, output formats
 DEFAULT_QUALITY = 90
 Task = Literal["text-to-image", "image-to-image", "inpainting", "text-to-video", "text-to-audio"]
 MEDIA_TASK = {"image-to-image": "text-to-image", "inpainting": "text-to-image"}  # output kind
@@ -34,7 +45,11 @@ class LoraRequest(BaseModel):
 
     id: str = Field(min_length=1, max_length=64, description="Adapter id (GET /v1/loras).")
     scale: float | None = Field(
-        default=None, description="Adapter strength; default and bounds from the model."
+        default=None,
+        ge=-100.0,
+        le=100.0,
+        allow_inf_nan=False,
+        description="Adapter strength; default and bounds from the model.",
     )
 
 
@@ -51,11 +66,23 @@ class GenerateRequest(BaseModel):
     negative_prompt: str | None = Field(
         default=None, max_length=HARD_MAX_PROMPT_CHARS, description="What to steer away from."
     )
-    width: int | None = Field(default=None, description="Output width in pixels.")
-    height: int | None = Field(default=None, description="Output height in pixels.")
-    num_inference_steps: int | None = Field(default=None, description="Denoising steps.")
-    guidance_scale: float | None = Field(default=None, description="Guidance scale.")
-    num_images: int | None = Field(default=None, description="Images to generate.")
+    width: int | None = Field(default=None, le=HARD_MAX_SIDE, description="Output width in pixels.")
+    height: int | None = Field(
+        default=None, le=HARD_MAX_SIDE, description="Output height in pixels."
+    )
+    num_inference_steps: int | None = Field(
+        default=None, le=HARD_MAX_STEPS, description="Denoising steps."
+    )
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=-HARD_MAX_GUIDANCE,
+        le=HARD_MAX_GUIDANCE,
+        allow_inf_nan=False,
+        description="Guidance scale.",
+    )
+    num_images: int | None = Field(
+        default=None, le=HARD_MAX_IMAGES, description="Images to generate."
+    )
     seed: int | None = Field(
         default=None,
         ge=0,
@@ -63,7 +90,9 @@ class GenerateRequest(BaseModel):
         description="Seed of the first image (image i uses seed + i); random when unset. Same "
         "model, parameters and seed give the same output.",
     )
-    scheduler: str | None = Field(default=None, description="Scheduler (sampler) name.")
+    scheduler: str | None = Field(
+        default=None, max_length=HARD_MAX_NAME_CHARS, description="Scheduler (sampler) name."
+    )
     image: str | None = Field(
         default=None,
         max_length=MAX_INLINE_INPUT_CHARS,
@@ -79,16 +108,29 @@ class GenerateRequest(BaseModel):
     )
     strength: float | None = Field(
         default=None,
+        allow_inf_nan=False,
         description="Image-to-image / inpainting: how much of the input is re-noised (0-1].",
     )
-    num_frames: int | None = Field(default=None, description="Video: frames per clip.")
-    fps: int | None = Field(default=None, description="Video: frames per second of the MP4.")
-    duration_s: float | None = Field(default=None, description="Audio: clip length in seconds.")
+    num_frames: int | None = Field(
+        default=None, le=HARD_MAX_FRAMES, description="Video: frames per clip."
+    )
+    fps: int | None = Field(
+        default=None, le=HARD_MAX_FPS, description="Video: frames per second of the MP4."
+    )
+    duration_s: float | None = Field(
+        default=None,
+        le=HARD_MAX_DURATION_S,
+        allow_inf_nan=False,
+        description="Audio: clip length in seconds.",
+    )
     loras: list[LoraRequest] = Field(
-        default_factory=list, description="LoRA adapters to apply, with their scales."
+        default_factory=list,
+        max_length=HARD_MAX_LORAS,
+        description="LoRA adapters to apply, with their scales (the model sets a lower limit).",
     )
     output_format: str | None = Field(
         default=None,
+        max_length=HARD_MAX_NAME_CHARS,
         description="Output encoding: png (default), jpeg or webp for images; mp4 for video; wav "
         "(default), flac or mp3 for audio.",
     )
@@ -107,6 +149,20 @@ class GenerateRequest(BaseModel):
     )
     return_base64: bool = Field(
         default=False, description="Also return each image inline as base64 in the response."
+    )
+
+
+class BulkItem(GenerateRequest):
+    """One job of a bulk submit (``POST /v1/queue/models/{model_id}/batch``): the submit body,
+    plus its own idempotency key."""
+
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="As the Idempotency-Key header of a single submit: a repeat answers the "
+        "first job.",
     )
 
 
@@ -301,9 +357,11 @@ def _adapters(
         errors.append(
             FieldError("loras", f"at most {p.max_loras} adapters per request", p.max_loras)
         )
+    seen: set[str] = set()
     for i, lora in enumerate(req.loras):
-        if any(a == lora.id for a, _ in adapters):
+        if lora.id in seen:
             errors.append(FieldError(f"loras[{i}].id", f"{lora.id!r} is listed twice", None))
+        seen.add(lora.id)
         scale = _float_in(f"loras[{i}].scale", lora.scale, p.lora_scale, errors)
         adapters.append((lora.id, float(scale)))
     return adapters

@@ -197,6 +197,12 @@ class ServerSettings(_Strict):
         description="Largest request body accepted (inline base64 images and uploads "
         "included); larger ones get 413.",
     )
+    max_bulk_items: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Most jobs one bulk submit (POST /v1/queue/models/{id}/batch) may carry.",
+    )
     max_adapter_bytes: int = Field(
         default=512 * 1_048_576,
         ge=1024,

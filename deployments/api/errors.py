@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genmedia.deployments.api.schemas import ErrorBody
-from genmedia.deployments.errors import ApiError
+from genmedia.deployments.errors import ApiError, validation_fields
 
 
 def error_body(type_: str, message: str, fields: list[dict] | None = None) -> dict:
@@ -64,19 +64,6 @@ def error_responses(*groups: Mapping[int, str]) -> dict[int | str, dict[str, Any
     return out
 
 
-def _field_name(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    return ".".join(parts) or "body"
-
-
-def _limit_of(err: dict) -> object:
-    ctx = err.get("ctx") or {}
-    for key in ("le", "ge", "lt", "gt", "max_length", "min_length", "expected"):
-        if key in ctx:
-            return ctx[key]
-    return None
-
-
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -91,15 +78,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
                 [{"field": "body", "message": "invalid JSON", "limit": None}],
             ),
         )
-    fields = []
-    for e in errors:
-        field = _field_name(tuple(e.get("loc", ())))
-        message = e.get("msg", "invalid")
-        if e.get("type") == "extra_forbidden":
-            message = "unknown field"
-        elif e.get("type") == "missing":
-            message = "field required"
-        fields.append({"field": field, "message": message, "limit": _limit_of(e)})
+    fields = validation_fields(errors)
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
     return JSONResponse(status_code=422, content=error_body("invalid_request", summary, fields))
 

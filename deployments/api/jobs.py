@@ -17,7 +17,14 @@ from fastapi.responses import StreamingResponse
 
 from genmedia.deployments.api.deps import BaseUrl, Caller, Deadline, IdemKey, Service
 from genmedia.deployments.api.errors import AUTH, BODY, UNAVAILABLE, error_responses
-from genmedia.deployments.api.schemas import CancelAccepted, JobResult, JobStatusBody
+from genmedia.deployments.api.schemas import (
+    BulkSubmitBody,
+    BulkSubmitResult,
+    CancelAccepted,
+    JobResult,
+    JobStatusBody,
+)
+from genmedia.deployments.intake.bulk import submit_many
 from genmedia.models.params import GenerateRequest
 
 router = APIRouter()
@@ -93,6 +100,39 @@ async def submit(
         caller, model_id, body, deadline=deadline, idempotency_key=idempotency_key
     )
     return service.public_status(accepted, base_url)
+
+
+@router.post(
+    "/v1/queue/models/{model_id}/batch",
+    tags=["queue"],
+    summary="Submit many jobs in one call; one answer per job (202 with its job, or its 4xx)",
+    response_model=BulkSubmitResult,
+    response_model_exclude_unset=True,
+    responses=error_responses(
+        AUTH,
+        BODY,
+        {
+            403: "forbidden: the tenant may not use this model.",
+            404: "model_not_found: no model with this id.",
+            422: "invalid_request: 'requests' is missing, empty or longer than the catalog's "
+            "server.max_bulk_items, or X-Deadline-Seconds is invalid. Each job's own errors "
+            "are answered in its item, not here.",
+            429: "rate_limited: the tenant is over its request rate (the call counts once).",
+        },
+        UNAVAILABLE,
+    ),
+)
+async def submit_batch(
+    model_id: ModelId,
+    body: BulkSubmitBody,
+    service: Service,
+    base_url: BaseUrl,
+    caller: Caller,
+    deadline: Deadline = None,
+) -> dict[str, Any]:
+    """Jobs are validated one by one and admitted in request order, in one scheduler call and
+    group-committed store transactions; an accepted item is in the store when this answers."""
+    return await submit_many(service, caller, model_id, body.requests, base_url, deadline)
 
 
 @router.get(

@@ -149,6 +149,42 @@ class JobStatusBody(Body):
     stream_url: str
 
 
+HARD_MAX_BULK_ITEMS = 10_000  # parse-time bound; the catalog's server.max_bulk_items is lower
+
+
+class BulkSubmitBody(Body):
+    """Body of a bulk submit: the jobs, each validated on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=HARD_MAX_BULK_ITEMS,
+        description="The jobs: each the single submit's body (GenerateRequest) plus an optional "
+        "'idempotency_key'; at most the catalog's server.max_bulk_items (default 1000).",
+    )
+
+
+class BulkItemAnswer(Body):
+    """One job's answer, at its index in the request."""
+
+    index: int = Field(description="Its place in 'requests'.")
+    status: int = Field(description="202 when accepted, else the item's own 4xx/429 status.")
+    job: JobStatusBody | None = Field(None, description="202: the job (as a single submit's).")
+    error: ErrorDetail | None = Field(None, description="4xx/429: why it was refused.")
+    retry_after_s: Number | None = Field(
+        None, description="429: seconds before a retry of this item can pass."
+    )
+
+
+class BulkSubmitResult(Body):
+    """A bulk submit's answer: one entry per job, in request order."""
+
+    accepted: int = Field(description="Jobs accepted (202 items).")
+    refused: int = Field(description="Jobs refused.")
+    items: list[BulkItemAnswer]
+
+
 class LoraUse(Body):
     id: str = Field(description="Adapter id.")
     scale: Number = Field(description="Its weight.")

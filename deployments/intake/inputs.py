@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from genmedia.deployments.store.storage import safe_key
+
 UPLOAD_ID = re.compile(r"^upl_[0-9a-f]{32}$")
 UPLOAD_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _DATA_URL = re.compile(r"^data:(?P<type>[\w/+.-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -106,7 +108,13 @@ def load_input(
         raise InputError(field, f"no uploaded file {value!r}", status=404)
     if "/v1/files/" in value:
         path = value.split("/v1/files/", 1)[1].split("?", 1)[0]
-        if path.split("/", 1)[0] != tenant or ".." in path.split("/"):
+        try:
+            safe_key(path)
+        except ValueError:
+            raise InputError(
+                field, "is not a valid file path (no '..', '\\', NUL or empty parts)"
+            ) from None
+        if path.split("/", 1)[0] != tenant:
             raise InputError(field, f"no file {path!r}", status=404)
         key = path
     if key is not None:

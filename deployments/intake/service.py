@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from genmedia.deployments.errors import ApiError
@@ -46,6 +47,7 @@ from genmedia.deployments.webhooks.urls import WebhookUrlError, validate_webhook
 from genmedia.models.catalog import Catalog, LoraEntry, ModelEntry
 from genmedia.models.params import (
     GenerateRequest,
+    GenerationJob,
     parameter_schema,
     resolve_request,
     resolve_task,
@@ -54,6 +56,9 @@ from genmedia.models.registry import FAMILIES
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 MAX_DEADLINE_S = 7 * 24 * 3600.0
+# Batch-class scheduler calls (single submits of the batch class and bulk submits) one gateway
+# replica has open at once; interactive calls never wait for these (intake lanes).
+BULK_CALLS_IN_FLIGHT = 4
 T = TypeVar("T")
 
 
@@ -62,6 +67,11 @@ class SchedulerClient(Protocol):
     ``status`` and ``wait`` answer None for a job that is not the tenant's (or none at all)."""
 
     async def submit(self, sub: Submission) -> SubmitAccepted | Rejection: ...
+
+    async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
+        """Admit several submits of one tenant in one call (one store transaction per group),
+        answered in order."""
+        ...
 
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None: ...
 
@@ -162,6 +172,17 @@ class GatewayService:
         self.auth = auth
         self.storage = storage or make_storage(catalog.server.storage, catalog.resolve_path)
         self.metrics = metrics or GatewayMetrics()
+        # Intake lanes: validation and input decoding run off the event loop, interactive and
+        # batch-class work on separate threads, and batch-class scheduler calls are capped, so
+        # a burst of bulk submits never holds up an interactive one.
+        self._pools = {
+            PriorityClass.INTERACTIVE: ThreadPoolExecutor(2, "intake-interactive"),
+            PriorityClass.BATCH: ThreadPoolExecutor(1, "intake-batch"),
+        }
+        self.bulk_calls = asyncio.Semaphore(BULK_CALLS_IN_FLIGHT)
+
+    async def off_loop(self, lane: PriorityClass, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pools[lane], fn, *args)
 
     # -- catalog -----------------------------------------------------------------------------
     def entry(self, model_id: str) -> ModelEntry:
@@ -192,7 +213,7 @@ class GatewayService:
         }
 
     # -- submit ------------------------------------------------------------------------------
-    async def _call(self, coro: Awaitable[T]) -> T:
+    async def call(self, coro: Awaitable[T]) -> T:
         """A scheduler call; its failure (unreachable, restarting) is a 503 with Retry-After."""
         try:
             return await coro
@@ -206,6 +227,20 @@ class GatewayService:
                 headers={"Retry-After": "1"},
             ) from e
 
+    def priority_of(
+        self, tenant: Tenant, entry: ModelEntry, req: GenerateRequest, sync: bool
+    ) -> str:
+        """The class a request queues in (authorized for the tenant and model)."""
+        priority: str | None = req.priority
+        if priority is None:
+            # long jobs (a batch-class model: video, audio) default to batch on both APIs
+            if entry.priority_class == "batch" and tenant.allows_class("batch"):
+                priority = "batch"
+            else:
+                priority = "interactive" if sync else tenant.default_class
+        self.auth.authorize(tenant, entry.id, priority)
+        return priority
+
     async def _prepare(
         self,
         tenant: Tenant,
@@ -218,20 +253,49 @@ class GatewayService:
     ) -> Submission:
         """Everything checked at the gateway, as a submission for the scheduler."""
         entry = self.entry(model_id)
-        priority: str | None = req.priority
-        if priority is None:
-            # long jobs (a batch-class model: video, audio) default to batch on both APIs
-            if entry.priority_class == "batch" and tenant.allows_class("batch"):
-                priority = "batch"
-            else:
-                priority = "interactive" if sync else tenant.default_class
-        self.auth.authorize(tenant, model_id, priority)
+        priority = self.priority_of(tenant, entry, req, sync)
         deadline_s = parse_deadline(deadline)
         key = parse_idempotency_key(idempotency_key)
+        return await self.submission(tenant, entry, req, priority, deadline_s, key, sync=sync)
+
+    async def submission(
+        self,
+        tenant: Tenant,
+        entry: ModelEntry,
+        req: GenerateRequest,
+        priority: str,
+        deadline_s: float | None,
+        key: str | None,
+        *,
+        sync: bool,
+    ) -> Submission:
+        lane = PriorityClass(priority)
         if req.webhook_url is not None:
             await self._check_webhook(req.webhook_url, sync=sync)
         request_id = uuid.uuid4().hex
-        inputs, image_size = await self._inputs(tenant, entry, req, request_id)
+        inputs, image_size = await self._inputs(tenant, entry, req, request_id, lane)
+        job = await self.off_loop(
+            lane, self.resolve_job, entry, req, request_id, image_size, inputs
+        )
+        return Submission(
+            tenant=tenant.id,
+            model_id=entry.id,
+            priority=lane,
+            job=job,
+            deadline_s=deadline_s,
+            idempotency_key=key,
+            webhook_url=req.webhook_url,
+        )
+
+    @staticmethod
+    def resolve_job(
+        entry: ModelEntry,
+        req: GenerateRequest,
+        request_id: str,
+        image_size: tuple[int, int] | None,
+        inputs: dict[str, str],
+    ) -> GenerationJob:
+        """The request against its model's bounds (off the event loop); 422 naming each field."""
         job, errors = resolve_request(entry, req, request_id=request_id, image_size=image_size)
         if errors:
             raise ApiError(
@@ -243,15 +307,7 @@ class GatewayService:
         assert job is not None
         if inputs:
             job.extra["inputs"] = inputs
-        return Submission(
-            tenant=tenant.id,
-            model_id=model_id,
-            priority=PriorityClass(priority),
-            job=job,
-            deadline_s=deadline_s,
-            idempotency_key=key,
-            webhook_url=req.webhook_url,
-        )
+        return job
 
     async def _check_webhook(self, url: str, *, sync: bool) -> None:
         """A webhook needs the queue API and a URL the webhook rules allow (422 otherwise)."""
@@ -273,7 +329,12 @@ class GatewayService:
             ) from None
 
     async def _inputs(
-        self, tenant: Tenant, entry: ModelEntry, req: GenerateRequest, request_id: str
+        self,
+        tenant: Tenant,
+        entry: ModelEntry,
+        req: GenerateRequest,
+        request_id: str,
+        lane: PriorityClass,
     ) -> tuple[dict[str, str], tuple[int, int] | None]:
         """Check the request's input images and store the inline ones; returns their storage
         keys (what the worker reads) and the image's size (the output's size)."""
@@ -301,9 +362,9 @@ class GatewayService:
         try:
             image = mask = None
             if req.image is not None:
-                image, keys["image"] = await asyncio.to_thread(load, req.image, "image")
+                image, keys["image"] = await self.off_loop(lane, load, req.image, "image")
             if req.mask_image is not None:
-                mask, keys["mask"] = await asyncio.to_thread(load, req.mask_image, "mask_image")
+                mask, keys["mask"] = await self.off_loop(lane, load, req.mask_image, "mask_image")
             if image is not None and mask is not None:
                 check_mask(mask, image)
         except InputError as e:
@@ -360,7 +421,7 @@ class GatewayService:
 
     # -- LoRA adapters ----------------------------------------------------------------------
     async def adapters(self, tenant: Tenant) -> dict:
-        items = await self._call(self.scheduler.adapters())
+        items = await self.call(self.scheduler.adapters())
         return {"loras": [a.public() for a in items if tenant.allows_model(a.base_model)]}
 
     def _admin(self, tenant: Tenant) -> None:
@@ -372,11 +433,11 @@ class GatewayService:
     ) -> dict[str, Any]:
         self._admin(tenant)
         entry = spec if isinstance(spec, LoraEntry) else LoraEntry.model_validate(spec)
-        return _adapter_outcome(await self._call(self.scheduler.register_adapter(entry)))
+        return _adapter_outcome(await self.call(self.scheduler.register_adapter(entry)))
 
     async def delete_adapter(self, tenant: Tenant, adapter_id: str) -> dict[str, Any]:
         self._admin(tenant)
-        return _adapter_outcome(await self._call(self.scheduler.delete_adapter(adapter_id)))
+        return _adapter_outcome(await self.call(self.scheduler.delete_adapter(adapter_id)))
 
     def _check_refused(
         self, sub: Submission, result: SubmitAccepted | JobStatusView | Rejection
@@ -411,7 +472,11 @@ class GatewayService:
         sub = await self._prepare(
             tenant, model_id, req, sync=False, deadline=deadline, idempotency_key=idempotency_key
         )
-        result = await self._call(self.scheduler.submit(sub))
+        if sub.priority is PriorityClass.BATCH:
+            async with self.bulk_calls:
+                result = await self.call(self.scheduler.submit(sub))
+        else:
+            result = await self.call(self.scheduler.submit(sub))
         self._check_refused(sub, result)
         assert isinstance(result, SubmitAccepted)
         return result
@@ -431,7 +496,7 @@ class GatewayService:
             tenant, model_id, req, sync=True, deadline=deadline, idempotency_key=idempotency_key
         )
         timeout = self.catalog.server.request_timeout_s
-        status = await self._call(self.scheduler.submit_and_wait(sub, timeout))
+        status = await self.call(self.scheduler.submit_and_wait(sub, timeout))
         self._check_refused(sub, status)
         assert isinstance(status, JobStatusView)
         s = status.status
@@ -475,7 +540,7 @@ class GatewayService:
         return {**created, **out, **self.urls(status.request_id, base_url)}
 
     async def _status(self, tenant: Tenant, job_id: str) -> JobStatusView:
-        status = await self._call(self.scheduler.status(job_id, tenant.id))
+        status = await self.call(self.scheduler.status(job_id, tenant.id))
         if status is None:
             raise _not_found(job_id)
         return status
@@ -530,7 +595,7 @@ class GatewayService:
         }
 
     async def cancel(self, tenant: Tenant, job_id: str) -> dict[str, Any]:
-        outcome = await self._call(self.scheduler.cancel(job_id, tenant.id))
+        outcome = await self.call(self.scheduler.cancel(job_id, tenant.id))
         if outcome is CancelOutcome.NOT_FOUND:
             raise _not_found(job_id)
         if outcome is CancelOutcome.ALREADY_FINISHED:
@@ -549,7 +614,7 @@ class GatewayService:
         return events()
 
     async def usage(self, tenant: Tenant) -> dict[str, Any]:
-        rows = await self._call(self.scheduler.usage(tenant.id))
+        rows = await self.call(self.scheduler.usage(tenant.id))
         models: dict[str, dict[str, Any]] = {}
         for r in rows:
             m = models.setdefault(

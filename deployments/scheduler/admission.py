@@ -1,7 +1,9 @@
-"""Admission, pure: whether the scheduler accepts a submit (quotas, rate, queue bounds, deadline).
+"""Admission, pure: whether the scheduler accepts a submit (rate, queue bounds, deadline).
 
 The scheduler calls ``admit`` before it writes a job to the store; a refusal is answered as a
-4xx/429 with ``Retry-After``. The simulator calls the same function.
+4xx/429 with ``Retry-After``. The simulator calls the same function. A tenant's
+``max_queued_jobs`` bounds its queue here; its ``max_concurrent_jobs`` bounds its RUNNING jobs
+and is applied at dispatch (``queues.form_batch``): over it, jobs wait in the queue.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ class AdmissionInput:
 
     tenant: str
     tenant_queued: int
-    tenant_active: int  # queued + running
     max_queued_jobs: int
-    max_concurrent_jobs: int
     model_queued: int
     model_queue_limit: int
     rate_wait_s: float  # from the tenant's rate limiter: 0 when admitted
@@ -42,15 +42,6 @@ def admit(a: AdmissionInput) -> Rejection | None:
             f"tenant {a.tenant!r} already has "
             f"{a.tenant_queued} queued jobs (max_queued_jobs "
             f"{a.max_queued_jobs})",
-            1.0,
-        )
-    if a.tenant_active >= a.max_concurrent_jobs:
-        return Rejection(
-            429,
-            "tenant_concurrency",
-            f"tenant {a.tenant!r} already has "
-            f"{a.tenant_active} jobs in flight (max_concurrent_jobs "
-            f"{a.max_concurrent_jobs})",
             1.0,
         )
     if a.model_queued >= a.model_queue_limit:

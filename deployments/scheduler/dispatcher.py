@@ -36,7 +36,6 @@ from genmedia.deployments.scheduler.queues import (
     SlotKind,
     expired,
     next_batch,
-    position,
 )
 
 MAIN_SLOTS_PER_REPLICA = 2
@@ -92,10 +91,22 @@ class Dispatch:
 _IDLE = Dispatch((), (), None)  # shared: callers only read a round
 
 
+@dataclass(slots=True)
+class _Ahead:
+    """Seconds of estimated work queued ahead of each place of a family's two queues, built
+    once per change of the queues or of the estimates: status polls read it, never scan."""
+
+    key: tuple[int, int, int]  # interactive version, batch version, estimator version
+    # [i]: seconds of the jobs before the i-th; shorter than the queue + 1 from the first job
+    # without an estimate on
+    seconds: dict[PriorityClass, list[float]]
+
+
 class _Family:
     """One family's queues, shares, replicas, slots and running batches."""
 
     __slots__ = (
+        "ahead",
         "deadlines",
         "held",
         "main_batch_calls",
@@ -118,6 +129,7 @@ class _Family:
         self.running_jobs = 0
         # (deadline, seq, job) of queued jobs with a deadline: when to look for expired ones
         self.deadlines: list[tuple[float, int, QueuedJob]] = []
+        self.ahead: _Ahead | None = None  # cached prefix sums for positions and ETAs
 
     def slots(self, slot: SlotKind) -> int:
         cap = max(1, self.replicas)
@@ -140,6 +152,7 @@ class Dispatcher:
         families: Iterable[str] | None = None,
         replicas: int = 1,
         estimator: ServiceTimeEstimator | None = None,
+        tenant_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.batch_min_share = batch_min_share
         self.fifo = fifo
@@ -153,7 +166,9 @@ class Dispatcher:
         self._queued: dict[str, QueuedJob] = {}
         self._running: dict[str, RunningBatch] = {}
         self._tenant_queued: dict[str, int] = {}
-        self._tenant_running: dict[str, int] = {}  # jobs in running batches
+        self._tenant_running: dict[str, int] = {}  # jobs in launched or running batches
+        # max_concurrent_jobs per tenant (absent: no limit); None: no tenant has one
+        self._tenant_limits = dict(tenant_limits) if tenant_limits else None
         self._model_queued: dict[str, int] = {}
         # work units enqueued per (model, class) since the start: the autoscaler's arrival rates
         self.admitted_units: dict[tuple[str, str], float] = {}
@@ -188,7 +203,7 @@ class Dispatcher:
         job = self._queued.get(job_id)
         if job is None:
             return None
-        self._families[job.family].queues[job.priority].remove(job_id)
+        self._families[job.family].queues[job.priority].remove(job_id, job)
         self._dequeued(job)
         return job
 
@@ -244,6 +259,7 @@ class Dispatcher:
                     shares=fam.shares,
                     batch_min_share=self.batch_min_share,
                     now=now,
+                    room=self._room if self._tenant_limits is not None else None,
                 )
                 if d.retry_at is not None and (retry_at is None or d.retry_at < retry_at):
                     retry_at = d.retry_at
@@ -276,10 +292,12 @@ class Dispatcher:
             if cls == BATCH:
                 fam.main_batch_calls += 1
         queued, tenant_queued, model_queued = self._queued, self._tenant_queued, self._model_queued
+        running = self._tenant_running
         for j in batch:  # self._dequeued, inline: the simulator's hot path
             del queued[j.id]
             tenant_queued[j.tenant] -= 1
             model_queued[j.model_id] -= 1
+            running[j.tenant] = running.get(j.tenant, 0) + 1
         fam.held[slot] += 1
         return Launch(fam.name, slot, cls, batch, cost)
 
@@ -291,9 +309,10 @@ class Dispatcher:
         fam = self._families[launch.family]
         jobs, cost = launch.jobs, launch.cost
         if job_ids is not None and len(job_ids) < len(jobs):
+            self._unhold([j for j in jobs if j.id not in job_ids])
             jobs = [j for j in jobs if j.id in job_ids]
             if not jobs:
-                self.release(launch)
+                self._release(fam, launch.slot, launch.cls)
                 return None
             cost = sum(j.cost for j in jobs)
         model_id = jobs[0].model_id
@@ -303,15 +322,26 @@ class Dispatcher:
         self._running[batch_id] = fam.running[batch_id] = batch
         fam.running_jobs += len(jobs)
         self.running_units[model_id] = self.running_units.get(model_id, 0.0) + cost
-        running = self._tenant_running
-        for j in jobs:
-            running[j.tenant] = running.get(j.tenant, 0) + 1
         return batch
 
     def release(self, launch: Launch) -> None:
         """A launch that will not run (its jobs ended meanwhile, or starting it failed): its
         slot is free again. Its jobs stay off the queues."""
+        self._unhold(launch.jobs)
         self._release(self._families[launch.family], launch.slot, launch.cls)
+
+    def _unhold(self, jobs: Iterable[QueuedJob]) -> None:
+        for j in jobs:
+            self._tenant_running[j.tenant] -= 1
+
+    def _room(self, tenant: str) -> int:
+        """How many more jobs ``tenant`` may run now (its ``max_concurrent_jobs`` less the jobs
+        it has in launched or running batches)."""
+        assert self._tenant_limits is not None
+        limit = self._tenant_limits.get(tenant)
+        if limit is None:
+            return 1 << 30
+        return limit - self._tenant_running.get(tenant, 0)
 
     def finished(self, batch_id: str) -> RunningBatch | None:
         """A running call ended (any way): its slot is free. None when it is not running."""
@@ -325,8 +355,7 @@ class Dispatcher:
             fam.main_batch_calls -= 1
         fam.running_jobs -= len(batch.jobs)
         self.running_units[batch.model_id] -= batch.cost
-        for j in batch.jobs:
-            self._tenant_running[j.tenant] -= 1
+        self._unhold(batch.jobs)
         return batch
 
     def _release(self, fam: _Family, slot: SlotKind, cls: PriorityClass) -> None:
@@ -374,24 +403,58 @@ class Dispatcher:
         )
 
     def position(self, job_id: str) -> int | None:
-        """Jobs ahead of a queued job for the same workers (0 = next); None when not queued."""
+        """Jobs ahead of a queued job for the same workers (0 = next); None when not queued.
+        A bisection on the job's order: status polls never scan the queue."""
         job = self._queued.get(job_id)
         if job is None:
             return None
-        return position(self._families[job.family].queues, job_id)
+        qs = self._families[job.family].queues
+        i = qs[job.priority].index(job)
+        if i is None:
+            return None
+        return i if job.priority == INTERACTIVE else len(qs[INTERACTIVE]) + i
 
     def eta(self, job_id: str, now: float) -> float | None:
-        """Predicted seconds until a queued job starts (None: not queued or no estimate)."""
+        """Predicted seconds until a queued job starts (None: not queued or no estimate): the
+        work ahead of it from prefix sums kept per queue state (``_Ahead``), not a scan."""
         job = self._queued.get(job_id)
         if job is None:
             return None
-        pos = position(self._families[job.family].queues, job_id)
-        return eta_seconds(
-            self.ahead_of(job.family, job.priority)[: pos or 0],
-            self.estimator,
-            self.capacity(job.family),
-            self.slot_free_in(job.family, job.priority, now),
-        )
+        fam = self._families[job.family]
+        i = fam.queues[job.priority].index(job)
+        if i is None:
+            return None
+        free = self.slot_free_in(job.family, job.priority, now)
+        if free is None:
+            return None
+        seconds = self._ahead(fam).seconds
+        own = seconds[job.priority]
+        if i >= len(own):
+            return None  # a job ahead has no estimate yet
+        work = own[i]
+        if job.priority == BATCH:
+            inter = seconds[INTERACTIVE]
+            if len(inter) <= len(fam.queues[INTERACTIVE]):
+                return None  # an interactive job ahead has no estimate yet
+            work += inter[-1]
+        return free + work / self.capacity(job.family)
+
+    def _ahead(self, fam: _Family) -> _Ahead:
+        qs, est = fam.queues, self.estimator
+        key = (qs[INTERACTIVE].version, qs[BATCH].version, est.version)
+        if fam.ahead is not None and fam.ahead.key == key:
+            return fam.ahead
+        out: dict[PriorityClass, list[float]] = {}
+        for cls, q in qs.items():
+            prefix = [0.0]
+            for j in q.jobs:
+                s = est.seconds(j.model_id, j.cost)
+                if s is None:
+                    break  # places from here on have no ETA
+                prefix.append(prefix[-1] + s)
+            out[cls] = prefix
+        fam.ahead = _Ahead(key, out)
+        return fam.ahead
 
     # -- counts for admission, metrics and the autoscaler ------------------------------------
     def admission_counts(self, tenant: str, model_id: str) -> tuple[int, int, int]:

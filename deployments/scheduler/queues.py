@@ -69,12 +69,14 @@ class FairQueue:
         self.jobs: list[QueuedJob] = []  # sorted by order()
         self.virtual_time = 0.0
         self.fifo = fifo  # arrival order, no fairness (the benchmarks' baseline)
+        self.version = 0  # changes with every push, removal and take (positions are cached)
         self._last_finish: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def push(self, job: QueuedJob) -> None:
+        self.version += 1
         if self.fifo:
             job.start_tag = job.finish_tag = job.arrived
             bisect.insort(self.jobs, job, key=QueuedJob.order)
@@ -85,14 +87,28 @@ class FairQueue:
         self._last_finish[job.tenant] = job.finish_tag
         bisect.insort(self.jobs, job, key=QueuedJob.order)
 
-    def remove(self, job_id: str) -> QueuedJob | None:
+    def remove(self, job_id: str, job: QueuedJob | None = None) -> QueuedJob | None:
+        """Take a job off the queue; with ``job`` given (the queued object), found by bisection
+        on its order instead of a scan."""
+        if job is not None:
+            i = bisect.bisect_left(self.jobs, job.order(), key=QueuedJob.order)
+            if i < len(self.jobs) and self.jobs[i] is job:
+                self.version += 1
+                return self.jobs.pop(i)
         for i, j in enumerate(self.jobs):
             if j.id == job_id:
+                self.version += 1
                 return self.jobs.pop(i)
         return None
 
+    def index(self, job: QueuedJob) -> int | None:
+        """The queued job's place in the queue (0 = head), by bisection; None when absent."""
+        i = bisect.bisect_left(self.jobs, job.order(), key=QueuedJob.order)
+        return i if i < len(self.jobs) and self.jobs[i] is job else None
+
     def take(self, batch: list[QueuedJob]) -> None:
         """Dequeue a dispatched batch; virtual time advances to the head's start tag."""
+        self.version += 1
         ids = {j.id for j in batch}
         # A batch is the head and compatible jobs close behind it: find them from the front and
         # delete in place, instead of rebuilding a long queue on every dispatch.
@@ -110,11 +126,20 @@ class FairQueue:
             self._last_finish.clear()
 
 
-def form_batch(jobs: list[QueuedJob], max_images: Callable[[str], int]) -> list[QueuedJob]:
+def form_batch(
+    jobs: list[QueuedJob],
+    max_images: Callable[[str], int],
+    room: Callable[[str], int] | None = None,
+) -> list[QueuedJob]:
     """The head job and the compatible jobs after it (queue order) up to the head's model's
-    ``max_batch_size`` images. The head always goes, even alone over the limit."""
+    ``max_batch_size`` images. The head always goes, even alone over the limit. With ``room``
+    (how many more jobs a tenant may run now: ``max_concurrent_jobs`` less its running ones),
+    jobs of a tenant without room are passed over: they wait, in their order, for its jobs to
+    end."""
     if not jobs:
         return []
+    if room is not None:
+        return _form_batch_with_room(jobs, max_images, room)
     head = jobs[0]
     cap = max_images(head.model_id)
     batch, total = [head], head.images
@@ -124,6 +149,32 @@ def form_batch(jobs: list[QueuedJob], max_images: Callable[[str], int]) -> list[
         if j.key == head.key and total + j.images <= cap:
             batch.append(j)
             total += j.images
+    return batch
+
+
+def _form_batch_with_room(
+    jobs: list[QueuedJob], max_images: Callable[[str], int], room: Callable[[str], int]
+) -> list[QueuedJob]:
+    left: dict[str, int] = {}
+    batch: list[QueuedJob] = []
+    cap = total = 0
+    for j in jobs:
+        r = left.get(j.tenant)
+        if r is None:
+            r = room(j.tenant)
+        if r <= 0:
+            left[j.tenant] = 0
+            continue
+        if not batch:
+            batch, total, cap = [j], j.images, max_images(j.model_id)
+        elif total >= cap:
+            break
+        elif j.key == batch[0].key and total + j.images <= cap:
+            batch.append(j)
+            total += j.images
+        else:
+            continue
+        left[j.tenant] = r - 1
     return batch
 
 
@@ -171,17 +222,19 @@ def next_batch(
     shares: ShareTracker,
     batch_min_share: float,
     now: float,
+    room: Callable[[str], int] | None = None,
 ) -> Decision:
-    """What a free slot of ``slot`` kind should run next (pure apart from reading the state)."""
+    """What a free slot of ``slot`` kind should run next (pure apart from reading the state);
+    ``room`` as for ``form_batch``."""
     inter = queues.get(INTERACTIVE)
     bulk = queues.get(BATCH)
-    inter_batch = form_batch(inter.jobs, max_images) if inter is not None else []
+    inter_batch = form_batch(inter.jobs, max_images, room) if inter is not None else []
     if slot == "preempt":
         return Decision(inter_batch, INTERACTIVE if inter_batch else None)
     bulk_batch: list[QueuedJob] = []
     retry_at: float | None = None
-    if bulk is not None and len(bulk):
-        candidate = form_batch(bulk.jobs, max_images)
+    candidate = form_batch(bulk.jobs, max_images, room) if bulk is not None and bulk.jobs else []
+    if candidate:
         head = candidate[0]
         full = sum(j.images for j in candidate) >= max_images(head.model_id)
         ready_at = head.arrived + batch_wait_s(head.model_id)
@@ -212,7 +265,8 @@ def expired(queues: Iterable[FairQueue], now: float) -> list[QueuedJob]:
 
 
 def position(queues: dict[PriorityClass, FairQueue], job_id: str) -> int | None:
-    """Jobs ahead of this one for the same workers (0 = next)."""
+    """Jobs ahead of this one for the same workers (0 = next), by a scan (the dispatcher
+    answers from the queued job itself, by bisection: ``FairQueue.index``)."""
     inter = queues.get(INTERACTIVE)
     bulk = queues.get(BATCH)
     inter_jobs = inter.jobs if inter else []

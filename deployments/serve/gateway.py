@@ -44,6 +44,9 @@ class RaySchedulerClient:
     async def submit(self, sub: Submission) -> SubmitAccepted | Rejection:
         return await self.handle.submit.remote(sub)
 
+    async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
+        return await self.handle.submit_many.remote(subs)
+
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
         return await self.handle.status.remote(job_id, tenant)
 

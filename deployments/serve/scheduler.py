@@ -18,8 +18,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import asdict, replace
-from typing import Any
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from ray import serve
@@ -39,37 +38,30 @@ from genmedia.deployments.protocol import (
     ProgressEvent,
     Rejection,
     StepProgress,
-    StoredOutput,
     Submission,
     SubmitAccepted,
     UsageRow,
     WorkerResult,
+    job_from_dict,
 )
-from genmedia.deployments.scheduler.admission import AdmissionInput, admit
+from genmedia.deployments.scheduler.adapters import AdapterRegistry
 from genmedia.deployments.scheduler.contention import ComputeSpan, ContentionTracker
 from genmedia.deployments.scheduler.dispatcher import Dispatcher, Launch, ModelLimits
+from genmedia.deployments.scheduler.intake import Intake
 from genmedia.deployments.scheduler.queues import CLASSES, QueuedJob, job_cost
+from genmedia.deployments.scheduler.results import result_payload, usage_of
 from genmedia.deployments.serve.worker import yield_cpu_to_workers
 from genmedia.deployments.store.jobs import TERMINAL, JobRecord, JobStatus, SQLiteJobStore
 from genmedia.deployments.tenants.ratelimit import RateLimiter
 from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.deployments.webhooks.delivery import deliver
-from genmedia.models.catalog import LORA_FAMILIES, Catalog, LoraEntry, WebhookPolicy, parse_catalog
-from genmedia.models.params import AdapterUse, GenerationJob, GenerationParams
+from genmedia.models.catalog import Catalog, LoraEntry, WebhookPolicy, parse_catalog
 
 logger = logging.getLogger("ray.serve")
 
 MAX_ATTEMPTS = 3  # a job whose worker died this many times fails instead of running again
 REPLICA_POLL_S = 2.0
 REPLICA_POLL_LOG_EVERY = 30  # failed replica reads in a row between two warnings (a minute)
-
-
-def job_to_dict(job: GenerationJob) -> dict:
-    return {**asdict(job), "params": asdict(job.params)}
-
-
-def job_from_dict(d: dict) -> GenerationJob:
-    return GenerationJob(**{**d, "params": GenerationParams(**d["params"])})
 
 
 class Scheduler:
@@ -108,6 +100,7 @@ class Scheduler:
             batch_min_share=settings.batch_min_share,
             fifo=settings.policy == "fifo",
             families=self.catalog.families(),
+            tenant_limits={t.id: t.quotas.max_concurrent_jobs for t in self.tenants.values()},
         )
         self.estimator = self.dispatcher.estimator
         self.contention = ContentionTracker()  # replicas slowing each other: for the autoscaler
@@ -120,9 +113,25 @@ class Scheduler:
         self.metrics = SchedulerMetrics()
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self.adapter_registry = self._load_adapters()
+        self.adapters_ = AdapterRegistry(
+            self.catalog, self.store, self._check_adapter, clock=self.clock
+        )
         self._recover()
-        self._spawn(self._check_catalog_adapters())
+        self._spawn(self.adapters_.check_catalog_adapters())
+        self.intake = Intake(
+            store=self.store,
+            dispatcher=self.dispatcher,
+            adapters=self.adapters_,
+            tenants=self.tenants,
+            rate=self.rate,
+            model_queue_limit=self.model_queue_limit,
+            family_of=self.family_of,
+            queued_job=self._queued_job,
+            view=self._view,
+            dispatch_wakeup=self._wakeup,
+            clock=self.clock,
+        )
+        self._spawn(self.intake.run())
         self._spawn(self._dispatch_loop())
         self._spawn(self._poll_replicas())
         for rec in self.store.webhooks_pending():
@@ -211,56 +220,13 @@ class Scheduler:
 
     # -- submit / status ---------------------------------------------------------------------
     async def submit(self, sub: Submission) -> SubmitAccepted | Rejection:
-        """Admit (or refuse) and persist a job."""
-        now = self.clock()
-        tenant = self.tenants[sub.tenant]
-        quotas = tenant.quotas
-        if sub.idempotency_key:
-            existing = self.store.find(sub.tenant, sub.idempotency_key)
-            if existing is not None:
-                return SubmitAccepted(created=False, job=self._view(existing))
-        family = self.family_of[sub.model_id]
-        bad_adapter = self._adapter_rejection(sub.model_id, sub.job.params.adapters)
-        if bad_adapter is not None:
-            return bad_adapter
-        queued, running, model_queued = self.dispatcher.admission_counts(sub.tenant, sub.model_id)
-        predicted = self.dispatcher.predicted_start(family, sub.priority, now)
-        rate_wait = self.rate.try_acquire(sub.tenant, now)
-        rejection = admit(
-            AdmissionInput(
-                tenant=sub.tenant,
-                tenant_queued=queued,
-                tenant_active=queued + running,
-                max_queued_jobs=quotas.max_queued_jobs,
-                max_concurrent_jobs=quotas.max_concurrent_jobs,
-                model_queued=model_queued,
-                model_queue_limit=self.model_queue_limit,
-                rate_wait_s=rate_wait,
-                predicted_start_s=predicted,
-                deadline_in_s=sub.deadline_s,
-            )
-        )
-        if rejection is not None:
-            return rejection
-        rec = JobRecord(
-            id=uuid.uuid4().hex,
-            tenant=sub.tenant,
-            model_id=sub.model_id,
-            priority=sub.priority,
-            status=JobStatus.IN_QUEUE,
-            job=job_to_dict(sub.job),
-            submitted_at=now,
-            deadline=now + sub.deadline_s if sub.deadline_s else None,
-            idempotency_key=sub.idempotency_key,
-            webhook_url=sub.webhook_url,
-            weight=tenant.weight,
-        )
-        rec.job["request_id"] = rec.id
-        rec, created = self.store.create(rec)
-        if created:
-            qj = self._queued_job(rec, tenant.weight)
-            self._enqueue(qj)
-        return SubmitAccepted(created=created, job=self._view(rec))
+        """Admit (or refuse) and persist a job; answered once the store holds it."""
+        return (await self.submit_many([sub]))[0]
+
+    async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
+        """Admit (or refuse) submits of one tenant, answered in order once durable
+        (``scheduler/intake.py``: lanes by class, group commit)."""
+        return await self.intake.submit_many(subs)
 
     def _status_of(self, job_id: str) -> JobStatusView | None:
         rec = self.store.get(job_id)
@@ -377,28 +343,7 @@ class Scheduler:
         return self.store.usage(tenant)
 
     # -- LoRA adapters -----------------------------------------------------------------------
-    def _adapter_source(self, source: str) -> str:
-        if source.startswith(("s3://", "tiny://")):
-            return source
-        return str(self.catalog.resolve_path(source.removeprefix("file://")))
-
-    def _load_adapters(self) -> dict[str, AdapterRecord]:
-        """The registry: the catalog's adapters (checked once the workers are up), then those
-        registered at run time (the store's)."""
-        registry = {
-            a.id: AdapterRecord(
-                id=a.id,
-                base_model=a.base_model,
-                source=self._adapter_source(a.source),
-                description=a.description,
-                origin="catalog",
-                status="pending",
-            )
-            for a in self.catalog.loras
-        }
-        registry.update(self.store.adapters())
-        return registry
-
+    # -- LoRA adapters (``scheduler/adapters.py`` keeps the registry) -----------------------
     async def _check_adapter(self, base_model: str, source: str) -> AdapterCheck:
         """The base model's worker reads the adapter and checks it against the loaded model."""
         family = self.family_of[base_model]
@@ -408,86 +353,15 @@ class Scheduler:
         )
         return check
 
-    async def _check_catalog_adapters(self) -> None:
-        for aid, record in list(self.adapter_registry.items()):
-            if record.origin != "catalog":
-                continue
-            try:
-                out = await self._check_adapter(record.base_model, record.source)
-            except Exception as e:  # the worker is gone: requests naming it fail at dispatch
-                out = AdapterCheck(error=f"{type(e).__name__}: {e}".splitlines()[0])
-            if out.info is None:
-                logger.error("LoRA adapter %s is unusable: %s", aid, out.error)
-                record.status, record.error = "failed", out.error
-            else:
-                record.status, record.info = "ready", out.info
-
     async def adapters(self) -> list[AdapterRecord]:
-        return sorted(self.adapter_registry.values(), key=lambda a: a.id)
+        return self.adapters_.records()
 
     async def register_adapter(self, spec: LoraEntry) -> AdapterRecord | AdapterError:
         """Check an adapter against its base model, then keep it (store first)."""
-        aid, base = spec.id, spec.base_model
-        entry = self.catalog.model(base)
-        if entry is None:
-            return AdapterError(422, "invalid_request", "base_model", f"no model {base!r}")
-        if entry.family not in LORA_FAMILIES:
-            return AdapterError(
-                422, "invalid_request", "base_model", f"the {entry.family} family takes no LoRA"
-            )
-        existing = self.adapter_registry.get(aid)
-        if existing is not None and existing.origin == "catalog":
-            return AdapterError(409, "conflict", "id", f"adapter {aid!r} is defined in the catalog")
-        source = self._adapter_source(spec.source)
-        try:
-            out = await self._check_adapter(base, source)
-        except Exception as e:
-            return AdapterError(503, "unavailable", "base_model", f"{type(e).__name__}: {e}")
-        if out.info is None:
-            return AdapterError(422, "invalid_adapter", "source", str(out.error))
-        record = AdapterRecord(
-            id=aid,
-            base_model=base,
-            source=source,
-            description=spec.description,
-            origin="api",
-            status="ready",
-            registered_at=self.clock(),
-            info=out.info,
-        )
-        self.store.put_adapter(record)
-        self.adapter_registry[aid] = record
-        return record
+        return await self.adapters_.register(spec)
 
     async def delete_adapter(self, adapter_id: str) -> AdapterDeleted | AdapterError:
-        record = self.adapter_registry.get(adapter_id)
-        if record is None:
-            return AdapterError(404, "not_found", "adapter_id", f"no adapter {adapter_id!r}")
-        if record.origin == "catalog":
-            return AdapterError(
-                409, "conflict", "adapter_id", f"adapter {adapter_id!r} is defined in the catalog"
-            )
-        self.store.delete_adapter(adapter_id)
-        del self.adapter_registry[adapter_id]
-        return AdapterDeleted(adapter_id)
-
-    def _adapter_rejection(
-        self, model_id: str, adapters: tuple[tuple[str, float], ...]
-    ) -> Rejection | None:
-        """422 for an adapter a request names that this model cannot use."""
-        for i, (aid, _) in enumerate(adapters):
-            record = self.adapter_registry.get(aid)
-            message = None
-            if record is None:
-                message = f"unknown adapter {aid!r} (GET /v1/loras lists them)"
-            elif record.base_model != model_id:
-                message = f"adapter {aid!r} is for model {record.base_model!r}, not {model_id!r}"
-            elif record.status == "failed":
-                message = f"adapter {aid!r} is unusable: {record.error}"
-            if message:
-                field = f"loras[{i}].id"
-                return Rejection(422, "invalid_request", f"{field}: {message}", None, field=field)
-        return None
+        return self.adapters_.delete(adapter_id)
 
     # -- dispatch ----------------------------------------------------------------------------
     def _finish(self, job_id: str, allowed: set, to: JobStatus, **updates) -> JobRecord | None:
@@ -647,7 +521,7 @@ class Scheduler:
                 priority=PriorityClass(cls),
                 jobs=jobs,
                 tenants={r.id: r.tenant for r in recs},
-                adapters=self._adapter_uses(model_id, jobs[0].params.adapters),
+                adapters=self.adapters_.uses(model_id, jobs[0].params.adapters),
             )
             # Routing affinity: replicas that already hold this adapter set are preferred, and
             # a busy one spills the set over to another replica (Serve's multiplexed routing).
@@ -693,13 +567,8 @@ class Scheduler:
             total_cost += job_cost(
                 job.num_images, job.params.num_inference_steps, int(job.params.pixels), 1
             )
-            usage = {
-                "images": job.num_images,
-                "steps": job.num_images * job.params.num_inference_steps,
-                "compute_s": out.compute_s,
-            }
-            payload = self._result_payload(rec, job, out.outputs, result, len(recs), now)
-            done.append((rec.id, {"result": payload, "usage": usage}))
+            payload = result_payload(rec, job, out.outputs, result, len(recs), now)
+            done.append((rec.id, {"result": payload, "usage": usage_of(job, out.compute_s)}))
         self._finish_many(done, {JobStatus.IN_PROGRESS}, JobStatus.COMPLETED)
         t = result.timings
         self.estimator.observe(recs[0].model_id, total_cost, t.compute_s, t.device_s)
@@ -717,51 +586,6 @@ class Scheduler:
                     seconds_per_unit=t.compute_s / total_cost,
                 ),
             )
-
-    @staticmethod
-    def _result_payload(
-        rec: JobRecord,
-        job: GenerationJob,
-        outputs: list[StoredOutput],
-        result: WorkerResult,
-        requests: int,
-        now: float,
-    ) -> dict[str, Any]:
-        """The result a job keeps in the store (and the result API answers)."""
-        t = result.timings
-        started = rec.started_at or now
-        return {
-            "images": [o.as_record() for o in outputs],
-            "seed": job.seed,
-            "parameters": job.describe(),
-            "timings": {
-                "queue_s": round(started - rec.submitted_at, 6),
-                "load_s": round(t.load_s, 6),
-                "adapter_load_s": round(t.adapter_load_s, 6),
-                "wait_s": round(t.wait_s, 6),
-                "paused_s": round(t.paused_s, 6),
-                "compute_s": round(t.compute_s, 6),
-                "device_s": round(t.device_s, 6),
-                "store_s": round(t.store_s, 6),
-                "total_s": round(now - rec.submitted_at, 6),
-            },
-            "batch": {"id": result.batch_id, "images": result.batch_images, "requests": requests},
-            "device": result.device,
-            "acceleration": result.acceleration,
-            "loras": [{"id": a, "scale": w} for a, w in result.adapters],
-            "task": job.params.task,
-        }
-
-    def _adapter_uses(
-        self, model_id: str, adapters: tuple[tuple[str, float], ...]
-    ) -> list[AdapterUse]:
-        uses = []
-        for aid, scale in adapters:
-            record = self.adapter_registry.get(aid)
-            if record is None or record.base_model != model_id:
-                raise LookupError(f"adapter {aid!r} was removed after the job was accepted")
-            uses.append(AdapterUse(aid, scale, record.source))
-        return uses
 
     def _failed(self, recs: list[JobRecord], error: Exception) -> None:
         from ray.exceptions import ActorDiedError, RayActorError

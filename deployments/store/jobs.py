@@ -77,6 +77,11 @@ class JobStore(Protocol):
         and False instead."""
         ...
 
+    def create_many(self, recs: list[JobRecord]) -> list[tuple[JobRecord, bool]]:
+        """``create`` for several jobs in one transaction (group commit): all are durable when
+        it returns, or none (it raises). A key used twice in ``recs`` creates the first."""
+        ...
+
     def get(self, job_id: str) -> JobRecord | None: ...
 
     def find(self, tenant: str, idempotency_key: str) -> JobRecord | None:
@@ -151,10 +156,37 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
     ON jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('IN_QUEUE', 'IN_PROGRESS');
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, status);
+CREATE TABLE IF NOT EXISTS usage_totals (
+    tenant TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    jobs INTEGER NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0,
+    compute_s REAL NOT NULL DEFAULT 0.0,
+    PRIMARY KEY (tenant, model_id, status)
+);
 CREATE TABLE IF NOT EXISTS adapters (
     id TEXT PRIMARY KEY,
     record TEXT NOT NULL
 );
+"""
+
+
+_FILL_TOTALS = """
+INSERT INTO usage_totals (tenant, model_id, status, jobs, images, steps, compute_s)
+SELECT tenant, model_id, status, COUNT(*),
+       SUM(COALESCE(json_extract(usage, '$.images'), 0)),
+       SUM(COALESCE(json_extract(usage, '$.steps'), 0)),
+       SUM(COALESCE(json_extract(usage, '$.compute_s'), 0.0))
+FROM jobs GROUP BY tenant, model_id, status
+"""
+_COUNT = """
+INSERT INTO usage_totals (tenant, model_id, status, jobs, images, steps, compute_s)
+VALUES (:tenant, :model_id, :status, :jobs, :images, :steps, :compute_s)
+ON CONFLICT (tenant, model_id, status) DO UPDATE SET
+    jobs = jobs + excluded.jobs, images = images + excluded.images,
+    steps = steps + excluded.steps, compute_s = compute_s + excluded.compute_s
 """
 
 
@@ -171,34 +203,44 @@ class SQLiteJobStore:
         # WAL + NORMAL: a commit survives a crash of any process (the scheduler's included);
         # only a power loss can drop the last commits. FULL would fsync every commit.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        fresh_totals = not self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage_totals'"
+        ).fetchone()
         self._db.executescript(_SCHEMA)
+        if fresh_totals:  # a store from before the counters: count its jobs once
+            self._db.execute(_FILL_TOTALS)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def create(self, rec: JobRecord) -> tuple[JobRecord, bool]:
-        row = rec.to_row()
+        return self.create_many([rec])[0]
+
+    def create_many(self, recs: list[JobRecord]) -> list[tuple[JobRecord, bool]]:
         cols = ", ".join(_COLUMNS)
         marks = ", ".join(f":{c}" for c in _COLUMNS)
+        out: list[tuple[JobRecord, bool]] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if rec.idempotency_key is not None:
-                    cur = self._db.execute(
-                        "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?",
-                        (rec.tenant, rec.idempotency_key),
-                    )
-                    existing = cur.fetchone()
-                    if existing is not None:
-                        self._db.execute("COMMIT")
-                        return JobRecord.from_row(existing), False
-                self._db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", row)
+                for rec in recs:
+                    if rec.idempotency_key is not None:
+                        existing = self._db.execute(
+                            "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?",
+                            (rec.tenant, rec.idempotency_key),
+                        ).fetchone()
+                        if existing is not None:
+                            out.append((JobRecord.from_row(existing), False))
+                            continue
+                    self._db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", rec.to_row())
+                    self._count(rec.tenant, rec.model_id, str(rec.status), 1, rec.usage)
+                    out.append((rec, True))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return rec, True
+        return out
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -225,63 +267,63 @@ class SQLiteJobStore:
             out[k] = v
         return out
 
+    def _count(self, tenant: str, model_id: str, status: str, jobs: int, usage: dict) -> None:
+        """Keep the running usage totals (``usage``) in step, inside the caller's transaction."""
+        self._db.execute(
+            _COUNT,
+            {
+                "tenant": tenant,
+                "model_id": model_id,
+                "status": status,
+                "jobs": jobs,
+                "images": jobs * int(usage.get("images", 0)),
+                "steps": jobs * int(usage.get("steps", 0)),
+                "compute_s": jobs * float(usage.get("compute_s", 0.0)),
+            },
+        )
+
     def transition(self, job_id, allowed_from, to, **updates) -> JobRecord | None:
-        enc = self._encode(updates)
-        sets = ", ".join(["status = :to"] + [f"{k} = :{k}" for k in enc])
-        allowed = sorted(str(s) for s in allowed_from)
-        marks = ", ".join(f":from{i}" for i in range(len(allowed)))
-        params = {
-            "to": str(to),
-            "id": job_id,
-            **enc,
-            **{f"from{i}": s for i, s in enumerate(allowed)},
-        }
-        with self._lock:
-            cur = self._db.execute(
-                f"UPDATE jobs SET {sets} WHERE id = :id AND status IN ({marks})", params
-            )
-            if cur.rowcount != 1:
-                return None
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return JobRecord.from_row(row)
+        moved = self.transition_many([(job_id, updates)], allowed_from, to)
+        return moved[0] if moved else None
 
     def transition_many(
         self, items: list[tuple[str, dict]], allowed_from, to, bump_attempts: bool = False
     ) -> list[JobRecord]:
         """``transition`` for several jobs in one transaction (one commit for a whole batch);
         returns the records that moved."""
-        allowed = sorted(str(x) for x in allowed_from)
-        marks = ", ".join(f":from{i}" for i in range(len(allowed)))
+        allowed = {str(x) for x in allowed_from}
         moved: list[JobRecord] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for job_id, updates in items:
-                    enc = self._encode(updates)
-                    sets = ", ".join(
-                        ["status = :to"]
-                        + [f"{k} = :{k}" for k in enc]
-                        + (["attempts = attempts + 1"] if bump_attempts else [])
-                    )
-                    params = {
-                        "to": str(to),
-                        "id": job_id,
-                        **enc,
-                        **{f"from{i}": x for i, x in enumerate(allowed)},
-                    }
-                    cur = self._db.execute(
-                        f"UPDATE jobs SET {sets} WHERE id = :id AND status IN ({marks})", params
-                    )
-                    if cur.rowcount == 1:
-                        row = self._db.execute(
-                            "SELECT * FROM jobs WHERE id = ?", (job_id,)
-                        ).fetchone()
-                        moved.append(JobRecord.from_row(row))
+                    rec = self._move(job_id, allowed, str(to), self._encode(updates), bump_attempts)
+                    if rec is not None:
+                        moved.append(rec)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return moved
+
+    def _move(
+        self, job_id: str, allowed: set[str], to: str, enc: dict, bump_attempts: bool
+    ) -> JobRecord | None:
+        old = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if old is None or old["status"] not in allowed:
+            return None
+        sets = ", ".join(
+            ["status = :to"]
+            + [f"{k} = :{k}" for k in enc]
+            + (["attempts = attempts + 1"] if bump_attempts else [])
+        )
+        self._db.execute(f"UPDATE jobs SET {sets} WHERE id = :id", {"to": to, "id": job_id, **enc})
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        rec = JobRecord.from_row(row)
+        before = json.loads(old["usage"] or "{}")
+        self._count(rec.tenant, rec.model_id, old["status"], -1, before)
+        self._count(rec.tenant, rec.model_id, to, 1, rec.usage)
+        return rec
 
     def update(self, job_id: str, **updates: object) -> None:
         enc = self._encode(updates)
@@ -325,11 +367,8 @@ class SQLiteJobStore:
     def usage(self, tenant: str) -> list[UsageRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT model_id, status, COUNT(*) AS jobs, "
-                "SUM(COALESCE(json_extract(usage, '$.images'), 0)) AS images, "
-                "SUM(COALESCE(json_extract(usage, '$.steps'), 0)) AS steps, "
-                "SUM(COALESCE(json_extract(usage, '$.compute_s'), 0.0)) AS compute_s "
-                "FROM jobs WHERE tenant = ? GROUP BY model_id, status ORDER BY model_id",
+                "SELECT model_id, status, jobs, images, steps, compute_s FROM usage_totals "
+                "WHERE tenant = ? AND jobs > 0 ORDER BY model_id, status",
                 (tenant,),
             ).fetchall()
         return [

@@ -50,7 +50,11 @@ class Quotas(_Strict):
     """Limits that keep one tenant from taking the cluster."""
 
     max_concurrent_jobs: int = Field(
-        default=8, ge=1, le=10_000, description="Jobs of this tenant running at once on workers."
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Jobs of this tenant running at once on workers; more wait in the queue, in "
+        "fair order (they are not refused).",
     )
     requests_per_minute: int = Field(
         default=600,
@@ -60,7 +64,7 @@ class Quotas(_Strict):
         "this many per minute; beyond it 429 with Retry-After.",
     )
     max_queued_jobs: int = Field(
-        default=1000,
+        default=10_000,
         ge=1,
         le=1_000_000,
         description="Accepted jobs of this tenant waiting in the queue; beyond it submit is 429.",

@@ -188,6 +188,7 @@ class Simulation:
         )
         self.model_queue_limit = settings.model_queue_limit
         self.entries = {m.id: m for m in catalog.models}
+        tenants = self.config.tenants.tenants if self.config.tenants else []
         self.max_images_of = {m.id: m.max_batch_size for m in catalog.models}
         # Families the profile has no cost model for get no replicas (a trace for them is
         # refused before the run: ``run.run_sim``).
@@ -204,9 +205,9 @@ class Simulation:
             fifo=self.fifo,
             families=self.costs,
             replicas=0,
+            tenant_limits={t.id: t.quotas.max_concurrent_jobs for t in tenants},
         )
         self.estimator = self.dispatcher.estimator
-        tenants = self.config.tenants.tenants if self.config.tenants else []
         self.weights = {t.id: t.weight for t in tenants} or dict(self.config.weights or {})
         self.quotas = {t.id: t.quotas for t in tenants}
         self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in tenants})
@@ -407,7 +408,7 @@ class Simulation:
         fs = self.fams[r.family]
         d = self.dispatcher
         quotas = self.quotas.get(r.tenant)
-        queued, running, model_queued = d.admission_counts(r.tenant, r.model_id)
+        queued, _, model_queued = d.admission_counts(r.tenant, r.model_id)
         predicted = None
         if r.deadline_s is not None:  # admit reads the ETA only against a deadline
             predicted = d.predicted_start(r.family, r.priority, now)
@@ -415,9 +416,7 @@ class Simulation:
             AdmissionInput(
                 tenant=r.tenant,
                 tenant_queued=queued,
-                tenant_active=queued + running,
                 max_queued_jobs=quotas.max_queued_jobs if quotas else UNLIMITED,
-                max_concurrent_jobs=quotas.max_concurrent_jobs if quotas else UNLIMITED,
                 model_queued=model_queued,
                 model_queue_limit=self.model_queue_limit,
                 rate_wait_s=self.rate.try_acquire(r.tenant, now) if quotas else 0.0,

@@ -92,6 +92,9 @@ class FakeScheduler:
         self.jobs[job.request_id] = status
         return SubmitAccepted(created=True, job=status)
 
+    async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
+        return [await self.submit(sub) for sub in subs]
+
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
         s = self.jobs.get(job_id)
         return s if s is not None and s.tenant == tenant else None

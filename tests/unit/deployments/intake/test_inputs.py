@@ -50,7 +50,9 @@ def test_upload_id_and_own_file_url():
     [
         ("upl_" + "1" * 32, 404, "no uploaded file"),
         ("http://h/v1/files/other/2026/a/0.png", 404, "no file"),  # another tenant's
-        ("http://h/v1/files/dev/../other/0.png", 404, "no file"),
+        ("http://h/v1/files/dev/../other/0.png", 422, "not a valid file path"),
+        ("http://h/v1/files/dev/a\\b.png", 422, "not a valid file path"),
+        ("http://h/v1/files/dev/a\x00b.png", 422, "not a valid file path"),
         ("http://h/v1/files/dev/missing.png", 404, "no file"),
         ("%%%", 422, "base64"),
         (base64.b64encode(b"plain text").decode(), 422, "not an image"),

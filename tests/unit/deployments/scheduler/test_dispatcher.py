@@ -289,3 +289,103 @@ def test_admission_counts_follow_the_jobs():
         d.finished(batch_id)
     assert tenant_running(d, "a") == tenant_running(d, "b") == 0
     assert sorted(c for (_, c, _) in d.queued_work()) == ["batch", "batch"]
+
+
+def capped(limits: dict[str, int], replicas: int = 4, max_batch: int = 4) -> Dispatcher:
+    models = {"m": ModelLimits("f", max_batch, 0.0)}
+    return Dispatcher(models, batch_min_share=0.2, replicas=replicas, tenant_limits=limits)
+
+
+def test_max_concurrent_jobs_caps_running_jobs_and_the_rest_wait_in_the_queue():
+    d = capped({"a": 2})  # tenant a runs at most 2 jobs; b has no limit
+    a_jobs = [job(d, "batch", tenant="a", key=str(i)) for i in range(5)]
+    for j in a_jobs:
+        d.enqueue(j)
+    d.enqueue(job(d, "batch", tenant="b", key="b"))
+    ids = start_all(d, d.dispatch(now=0.0).launches, 0.0)
+    running = [j.tenant for b in ids for j in d._running[b].jobs]
+    assert sorted(running) == ["a", "a", "b"]
+    assert tenant_queued(d, "a") == 3 and tenant_running(d, "a") == 2
+    assert d.dispatch(now=0.1).launches == ()  # free slots, but a is at its cap
+    d.finished(ids[0])
+    again = d.dispatch(now=0.2).launches
+    assert [j.id for launch in again for j in launch.jobs] == [a_jobs[2].id]  # fair order kept
+
+
+def test_a_capped_tenant_fills_a_batch_only_up_to_its_room():
+    d = capped({"a": 3}, replicas=1, max_batch=8)
+    for _ in range(6):
+        d.enqueue(job(d, "batch", tenant="a", key="same"))
+    d.enqueue(job(d, "batch", tenant="b", key="same"))
+    first = d.dispatch(now=0.0).launches[0]
+    assert sorted(j.tenant for j in first.jobs) == ["a", "a", "a", "b"]  # not a fourth a
+
+
+def test_a_launch_that_does_not_start_gives_the_tenant_its_room_back():
+    d = capped({"a": 1}, replicas=1)
+    d.enqueue(job(d, "batch", tenant="a", key="x"))
+    d.enqueue(job(d, "batch", tenant="a", key="y"))
+    launch = d.dispatch(now=0.0).launches[0]
+    assert tenant_running(d, "a") == 1  # held from the launch on
+    assert d.started(launch, 0.0, "b0", job_ids=set()) is None  # its job was cancelled
+    assert tenant_running(d, "a") == 0
+    assert len(d.dispatch(now=0.1).launches) == 1
+
+
+def brute_eta(d: Dispatcher, j: QueuedJob, now: float) -> float | None:
+    qs = d.queues(j.family)
+    ahead = list(qs[INTERACTIVE].jobs)
+    if j.priority == BATCH:
+        ahead += qs[BATCH].jobs
+    ahead = ahead[: ahead.index(j)]
+    free = d.slot_free_in(j.family, j.priority, now)
+    if free is None:
+        return None
+    total = 0.0
+    for a in ahead:
+        s = d.estimator.seconds(a.model_id, a.cost)
+        if s is None:
+            return None
+        total += s
+    return free + total / d.capacity(j.family)
+
+
+def test_positions_and_etas_from_the_cache_match_a_scan_after_every_change():
+    import random
+
+    rng = random.Random(7)
+    d = dispatcher(replicas=2)
+    d.estimator.observe("m", cost=1.0, seconds=2.0)
+    queued: list[QueuedJob] = []
+    for step in range(300):
+        op = rng.random()
+        if op < 0.55 or not queued:
+            j = job(
+                d,
+                rng.choice(["batch", "interactive"]),
+                tenant=rng.choice("abc"),
+                key=str(step),
+                cost=rng.choice([0.5, 1.0, 3.0]),
+                arrived=step * 0.01,
+            )
+            d.enqueue(j)
+            queued.append(j)
+        elif op < 0.7:
+            gone = queued.pop(rng.randrange(len(queued)))
+            assert d.remove(gone.id) is gone
+        elif op < 0.85:
+            for launch in d.dispatch(now=step * 0.01).launches:
+                for j in launch.jobs:
+                    queued.remove(j)
+                batch = d.started(launch, step * 0.01, f"b{step}")
+                assert batch is not None
+                if rng.random() < 0.7:
+                    d.finished(batch.id)
+        else:
+            d.estimator.observe("m", cost=1.0, seconds=rng.uniform(1.0, 3.0))
+        now = step * 0.01
+        for j in rng.sample(queued, min(5, len(queued))):
+            qs = d.queues(j.family)
+            order = list(qs[INTERACTIVE].jobs) + list(qs[BATCH].jobs)
+            assert d.position(j.id) == order.index(j)
+            assert d.eta(j.id, now) == pytest.approx(brute_eta(d, j, now))

@@ -231,9 +231,7 @@ def _adm(**over):
     base = dict(
         tenant="t",
         tenant_queued=0,
-        tenant_active=0,
         max_queued_jobs=10,
-        max_concurrent_jobs=10,
         model_queued=0,
         model_queue_limit=100,
         rate_wait_s=0.0,
@@ -249,7 +247,6 @@ def _adm(**over):
     [
         ({"rate_wait_s": 2.0}, "rate_limited"),
         ({"tenant_queued": 10}, "tenant_queue_full"),
-        ({"tenant_active": 10}, "tenant_concurrency"),
         ({"model_queued": 100}, "model_queue_full"),
         ({"predicted_start_s": 30.0, "deadline_in_s": 10.0}, "deadline_unmeetable"),
     ],

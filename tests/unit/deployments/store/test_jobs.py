@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+
+import pytest
 
 from genmedia.deployments.protocol import AdapterInfo, AdapterRecord, UsageRow
 from genmedia.deployments.store.jobs import JobRecord, JobStatus, SQLiteJobStore
@@ -136,3 +139,69 @@ def test_transition_many_is_one_guarded_write(tmp_path):
     assert [r.id for r in moved] == ["j0", "j2"]  # the cancelled one stays cancelled
     assert all(r.attempts == 1 and r.started_at == 5.0 for r in moved)
     assert store.get("j1").status == JobStatus.CANCELLED
+
+
+AGGREGATE = (
+    "SELECT model_id, status, COUNT(*) AS jobs, "
+    "SUM(COALESCE(json_extract(usage, '$.images'), 0)) AS images, "
+    "SUM(COALESCE(json_extract(usage, '$.steps'), 0)) AS steps, "
+    "SUM(COALESCE(json_extract(usage, '$.compute_s'), 0.0)) AS compute_s "
+    "FROM jobs WHERE tenant = ? GROUP BY model_id, status ORDER BY model_id, status"
+)
+
+
+def scanned(store: SQLiteJobStore, tenant: str) -> list[UsageRow]:
+    rows = store._db.execute(AGGREGATE, (tenant,)).fetchall()
+    return [
+        UsageRow(
+            r["model_id"],
+            JobStatus(r["status"]),
+            r["jobs"],
+            r["images"],
+            r["steps"],
+            r["compute_s"],
+        )
+        for r in rows
+    ]
+
+
+def test_usage_counters_equal_a_scan_of_every_job_after_any_transitions(tmp_path):
+    import random
+
+    rng = random.Random(3)
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store.create_many([rec(i, tenant=rng.choice("tu")) for i in range(60)])
+    states = list(JobStatus)
+    for _ in range(200):
+        job_id = f"j{rng.randrange(60)}"
+        to = rng.choice(states)
+        usage = {"images": 1, "steps": 4, "compute_s": 0.5} if to == JobStatus.COMPLETED else {}
+        store.transition_many([(job_id, {"usage": usage})], set(states) - {to}, to)
+    for tenant in "tu":
+        assert store.usage(tenant) == pytest.approx(scanned(store, tenant))
+
+
+def test_a_store_from_before_the_counters_is_counted_once_at_open(tmp_path):
+    path = tmp_path / "jobs.sqlite"
+    store = SQLiteJobStore(path)
+    store.create(rec(1))
+    store.transition("j1", {JobStatus.IN_QUEUE}, JobStatus.COMPLETED, usage={"images": 2})
+    store.create(rec(2))
+    store._db.execute("DROP TABLE usage_totals")  # what a first-edition store looks like
+    store.close()
+    again = SQLiteJobStore(path)
+    assert again.usage("t") == scanned(again, "t")
+    assert [(u.status, u.jobs, u.images) for u in again.usage("t")] == [
+        (JobStatus.COMPLETED, 1, 2),
+        (JobStatus.IN_QUEUE, 1, 0),
+    ]
+
+
+def test_create_many_is_one_transaction_and_a_repeated_key_answers_the_first(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    out = store.create_many([rec(1, key="k"), rec(2, key="k"), rec(3)])
+    assert [(r.id, created) for r, created in out] == [("j1", True), ("j1", False), ("j3", True)]
+    # a duplicate id fails the whole group: none of it is stored
+    with pytest.raises(sqlite3.IntegrityError):
+        store.create_many([rec(4), rec(3)])
+    assert store.get("j4") is None

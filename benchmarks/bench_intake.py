@@ -1,0 +1,361 @@
+"""Intake benchmark: submit and status rates against a plain Ray Serve echo, interactive latency
+while another tenant submits bursts of bulk jobs, and /healthz while hostile bodies arrive.
+
+One local Ray Serve, the tiny SD1.5-style model, measured side by side in one run:
+
+- ``rates`` (``--rounds`` interleaved rounds of ``--seconds`` each, 16 closed-loop clients):
+  a plain Serve echo deployment (one hop, no work), single submits of the batch class, status
+  reads of those jobs, and bulk submits of ``--bulk-items`` jobs a call → each ÷ echo. Targets:
+  single submit and status ≥ 0.6 x echo; bulk jobs/s ≥ 5 x echo.
+- ``burst``: interactive sync requests (``--samples``, one every 0.5 s) on an idle cluster,
+  then the same while another tenant submits a burst of 1,000 batch-class jobs every 10 s (half
+  through the single route, 64 at once; half through the bulk route) and polls each job's
+  status once a second → p99 under bursts ÷ idle p99 (target ≤ 1.5; the first edition: 45-57).
+- ``hostile``: /healthz every 20 ms while 20 clients send hostile bodies (a 310 KB list of
+  20,000 LoRA ids, huge numbers, a deep JSON nest, 10,001 bulk items, ...) → /healthz p99
+  (target ≤ 0.1 s).
+
+Summary to ``loadtests/results/bench_intake-<stamp>.json``, raw samples to
+``loadtests/results/raw/``.
+
+    flock /tmp/genmedia-ray.lock python benchmarks/bench_intake.py [--rounds 3] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from _bench import MODEL, commit, ensure_weights, save, sd15_catalog
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from genmedia.loadtests.local import ray_stack, stamp, tenant_record, tenants_file
+
+console = Console()
+WEB = "gm_0e000002_" + "w" * 43  # interactive tenant
+BULK = "gm_0b000002_" + "b" * 43  # batch-class tenant: submits and polls
+CLIENTS = 16
+SUBMIT = f"/v1/queue/models/{MODEL}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def closed_loop(
+    url: str, seconds: float, call: Callable[[httpx.AsyncClient, int], Awaitable[int]]
+) -> dict[str, Any]:
+    """``CLIENTS`` clients calling back to back for ``seconds``; ``call`` answers how many
+    operations one call did (a bulk submit: its jobs)."""
+    ops, errors, latencies = 0, 0, []
+    deadline = time.perf_counter() + seconds
+    counter = itertools.count()
+    limits = httpx.Limits(max_connections=CLIENTS * 2)
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as client:
+
+        async def one() -> None:
+            nonlocal ops, errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    ops += await call(client, next(counter))
+                    latencies.append(time.perf_counter() - t0)
+                except (httpx.HTTPError, AssertionError):
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(CLIENTS)))
+        elapsed = time.perf_counter() - t0
+    return {
+        "ops": ops,
+        "errors": errors,
+        "seconds": elapsed,
+        "rate": ops / elapsed,
+        "p50_s": percentile(latencies, 50),
+        "p99_s": percentile(latencies, 99),
+    }
+
+
+def rate_calls(bulk_items: int, job_ids: list[str]) -> dict[str, Callable[..., Awaitable[int]]]:
+    async def echo(c: httpx.AsyncClient, i: int) -> int:
+        r = await c.post("/echo", json={"prompt": "a fox", "i": i})
+        assert r.status_code == 200
+        return 1
+
+    async def submit(c: httpx.AsyncClient, i: int) -> int:
+        body = {"prompt": f"job {i}", "priority": "batch"}
+        r = await c.post(SUBMIT, json=body, headers=auth(BULK))
+        assert r.status_code == 202, r.text
+        job_ids.append(r.json()["request_id"])
+        return 1
+
+    async def status(c: httpx.AsyncClient, i: int) -> int:
+        job = job_ids[i % len(job_ids)]
+        r = await c.get(f"/v1/queue/requests/{job}/status", headers=auth(BULK))
+        assert r.status_code == 200
+        return 1
+
+    async def bulk(c: httpx.AsyncClient, i: int) -> int:
+        items = [{"prompt": f"bulk {i}.{k}", "priority": "batch"} for k in range(bulk_items)]
+        r = await c.post(f"{SUBMIT}/batch", json={"requests": items}, headers=auth(BULK))
+        assert r.status_code == 200 and r.json()["accepted"] == bulk_items, r.text[:300]
+        return bulk_items
+
+    return {"echo": echo, "submit": submit, "status": status, "bulk": bulk}
+
+
+async def interactive(url: str, samples: int, out: list[float]) -> None:
+    """``samples`` sync interactive requests, one every 0.5 s (open loop)."""
+    async with httpx.AsyncClient(base_url=url, timeout=120.0, headers=auth(WEB)) as c:
+
+        async def one(k: int) -> None:
+            await asyncio.sleep(0.5 * k)
+            t0 = time.perf_counter()
+            r = await c.post(f"/v1/models/{MODEL}/generate", json={"prompt": "now", "seed": k})
+            if r.status_code == 200:
+                out.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(one(k) for k in range(samples)))
+
+
+async def bursts(url: str, until: asyncio.Event, log: list[dict]) -> None:
+    """A burst of 1,000 batch-class jobs every 10 s (500 single, 500 bulk), each job's
+    status polled once a second until ``until`` is set."""
+    ids: list[str] = []
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120.0, headers=auth(BULK), limits=httpx.Limits(max_connections=96)
+    ) as c:
+        gate = asyncio.Semaphore(64)
+
+        async def single(k: int) -> None:
+            async with gate:
+                r = await c.post(SUBMIT, json={"prompt": f"s{k}", "priority": "batch"})
+            if r.status_code == 202:
+                ids.append(r.json()["request_id"])
+
+        async def bulk(k: int) -> None:
+            items = [{"prompt": f"b{k}.{i}", "priority": "batch"} for i in range(250)]
+            r = await c.post(f"{SUBMIT}/batch", json={"requests": items})
+            if r.status_code == 200:
+                ids.extend(i["job"]["request_id"] for i in r.json()["items"] if "job" in i)
+
+        async def poll() -> None:
+            while not until.is_set():
+                t0 = time.perf_counter()
+                for job in list(ids):
+                    if until.is_set():
+                        return
+                    async with gate:
+                        await c.get(f"/v1/queue/requests/{job}/status")
+                await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))
+
+        poller = asyncio.create_task(poll())
+        n = 0
+        while not until.is_set():
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(single(1000 * n + k) for k in range(500)), bulk(2 * n), bulk(2 * n + 1)
+            )
+            log.append({"burst": n, "seconds": time.perf_counter() - t0, "jobs": len(ids)})
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), 10.0)
+        await poller
+
+
+async def burst_phase(url: str, samples: int) -> dict[str, Any]:
+    idle: list[float] = []
+    await interactive(url, samples, idle)
+    loaded: list[float] = []
+    until, log = asyncio.Event(), []
+    flood = asyncio.create_task(bursts(url, until, log))
+    await asyncio.sleep(1.0)  # the first burst is arriving
+    await interactive(url, samples, loaded)
+    until.set()
+    await flood
+    return {"idle_s": idle, "burst_s": loaded, "bursts": log}
+
+
+def hostile_bodies() -> list[tuple[str, bytes]]:
+    prompt = {"prompt": "x"}
+    many_loras = {**prompt, "loras": [{"id": f"adapter-{i}"} for i in range(20_000)]}
+    nest = "[" * 50_000 + "]" * 50_000
+    return [
+        (SUBMIT, json.dumps(many_loras).encode()),
+        (SUBMIT, json.dumps({**prompt, "num_images": 10**4000}).encode()),
+        (SUBMIT, json.dumps({**prompt, "width": 1e308, "guidance_scale": 1e308}).encode()),
+        (SUBMIT, json.dumps({"prompt": "p" * 2_000_000}).encode()),
+        (SUBMIT, json.dumps({**prompt, **{f"k{i}": i for i in range(50_000)}}).encode()),
+        (SUBMIT, nest.encode()),
+        (SUBMIT, json.dumps({**prompt, "image": "A" * 8_000_000}).encode()),
+        (SUBMIT, json.dumps({**prompt, "image": "http://x/v1/files/a\\b\x00.png"}).encode()),
+        (f"{SUBMIT}/batch", json.dumps({"requests": [prompt] * 10_001}).encode()),
+        (f"{SUBMIT}/batch", json.dumps({"requests": [many_loras] * 3}).encode()),
+    ]
+
+
+async def hostile_phase(url: str, seconds: float) -> dict[str, Any]:
+    bodies = hostile_bodies()
+    health: list[float] = []
+    codes: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, headers=auth(BULK)) as c:
+
+        async def attacker(k: int) -> None:
+            for i in itertools.count(k):
+                if time.perf_counter() > deadline:
+                    return
+                path, body = bodies[i % len(bodies)]
+                headers = {"Content-Type": "application/json"}
+                r = await c.post(path, content=body, headers=headers)
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+        async def probe() -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                r = await c.get("/healthz")
+                if r.status_code == 200:
+                    health.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.02)
+
+        await asyncio.gather(probe(), *(attacker(k) for k in range(20)))
+    return {"healthz_s": health, "codes": codes}
+
+
+def deploy_echo() -> None:
+    """A plain Ray Serve deployment answering its JSON body: one hop, no work (the baseline)."""
+    from ray import serve
+    from starlette.requests import Request
+
+    @serve.deployment(max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0.25})
+    class Echo:
+        async def __call__(self, request: Request) -> dict:
+            return await request.json()
+
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the rates")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of one rate measurement")
+    p.add_argument("--bulk-items", type=int, default=200, help="jobs per bulk submit call")
+    p.add_argument("--samples", type=int, default=40, help="interactive samples per scenario")
+    p.add_argument("--hostile-seconds", type=float, default=10.0)
+    return p.parse_args()
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from genmedia.deployments.serve.local import run_app
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    workdir = tempfile.mkdtemp(prefix="genmedia-bench-intake-")
+    catalog = sd15_catalog(workdir, server={"max_bulk_items": 1000})
+    ensure_weights(catalog)
+    tenants = tenants_file([tenant_record("web", WEB), tenant_record("bulk", BULK)])
+    raw: dict[str, Any] = {"rates": []}
+    with ray_stack(num_cpus=2, num_gpus=1) as url, Progress(console=console) as progress:
+        task = progress.add_task("deploying", total=2 + 4 * args.rounds)
+        run_app(catalog, tenants)
+        deploy_echo()
+        asyncio.run(interactive(url, 4, []))  # warm: the model is loaded, the path is hot
+        progress.update(task, description="interactive p99: idle, then bulk bursts", advance=1)
+        raw["burst"] = asyncio.run(burst_phase(url, args.samples))
+        progress.update(task, description="/healthz under hostile bodies", advance=1)
+        raw["hostile"] = asyncio.run(hostile_phase(url, args.hostile_seconds))
+        job_ids: list[str] = []
+        calls = rate_calls(args.bulk_items, job_ids)
+        for r in range(args.rounds):
+            for name in ("echo", "submit", "status", "bulk"):
+                progress.update(task, description=f"rates round {r + 1}: {name}")
+                part = asyncio.run(closed_loop(url, args.seconds, calls[name]))
+                raw["rates"].append({"round": r, "name": name, **part})
+                progress.advance(task)
+    return raw
+
+
+def build_summary(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, Any]:
+    rates: dict[str, float] = {}
+    for name in ("echo", "submit", "status", "bulk"):
+        parts = [p for p in raw["rates"] if p["name"] == name]
+        rates[name] = sum(p["ops"] for p in parts) / sum(p["seconds"] for p in parts)
+    burst = raw["burst"]
+    idle_p99 = percentile(burst["idle_s"], 99)
+    burst_p99 = percentile(burst["burst_s"], 99)
+    health_p99 = percentile(raw["hostile"]["healthz_s"], 99)
+    return {
+        "benchmark": "bench_intake",
+        "commit": commit(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "args": vars(args),
+        "rates_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "submit_over_echo": round(rates["submit"] / rates["echo"], 3),
+        "status_over_echo": round(rates["status"] / rates["echo"], 3),
+        "bulk_jobs_over_echo": round(rates["bulk"] / rates["echo"], 3),
+        "interactive_idle_p99_s": round(idle_p99, 4),
+        "interactive_burst_p99_s": round(burst_p99, 4),
+        "interactive_p99_burst_over_idle": round(burst_p99 / idle_p99, 3),
+        "interactive_samples": [len(burst["idle_s"]), len(burst["burst_s"])],
+        "bursts": burst["bursts"],
+        "healthz_p99_s": round(health_p99, 4),
+        "healthz_samples": len(raw["hostile"]["healthz_s"]),
+        "hostile_status_codes": raw["hostile"]["codes"],
+        "targets": {
+            "submit_over_echo": ">= 0.6",
+            "status_over_echo": ">= 0.6",
+            "bulk_jobs_over_echo": ">= 5",
+            "interactive_p99_burst_over_idle": "<= 1.5",
+            "healthz_p99_s": "<= 0.1",
+        },
+    }
+
+
+def report(summary: dict[str, Any], path: str, raw_path: str) -> None:
+    t = Table(title="bench_intake")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("target")
+    for key, target in summary["targets"].items():
+        t.add_row(key, str(summary[key]), target)
+    for name, rate in summary["rates_per_s"].items():
+        t.add_row(f"{name} per s", str(rate), "")
+    console.print(t)
+    console.print(f"summary: {path}\nraw: {raw_path}")
+
+
+def main() -> None:
+    args = parse_args()
+    random.seed(0)
+    raw = measure(args)
+    summary = build_summary(args, raw)
+    rows = [{"part": "rates", **p} for p in raw["rates"]]
+    rows += [
+        {"part": "burst", "idle_s": raw["burst"]["idle_s"], "burst_s": raw["burst"]["burst_s"]}
+    ]
+    rows += [{"part": "hostile", **raw["hostile"]}]
+    summary_path, raw_path = save(f"bench_intake-{stamp()}", summary, rows)
+    report(summary, str(summary_path), str(raw_path))
+
+
+if __name__ == "__main__":
+    main()
