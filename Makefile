@@ -38,7 +38,7 @@ lint: $(STAMP)
 	# for the module of the same name (scenarios.py); Python does not.
 	mkdir -p build/mypy-path/genmedia
 	touch build/mypy-path/genmedia/__init__.py
-	for pkg in deployments models kernels autoscaling infra loadtests; do \
+	for pkg in deployments models kernels autoscaling infra loadtests client; do \
 		ln -sfn ../../../$$pkg build/mypy-path/genmedia/$$pkg; done
 	$(VENV)/bin/mypy
 

@@ -9,6 +9,11 @@ GPU budget) and returns replicas per worker deployment. The policy's damping sta
 Serve's per-deployment ``policy_state``. Serve's own delays are set to zero in the rendered
 config (``infra/serve_config.py``) so that only this policy damps.
 
+Each worker replica reports the load time it measured per model through its own
+``record_autoscaling_stats`` (``signals.encode_load_times``); the adapter keeps the latest per
+model (the largest over a deployment's replicas; remembered while the family is at zero), and
+the policy's cold-start figure uses it instead of the catalog's ``scaling.load_s``.
+
 Wired by configuration, not code: ``autoscaling_policy.policy_function`` names this class and
 ``policy_kwargs`` carry the catalog, the GPU budget and the damping knobs (JSON).
 """
@@ -22,7 +27,7 @@ from typing import Any
 from ray.serve.config import AutoscalingContext
 
 from genmedia.autoscaling.policy import Decision, FamilyState, PolicyConfig, Snapshot, decide
-from genmedia.autoscaling.signals import decode
+from genmedia.autoscaling.signals import decode, decode_load_times, with_load_times
 from genmedia.models.catalog import parse_catalog
 
 logger = logging.getLogger("ray.serve")
@@ -30,6 +35,25 @@ logger = logging.getLogger("ray.serve")
 SCHEDULER_DEPLOYMENT = "scheduler"
 WORKER_PREFIX = "worker-"
 STATE_KEY = "genmedia"
+
+
+def replica_metrics(ctx: AutoscalingContext) -> list[dict[str, float]]:
+    """The newest value of every custom metric, per replica."""
+    per: dict[Any, dict[str, float]] = {}
+    for name, by_replica in (ctx.raw_metrics or {}).items():
+        for replica, series in by_replica.items():
+            if series:
+                per.setdefault(replica, {})[name] = float(series[-1].value)
+    return list(per.values())
+
+
+def measured_load_times(ctx: AutoscalingContext) -> dict[str, float]:
+    """Model -> load seconds a worker deployment's replicas measured (the largest)."""
+    out: dict[str, float] = {}
+    for metrics in replica_metrics(ctx):
+        for model, seconds in decode_load_times(metrics).items():
+            out[model] = max(seconds, out.get(model, 0.0))
+    return out
 
 
 def latest_metrics(ctx: AutoscalingContext) -> dict[str, float]:
@@ -58,6 +82,7 @@ class GenmediaAutoscaler:
             parse_catalog(catalog, "<autoscaling policy_kwargs>"), gpus, gpu_memory_gb, **knobs
         )
         self.last: Decision | None = None
+        self.load_s: dict[str, float] = {}  # model -> the latest measured load seconds
 
     def __call__(
         self, contexts: dict[Any, AutoscalingContext]
@@ -75,10 +100,12 @@ class GenmediaAutoscaler:
         if sched is None or not workers:
             return {}, states
         now = next((c.current_time for c in contexts.values() if c.current_time), None)
+        for _, ctx in workers.values():
+            self.load_s.update(measured_load_times(ctx))
         snap = Snapshot(
             now=now if now is not None else time.time(),
             replicas={f: ctx.target_num_replicas for f, (_, ctx) in workers.items()},
-            models=decode(latest_metrics(sched)),
+            models=with_load_times(decode(latest_metrics(sched)), self.load_s),
         )
         previous = {
             f: FamilyState(**states[dep_id][STATE_KEY])

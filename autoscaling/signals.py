@@ -3,13 +3,16 @@
 Ray Serve carries a deployment's ``record_autoscaling_stats()`` to the controller as a mapping
 of metric name to number; the scheduler (``deployments/serve/scheduler.py``) encodes its queues with
 ``encode`` and the adapter (``serve_adapter.py``) decodes them into the policy's ``ModelLoad``.
-Pure; no Ray.
+Each family worker replica reports the load time it measured per model (``encode_load_times``);
+the adapter keeps the latest per model (``decode_load_times``, ``with_load_times``), which
+replaces the catalog's ``scaling.load_s`` guess in the policy's cold-start figure. Pure; no Ray.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from genmedia.autoscaling.policy import CLASSES, ModelLoad
 
@@ -83,3 +86,28 @@ def decode(metrics: Mapping[str, float]) -> dict[str, ModelLoad]:
         )
         for m in set(queued) | set(inflight) | set(rate) | set(admitted)
     }
+
+
+def encode_load_times(load_s: Mapping[str, float]) -> dict[str, float]:
+    """A worker replica's measured load seconds per model, as metrics (``load|<model>``)."""
+    return {f"load{SEP}{m}": float(s) for m, s in load_s.items()}
+
+
+def decode_load_times(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Model -> measured load seconds from ``encode_load_times``'s metrics (others ignored)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        parts = key.split(SEP)
+        if parts[0] == "load" and len(parts) == 2 and value > 0:
+            out[parts[1]] = float(value)
+    return out
+
+
+def with_load_times(
+    models: Mapping[str, ModelLoad], load_s: Mapping[str, float]
+) -> dict[str, ModelLoad]:
+    """``models`` with each measured load time set (a model without a load entry gets one)."""
+    out = dict(models)
+    for m, seconds in load_s.items():
+        out[m] = replace(out.get(m, ModelLoad()), load_s=seconds)
+    return out

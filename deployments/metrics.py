@@ -2,7 +2,9 @@
 
 Two registries: the gateway's (submits and refusals, per replica) and the scheduler's (queue
 depth, waits, compute, batch sizes, per-tenant usage; recorded once per job where the job ends).
-The gateway's ``/metrics`` appends the scheduler's text to its own. Own registries, so tests and
+The gateway's ``/metrics`` appends the scheduler's text to its own. A family worker replica keeps
+a third (``WorkerMetrics``: the load time it measured per model, and its phases), served by its
+``metrics_text``. Own registries, so tests and
 several apps in one process do not collide. No Ray imports.
 """
 
@@ -13,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 
 
 class GatewayMetrics:
@@ -111,6 +114,41 @@ class SchedulerMetrics:
             "genmedia_tenant_compute_seconds",
             "Compute seconds per tenant (a batch's time split by images).",
             ["tenant", "model"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class WorkerMetrics:
+    """What a family worker replica measures when it loads a model."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.load_seconds = Histogram(
+            "genmedia_model_load_seconds",
+            "Time a worker replica took to load a model (weights, pipeline, kernels).",
+            ["model", "family"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.last_load_seconds = Gauge(
+            "genmedia_model_last_load_seconds",
+            "The latest measured load time of a model on this replica (what autoscaling uses).",
+            ["model", "family"],
+            registry=r,
+        )
+        self.load_phase_seconds = Gauge(
+            "genmedia_model_load_phase_seconds",
+            "Seconds of each phase of the latest load of a model (phases overlap).",
+            ["model", "family", "phase"],
+            registry=r,
+        )
+        self.load_bytes = Gauge(
+            "genmedia_model_load_bytes",
+            "Weight bytes read by the latest load of a model.",
+            ["model", "family"],
             registry=r,
         )
 

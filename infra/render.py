@@ -7,7 +7,11 @@
 - ``prometheus``: a scrape configuration for genmedia's ``/metrics`` and Ray's metrics port;
 - ``grafana``: a dashboard (queue depth and wait per class, latency percentiles, batch sizes,
   GPU share per model, per-tenant usage) over the metric names ``deployments/metrics.py``
-  exports.
+  exports;
+- ``s3-lifecycle``: for a catalog whose storage is S3, the bucket's lifecycle configuration
+  (``aws s3api put-bucket-lifecycle-configuration --lifecycle-configuration file://...``) from
+  ``server.retention``: objects expire by their ``genmedia-class`` tag (set on every write), a
+  backstop behind the scheduler's sweeper, which deletes rows and files together.
 
 ``render_all`` gives the files committed under ``infra/`` for the embedded catalog; a test
 checks they equal a fresh render. Pure text building; the validators live in the tests.
@@ -16,6 +20,7 @@ checks they equal a fresh render. Pure text building; the validators live in the
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +28,9 @@ import yaml
 
 from genmedia.autoscaling.placement import GpuPool, allocate, plan_placement, replica_shapes
 from genmedia.infra.serve_config import ScalingKnobs, application_config
-from genmedia.models.catalog import Catalog
+from genmedia.models.catalog import Catalog, S3Storage
 
-TARGETS = ("serve-config", "kuberay", "dockerfile", "prometheus", "grafana")
+TARGETS = ("serve-config", "kuberay", "dockerfile", "prometheus", "grafana", "s3-lifecycle")
 VARIANTS = ("cpu", "cuda")
 TORCH_PIN = "torch==2.13.0"  # as the Makefile; never loosen
 RAY_VERSION = "2.60.0"
@@ -347,6 +352,56 @@ def grafana() -> dict[str, Any]:
     }
 
 
+def _days(hours: float) -> int:
+    """Whole days an S3 expiration needs to keep an object at least ``hours``."""
+    return max(1, math.ceil(hours / 24.0))
+
+
+def s3_lifecycle(catalog: Catalog) -> dict[str, Any]:
+    """The bucket's lifecycle rules for the catalog's retention (S3 storage only). Expiration
+    counts from an object's creation and S3 rounds up to the next midnight UTC, so each rule
+    keeps a file at least as long as the sweeper does: outputs as long as their job's
+    outputs, inputs as long as a job may live (queued ones still need theirs), uploads their
+    own time."""
+    storage = catalog.server.storage
+    if not isinstance(storage, S3Storage):
+        raise RenderError(
+            "s3-lifecycle needs server.storage.kind 's3' (this catalog stores files locally; "
+            "the scheduler's sweeper deletes them)"
+        )
+    from genmedia.deployments.store.storage import INPUTS, LIFECYCLE_TAG, OUTPUTS, UPLOADS
+
+    r = catalog.server.retention
+    prefix = storage.prefix.strip("/")
+    prefix = f"{prefix}/" if prefix else ""
+    days = {
+        OUTPUTS: _days(min(r.outputs_hours, r.jobs_hours)),
+        INPUTS: _days(r.jobs_hours),
+        UPLOADS: _days(r.uploads_hours),
+    }
+
+    def rule(cls: str) -> dict[str, Any]:
+        tag = {"Key": LIFECYCLE_TAG, "Value": cls}
+        return {
+            "ID": f"genmedia-{cls}",
+            "Filter": {"And": {"Prefix": prefix, "Tags": [tag]}},
+            "Status": "Enabled",
+            "Expiration": {"Days": days[cls]},
+        }
+
+    return {
+        "Rules": [
+            *(rule(c) for c in (OUTPUTS, INPUTS, UPLOADS)),
+            {
+                "ID": "genmedia-incomplete-uploads",
+                "Filter": {"Prefix": prefix},
+                "Status": "Enabled",
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+            },
+        ]
+    }
+
+
 def render(
     target: str, catalog: Catalog, cluster: Cluster | None = None, variant: str = "cpu"
 ) -> str:
@@ -366,6 +421,8 @@ def render(
         return "# Rendered by `genmedia render prometheus`; do not edit.\n" + _yaml(prometheus())
     if target == "grafana":
         return json.dumps(grafana(), indent=2) + "\n"
+    if target == "s3-lifecycle":
+        return json.dumps(s3_lifecycle(catalog), indent=2) + "\n"
     raise RenderError(f"unknown render target {target!r}; known: {', '.join(TARGETS)}")
 
 
@@ -380,5 +437,9 @@ FILES = {
 
 
 def render_all(catalog: Catalog, cluster: Cluster | None = None) -> dict[str, str]:
-    """Every artifact by its file name under ``infra/``."""
-    return {name: render(t, catalog, cluster, v) for name, (t, v) in FILES.items()}
+    """Every artifact by its file name under ``infra/`` (``s3-lifecycle.json`` when the
+    catalog stores files in S3)."""
+    files = {name: render(t, catalog, cluster, v) for name, (t, v) in FILES.items()}
+    if isinstance(catalog.server.storage, S3Storage):
+        files["s3-lifecycle.json"] = render("s3-lifecycle", catalog, cluster)
+    return files

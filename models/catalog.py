@@ -185,7 +185,8 @@ class ModelScaling(_Strict):
         ge=0.0,
         le=3600.0,
         description="Cold start: seconds from a new worker replica being placed to this model "
-        "being loaded and ready.",
+        "being loaded and ready. A guess until a worker replica has loaded the model: the "
+        "autoscaling policy then uses the load time the replica measured.",
     )
     scale_to_zero: bool = Field(
         default=False,

@@ -1,9 +1,9 @@
 """Checkpoint writing, loading and scheduler swapping shared by the family modules.
 
 Where this sits: under every ``models/<family>.py``, at replica start and in tests. A family's
-``build_tiny`` ends in ``save_tiny``, its ``load_pipeline`` in ``load_checkpoint`` and its
-``set_scheduler`` is ``swap_scheduler``; the family module keeps what differs (components,
-configs, call arguments). torch is imported on use, as the family modules do.
+``build_tiny`` ends in ``save_tiny``, its ``load_pipeline`` in ``load_checkpoint`` (through
+``fast_load.py``) and its ``set_scheduler`` is ``swap_scheduler``; the family module keeps what
+differs (components, configs, call arguments). torch is imported on use, as the family modules do.
 """
 
 from __future__ import annotations
@@ -29,23 +29,29 @@ def load_checkpoint(
     path: Path,
     dtype: torch.dtype | None,
     device: str,
+    component_dtypes: Mapping[str, torch.dtype] | None = None,
     **components: Any,
 ) -> Any:
-    """A safetensors-only checkpoint directory through ``from_pretrained``, offline, on
-    ``device`` (``dtype`` None: float32), progress bars off. ``components`` replace the
-    checkpoint's own (e.g. a VAE loaded in another dtype) or are passed to the pipeline."""
+    """A safetensors-only checkpoint directory on ``device`` (``dtype`` None: float32),
+    offline, progress bars off, through ``fast_load.load_pipeline``: parallel reads straight
+    into modules built without initialising their weights. ``pipeline_class`` is the class or
+    a function importing it (called once the reads have started). ``component_dtypes`` overrides
+    ``dtype`` per component (e.g. a VAE kept in float32); ``components`` replace the
+    checkpoint's own or are passed to the pipeline."""
     import torch
+
+    from genmedia.models.fast_load import load_pipeline
 
     path = Path(path)
     weights.check_safetensors_only(path)
-    pipe = pipeline_class.from_pretrained(
+    pipe, _report = load_pipeline(
+        pipeline_class,
         path,
-        dtype=torch.float32 if dtype is None else dtype,
-        use_safetensors=True,
-        local_files_only=True,
+        torch.float32 if dtype is None else dtype,
+        device,
+        component_dtypes,
         **components,
     )
-    pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -10,7 +10,8 @@ Where this sits in a request's way:
   evicted, never one a paused call still uses) and ``activate`` sets the batch's adapters and
   scales, so calls with different adapters interleave at step boundaries on one set of weights.
 
-Weights load from safetensors only (``safetensors.torch.load_file``); nothing is unpickled.
+Weights load from safetensors only (``safetensors_io.read_state_dict``: parallel reads into one
+buffer, every tensor a view of it); nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from genmedia.models.params import AdapterUse
 from genmedia.models.registry import FAMILIES, lora_families
+from genmedia.models.safetensors_io import CheckpointError, read_state_dict
 from genmedia.models.weights import genmedia_home
 
 # Attention projections: what tiny test adapters (and most published ones) target.
@@ -137,6 +139,15 @@ def read_header(path: Path, max_bytes: int) -> dict[str, tuple[int, ...]]:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types for bad files
         raise AdapterError(f"{path.name} is not a valid safetensors file: {exc}") from None
+
+
+def read_adapter(path: Path) -> dict[str, torch.Tensor]:
+    """An adapter's tensors (checked header, one buffer); a bad file is an ``AdapterError``
+    naming the file and the tensor."""
+    try:
+        return read_state_dict(path)
+    except CheckpointError as exc:
+        raise AdapterError(str(exc)) from None
 
 
 def check_keys(pipe: Any, family: str, shapes: dict[str, tuple[int, ...]]) -> list[str]:
@@ -279,7 +290,7 @@ class AdapterCache:
                 self.loaded.move_to_end(aid)
                 continue
             start = time.perf_counter()
-            state = load_file(str(path))
+            state = read_adapter(path)
             keep = pinned | set(files)
             victim: str | None
             if current is not None:  # re-registered from another file: reuse its own slot

@@ -63,6 +63,8 @@ class LoadedModel:
     family: ModuleType  # models/<family>.py
     device: str
     load_s: float
+    # seconds per phase of the load (fast_load's phases, kernels_s) and bytes read
+    load_phases: dict = field(default_factory=dict)
     _scheduler_config: dict = field(default_factory=dict)
     acceleration: dict = field(default_factory=dict)  # what kernels/options are active
     adapters: AdapterCache = field(default_factory=lambda: AdapterCache(8))
@@ -125,33 +127,51 @@ def cap_gpu_memory(share: float, memory_gb: float | None = None) -> float | None
 
 
 def load_model(entry: ModelEntry, path: Path, device: str | None = None) -> LoadedModel:
-    """Load an entry's pipeline through the family's ``from_pretrained`` path."""
+    """Load an entry's pipeline through the family's loader (``fast_load.py``: parallel reads
+    into modules built without initialising their weights), then apply its kernel options;
+    ``load_s`` is the whole of it, ``load_phases`` its parts."""
+    from genmedia.models.fast_load import recording
+
     fam = family_module(entry.family)
     device = device or pick_device()
     dtype = DTYPES[entry.dtype]
     if device == "cpu" and dtype is torch.float16:
         dtype = torch.float32  # fp16 conv kernels are missing or very slow on CPU
     start = time.perf_counter()
-    pipe = fam.SPEC.load_pipeline(path, dtype=dtype, device=device)
-    from genmedia.kernels.op_specs import DENOISERS
-    from genmedia.kernels.options import KernelOptions
-    from genmedia.kernels.patcher import apply_kernel_options
-
-    if entry.family in DENOISERS or entry.acceleration != KernelOptions():
-        record = apply_kernel_options(pipe, entry.family, entry.acceleration, device)
-    else:  # a family without kernel patterns, run as diffusers ships it
-        record = {"device": device, "kernels": {}, "note": f"no kernel patterns for {entry.family}"}
+    with recording() as reports:
+        pipe = fam.SPEC.load_pipeline(path, dtype=dtype, device=device)
+    weights_s = time.perf_counter() - start
+    t = time.perf_counter()
+    record = _apply_kernels(entry, pipe, device)
+    phases: dict[str, Any] = {"weights_s": weights_s, "kernels_s": time.perf_counter() - t}
+    for report in reports:
+        phases.update({f"weights.{k}": v for k, v in report.phases.items()})
+        phases["bytes"] = phases.get("bytes", 0) + report.bytes
+        if report.fallbacks:
+            phases["fallbacks"] = list(report.fallbacks)
     model = LoadedModel(
         entry,
         pipe,
         fam,
         device,
         time.perf_counter() - start,
+        load_phases=phases,
         _scheduler_config=dict(pipe.scheduler.config),
         acceleration=record,
         adapters=AdapterCache(entry.max_loaded_adapters, entry.max_lora_rank),
     )
     return model
+
+
+def _apply_kernels(entry: ModelEntry, pipe: Any, device: str) -> dict:
+    from genmedia.kernels.op_specs import DENOISERS
+    from genmedia.kernels.options import KernelOptions
+    from genmedia.kernels.patcher import apply_kernel_options
+
+    if entry.family in DENOISERS or entry.acceleration != KernelOptions():
+        return apply_kernel_options(pipe, entry.family, entry.acceleration, device)
+    # a family without kernel patterns, run as diffusers ships it
+    return {"device": device, "kernels": {}, "note": f"no kernel patterns for {entry.family}"}
 
 
 @functools.cache

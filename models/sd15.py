@@ -167,7 +167,7 @@ def load_pipeline(
 ) -> DiffusionPipeline:
     """Load a safetensors-only SD1.5 checkpoint directory, offline, onto ``device``."""
     return load_checkpoint(
-        pipeline_class(),
+        pipeline_class,
         path,
         dtype,
         device,

@@ -191,7 +191,7 @@ def load_pipeline(
 ) -> DiffusionPipeline:
     """Load a safetensors-only SDXL checkpoint directory, offline, onto ``device``."""
     # add_watermarker=False: don't depend on whether invisible-watermark is installed
-    return load_checkpoint(pipeline_class(), path, dtype, device, add_watermarker=False)
+    return load_checkpoint(pipeline_class, path, dtype, device, add_watermarker=False)
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:

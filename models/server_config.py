@@ -41,7 +41,35 @@ class WebhookPolicy(BaseModel):
         "resolve to is allowed) or IP addresses / CIDRs (e.g. '10.1.0.0/16', '127.0.0.1').",
     )
     timeout_s: float = Field(
-        default=10.0, gt=0.0, le=300.0, description="Timeout of one attempt (connect and answer)."
+        default=10.0,
+        gt=0.0,
+        le=300.0,
+        description="Total deadline of one attempt: host lookup, connect, sending the body and "
+        "the answer's status line.",
+    )
+    resolve_timeout_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        le=60.0,
+        description="Longest wait for the host lookup of a webhook URL, at submit (the request "
+        "is refused with rule 'resolve') and before each attempt (retried).",
+    )
+    max_concurrent: int = Field(
+        default=32, ge=1, le=1024, description="Deliveries in flight at once, all tenants."
+    )
+    max_concurrent_per_tenant: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Deliveries in flight at once for one tenant; its other due events wait "
+        "in the outbox.",
+    )
+    progress_interval_s: float = Field(
+        default=2.0,
+        ge=0.5,
+        le=3600.0,
+        description="At most one 'job.progress' event per job in this many seconds (tenants "
+        "whose webhook_events include 'progress').",
     )
     max_attempts: int = Field(
         default=5, ge=1, le=20, description="Attempts per event, the first one included."
@@ -113,6 +141,13 @@ class WorkerSettings(_Strict):
     max_loaded_models: int = Field(
         default=4, ge=1, le=64, description="Pipelines a replica keeps loaded (LRU beyond)."
     )
+    engine: Literal["request", "step"] = Field(
+        default="request",
+        description="How a replica runs its calls: 'request' runs each call the scheduler sent "
+        "as one pipeline call, one after another; 'step' keeps a running set that compatible "
+        "calls join and leave at denoising-step boundaries, one model forward per step for "
+        "all of them (sd15 text-to-image; other families and tasks run as 'request').",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> WorkerSettings:
@@ -175,6 +210,54 @@ class SchedulerSettings(_Strict):
     )
 
 
+class RetentionSettings(_Strict):
+    """How long each class of data is kept; the scheduler's sweeper deletes what is older
+    (``deployments/store/retention.py``), ``genmedia store gc`` does the same by hand, and an
+    S3 bucket's lifecycle rules (``genmedia render s3-lifecycle``) back it up."""
+
+    jobs_hours: float = Field(
+        default=720.0,
+        gt=0.0,
+        le=87_600.0,
+        description="Finished jobs (their rows, outputs and input files) are deleted this long "
+        "after they finished (720 = 30 days). Usage totals are kept.",
+    )
+    outputs_hours: float = Field(
+        default=720.0,
+        gt=0.0,
+        le=87_600.0,
+        description="Outputs of a completed job are deleted this long after it finished; the "
+        "job's record stays (its result says when they were deleted) until jobs_hours.",
+    )
+    uploads_hours: float = Field(
+        default=24.0,
+        gt=0.0,
+        le=87_600.0,
+        description="Files uploaded with POST /v1/files, and the inline input images of "
+        "finished jobs, are deleted this long after they were stored.",
+    )
+    idempotency_keys_hours: float = Field(
+        default=24.0,
+        gt=0.0,
+        le=87_600.0,
+        description="An Idempotency-Key is forgotten this long after its submit (the job "
+        "stays); the same key then creates a new job.",
+    )
+    sweep_interval_s: float = Field(
+        default=300.0,
+        ge=1.0,
+        le=86_400.0,
+        description="Seconds between two sweeps (sooner while a sweep hit max_per_sweep).",
+    )
+    max_per_sweep: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="Most jobs, files and keys of each class one sweep deletes (bounded work: "
+        "the scheduler's loop stays responsive); the rest waits for the next sweep.",
+    )
+
+
 class ServerSettings(_Strict):
     """Gateway-wide settings."""
 
@@ -183,6 +266,10 @@ class ServerSettings(_Strict):
     )
     webhooks: WebhookPolicy = Field(
         default_factory=WebhookPolicy, description="Where completion webhooks may go, retries."
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="How long jobs, outputs, uploads and idempotency keys are kept.",
     )
 
     storage: LocalStorage | S3Storage = Field(
@@ -196,6 +283,32 @@ class ServerSettings(_Strict):
         le=1_073_741_824,
         description="Largest request body accepted (inline base64 images and uploads "
         "included); larger ones get 413.",
+    )
+    max_inflight_per_key: int = Field(
+        default=16,
+        ge=1,
+        le=100_000,
+        description="Requests of one API key a gateway replica works on at once; more wait "
+        "their turn there (a flood from one tenant does not hold up the others).",
+    )
+    max_streams: int = Field(
+        default=900,
+        ge=1,
+        le=100_000,
+        description="Progress streams (SSE) one gateway replica holds open at once; beyond it "
+        "429 too_many_streams.",
+    )
+    max_streams_per_tenant: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="Progress streams one tenant holds open at once on a gateway replica.",
+    )
+    stream_max_s: float = Field(
+        default=3600.0,
+        gt=0.0,
+        le=86_400.0,
+        description="Longest a progress stream stays open; the client reconnects to go on.",
     )
     max_bulk_items: int = Field(
         default=1000,

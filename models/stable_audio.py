@@ -192,7 +192,7 @@ def load_pipeline(
     path: Path, dtype: torch.dtype | None = None, device: str = "cpu"
 ) -> DiffusionPipeline:
     """Load a safetensors-only Stable Audio checkpoint directory, offline, onto ``device``."""
-    return load_checkpoint(pipeline_class(), path, dtype, device)
+    return load_checkpoint(pipeline_class, path, dtype, device)
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genmedia.models import weights
 from genmedia.models.family import (
     FamilySpec,
     StepCallback,
@@ -229,15 +228,10 @@ def load_pipeline(
     detail in half precision).
     """
     import torch
-    from diffusers import AutoencoderKLWan
 
-    components: dict[str, Any] = {}
-    if dtype is not None and dtype != torch.float32:
-        weights.check_safetensors_only(Path(path))  # before any file of it is read
-        components["vae"] = AutoencoderKLWan.from_pretrained(
-            path, subfolder="vae", dtype=torch.float32, use_safetensors=True, local_files_only=True
-        )
-    return load_checkpoint(pipeline_class(), path, dtype, device, **components)
+    return load_checkpoint(
+        pipeline_class, path, dtype, device, component_dtypes={"vae": torch.float32}
+    )
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:

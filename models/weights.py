@@ -7,7 +7,9 @@ start to turn a catalog entry's ``source`` (``tiny://sd15``, ``s3://bucket/prefi
 this module; a failure here means the replica does not start.
 
 Only safetensors checkpoints are accepted: any pickle-format weight file (``.ckpt``, ``.bin``,
-``.pt``, ``.pth``, ``.pkl``) anywhere in a checkpoint is refused, because unpickling runs code.
+``.pt``, ``.pth``, ``.pkl``) anywhere in a checkpoint is refused, because unpickling runs code;
+every safetensors header is checked whole (``safetensors_io.read_header``), so a truncated or
+corrupt file is refused here, naming the file and the tensor.
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ def _check_safetensors_header(file: Path) -> None:
             f"{file} is not a valid safetensors file (bad header; a Git LFS pointer or a "
             "renamed pickle?)"
         )
+    from genmedia.models.safetensors_io import CheckpointError, read_header  # imports torch
+
+    try:  # the whole header: dtypes, shapes, byte ranges inside the file (truncation)
+        read_header(file)
+    except CheckpointError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def check_safetensors_only(path: Path) -> None:

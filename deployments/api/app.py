@@ -12,8 +12,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from genmedia.deployments.api import files, health, jobs, loras, models, usage
+from genmedia.deployments.api import files, health, jobs, loras, models, openai, usage
+from genmedia.deployments.api.bodies import body_schemas
+from genmedia.deployments.api.docs_assets import install_docs
 from genmedia.deployments.api.errors import BodySizeLimit, install_error_handlers
+from genmedia.deployments.api.inflight import InflightPerKey
+from genmedia.deployments.api.playground import install_playground
 from genmedia.deployments.intake.service import GatewayService
 
 DESCRIPTION = (
@@ -30,6 +34,7 @@ TAGS = [
     {"name": "files", "description": "Input uploads and stored outputs."},
     {"name": "loras", "description": "LoRA adapters; registration by admin tenants."},
     {"name": "usage", "description": "The caller's usage."},
+    {"name": "openai", "description": "OpenAI-compatible images API (generations, edits)."},
     {"name": "health", "description": "Probes and metrics (no key)."},
 ]
 
@@ -48,9 +53,10 @@ class GatewayApp(FastAPI):
                 if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
                     r422["description"] = "invalid_request: a parameter breaks its type or bound."
                     content["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
-        components = schema.get("components", {}).get("schemas", {})
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
+        components.update(body_schemas())  # bodies parsed off the event loop (api/bodies.py)
         return schema
 
 
@@ -64,10 +70,17 @@ def _version() -> str:
 def build_api(service: GatewayService) -> FastAPI:
     """The app of one gateway replica over ``service``."""
     app = GatewayApp(
-        title="genmedia", version=_version(), description=DESCRIPTION, openapi_tags=TAGS
+        title="genmedia",
+        version=_version(),
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url=None,  # served offline by install_docs
+        redoc_url=None,
     )
     app.state.service = service
-    app.add_middleware(BodySizeLimit, limit_bytes=service.catalog.server.max_body_bytes)
+    server = service.catalog.server
+    app.add_middleware(InflightPerKey, max_inflight_per_key=server.max_inflight_per_key)
+    app.add_middleware(BodySizeLimit, limit_bytes=server.max_body_bytes)  # outermost
     install_error_handlers(app)
     for router in (
         health.router,
@@ -76,6 +89,9 @@ def build_api(service: GatewayService) -> FastAPI:
         usage.router,
         files.router,
         loras.router,
+        openai.router,
     ):
         app.include_router(router)
+    install_docs(app)
+    install_playground(app)
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request, Security
+from fastapi import Depends, Header, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from genmedia.deployments.intake.service import GatewayService
@@ -20,7 +20,8 @@ from genmedia.deployments.tenants.schema import Tenant
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="APIKey",
-    description="An API key of the caller's tenant: 'Authorization: Bearer gm_<id>_<secret>'.",
+    description="An API key of the caller's tenant, sent as "
+    "`Authorization: Bearer gm_<id>_<secret>`.",
 )
 
 
@@ -30,11 +31,17 @@ def get_service(request: Request) -> GatewayService:
 
 def get_caller(
     request: Request,
+    response: Response,
     service: Annotated[GatewayService, Depends(get_service)],
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Tenant:
-    """The tenant of the bearer key (401 without a valid one)."""
-    return service.auth.authenticate(request.headers.get("authorization"))
+    """The tenant of the bearer key (401 without a valid one), its call charged to the
+    tenant's rate limit on this replica (429 over it; ``intake/guard.py``)."""
+    tenant = service.auth.authenticate(request.headers.get("authorization"))
+    headers = service.guard.charge(tenant, request.method)
+    request.state.ratelimit_headers = headers  # an error answer carries them too (errors.py)
+    response.headers.update(headers)
+    return tenant
 
 
 def get_base_url(request: Request) -> str:
@@ -58,5 +65,14 @@ IdemKey = Annotated[
     Header(
         alias="Idempotency-Key",
         description="A retried submit with the same key returns the same job.",
+    ),
+]
+Prefer = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        description="'wait=N' (seconds, at most 60): hold the answer until the job ends or N "
+        "seconds pass. Submit: the finished job's result (200) or the usual 202 body; sync "
+        "route: the result, or 202 with the job's status instead of a 504.",
     ),
 ]

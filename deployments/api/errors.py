@@ -85,10 +85,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    # the caller's rate-limit headers (api/deps.py), on refusals as on answers
+    headers = {**getattr(request.state, "ratelimit_headers", {}), **(exc.headers or {})}
     return JSONResponse(
         status_code=exc.status,
         content=error_body(exc.type, exc.message, exc.fields),
-        headers=exc.headers,
+        headers=headers or None,
     )
 
 

@@ -1,6 +1,8 @@
 """``/v1/files``: input images the caller uploads, and the outputs (and sidecars) it reads back.
 
-An upload is checked (type, pixels) and stored under the caller's tenant by ``GatewayService``;
+An upload is rate-limited, checked (type, pixels), written anew without metadata (a JPEG stays
+JPEG, anything else becomes PNG) and stored under the caller's tenant within its storage quota by
+``GatewayService`` (``intake/storage_guard.py``);
 a read maps the path to a storage key of the caller's own (another tenant's file answers 404, as
 a missing one does) and answers the bytes.
 """
@@ -32,6 +34,9 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
     status_code=201,
     summary="Upload an input image (raw body, Content-Type image/png, image/jpeg or "
     "image/webp); use its id as 'image' or 'mask_image'",
+    description="The image is stored written anew, without metadata (text, EXIF, XMP, ICC): "
+    "a JPEG as JPEG, anything else as PNG; the answer gives the stored type and size. It "
+    "expires after the server's retention.uploads_hours.",
     response_model=Upload,
     response_model_exclude_unset=True,
     responses=error_responses(
@@ -40,6 +45,11 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
             413: "payload_too_large: the body is over the gateway's limit.",
             415: "unsupported_media_type: Content-Type is not an accepted image type.",
             422: "invalid_input: the body is empty, not an image, or over the pixel limit.",
+            429: "rate_limited: over quotas.uploads_per_minute (Retry-After); "
+            "storage_quota_exceeded: the tenant's stored inputs would exceed "
+            "quotas.max_stored_bytes or quotas.max_stored_files (fields[0].field names it).",
+            503: "storage_unavailable: the storage could not be written (Retry-After).",
+            507: "insufficient_storage: the server's storage is full; nothing was stored.",
         },
     ),
     openapi_extra={

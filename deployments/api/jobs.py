@@ -12,10 +12,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Path
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from genmedia.deployments.api.deps import BaseUrl, Caller, Deadline, IdemKey, Service
+from genmedia.deployments.api.bodies import body_openapi, json_body
+from genmedia.deployments.api.deps import BaseUrl, Caller, Deadline, IdemKey, Prefer, Service
 from genmedia.deployments.api.errors import AUTH, BODY, UNAVAILABLE, error_responses
 from genmedia.deployments.api.schemas import (
     BulkSubmitBody,
@@ -25,12 +26,17 @@ from genmedia.deployments.api.schemas import (
     JobStatusBody,
 )
 from genmedia.deployments.intake.bulk import submit_many
+from genmedia.deployments.intake.headers import parse_prefer_wait
+from genmedia.deployments.protocol import JobStatus
 from genmedia.models.params import GenerateRequest
 
 router = APIRouter()
 
 ModelId = Annotated[str, Path(description="Catalog id of the model (GET /v1/models lists them).")]
 RequestId = Annotated[str, Path(description="The job's request_id (from the submit).")]
+# Bodies are parsed and validated on a gateway thread, not on the event loop (api/bodies.py).
+Body = Annotated[GenerateRequest, Depends(json_body(GenerateRequest))]
+BulkBody = Annotated[BulkSubmitBody, Depends(json_body(BulkSubmitBody))]
 
 _SUBMIT_ERRORS = {
     **BODY,
@@ -41,7 +47,7 @@ _SUBMIT_ERRORS = {
     "with the limit); invalid_input: 'image' or 'mask_image' is not a usable image; "
     "invalid_webhook_url: the webhook URL breaks a rule.",
     429: "Refused at admission, with Retry-After: rate_limited, tenant_queue_full, "
-    "tenant_concurrency, model_queue_full, deadline_unmeetable.",
+    "model_queue_full, deadline_unmeetable, storage_quota_exceeded.",
 }
 _NOT_FOUND = {404: "not_found: no job with this id for the caller's tenant."}
 
@@ -52,30 +58,50 @@ _NOT_FOUND = {404: "not_found: no job with this id for the caller's tenant."}
     summary="Generate and wait for the result (sync; interactive by default)",
     response_model=JobResult,
     response_model_exclude_unset=True,
-    responses=error_responses(
-        AUTH,
-        _SUBMIT_ERRORS,
-        UNAVAILABLE,
-        {
-            409: "cancelled: the job was cancelled while the call waited.",
-            500: "The job failed: generation_failed, worker_lost, ...",
-            504: "timeout: not finished within the server's request timeout (the job goes on; "
-            "see its status URL); deadline_expired: X-Deadline-Seconds passed in the queue.",
+    openapi_extra=body_openapi(GenerateRequest),
+    responses={
+        202: {
+            "model": JobStatusBody,
+            "description": "With 'Prefer: wait=N': the job still runs after N seconds; its "
+            "status and URLs, as the queue API's submit answers.",
         },
-    ),
+        **error_responses(
+            AUTH,
+            _SUBMIT_ERRORS,
+            UNAVAILABLE,
+            {
+                409: "cancelled: the job was cancelled while the call waited.",
+                500: "The job failed: generation_failed, worker_lost, ...",
+                504: "timeout: not finished within the server's request timeout (the job goes on; "
+                "see its status URL); deadline_expired: X-Deadline-Seconds passed in the queue.",
+            },
+        ),
+    },
 )
 async def generate(
     model_id: ModelId,
-    body: GenerateRequest,
+    body: Body,
     service: Service,
     base_url: BaseUrl,
     caller: Caller,
     deadline: Deadline = None,
     idempotency_key: IdemKey = None,
-) -> dict[str, Any]:
-    return await service.generate(
-        caller, model_id, body, base_url, deadline=deadline, idempotency_key=idempotency_key
+    prefer: Prefer = None,
+) -> Any:
+    wait_s = parse_prefer_wait(prefer)
+    out = await service.generate(
+        caller,
+        model_id,
+        body,
+        base_url,
+        deadline=deadline,
+        idempotency_key=idempotency_key,
+        wait_s=wait_s,
     )
+    if isinstance(out, dict):
+        return out
+    # Prefer: wait passed with the job still running: its status, as the queue API's 202
+    return JSONResponse(service.public_status(out, base_url), status_code=202)
 
 
 @router.post(
@@ -85,21 +111,35 @@ async def generate(
     summary="Submit a job; answers at once with its URLs",
     response_model=JobStatusBody,
     response_model_exclude_unset=True,
-    responses=error_responses(AUTH, _SUBMIT_ERRORS, UNAVAILABLE),
+    openapi_extra=body_openapi(GenerateRequest),
+    responses={
+        200: {
+            "model": JobResult,
+            "description": "With 'Prefer: wait=N': the job ended within N seconds; its result.",
+        },
+        **error_responses(AUTH, _SUBMIT_ERRORS, UNAVAILABLE),
+    },
 )
 async def submit(
     model_id: ModelId,
-    body: GenerateRequest,
+    body: Body,
     service: Service,
     base_url: BaseUrl,
     caller: Caller,
     deadline: Deadline = None,
     idempotency_key: IdemKey = None,
-) -> dict[str, Any]:
+    prefer: Prefer = None,
+) -> Any:
+    wait_s = parse_prefer_wait(prefer)  # 422 before the job is submitted
     accepted = await service.submit(
         caller, model_id, body, deadline=deadline, idempotency_key=idempotency_key
     )
-    return service.public_status(accepted, base_url)
+    if wait_s is None:
+        return service.public_status(accepted, base_url)
+    status = await service.wait(caller, accepted.job.request_id, wait_s)
+    if status.status is JobStatus.COMPLETED:  # Prefer: wait: the finished job's result
+        return JSONResponse(service.result_body(status, base_url, body.return_base64))
+    return {"created": accepted.created, **service.public_status(status, base_url)}
 
 
 @router.post(
@@ -108,6 +148,7 @@ async def submit(
     summary="Submit many jobs in one call; one answer per job (202 with its job, or its 4xx)",
     response_model=BulkSubmitResult,
     response_model_exclude_unset=True,
+    openapi_extra=body_openapi(BulkSubmitBody),
     responses=error_responses(
         AUTH,
         BODY,
@@ -124,7 +165,7 @@ async def submit(
 )
 async def submit_batch(
     model_id: ModelId,
-    body: BulkSubmitBody,
+    body: BulkBody,
     service: Service,
     base_url: BaseUrl,
     caller: Caller,

@@ -88,6 +88,13 @@ class Readiness(Body):
 # -- models ------------------------------------------------------------------------------------
 
 
+class LoadSeconds(Body):
+    measured: Number | None = Field(
+        description="Seconds a worker replica took to load it (null until one has)."
+    )
+    catalog: Number = Field(description="The catalog's figure (scaling.load_s).")
+
+
 class ModelInfo(Body):
     id: str = Field(description="Catalog id, used in the model URLs.")
     family: str = Field(description="Model family (sd15, sdxl, flux, ...).")
@@ -100,6 +107,9 @@ class ModelInfo(Body):
     parameters: dict[str, dict[str, Any]] = Field(
         description="Per request field, a JSON schema of what it accepts (type, default, "
         "bounds, choices)."
+    )
+    load_s: LoadSeconds | None = Field(
+        None, description="Cold start: the measured load time and the catalog's guess."
     )
 
 
@@ -145,6 +155,7 @@ class JobStatusBody(Body):
     error: JobErrorBody | None = Field(None, description="FAILED, EXPIRED: why.")
     status_url: str
     result_url: str
+    response_url: str | None = Field(None, description="The same as result_url (fal's name).")
     cancel_url: str
     stream_url: str
 

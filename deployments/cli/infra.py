@@ -107,7 +107,11 @@ def plan(
 @infra_app.command("render")
 def render_cmd(
     target: Annotated[
-        str, typer.Argument(help="serve-config | kuberay | dockerfile | prometheus | grafana | all")
+        str,
+        typer.Argument(
+            help="serve-config | kuberay | dockerfile | prometheus | grafana | s3-lifecycle "
+            "(S3 storage only) | all"
+        ),
     ],
     catalog_file: CatalogOpt = None,
     out_path: Annotated[

@@ -20,9 +20,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from genmedia.client.cli import run as run_command
 from genmedia.deployments.cli.infra import infra_app
+from genmedia.deployments.cli.store import store_app
 from genmedia.deployments.cli.tenants import tenants_app
 from genmedia.deployments.tenants.schema import (
+    DEV_KEY_ENV,
     TenantsError,
     TenantsFile,
     development_tenants,
@@ -45,9 +48,11 @@ models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints.")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(models_app, name="models")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(store_app, name="store")  # gc
 app.add_typer(infra_app)  # plan, render
 app.add_typer(loadtest_app, name="loadtest")
 app.command("sim")(sim_command)
+app.command("run")(run_command)  # callers: generate through the queue API, save outputs
 
 TenantsOpt = Annotated[
     Path | None,
@@ -241,15 +246,25 @@ def _local_gpus(asked: float | None) -> tuple[float, int]:
     return (asked if asked is not None else (real or 1)), real
 
 
+def _print_dev_key(dev_key: str | None) -> None:
+    """The development tenant's key: printed when generated here, never when it came from the
+    environment (it may be a shared secret; the operator knows it)."""
+    if not dev_key:
+        return
+    if os.environ.get(DEV_KEY_ENV):
+        out.print(f"development API key (tenant 'dev'): the one in ${DEV_KEY_ENV}")
+        return
+    out.print(f"development API key (tenant 'dev'): [bold]{dev_key}[/]")
+    out.print(f"  export GENMEDIA_API_KEY={dev_key}")
+
+
 def _print_serving(catalog: Catalog, url: str, dev_key: str | None) -> None:
     first = catalog.models[0].id
     out.print(
         f"\n[bold green]genmedia is serving[/] {len(catalog.models)} model(s) at "
         f"[bold]{url}[/]  (docs: {url}/docs)"
     )
-    if dev_key:
-        out.print(f"development API key (tenant 'dev'): [bold]{dev_key}[/]")
-        out.print(f"  export GENMEDIA_API_KEY={dev_key}")
+    _print_dev_key(dev_key)
     auth = '-H "Authorization: Bearer $GENMEDIA_API_KEY"'
     out.print(f"  curl -s {auth} {url}/v1/models")
     out.print(
@@ -332,14 +347,30 @@ def deploy(
             "tiny:// models build here)."
         ),
     ] = True,
+    insecure_dev: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-dev",
+            help="Without --tenants, serve the development tenant (one key, every model) on "
+            "the cluster's address: for a throw-away test cluster only.",
+        ),
+    ] = False,
 ) -> None:
     """Deploy the genmedia app onto a running Ray cluster."""
+    if tenants_file is None and not insecure_dev:
+        raise _fail(
+            "deploy needs --tenants FILE (make one with `genmedia tenants create`); "
+            "--insecure-dev serves the development tenant instead, on 0.0.0.0"
+        )
     catalog = _load(catalog_file)
     tenants, dev_key = _load_tenants(tenants_file)
     if check_weights:
         _check_weights(catalog, build_tiny=True)
-    from genmedia.deployments.serve.local import cluster_gpus, connect
+    from genmedia.deployments.serve.local import cluster_gpus, connect, reachable
 
+    problem = reachable(address, timeout_s=5.0)
+    if problem is not None:
+        raise _fail(f"cannot reach the Ray cluster at {address}: {problem}")
     try:
         connect(address)
     except Exception as e:
@@ -347,8 +378,7 @@ def deploy(
     gpus_available = cluster_gpus() > 0
     _deploy(catalog, tenants, host="0.0.0.0", port=8000, gpus_available=gpus_available)
     out.print(f"[bold green]deployed[/] {len(catalog.models)} model(s) to {address}")
-    if dev_key:
-        out.print(f"development API key (tenant 'dev'): [bold]{dev_key}[/]")
+    _print_dev_key(dev_key)
 
 
 @app.command()

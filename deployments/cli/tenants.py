@@ -7,6 +7,7 @@ when the result validates. Comments in the YAML file are not kept when it is rew
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import secrets
@@ -233,7 +234,8 @@ def create(
     if quotas:
         entry["quotas"] = quotas
     if webhook_secret:
-        entry["webhook_secret"] = secrets.token_urlsafe(32)
+        # Standard Webhooks' form: whsec_ + base64 of 32 random bytes
+        entry["webhook_secret"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     entry["api_keys"] = [record.model_dump(mode="json")]
     data["tenants"] = [*_tenant_entries(data), entry]
     _check_and_write(file, name, data)
@@ -241,7 +243,7 @@ def create(
     if webhook_secret:
         console.print(
             f"webhook secret: in {file} (tenants → {tenant} → webhook_secret); the tenant needs "
-            "it to verify X-Genmedia-Signature",
+            "it to verify webhook-signature (Standard Webhooks)",
             highlight=False,
         )
     _print_key(key)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from genmedia.deployments.errors import ApiError, validation_fields
-from genmedia.deployments.intake.service import parse_deadline
+from genmedia.deployments.intake.headers import parse_deadline
 from genmedia.deployments.protocol import PriorityClass, Rejection, Submission, SubmitAccepted
 from genmedia.models.params import BulkItem
 
@@ -134,6 +134,8 @@ async def submit_many(
     if subs:
         async with service.bulk_calls:
             results = await service.call(service.scheduler.submit_many(subs))
+        for sub, result in zip(subs, results, strict=True):  # refused: no input bytes kept
+            await service.storage_guard.settle(sub, result)
         for i, sub, result in zip(where, subs, results, strict=True):
             answers[i] = _answer(service, i, sub, result, base_url)
     done = [a for a in answers if a is not None]

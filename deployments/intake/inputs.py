@@ -3,8 +3,9 @@
 Sits in the gateway, before a job is resolved: ``load_input`` turns what a request sent in
 ``image`` / ``mask_image`` (an upload id, a ``/v1/files/...`` URL of the caller's own files, or
 base64) into checked image bytes; the gateway stores them under the caller's tenant and the job
-carries only the storage key, which the family worker reads. Errors name the field and the rule.
-No Ray imports.
+carries only the storage key, which the family worker reads. What is stored is written anew by
+Pillow (``clean_image``): pixels only, no text, EXIF, XMP or ICC chunks, so a small image with a
+large metadata chunk is stored small. Errors name the field and the rule. No Ray imports.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from genmedia.deployments.store.storage import safe_key
 
 UPLOAD_ID = re.compile(r"^upl_[0-9a-f]{32}$")
 UPLOAD_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+STORED_TYPES = {"png": "image/png", "jpg": "image/jpeg"}  # what clean_image writes
+_PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 _DATA_URL = re.compile(r"^data:(?P<type>[\w/+.-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
@@ -52,26 +55,71 @@ def new_upload_id() -> str:
     return f"upl_{uuid.uuid4().hex}"
 
 
-def check_image(data: bytes, field: str, max_pixels: int) -> InputImage:
-    """Bytes that Pillow reads as an image within ``max_pixels`` (checked before decoding)."""
+def _decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """The image Pillow reads from ``data``, fully decoded, within ``max_pixels`` (checked
+    before decoding); the caller closes it."""
     if not data:
         raise InputError(field, "is empty")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise InputError(
-                    field,
-                    f"{width}x{height} is over the pixel limit of {max_pixels} pixels",
-                    max_pixels,
-                )
-            img.load()  # decode fully: truncated files fail here, not on the worker
-            mode = img.mode
-    except InputError:
-        raise
+        img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise InputError(field, "is not an image Pillow can read (png, jpeg, webp, ...)") from None
-    return InputImage(data, width, height, mode)
+    try:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise InputError(
+                field,
+                f"{width}x{height} is over the pixel limit of {max_pixels} pixels",
+                max_pixels,
+            )
+        img.load()  # decode fully: truncated files fail here, not on the worker
+    except InputError:
+        img.close()
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        img.close()
+        raise InputError(field, "is not an image Pillow can read (png, jpeg, webp, ...)") from None
+    return img
+
+
+def check_image(data: bytes, field: str, max_pixels: int) -> InputImage:
+    """Bytes that Pillow reads as an image within ``max_pixels`` (checked before decoding)."""
+    with _decode(data, field, max_pixels) as img:
+        return InputImage(data, img.width, img.height, img.mode)
+
+
+def clean_image(data: bytes, field: str, max_pixels: int) -> tuple[InputImage, str]:
+    """``check_image``, then the image written anew without metadata: a JPEG as JPEG with its
+    own quantization tables and subsampling (no second loss beyond rounding), anything else as
+    PNG (lossless; the first frame of an animation). Returns the new image and its suffix
+    (``png`` or ``jpg``)."""
+    with _decode(data, field, max_pixels) as img:
+        buf = io.BytesIO()
+        if img.format == "JPEG" and img.mode in ("L", "RGB", "CMYK"):
+            frame = img.copy()
+            frame.info = {}
+            opts: dict = {"quality": 95}
+            tables = getattr(img, "quantization", None)
+            if tables:
+                opts = {"qtables": tables}
+                sampling = JpegImagePlugin.get_sampling(img)
+                if sampling != -1:
+                    opts["subsampling"] = sampling
+            frame.save(buf, "JPEG", **opts)
+            suffix = "jpg"
+        else:
+            transparency = img.info.get("transparency")
+            frame = img.copy()
+            frame.info = {}
+            if frame.mode not in _PNG_MODES:
+                has_alpha = "A" in frame.getbands() or transparency is not None
+                frame = frame.convert("RGBA" if has_alpha else "RGB")
+                transparency = None
+            opts = {} if transparency is None else {"transparency": transparency}
+            frame.save(buf, "PNG", **opts)
+            suffix = "png"
+        out = buf.getvalue()
+        return InputImage(out, img.width, img.height, frame.mode), suffix
 
 
 def decode_base64(value: str, field: str) -> bytes:
@@ -94,10 +142,12 @@ def load_input(
     tenant: str,
     read: Callable[[str], bytes | None],
     max_pixels: int,
+    clean: bool = False,
 ) -> tuple[InputImage, str | None]:
     """Resolve and check one input. Returns the image and, when it is already stored (an upload
     or one of the caller's files), its storage key; a foreign or missing file answers as
-    missing (the caller cannot tell another tenant's files from none)."""
+    missing (the caller cannot tell another tenant's files from none). With ``clean``, inline
+    data comes back written anew (``clean_image``), ready to store."""
     value = value.strip()
     key: str | None = None
     if UPLOAD_ID.match(value):
@@ -122,7 +172,10 @@ def load_input(
         if data is None:
             raise InputError(field, f"no file {value!r}", status=404)
         return check_image(data, field, max_pixels), key
-    return check_image(decode_base64(value, field), field, max_pixels), None
+    data = decode_base64(value, field)
+    if clean:
+        return clean_image(data, field, max_pixels)[0], None
+    return check_image(data, field, max_pixels), None
 
 
 def check_mask(mask: InputImage, image: InputImage) -> None:

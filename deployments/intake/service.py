@@ -8,23 +8,18 @@ and turns their answers into response bodies. A sync request is a queue job the 
 from __future__ import annotations
 
 import asyncio
-import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from genmedia.deployments.errors import ApiError
-from genmedia.deployments.intake.inputs import (
-    UPLOAD_TYPES,
-    InputError,
-    InputImage,
-    check_image,
-    check_mask,
-    load_input,
-    new_upload_id,
-    upload_key,
-)
+from genmedia.deployments.intake.coalesce import Coalescer
+from genmedia.deployments.intake.guard import TenantGuard
+from genmedia.deployments.intake.headers import parse_deadline, parse_idempotency_key
+from genmedia.deployments.intake.inputs import InputError, InputImage, check_mask, load_input
+from genmedia.deployments.intake.storage_guard import StorageGuard, store_upload, upload_type
 from genmedia.deployments.metrics import GatewayMetrics
 from genmedia.deployments.protocol import (
     AdapterDeleted,
@@ -54,11 +49,11 @@ from genmedia.models.params import (
 )
 from genmedia.models.registry import FAMILIES
 
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-MAX_DEADLINE_S = 7 * 24 * 3600.0
+LOADS_TTL_S = 30.0  # how often /v1/models asks the workers for measured load times
 # Batch-class scheduler calls (single submits of the batch class and bulk submits) one gateway
-# replica has open at once; interactive calls never wait for these (intake lanes).
-BULK_CALLS_IN_FLIGHT = 4
+# replica has open at once; interactive calls never wait for these (intake lanes). Enough for
+# the scheduler to group-commit what arrives together, few enough that a burst waits here.
+BULK_CALLS_IN_FLIGHT = 64
 T = TypeVar("T")
 
 
@@ -70,7 +65,15 @@ class SchedulerClient(Protocol):
 
     async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
         """Admit several submits of one tenant in one call (one store transaction per group),
-        answered in order."""
+        answered in order; the call counts once against the tenant's rate."""
+        ...
+
+    async def submit_each(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
+        """As ``submit_many`` for single submits of any tenants coalesced into one call."""
+        ...
+
+    async def statuses(self, reads: list[tuple[str, str]]) -> list[JobStatusView | None]:
+        """``status`` of many (job id, tenant) reads in one call."""
         ...
 
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None: ...
@@ -119,43 +122,6 @@ def _adapter_outcome(out: AdapterRecord | AdapterDeleted | AdapterError) -> dict
     return out.public() if isinstance(out, AdapterRecord) else out.as_dict()
 
 
-def parse_deadline(value: str | None) -> float | None:
-    """The ``X-Deadline-Seconds`` header: seconds from now until the job must have started."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not (0 < seconds <= MAX_DEADLINE_S):
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"X-Deadline-Seconds must be a number of seconds in (0, {MAX_DEADLINE_S:g}]",
-            [
-                {
-                    "field": "X-Deadline-Seconds",
-                    "message": "invalid deadline",
-                    "limit": MAX_DEADLINE_S,
-                }
-            ],
-        )
-    return seconds
-
-
-def parse_idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not IDEMPOTENCY_KEY.match(value):
-        raise ApiError(
-            422,
-            "invalid_request",
-            "Idempotency-Key must be 1-128 characters of letters, digits, '_', '.', ':' or '-'",
-            [{"field": "Idempotency-Key", "message": "invalid format", "limit": 128}],
-        )
-    return value
-
-
 class GatewayService:
     """Everything the HTTP layer calls; one per gateway replica."""
 
@@ -180,6 +146,15 @@ class GatewayService:
             PriorityClass.BATCH: ThreadPoolExecutor(1, "intake-batch"),
         }
         self.bulk_calls = asyncio.Semaphore(BULK_CALLS_IN_FLIGHT)
+        # per-tenant rate limit of every /v1 call and caps on progress streams (api/deps.py)
+        self.guard = TenantGuard(auth.tenants.values(), catalog.server)
+        # floods of status reads and batch-class submits: one scheduler call per group
+        self._status_reads = Coalescer(scheduler.statuses, concurrency=4)
+        self._batch_submits = Coalescer(self._submit_each, concurrency=2)
+        self._loads: dict[str, float] = {}  # measured model load seconds (measured_loads)
+        self._loads_at = -LOADS_TTL_S
+        self._loads_task: asyncio.Task[None] | None = None
+        self.storage_guard = StorageGuard(self.storage)  # storage quotas, upload rate, full disk
 
     async def off_loop(self, lane: PriorityClass, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pools[lane], fn, *args)
@@ -199,6 +174,31 @@ class GatewayService:
     def describe_models(self, tenant: Tenant) -> list[dict]:
         return [self.describe_model(m) for m in self.catalog.models if tenant.allows_model(m.id)]
 
+    async def _submit_each(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
+        async with self.bulk_calls:
+            return await self.scheduler.submit_each(subs)
+
+    def measured_loads(self) -> dict[str, float]:
+        """Seconds each model took to load on a worker replica, as the workers report them in
+        their readiness; refreshed in the background at most every ``LOADS_TTL_S`` so that
+        ``/v1/models`` stays an answer from the catalog. Empty until first known."""
+        now = time.monotonic()
+        if now - self._loads_at > LOADS_TTL_S and self._loads_task is None:
+            self._loads_at = now
+            self._loads_task = asyncio.get_running_loop().create_task(self._refresh_loads())
+        return self._loads
+
+    async def _refresh_loads(self) -> None:
+        try:
+            report = await asyncio.wait_for(self.scheduler.ready(), 5.0)
+            for family in report.values():
+                if isinstance(family, dict):
+                    self._loads.update(family.get("load_s") or {})
+        except Exception:
+            pass  # workers not ready: the catalog's figure stands
+        finally:
+            self._loads_task = None
+
     def describe_model(self, m: ModelEntry) -> dict:
         return {
             "id": m.id,
@@ -210,6 +210,7 @@ class GatewayService:
             "max_batch_size": m.max_batch_size,
             "priority_class": m.priority_class,
             "parameters": parameter_schema(m),
+            "load_s": {"measured": self.measured_loads().get(m.id), "catalog": m.scaling.load_s},
         }
 
     # -- submit ------------------------------------------------------------------------------
@@ -274,9 +275,13 @@ class GatewayService:
             await self._check_webhook(req.webhook_url, sync=sync)
         request_id = uuid.uuid4().hex
         inputs, image_size = await self._inputs(tenant, entry, req, request_id, lane)
-        job = await self.off_loop(
-            lane, self.resolve_job, entry, req, request_id, image_size, inputs
-        )
+        try:
+            job = await self.off_loop(
+                lane, self.resolve_job, entry, req, request_id, image_size, inputs
+            )
+        except BaseException:  # refused: the inline images it stored go
+            await self.storage_guard.discard_inline(tenant.id, request_id, inputs)
+            raise
         return Submission(
             tenant=tenant.id,
             model_id=entry.id,
@@ -336,8 +341,9 @@ class GatewayService:
         request_id: str,
         lane: PriorityClass,
     ) -> tuple[dict[str, str], tuple[int, int] | None]:
-        """Check the request's input images and store the inline ones; returns their storage
-        keys (what the worker reads) and the image's size (the output's size)."""
+        """Check the request's input images and store the inline ones (written anew, within
+        the tenant's storage quota); returns their storage keys (what the worker reads) and the
+        image's size (the output's size)."""
         if req.image is None and req.mask_image is None:
             return {}, None
         if resolve_task(entry, req)[1]:
@@ -352,13 +358,18 @@ class GatewayService:
                 tenant=tenant.id,
                 read=self.storage.get,
                 max_pixels=max_pixels,
+                clean=True,
             )
             if key is None:
                 key = f"{tenant.id}/inputs/{request_id}/{field}"
-                self.storage.put(key, img.data, "application/octet-stream")
+                self.storage_guard.put(
+                    tenant, key, img.data, "application/octet-stream", upload=False
+                )
+                stored.append(key)
             return img, key
 
         keys: dict[str, str] = {}
+        stored: list[str] = []
         try:
             image = mask = None
             if req.image is not None:
@@ -367,7 +378,10 @@ class GatewayService:
                 mask, keys["mask"] = await self.off_loop(lane, load, req.mask_image, "mask_image")
             if image is not None and mask is not None:
                 check_mask(mask, image)
-        except InputError as e:
+        except BaseException as e:
+            await asyncio.to_thread(self.storage_guard.discard, tenant.id, stored)
+            if not isinstance(e, InputError):
+                raise
             raise ApiError(
                 e.status,
                 "invalid_input" if e.status == 422 else "file_not_found",
@@ -379,45 +393,17 @@ class GatewayService:
     async def upload(
         self, tenant: Tenant, data: bytes, content_type: str | None, base_url: str
     ) -> dict:
-        """``POST /v1/files``: keep an input image for later requests (image / mask_image)."""
-        ctype = (content_type or "").split(";", 1)[0].strip().lower()
-        if ctype not in UPLOAD_TYPES:
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                f"Content-Type must be one of {', '.join(UPLOAD_TYPES)}",
-                [
-                    {
-                        "field": "Content-Type",
-                        "message": "not an accepted image type",
-                        "limit": list(UPLOAD_TYPES),
-                    }
-                ],
-            )
+        """``POST /v1/files``: keep an input image for later requests (image / mask_image),
+        written anew without metadata, within the tenant's upload rate and storage quota."""
+        ctype = upload_type(content_type)
+        self.storage_guard.take_upload_token(tenant)
         max_pixels = max(
             m.parameters.width.max * m.parameters.height.max for m in self.catalog.models
         )
-        try:
-            img = await asyncio.to_thread(check_image, data, "body", max_pixels)
-        except InputError as e:
-            raise ApiError(
-                422,
-                "invalid_input",
-                f"body: {e}",
-                [{"field": "body", "message": str(e), "limit": e.limit}],
-            ) from None
-        upload_id = new_upload_id()
-        key = upload_key(tenant.id, upload_id, UPLOAD_TYPES[ctype])
-        await asyncio.to_thread(self.storage.put, key, data, ctype)
-        return {
-            "id": upload_id,
-            "path": key,
-            "url": self.storage.url(key, base_url),
-            "content_type": ctype,
-            "bytes": len(data),
-            "width": img.width,
-            "height": img.height,
-        }
+        guard = self.storage_guard
+        return await asyncio.to_thread(
+            store_upload, guard, tenant, data, ctype, max_pixels, base_url
+        )
 
     # -- LoRA adapters ----------------------------------------------------------------------
     async def adapters(self, tenant: Tenant) -> dict:
@@ -472,11 +458,11 @@ class GatewayService:
         sub = await self._prepare(
             tenant, model_id, req, sync=False, deadline=deadline, idempotency_key=idempotency_key
         )
-        if sub.priority is PriorityClass.BATCH:
-            async with self.bulk_calls:
-                result = await self.call(self.scheduler.submit(sub))
+        if sub.priority is PriorityClass.BATCH:  # coalesced with others into one call
+            result = await self.call(self._batch_submits.call(sub))
         else:
             result = await self.call(self.scheduler.submit(sub))
+        await self.storage_guard.settle(sub, result)
         self._check_refused(sub, result)
         assert isinstance(result, SubmitAccepted)
         return result
@@ -490,19 +476,25 @@ class GatewayService:
         *,
         deadline: str | None = None,
         idempotency_key: str | None = None,
-    ) -> dict:
-        """The sync path: one scheduler call that submits the job and waits for its end."""
+        wait_s: float | None = None,
+    ) -> dict | JobStatusView:
+        """The sync path: one scheduler call that submits the job and waits for its end. With
+        ``wait_s`` (``Prefer: wait``) a job still running then answers its status instead of
+        a 504."""
         sub = await self._prepare(
             tenant, model_id, req, sync=True, deadline=deadline, idempotency_key=idempotency_key
         )
-        timeout = self.catalog.server.request_timeout_s
+        timeout = wait_s or self.catalog.server.request_timeout_s
         status = await self.call(self.scheduler.submit_and_wait(sub, timeout))
+        await self.storage_guard.settle(sub, status)
         self._check_refused(sub, status)
         assert isinstance(status, JobStatusView)
         s = status.status
         job_id = status.request_id
         if s is JobStatus.COMPLETED:
             return self.result_body(status, base_url, req.return_base64)
+        if s in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS) and wait_s is not None:
+            return status
         if s in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS):
             raise ApiError(
                 504,
@@ -524,6 +516,7 @@ class GatewayService:
         return {
             "status_url": f"{root}/status",
             "result_url": root,
+            "response_url": root,  # fal's name for result_url
             "cancel_url": f"{root}/cancel",
             "stream_url": f"{root}/stream",
         }
@@ -539,8 +532,15 @@ class GatewayService:
         out = status.as_dict(tenant=False, result=False)
         return {**created, **out, **self.urls(status.request_id, base_url)}
 
+    async def wait(self, tenant: Tenant, job_id: str, wait_s: float) -> JobStatusView:
+        """The job's status once it ends, or after ``wait_s`` (``Prefer: wait``)."""
+        status = await self.call(self.scheduler.wait(job_id, tenant.id, wait_s))
+        if status is None:
+            raise _not_found(job_id)
+        return status
+
     async def _status(self, tenant: Tenant, job_id: str) -> JobStatusView:
-        status = await self.call(self.scheduler.status(job_id, tenant.id))
+        status = await self.call(self._status_reads.call((job_id, tenant.id)))
         if status is None:
             raise _not_found(job_id)
         return status
@@ -605,11 +605,15 @@ class GatewayService:
     async def stream(
         self, tenant: Tenant, job_id: str, base_url: str
     ) -> AsyncIterator[dict[str, Any]]:
+        self.guard.check_streams(tenant)  # 429 over a cap, before the stream starts
         await self._status(tenant, job_id)  # 404 before the stream starts
 
         async def events() -> AsyncIterator[dict[str, Any]]:
-            async for status in self.scheduler.watch(job_id, tenant.id):
-                yield self.public_status(status, base_url)
+            async with self.guard.stream_slot(tenant) as deadline:
+                async for status in self.scheduler.watch(job_id, tenant.id):
+                    yield self.public_status(status, base_url)
+                    if self.guard.clock() > deadline:
+                        return  # stream_max_s: the client reconnects to go on
 
         return events()
 

@@ -47,6 +47,12 @@ class RaySchedulerClient:
     async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
         return await self.handle.submit_many.remote(subs)
 
+    async def submit_each(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
+        return await self.handle.submit_each.remote(subs)
+
+    async def statuses(self, reads: list[tuple[str, str]]) -> list[JobStatusView | None]:
+        return await self.handle.statuses.remote(reads)
+
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
         return await self.handle.status.remote(job_id, tenant)
 

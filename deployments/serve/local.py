@@ -68,6 +68,26 @@ def start_ray(
     )
 
 
+def reachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why a Ray cluster address does not answer a TCP connect within ``timeout_s`` (None: it
+    does, or it is ``auto`` / ``local``). Checked before ``connect``, which retries for minutes
+    against an address that never answers."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local", ""):
+        return None
+    hostport = urlsplit(address).netloc if "://" in address else address
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return f"not a host:port address: {address!r}"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return f"{host}:{port} did not answer within {timeout_s:g} s ({e.strerror or e})"
+
+
 def connect(address: str, logging_level: int = logging.WARNING) -> None:
     """Attach to a running Ray cluster (``ray://head:10001``, ``auto``); raises if there is none."""
     ray.init(address=address, logging_level=logging_level, log_to_driver=False)

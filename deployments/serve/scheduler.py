@@ -6,7 +6,10 @@ to the job store before answering, and whenever a worker slot is free dispatches
 ``Dispatcher`` picks (``deployments/scheduler/dispatcher.py``: the per-family fair queues, slots
 and running batches, pure; this actor does the I/O around it), as a streaming call that reports
 every denoising step. Results are stored by the worker before the job is marked
-``COMPLETED``; webhooks go out after. On restart it rebuilds its queues from the store.
+``COMPLETED``; a job's webhook event is written to the store's outbox in the same transaction as
+its state, and a delivery loop sends due outbox rows. On restart it rebuilds its queues from the
+store. One scheduler owns the store at a time: it holds the store's lease (a standby replica
+waits for it), renews it, and stops once fenced out (its writes refused).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from urllib.parse import urlsplit
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -51,10 +53,18 @@ from genmedia.deployments.scheduler.intake import Intake
 from genmedia.deployments.scheduler.queues import CLASSES, QueuedJob, job_cost
 from genmedia.deployments.scheduler.results import result_payload, usage_of
 from genmedia.deployments.serve.worker import yield_cpu_to_workers
-from genmedia.deployments.store.jobs import TERMINAL, JobRecord, JobStatus, SQLiteJobStore
+from genmedia.deployments.store.jobs import (
+    TERMINAL,
+    FencedOut,
+    JobRecord,
+    JobStatus,
+    SQLiteJobStore,
+)
+from genmedia.deployments.store.lease import LeaseKeeper
+from genmedia.deployments.store.retention import run_sweeper, sweeper_for
 from genmedia.deployments.tenants.ratelimit import RateLimiter
 from genmedia.deployments.tenants.schema import TenantsFile
-from genmedia.deployments.webhooks.delivery import deliver
+from genmedia.deployments.webhooks.sender import WebhookSender
 from genmedia.models.catalog import Catalog, LoraEntry, WebhookPolicy, parse_catalog
 
 logger = logging.getLogger("ray.serve")
@@ -62,6 +72,9 @@ logger = logging.getLogger("ray.serve")
 MAX_ATTEMPTS = 3  # a job whose worker died this many times fails instead of running again
 REPLICA_POLL_S = 2.0
 REPLICA_POLL_LOG_EVERY = 30  # failed replica reads in a row between two warnings (a minute)
+LEASE_NAME = "scheduler"
+LEASE_TTL_S = 15.0  # a replica that stops renewing is taken over this long after its last renewal
+LEASE_RENEW_S = 3.0  # renewals, and a standby's tries, this often
 
 
 class Scheduler:
@@ -83,13 +96,22 @@ class Scheduler:
         self.workers = workers
         self.worker_names = worker_names
         self.app_name = app_name
+        self.clock = clock
         self.store = SQLiteJobStore(settings.job_store)
+        self._fenced: FencedOut | None = None
+        self.lease = LeaseKeeper(
+            self.store,
+            LEASE_NAME,
+            ttl_s=LEASE_TTL_S,
+            renew_s=LEASE_RENEW_S,
+            on_lost=self._fenced_out,
+        )
+        await self.lease.acquire()  # a standby replica waits here until the lease is free
         self.tenants = {t.id: t for t in TenantsFile.model_validate(tenants).tenants}
         self.webhook_policy = WebhookPolicy.model_validate(
             self.catalog.server.webhooks.model_dump()
         )
         self.model_queue_limit = settings.model_queue_limit
-        self.clock = clock
         self.family_of = {m.id: m.family for m in self.catalog.models}
         # queues, shares, slots, replica counts and running batches: pure, I/O stays here
         self.dispatcher = Dispatcher(
@@ -113,6 +135,14 @@ class Scheduler:
         self.metrics = SchedulerMetrics()
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self.webhooks = WebhookSender(
+            self.store,
+            self.tenants,
+            self.webhook_policy,
+            self._view,
+            self._fenced_out,
+            clock=self.clock,
+        )
         self.adapters_ = AdapterRegistry(
             self.catalog, self.store, self._check_adapter, clock=self.clock
         )
@@ -131,11 +161,12 @@ class Scheduler:
             dispatch_wakeup=self._wakeup,
             clock=self.clock,
         )
-        self._spawn(self.intake.run())
+        self._intake_task = self._spawn(self.intake.run())  # kept when fenced out
         self._spawn(self._dispatch_loop())
         self._spawn(self._poll_replicas())
-        for rec in self.store.webhooks_pending():
-            self._spawn(self._send_webhook(rec))
+        self._spawn(run_sweeper(sweeper_for(self.catalog, self.store, self.clock)))  # retention
+        self._spawn(self.lease.hold())
+        self._spawn(self.webhooks.run())
 
     # -- helpers -----------------------------------------------------------------------------
     def _spawn(self, coro) -> asyncio.Task:
@@ -202,6 +233,10 @@ class Scheduler:
         self._wakeup.set()
         if n:
             logger.info("scheduler recovered %d unfinished job(s) from the store", n)
+        # a store from before the outbox: its owed webhooks become outbox rows
+        moved = self.store.migrate_pending_webhooks(self.webhooks.events)
+        if moved:
+            logger.info("scheduler moved %d owed webhook(s) into the outbox", moved)
 
     def _notify(self, job_id: str) -> None:
         watchers = self.watchers.get(job_id)
@@ -226,7 +261,18 @@ class Scheduler:
     async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
         """Admit (or refuse) submits of one tenant, answered in order once durable
         (``scheduler/intake.py``: lanes by class, group commit)."""
+        if self._fenced is not None:
+            raise self._fenced
         return await self.intake.submit_many(subs)
+
+    async def submit_each(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
+        """Single submits a gateway coalesced into one call (any tenants; each counts once
+        against its tenant's rate), answered in order once durable."""
+        return await self.intake.submit_many(subs, each=True)
+
+    async def statuses(self, reads: list[tuple[str, str]]) -> list[JobStatusView | None]:
+        """``status`` for many (job id, tenant) reads a gateway coalesced into one call."""
+        return [await self.status(job_id, tenant) for job_id, tenant in reads]
 
     def _status_of(self, job_id: str) -> JobStatusView | None:
         rec = self.store.get(job_id)
@@ -374,17 +420,18 @@ class Scheduler:
         """Move jobs to a terminal state in one write, then tell waiters, metrics, webhooks."""
         now = self.clock()
         moved = self.store.transition_many(
-            [(job_id, {"finished_at": now, **updates}) for job_id, updates in items], allowed, to
+            [(job_id, {"finished_at": now, **updates}) for job_id, updates in items],
+            allowed,
+            to,
+            outbox=self.webhooks.events,  # each job's event commits with its terminal state
         )
         for rec in moved:
             self.progress.pop(rec.id, None)
             self._record(rec)
-            if rec.webhook_url:
-                self.store.update(rec.id, webhook_pending=True)
-                rec.webhook_pending = True
-                self._spawn(self._send_webhook(rec))
             self._notify(rec.id)
             self._finished(rec.id)
+        if any(rec.webhook_url for rec in moved):
+            self.webhooks.wake()
         return moved
 
     def _record(self, rec: JobRecord) -> None:
@@ -453,6 +500,9 @@ class Scheduler:
         while True:
             try:
                 retry_at = self._dispatch_once()
+            except FencedOut as e:
+                self._fenced_out(e)
+                return
             except Exception:  # never let the loop die; the next wake-up tries again
                 logger.exception("scheduler dispatch failed")
                 retry_at = None
@@ -480,6 +530,8 @@ class Scheduler:
             for launch in d.launches:
                 try:
                     launched = self._launch(launch, now) and launched
+                except FencedOut:
+                    raise
                 except Exception:
                     logger.exception("scheduler could not launch a %s batch", launch.family)
             if launched:
@@ -495,10 +547,13 @@ class Scheduler:
                 {JobStatus.IN_QUEUE},
                 JobStatus.IN_PROGRESS,
                 bump_attempts=True,
+                outbox=self.webhooks.events,  # job.started, for tenants that ask for it
             )
         except Exception:
             self.dispatcher.release(launch)
             raise
+        if any(r.webhook_url for r in recs):
+            self.webhooks.wake()
         batch_id = uuid.uuid4().hex[:12]
         if self.dispatcher.started(launch, now, batch_id, {r.id for r in recs}) is None:
             return False
@@ -537,6 +592,7 @@ class Scheduler:
                         if jid in self.progress:
                             self.progress[jid] = (event.step, event.total)
                             self._notify(jid)
+                    self.webhooks.progress([r for r in recs if r.id in self.progress])
                 else:
                     result = event
             if result is None:
@@ -544,8 +600,13 @@ class Scheduler:
             self._complete(recs, result)
         except asyncio.CancelledError:
             raise
+        except FencedOut as e:
+            self._fenced_out(e)
         except Exception as e:
-            self._failed(recs, e)
+            try:
+                self._failed(recs, e)
+            except FencedOut as fenced:
+                self._fenced_out(fenced)
         finally:
             self.contention.dropped(family, batch_id)
             self.batches.pop(batch_id, None)
@@ -650,23 +711,28 @@ class Scheduler:
                 self.dispatcher.set_replicas(family, running)
                 self._wakeup.set()
 
-    # -- webhooks ----------------------------------------------------------------------------
-    async def _send_webhook(self, rec: JobRecord) -> None:
-        view = self._status_of(rec.id) or self._view(rec)
-        event = {"type": f"job.{str(rec.status).lower()}", **view.as_dict(tenant=False)}
-        tenant = self.tenants.get(rec.tenant)
-        secret = tenant.webhook_secret if tenant else None
-        assert rec.webhook_url is not None  # only jobs with a webhook URL come here
-        result = await deliver(rec.webhook_url, event, secret, self.webhook_policy)
-        if not result.ok:
-            logger.warning(
-                "webhook for %s to host %s failed after %d attempt(s): %s",
-                rec.id,
-                urlsplit(rec.webhook_url).hostname,  # query strings often carry tokens
-                result.attempts,
-                result.error,
-            )
-        self.store.update(rec.id, webhook_pending=False)
+    # -- one scheduler at a time ----------------------------------------------------------------
+    def _fenced_out(self, error: FencedOut) -> None:
+        """Another scheduler owns the store now: stop dispatching, cancel the running calls and
+        every loop (intake stays: its writes are refused, so submits fail at once). The health
+        check then fails and Serve replaces this replica with a fresh standby."""
+        if self._fenced is not None:
+            return
+        self._fenced = error
+        logger.error("scheduler stops: %s", error)
+        for _, stream in list(self.batches.values()):
+            stream.cancel()
+        me = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not me and task is not self._intake_task:
+                task.cancel()
+
+    def __del__(self) -> None:
+        """Serve's graceful shutdown: give the lease up, so a successor need not wait for it to
+        expire (its newer token still fences this replica's later writes)."""
+        keeper = getattr(self, "lease", None)
+        if keeper is not None:
+            keeper.release()
 
     async def info(self) -> dict:
         """Where this replica runs and what it holds (for ``genmedia status``)."""
@@ -685,6 +751,8 @@ class Scheduler:
         }
 
     async def check_health(self) -> None:
+        if self._fenced is not None:
+            raise RuntimeError(f"scheduler fenced out of the job store: {self._fenced}")
         if not any(not t.done() for t in self._tasks):
             raise RuntimeError("scheduler loops stopped")
 

@@ -8,7 +8,9 @@ a running batch-class call pause at its next step boundary), streams per-step pr
 stores the outputs and their sidecars, and returns what it wrote. Cancelling the streaming call
 stops the pipeline at the next step boundary. Torch threads are sized from the replica's CPU share.
 The call itself (gate, adapters, progress, timings, result) is ``worker/batch.py``; this module
-holds the deployment, the multiplexed model cache and the Ray calls.
+holds the deployment, the multiplexed model cache and the Ray calls. Every model load is timed
+(``worker/load_times.py``): the figures are in ``ready``/``info``, in ``metrics_text`` and in
+``record_autoscaling_stats``, which feeds the autoscaling policy's cold-start figure.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ from genmedia.deployments.worker.batch import (
     AdapterFiles,
     WorkerContext,
     run_batch_call,
+    run_step_call,
     torch_threads_for,
 )
 from genmedia.deployments.worker.gate import Cancelled, StepGate
+from genmedia.deployments.worker.load_times import LoadTimes
+from genmedia.deployments.worker.step_loop import StepLoop
 from genmedia.models.catalog import ModelEntry, ServerSettings
 
 logger = logging.getLogger("ray.serve")
@@ -71,6 +76,10 @@ def _setup_process(num_cpus: float) -> int:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
+    from genmedia.models.weights import genmedia_home
+
+    # torch.compile's caches where every replica of the host (and a volume) finds them
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(genmedia_home() / "inductor"))
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     threads = torch_threads_for(num_cpus)
     torch.set_num_threads(threads)
@@ -97,6 +106,7 @@ class FamilyWorker:
         max_loaded_models: int,
         memory_gb: float | None,
         server: dict,
+        engine: str = "request",
     ):
         threads = _setup_process(num_cpus)
         self.family = family
@@ -121,6 +131,8 @@ class FamilyWorker:
             replica=self.replica,
             adapter_files=AdapterFiles(settings.max_adapter_bytes),
         )
+        # ``engine: step``: calls the family's step engine runs join one running set
+        self.step_loop = StepLoop(self.ctx) if engine == "step" else None
         self.executor = ThreadPoolExecutor(
             max_workers=SLOTS_PER_REPLICA + 2, thread_name_prefix="pipeline"
         )
@@ -128,6 +140,7 @@ class FamilyWorker:
         self.models: OrderedDict[str, Any] = OrderedDict()  # base pipelines (LoadedModel), LRU
         self.max_loaded_models = max_loaded_models
         self._loading: dict[str, asyncio.Task] = {}
+        self.load_times = LoadTimes(family)  # measured per model, reported to the autoscaler
 
         async def _load(mux_id: str):
             # "<model>" or "<model>@<adapter ids>": Serve routes a batch to replicas that hold
@@ -178,7 +191,8 @@ class FamilyWorker:
             return load_model(entry, path, self.device)
 
         model = await asyncio.get_running_loop().run_in_executor(self.executor, _load)
-        logger.info("loaded %s in %.2fs", model_id, model.load_s)
+        self.load_times.record(model_id, model)
+        logger.info("loaded %s in %.2fs %s", model_id, model.load_s, model.load_phases)
         return model
 
     async def run_batch(self, req: BatchRequest) -> AsyncIterator[ProgressEvent | WorkerResult]:
@@ -196,9 +210,14 @@ class FamilyWorker:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         self.running[req.batch_id] = req.priority
-        future = loop.run_in_executor(
-            self.executor, run_batch_call, self.ctx, model, req, cancel, emit
-        )
+        if self.step_loop is not None and self.step_loop.accepts(model, req):
+            future = loop.run_in_executor(
+                self.executor, run_step_call, self.ctx, self.step_loop, model, req, cancel, emit
+            )
+        else:
+            future = loop.run_in_executor(
+                self.executor, run_batch_call, self.ctx, model, req, cancel, emit
+            )
         try:
             while True:
                 getter = asyncio.ensure_future(events.get())
@@ -232,7 +251,17 @@ class FamilyWorker:
             "loaded": list(self.models),
             "adapters": adapters,
             "running": len(self.running),
+            "load_s": self.load_times.seconds(),
         }
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The load time measured per model (``load|<model>``): the autoscaling policy's
+        cold-start figure (``autoscaling/serve_adapter.py``)."""
+        return self.load_times.autoscaling_stats()
+
+    async def metrics_text(self) -> bytes:
+        """This replica's Prometheus text (``metrics.WorkerMetrics``: load times, phases)."""
+        return self.load_times.metrics.render()
 
     async def check_adapter(self, model_id: str, source: str, max_bytes: int) -> AdapterCheck:
         """Registration: resolve an adapter and check its keys against the loaded model (read
@@ -273,6 +302,7 @@ class FamilyWorker:
             "pid": os.getpid(),
             "preemptions": self.gate.preemptions,
             "busy_s": self.gate.busy_s,
+            "load_times": self.load_times.info(),
         }
 
 

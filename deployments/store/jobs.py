@@ -5,20 +5,42 @@ compare-and-set transitions (a terminal state is final), stores the result befor
 and on restart rebuilds its queues from ``unfinished()``. The embedded store is one SQLite file
 (single writer: the scheduler replica, on one node); ``JobStore`` is the interface a Redis or
 Postgres store implements for a scheduler that may move between nodes. No Ray imports.
+
+Webhook events are written to the outbox (``outbox.py``) in the same transaction as the job
+change that causes them. A store that acquired the scheduler lease (``lease.py``) checks its
+fencing token inside every write transaction (``_write``) and refuses writes once another
+scheduler has taken the lease over (``FencedOut``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
 from genmedia.deployments.protocol import TERMINAL, AdapterRecord, JobStatus, UsageRow
+from genmedia.deployments.store import lease as leases
+from genmedia.deployments.store import outbox as _outbox
+from genmedia.deployments.store.lease import FencedOut, Lease, SQLiteLease
+from genmedia.deployments.store.outbox import OutboxEvent, OutboxState, SQLiteOutbox
 
-__all__ = ["TERMINAL", "JobRecord", "JobStatus", "JobStore", "SQLiteJobStore"]
+__all__ = [
+    "TERMINAL",
+    "FencedOut",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "Lease",
+    "OutboxEvent",
+    "OutboxFn",
+    "OutboxState",
+    "SQLiteJobStore",
+]
 
 
 @dataclass
@@ -36,6 +58,8 @@ class JobRecord:
     deadline: float | None = None  # absolute time; EXPIRED if still queued then
     idempotency_key: str | None = None
     webhook_url: str | None = None
+    # legacy: stores from before the outbox set it between the terminal state and the delivery;
+    # read once at start (``migrate_pending_webhooks``), never set any more
     webhook_pending: bool = False
     started_at: float | None = None
     finished_at: float | None = None
@@ -69,8 +93,15 @@ class JobRecord:
         return cls(**d)
 
 
+OutboxFn = Callable[[JobRecord], Iterable[OutboxEvent]]
+
+
 class JobStore(Protocol):
-    """Where jobs live. Implementations must make ``create`` and ``transition`` atomic."""
+    """Where jobs live. Implementations must make ``create`` and ``transition`` atomic.
+
+    Writes of a store that holds the scheduler lease (``acquire_lease``) carry its fencing
+    token: each write transaction checks it and raises ``FencedOut`` (changing nothing) once
+    another holder has taken the lease over."""
 
     def create(self, rec: JobRecord) -> tuple[JobRecord, bool]:
         """Insert a job; with an idempotency key already used by the tenant, return that job
@@ -99,20 +130,87 @@ class JobStore(Protocol):
         ...
 
     def transition_many(
-        self, items: list[tuple[str, dict]], allowed_from, to, bump_attempts: bool = False
+        self,
+        items: list[tuple[str, dict]],
+        allowed_from,
+        to,
+        bump_attempts: bool = False,
+        outbox: OutboxFn | None = None,
     ) -> list[JobRecord]:
-        """Several transitions in one atomic write; returns the records that moved."""
+        """Several transitions in one atomic write; returns the records that moved. With
+        ``outbox``, the webhook events ``outbox(record)`` gives for each moved record are
+        written in the same transaction (all or nothing)."""
         ...
 
     def update(self, job_id: str, **updates: object) -> None:
-        """Change fields other than the status (webhook flag, progress bookkeeping)."""
+        """Change fields other than the status (progress bookkeeping)."""
         ...
 
     def unfinished(self) -> list[JobRecord]:
         """Jobs not yet in a terminal state, oldest first (for recovery)."""
         ...
 
-    def webhooks_pending(self) -> list[JobRecord]: ...
+    def webhooks_pending(self) -> list[JobRecord]:
+        """Legacy: jobs a store from before the outbox still owes a webhook."""
+        ...
+
+    # -- webhook outbox (``outbox.py``) --------------------------------------------------------
+    def add_webhooks(self, events: list[OutboxEvent]) -> None:
+        """Write events not tied to a state change (progress) in one transaction."""
+        ...
+
+    def webhooks_due(
+        self,
+        now: float,
+        limit: int,
+        skip_ids: Iterable[str] = (),
+        skip_tenants: Iterable[str] = (),
+    ) -> list[OutboxEvent]:
+        """Pending events due by ``now``, earliest first, without the skipped ids/tenants."""
+        ...
+
+    def webhook_attempted(
+        self,
+        delivery_id: str,
+        now: float,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        """Count an attempt: delivered, pending again at ``retry_at``, or failed (None)."""
+        ...
+
+    def webhooks_of(self, job_id: str) -> list[OutboxEvent]:
+        """A job's events, oldest first."""
+        ...
+
+    def migrate_pending_webhooks(self, build: OutboxFn) -> int:
+        """Legacy rows: write ``build(record)`` for every job flagged ``webhook_pending`` and
+        clear the flag, in one transaction; how many jobs moved."""
+        ...
+
+    def prune_webhooks(self, finished_before: float, limit: int) -> int:
+        """Delete delivered / failed events that ended before the cutoff."""
+        ...
+
+    # -- the scheduler lease (``lease.py``) ------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float) -> Lease | None:
+        """Take the lease (free, expired, or already ``holder``'s) and fence this store's
+        writes with its token; None while another holder's lease is valid."""
+        ...
+
+    def renew_lease(self, lease: Lease, ttl_s: float, now: float) -> Lease:
+        """Extend the held lease; FencedOut when it was taken over."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None:
+        """End the held lease now (a successor need not wait for it to expire)."""
+        ...
+
+    def lease(self, name: str) -> Lease | None:
+        """The lease as stored (holder, token, expiry), held or not."""
+        ...
 
     def put_adapter(self, record: AdapterRecord) -> None:
         """Keep (or replace) a LoRA adapter registered at run time."""
@@ -190,8 +288,9 @@ ON CONFLICT (tenant, model_id, status) DO UPDATE SET
 """
 
 
-class SQLiteJobStore:
-    """The embedded job store: one SQLite file in WAL mode."""
+class SQLiteJobStore(SQLiteOutbox, SQLiteLease):
+    """The embedded job store: one SQLite file in WAL mode (outbox and lease methods in
+    ``outbox.py`` and ``lease.py``)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -207,12 +306,29 @@ class SQLiteJobStore:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage_totals'"
         ).fetchone()
         self._db.executescript(_SCHEMA)
+        self._db.executescript(_outbox.SCHEMA + leases.SCHEMA)
         if fresh_totals:  # a store from before the counters: count its jobs once
             self._db.execute(_FILL_TOTALS)
+        self._fence: tuple[str, int] | None = None  # (lease name, token) once a lease is held
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: committed at the end, rolled back on an
+        error; FencedOut (nothing written) when this store's lease was taken over."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._fence is not None:
+                    leases.check(self._db, *self._fence)
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def create(self, rec: JobRecord) -> tuple[JobRecord, bool]:
         return self.create_many([rec])[0]
@@ -221,25 +337,19 @@ class SQLiteJobStore:
         cols = ", ".join(_COLUMNS)
         marks = ", ".join(f":{c}" for c in _COLUMNS)
         out: list[tuple[JobRecord, bool]] = []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for rec in recs:
-                    if rec.idempotency_key is not None:
-                        existing = self._db.execute(
-                            "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?",
-                            (rec.tenant, rec.idempotency_key),
-                        ).fetchone()
-                        if existing is not None:
-                            out.append((JobRecord.from_row(existing), False))
-                            continue
-                    self._db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", rec.to_row())
-                    self._count(rec.tenant, rec.model_id, str(rec.status), 1, rec.usage)
-                    out.append((rec, True))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._write():
+            for rec in recs:
+                if rec.idempotency_key is not None:
+                    existing = self._db.execute(
+                        "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?",
+                        (rec.tenant, rec.idempotency_key),
+                    ).fetchone()
+                    if existing is not None:
+                        out.append((JobRecord.from_row(existing), False))
+                        continue
+                self._db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", rec.to_row())
+                self._count(rec.tenant, rec.model_id, str(rec.status), 1, rec.usage)
+                out.append((rec, True))
         return out
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -287,23 +397,24 @@ class SQLiteJobStore:
         return moved[0] if moved else None
 
     def transition_many(
-        self, items: list[tuple[str, dict]], allowed_from, to, bump_attempts: bool = False
+        self,
+        items: list[tuple[str, dict]],
+        allowed_from,
+        to,
+        bump_attempts: bool = False,
+        outbox: OutboxFn | None = None,
     ) -> list[JobRecord]:
         """``transition`` for several jobs in one transaction (one commit for a whole batch);
-        returns the records that moved."""
+        returns the records that moved. ``outbox``'s events for them commit with them."""
         allowed = {str(x) for x in allowed_from}
         moved: list[JobRecord] = []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for job_id, updates in items:
-                    rec = self._move(job_id, allowed, str(to), self._encode(updates), bump_attempts)
-                    if rec is not None:
-                        moved.append(rec)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._write():
+            for job_id, updates in items:
+                rec = self._move(job_id, allowed, str(to), self._encode(updates), bump_attempts)
+                if rec is not None:
+                    moved.append(rec)
+                    if outbox is not None:
+                        _outbox.insert(self._db, list(outbox(rec)))
         return moved
 
     def _move(
@@ -330,7 +441,7 @@ class SQLiteJobStore:
         if not enc:
             return
         sets = ", ".join(f"{k} = :{k}" for k in enc)
-        with self._lock:
+        with self._write():
             self._db.execute(f"UPDATE jobs SET {sets} WHERE id = :id", {**enc, "id": job_id})
 
     def unfinished(self) -> list[JobRecord]:
@@ -348,15 +459,23 @@ class SQLiteJobStore:
             ).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
+    def migrate_pending_webhooks(self, build: OutboxFn) -> int:
+        with self._write():
+            rows = self._db.execute("SELECT * FROM jobs WHERE webhook_pending = 1").fetchall()
+            for row in rows:
+                _outbox.insert(self._db, list(build(JobRecord.from_row(row))))
+            self._db.execute("UPDATE jobs SET webhook_pending = 0 WHERE webhook_pending = 1")
+        return len(rows)
+
     def put_adapter(self, record: AdapterRecord) -> None:
-        with self._lock:
+        with self._write():
             self._db.execute(
                 "INSERT OR REPLACE INTO adapters (id, record) VALUES (?, ?)",
                 (record.id, json.dumps(record.stored())),
             )
 
     def delete_adapter(self, adapter_id: str) -> bool:
-        with self._lock:
+        with self._write():
             return self._db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,)).rowcount > 0
 
     def adapters(self) -> dict[str, AdapterRecord]:
@@ -382,3 +501,87 @@ class SQLiteJobStore:
             )
             for r in rows
         ]
+
+    # -- retention (called by store/retention.py; usage totals are never touched) -----------
+    def _retention_index(self) -> None:
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) "
+            "WHERE finished_at IS NOT NULL"
+        )
+
+    def expired_jobs(self, finished_before: float, limit: int) -> list[JobRecord]:
+        """Terminal jobs that finished before the cutoff, oldest first; jobs whose webhook is
+        still owed (a pending outbox event) are left for later."""
+        with self._lock:
+            self._retention_index()
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+                "AND status NOT IN ('IN_QUEUE', 'IN_PROGRESS') AND webhook_pending = 0 "
+                "AND NOT EXISTS (SELECT 1 FROM webhook_outbox o "
+                "WHERE o.job_id = jobs.id AND o.state = 'pending') "
+                "ORDER BY finished_at LIMIT ?",
+                (finished_before, limit),
+            ).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    def delete_jobs(self, job_ids: list[str]) -> int:
+        """Delete finished job rows (one transaction); the usage totals keep counting them."""
+        if not job_ids:
+            return 0
+        n = 0
+        with self._write() as db:
+            for job_id in job_ids:
+                n += db.execute(
+                    "DELETE FROM jobs WHERE id = ? AND status NOT IN ('IN_QUEUE', 'IN_PROGRESS')",
+                    (job_id,),
+                ).rowcount
+        return n
+
+    def outputs_to_expire(self, finished_before: float, limit: int) -> list[JobRecord]:
+        """Completed jobs that finished before the cutoff whose outputs are not yet deleted."""
+        with self._lock:
+            self._retention_index()
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+                "AND status = 'COMPLETED' AND result IS NOT NULL "
+                "AND json_extract(result, '$.outputs_deleted_at') IS NULL "
+                "ORDER BY finished_at LIMIT ?",
+                (finished_before, limit),
+            ).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    def mark_outputs_deleted(self, job_ids: list[str], at: float) -> None:
+        """Record in each job's result when its outputs were deleted."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE jobs SET result = json_set(result, '$.outputs_deleted_at', ?) "
+                "WHERE id = ? AND result IS NOT NULL",
+                [(at, job_id) for job_id in job_ids],
+            )
+
+    def expire_idempotency_keys(
+        self, submitted_before: float, limit: int, dry_run: bool = False
+    ) -> int:
+        """Forget the idempotency keys of jobs submitted before the cutoff (at most ``limit``);
+        the jobs stay. With ``dry_run`` only counts them."""
+        select = (
+            "SELECT id FROM jobs WHERE idempotency_key IS NOT NULL AND submitted_at < ? LIMIT ?"
+        )
+        if dry_run:
+            with self._lock:
+                return len(self._db.execute(select, (submitted_before, limit)).fetchall())
+        with self._write() as db:
+            return db.execute(
+                f"UPDATE jobs SET idempotency_key = NULL WHERE id IN ({select})",
+                (submitted_before, limit),
+            ).rowcount
+
+    def statuses(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        """The status of each job that exists."""
+        out: dict[str, JobStatus] = {}
+        with self._lock:
+            for job_id in job_ids:
+                row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is not None:
+                    out[job_id] = JobStatus(row["status"])
+        return out

@@ -4,11 +4,14 @@
 Runs on the family worker, in the pipeline's thread after it releases the step gate, so a
 result is stored before its job is marked ``COMPLETED``. Keys start with the tenant id: the
 gateway serves a file only to its tenant. The encoders (``models/media.py``) write no
-timestamps, so the same model, parameters and seed give identical files.
+timestamps, so the same model, parameters and seed give identical files. A job whose files
+cannot all be written (a full disk: ``StorageFull``) leaves none behind: what was written is
+deleted and the error goes up, so the job ends FAILED instead of COMPLETED with missing files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -70,36 +73,47 @@ def store_outputs(
     now: float,
     sample_rate: int | None = None,
 ) -> list[StoredOutput]:
-    """Write each output and its sidecar under ``prefix``; returns what was written."""
+    """Write each output and its sidecar under ``prefix``; returns what was written. On a
+    failed write the job's files written so far are deleted before the error goes up."""
     base = prefix + output_prefix(job.request_id, now)
     fmt = (job.extra.get("output") or {}).get("format") or media.DEFAULT_FORMAT_BY_TASK.get(
         job.params.task, "png"
     )
     content_type = media.content_type(fmt)
     out: list[StoredOutput] = []
-    for i, array in enumerate(outputs):
-        data, meta = encode_output(job, array, sample_rate)
-        key = f"{base}/{i}.{media.EXTENSIONS[fmt]}"
-        sidecar = {
-            "request_id": job.request_id,
-            "index": i,
-            "model": job.params.model_id,
-            "task": job.params.task,
-            "parameters": job.describe(),
-            "seed": job.seed + i,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-            **meta,
-            **extra,
-        }
-        storage.put(key, data, content_type)
-        storage.put(f"{base}/{i}.json", json.dumps(sidecar, indent=2).encode(), "application/json")
-        out.append(
-            StoredOutput(
-                key=key,
-                seed=job.seed + i,
-                content_type=content_type,
-                sha256=hashlib.sha256(data).hexdigest(),
+    written: list[str] = []
+    try:
+        for i, array in enumerate(outputs):
+            data, meta = encode_output(job, array, sample_rate)
+            key = f"{base}/{i}.{media.EXTENSIONS[fmt]}"
+            sidecar = {
+                "request_id": job.request_id,
+                "index": i,
+                "model": job.params.model_id,
+                "task": job.params.task,
+                "parameters": job.describe(),
+                "seed": job.seed + i,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
                 **meta,
+                **extra,
+            }
+            storage.put(key, data, content_type)
+            written.append(key)
+            sidecar_key = f"{base}/{i}.json"
+            storage.put(sidecar_key, json.dumps(sidecar, indent=2).encode(), "application/json")
+            written.append(sidecar_key)
+            out.append(
+                StoredOutput(
+                    key=key,
+                    seed=job.seed + i,
+                    content_type=content_type,
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    **meta,
+                )
             )
-        )
+    except BaseException:
+        for key in written:
+            with contextlib.suppress(Exception):
+                storage.delete(key)
+        raise
     return out

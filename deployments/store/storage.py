@@ -2,13 +2,19 @@
 
 Last step of a request's way before the response: a local directory on the gateway's node by
 default (served back by ``GET /v1/files/{path}``), or an S3 bucket through boto3 (any
-S3-compatible endpoint; the response carries presigned URLs). No Ray imports.
+S3-compatible endpoint; the response carries presigned URLs). Retention
+(``store/retention.py``) lists and deletes through the same interface. A write that finds the
+disk full raises ``StorageFull``, which the gateway answers 507 (uploads) / 503 (submits) and the
+worker's job ends FAILED on. No Ray imports.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -19,12 +25,60 @@ class StorageError(Exception):
     """A file could not be stored or read."""
 
 
+class StorageFull(StorageError):
+    """A write failed because the volume (or the user's disk quota) is full."""
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+# What class of file a key holds (its second part): retention and S3 lifecycle rules go by it.
+UPLOADS, INPUTS, OUTPUTS = "uploads", "inputs", "outputs"
+
+
+def key_class(key: str) -> str:
+    """``uploads`` (POST /v1/files), ``inputs`` (inline images of a job) or ``outputs``."""
+    parts = key.split("/", 2)
+    if len(parts) > 2 and parts[1] in (UPLOADS, INPUTS):
+        return parts[1]
+    return OUTPUTS
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One stored file as a listing shows it."""
+
+    key: str
+    size: int
+    modified: float  # POSIX seconds
+
+
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
     def get(self, key: str) -> bytes | None: ...
 
     def url(self, key: str, base_url: str) -> str: ...
+
+    def delete(self, key: str) -> bool:
+        """Remove a file; False when there was none."""
+        ...
+
+    def list_files(self, prefix: str) -> Iterator[StoredObject]:
+        """Every file whose key starts with ``prefix`` (``""`` or a path ending in ``/``)."""
+        ...
+
+    def children(self, prefix: str) -> list[str]:
+        """The names one level below ``prefix`` (``""`` or a path ending in ``/``): the
+        tenants at the top, the dates and classes below a tenant."""
+        ...
+
+
+def _check_prefix(prefix: str) -> str:
+    if prefix == "":
+        return prefix
+    if not prefix.endswith("/"):
+        raise ValueError(f"invalid prefix {prefix!r}: it must end with '/'")
+    return safe_key(prefix.rstrip("/")) + "/"
 
 
 def safe_key(key: str) -> str:
@@ -58,16 +112,63 @@ class LocalDirStorage:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+                raise StorageFull(f"no space left to store {key!r} under {self.root}") from e
             raise
 
     def get(self, key: str) -> bytes | None:
         path = self._path(key)
         return path.read_bytes() if path.is_file() else None
 
+    def delete(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, IsADirectoryError):
+            return False
+        # drop the directories the file leaves empty (a job's, a date's), never the root
+        root = self.root.resolve()
+        parent = path.parent
+        while parent != root and parent.is_relative_to(root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+        return True
+
+    def _dir(self, prefix: str) -> Path:
+        prefix = _check_prefix(prefix)
+        return self._path(prefix.rstrip("/")) if prefix else self.root.resolve()
+
+    def list_files(self, prefix: str) -> Iterator[StoredObject]:
+        top = self._dir(prefix)
+        root = self.root.resolve()
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith(".tmp-"):
+                    continue  # a write in flight
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                yield StoredObject(path.relative_to(root).as_posix(), st.st_size, st.st_mtime)
+
+    def children(self, prefix: str) -> list[str]:
+        top = self._dir(prefix)
+        if not top.is_dir():
+            return []
+        return sorted(p.name for p in top.iterdir() if p.is_dir())
+
     def url(self, key: str, base_url: str) -> str:
         return f"{base_url.rstrip('/')}/v1/files/{key}"
+
+
+LIFECYCLE_TAG = "genmedia-class"
 
 
 class S3BucketStorage:
@@ -80,16 +181,61 @@ class S3BucketStorage:
         endpoint = cfg.endpoint_url or os.environ.get("GENMEDIA_S3_ENDPOINT_URL")
         self.client = boto3.client("s3", endpoint_url=endpoint, region_name=cfg.region)
 
+    def _root(self) -> str:
+        root = self.cfg.prefix.strip("/")
+        return f"{root}/" if root else ""
+
     def _key(self, key: str) -> str:
-        return f"{self.cfg.prefix.strip('/')}/{safe_key(key)}".lstrip("/")
+        return f"{self._root()}{safe_key(key)}"
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         try:
             self.client.put_object(
-                Bucket=self.cfg.bucket, Key=self._key(key), Body=data, ContentType=content_type
+                Bucket=self.cfg.bucket,
+                Key=self._key(key),
+                Body=data,
+                ContentType=content_type,
+                # the bucket's lifecycle rules (infra/s3-lifecycle.json) expire by this tag
+                Tagging=f"{LIFECYCLE_TAG}={key_class(key)}",
             )
         except Exception as e:  # botocore errors carry the useful message
             raise StorageError(f"s3://{self.cfg.bucket}/{self._key(key)}: {e}") from e
+
+    def delete(self, key: str) -> bool:
+        full = self._key(key)
+        try:
+            self.client.head_object(Bucket=self.cfg.bucket, Key=full)
+        except Exception:
+            return False
+        try:
+            self.client.delete_object(Bucket=self.cfg.bucket, Key=full)
+        except Exception as e:
+            raise StorageError(f"s3://{self.cfg.bucket}/{full}: {e}") from e
+        return True
+
+    def _pages(self, prefix: str, **kw: object) -> Iterator[dict]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._root() + _check_prefix(prefix)
+        try:
+            yield from paginator.paginate(Bucket=self.cfg.bucket, Prefix=full, **kw)
+        except Exception as e:
+            raise StorageError(f"s3://{self.cfg.bucket}/{full}: {e}") from e
+
+    def list_files(self, prefix: str) -> Iterator[StoredObject]:
+        cut = len(self._root())
+        for page in self._pages(prefix):
+            for obj in page.get("Contents", []):
+                yield StoredObject(
+                    obj["Key"][cut:], int(obj["Size"]), obj["LastModified"].timestamp()
+                )
+
+    def children(self, prefix: str) -> list[str]:
+        cut = len(self._root() + _check_prefix(prefix))
+        names = set()
+        for page in self._pages(prefix, Delimiter="/"):
+            for p in page.get("CommonPrefixes", []):
+                names.add(p["Prefix"][cut:].rstrip("/"))
+        return sorted(names)
 
     def get(self, key: str) -> bytes | None:
         try:

@@ -1,8 +1,10 @@
 """Per-tenant rate limits: a token bucket per tenant, and the Retry-After of a refusal.
 
-On a request's way: the scheduler's admission takes a token for every submit and refuses with
-429 ``rate_limited`` when the bucket is empty (``scheduler/admission.py``); the gateway answers it
-with ``Retry-After`` from ``retry_after_header``. The simulator runs the same limiter.
+On a request's way: every ``/v1`` call takes tokens from its tenant's bucket at the gateway
+(``intake/guard.py``: a write costs one, a read a fifth of one; 429 ``rate_limited`` with
+``Retry-After`` and ``x-ratelimit-*`` headers), and the scheduler's admission takes one for every
+submit call (a bulk submit counts once) against the cluster-wide bucket
+(``scheduler/admission.py``). The simulator runs the same limiter.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class RateLimiter:
     def for_tenants(cls, tenants_file: TenantsFile) -> RateLimiter:
         return cls({t.id: t.quotas.requests_per_minute for t in tenants_file.tenants})
 
-    def try_acquire(self, tenant_id: str, now: float) -> float:
-        """0.0 when a request is admitted (a token taken), else seconds until one is available.
+    def try_acquire(self, tenant_id: str, now: float, cost: float = 1.0) -> float:
+        """0.0 when a request is admitted (``cost`` tokens taken), else seconds until they are
+        available.
 
         KeyError for a tenant the limiter was not built with.
         """
@@ -40,11 +43,16 @@ class RateLimiter:
         if now > last:
             tokens = min(float(rpm), tokens + (now - last) * rate)
             last = now
-        if tokens >= 1.0:
-            self._buckets[tenant_id] = (tokens - 1.0, last)
+        if tokens >= cost:
+            self._buckets[tenant_id] = (tokens - cost, last)
             return 0.0
         self._buckets[tenant_id] = (tokens, last)
-        return (1.0 - tokens) / rate
+        return (cost - tokens) / rate
+
+    def remaining(self, tenant_id: str) -> float:
+        """Tokens left in the tenant's bucket at its last call (full before any)."""
+        bucket = self._buckets.get(tenant_id)
+        return float(self.limits[tenant_id]) if bucket is None else bucket[0]
 
 
 def retry_after_header(seconds: float) -> str:

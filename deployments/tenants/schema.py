@@ -27,6 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from genmedia.deployments.protocol import PRIORITY_CLASSES, PriorityClass
 from genmedia.deployments.tenants.keys import ApiKeyRecord, key_record, new_api_key, parse_api_key
+from genmedia.deployments.webhooks.signing import signing_key
 from genmedia.models.config_issues import field_errors, loc
 
 DEV_TENANT_ID = "dev"
@@ -69,6 +70,29 @@ class Quotas(_Strict):
         le=1_000_000,
         description="Accepted jobs of this tenant waiting in the queue; beyond it submit is 429.",
     )
+    max_stored_bytes: int = Field(
+        default=1_073_741_824,
+        ge=1024,
+        le=1_099_511_627_776,
+        description="Bytes of input files the tenant may keep stored (uploads and the inline "
+        "images of its jobs, as stored after re-encoding); an upload or a submit with an inline "
+        "image beyond it is 429 storage_quota_exceeded. Outputs do not count (retention bounds "
+        "them).",
+    )
+    max_stored_files: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Input files the tenant may keep stored (uploads and inline images); beyond "
+        "it an upload or a submit with an inline image is 429 storage_quota_exceeded.",
+    )
+    uploads_per_minute: int = Field(
+        default=60,
+        ge=1,
+        le=1_000_000,
+        description="Token-bucket rate limit of POST /v1/files per gateway replica: bursts up "
+        "to this many, refilled at this many per minute; beyond it 429 with Retry-After.",
+    )
 
 
 class Tenant(_Strict):
@@ -110,9 +134,25 @@ class Tenant(_Strict):
         min_length=16,
         max_length=256,
         repr=False,
-        description="Shared secret for the HMAC-SHA256 signature of completion webhooks; without "
-        "it webhooks are sent unsigned.",
+        description="Signing secret of the tenant's webhooks (Standard Webhooks "
+        "webhook-signature, HMAC-SHA256): 'whsec_' + base64 of 16+ key bytes, or a plain secret "
+        "of 16+ characters used as the key bytes (receivers then take 'whsec_' + base64 of "
+        "it); without it webhooks are sent unsigned.",
     )
+    webhook_events: list[Literal["started", "progress", "completed"]] = Field(
+        default=["completed"],
+        min_length=1,
+        description="Which events the tenant's jobs with a webhook_url send: 'started' "
+        "(job.started), 'progress' (job.progress, throttled), 'completed' (the terminal "
+        "job.completed / failed / cancelled / expired).",
+    )
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _usable_secret(cls, v: str | None) -> str | None:
+        if v is not None:
+            signing_key(v)  # WebhookSecretError (a ValueError) names the problem
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -296,7 +336,8 @@ def load_tenants(path: str | Path | None = None) -> TenantsFile:
 
 # -- the development default ----------------------------------------------------------------------
 def development_tenants() -> tuple[TenantsFile, str]:
-    """The embedded default: one admin tenant 'dev' with every class and model; (file, key).
+    """The embedded default: one tenant 'dev' (not an admin) with every class and model;
+    (file, key).
 
     The key is $GENMEDIA_DEV_API_KEY when set (it must be well-formed: TenantsError otherwise),
     else freshly generated: print it at start-up. $GENMEDIA_DEV_WEBHOOK_SECRET (16+ chars), when
@@ -321,7 +362,8 @@ def development_tenants() -> tuple[TenantsFile, str]:
         key, record = env_key, key_record(env_key, f"development key from ${DEV_KEY_ENV}")
     else:
         _, key, record = new_api_key("development key generated at start-up")
-    tenant: dict[str, Any] = {"id": DEV_TENANT_ID, "api_keys": [record.model_dump()], "admin": True}
+    # not an admin: the development key registers no adapters (use a tenants file for that)
+    tenant: dict[str, Any] = {"id": DEV_TENANT_ID, "api_keys": [record.model_dump()]}
     secret = os.environ.get(DEV_WEBHOOK_SECRET_ENV)
     if secret:
         tenant["webhook_secret"] = secret

@@ -4,14 +4,18 @@ Checked twice on a request's way: at submit, where the gateway answers 422 namin
 breaks, and again before every delivery attempt, since DNS may have changed. The check returns the
 addresses it approved so that delivery connects to one of them (no second lookup an attacker's DNS
 could answer differently). Where webhooks may go is the catalog's ``server.webhooks`` policy
-(``models/server_config.py``).
+(``models/server_config.py``). Host lookups run on a small pool of their own (``LOOKUP_THREADS``),
+never Python's shared default thread pool, and give up after the policy's ``resolve_timeout_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +28,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[..., list[Any]]  # socket.getaddrinfo or a stand-in
 
 MAX_URL_LENGTH = 2048
+LOOKUP_THREADS = 8  # host lookups in flight at once; more wait (within their timeout)
 _METADATA = ipaddress.ip_address("169.254.169.254")
+_LOOKUPS = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="webhook-dns")
 
 
 class WebhookUrlError(ValueError):
@@ -156,12 +162,47 @@ def check_url(url: str, policy: WebhookPolicy, resolve: Resolver) -> CheckedUrl:
     return CheckedUrl(hx, ascii_host, tuple(addresses), host_is_ip=literal is not None)
 
 
-def validate_webhook_url(
-    url: str, policy: WebhookPolicy, resolve: Resolver = socket.getaddrinfo
-) -> None:
+def bounded_resolver(timeout_s: float, resolve: Resolver = socket.getaddrinfo) -> Resolver:
+    """``resolve`` run on the lookup pool, waited for at most ``timeout_s`` (then OSError, which
+    the check reports as rule 'resolve'). A lookup that hangs holds one lookup thread, not the
+    caller's."""
+
+    def lookup(host: str, port: int) -> list[Any]:
+        future = _LOOKUPS.submit(resolve, host, port)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise OSError(f"lookup took longer than {timeout_s:g}s") from None
+
+    return lookup
+
+
+def validate_webhook_url(url: str, policy: WebhookPolicy, resolve: Resolver | None = None) -> None:
     """Raise WebhookUrlError naming the rule ``url`` breaks under ``policy``.
 
     ``resolve`` has ``socket.getaddrinfo``'s signature (called as ``resolve(host, port)``); tests
-    pass a fake. It blocks: call it from a thread (``asyncio.to_thread``) in async code.
+    pass a fake. Without it, ``socket.getaddrinfo`` on the lookup pool within the policy's
+    ``resolve_timeout_s``. It blocks: async code calls ``check_url_async`` instead.
     """
-    check_url(url, policy, resolve)
+    check_url(url, policy, resolve or bounded_resolver(policy.resolve_timeout_s))
+
+
+async def check_url_async(
+    url: str, policy: WebhookPolicy, resolve: Resolver = socket.getaddrinfo
+) -> CheckedUrl:
+    """``check_url`` without blocking the event loop: the check (and its host lookup) runs on
+    the lookup pool; WebhookUrlError('resolve') when it takes longer than the policy's
+    ``resolve_timeout_s``."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(
+            loop.run_in_executor(_LOOKUPS, check_url, url, policy, resolve),
+            policy.resolve_timeout_s,
+        )
+    except TimeoutError:
+        host = urlsplit(url).hostname or url
+        raise WebhookUrlError(
+            "resolve",
+            f"webhook host {host!r} did not resolve within {policy.resolve_timeout_s:g}s",
+        ) from None

@@ -35,6 +35,7 @@ from genmedia.models.params import AdapterUse, GenerationJob
 if TYPE_CHECKING:
     import numpy as np
 
+    from genmedia.deployments.worker.step_loop import StepLoop
     from genmedia.models.runner import LoadedModel
 
 PROGRESS_HZ = 2.0  # progress events a second at most, besides the first and the last step
@@ -311,17 +312,52 @@ def run_batch_call(
         outputs = call.run(inputs)
     finally:
         ctx.pins.drop(req.batch_id)
+    return finish_call(ctx, model, req, outputs, call.times)
+
+
+def finish_call(
+    ctx: WorkerContext,
+    model: LoadedModel,
+    req: BatchRequest,
+    outputs: list[list[np.ndarray]],
+    times: CallTimes,
+) -> WorkerResult:
+    """Store a call's outputs and build its result."""
     done = time.perf_counter()
     sample_rate = None
     if req.jobs[0].params.task == "text-to-audio":
         sample_rate = model.family.sample_rate(model.pipe)
-    stored = store_batch(ctx.storage, req, outputs, now=call.times.span[1], sample_rate=sample_rate)
+    stored = store_batch(ctx.storage, req, outputs, now=times.span[1], sample_rate=sample_rate)
     return build_result(
         req,
         stored,
-        call.times,
+        times,
         store_s=time.perf_counter() - done,
         replica=ctx.replica,
         device=ctx.device,
         acceleration=model.acceleration,
     )
+
+
+def run_step_call(
+    ctx: WorkerContext,
+    loop: StepLoop,
+    model: LoadedModel,
+    req: BatchRequest,
+    cancel: threading.Event,
+    emit: Emit,
+) -> WorkerResult:
+    """One batch through the replica's step engine (``engine: step``), on a thread of its own:
+    the call joins the running set, waits until its members are decoded, then stores its
+    outputs while the others go on."""
+    files = ctx.adapter_files.resolve(req.adapters)
+    ctx.pins.hold(req.batch_id, req.model_id, set(files))
+    try:
+        call = loop.submit(model, req, files, cancel, emit)
+        call.finished.wait()
+    finally:
+        ctx.pins.drop(req.batch_id)
+    if call.error is not None:
+        raise call.error
+    assert call.outputs is not None
+    return finish_call(ctx, model, req, call.outputs, call.times)

@@ -15,20 +15,27 @@ import pytest
 
 from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.loadtests.local import ray_stack, tenant_record, tenants_file
+from tests.integration.browser import browser, screenshot, screenshots_dir  # noqa: F401
 
 API_KEY = "gm_0123abcd_" + "k" * 43  # tenant "dev": generous quotas, webhook secret
 OTHER_KEY = "gm_4567abcd_" + "o" * 43  # tenant "other"
-TINY_KEY = "gm_89abcdef_" + "t" * 43  # tenant "tiny": one queued job, 3 requests a minute
+TINY_KEY = "gm_89abcdef_" + "t" * 43  # tenant "tiny": one queued job, 4 requests a minute
+CAPPED_KEY = "gm_cafe0001_" + "c" * 43  # tenant "capped": one job running at a time
 WEBHOOK_SECRET = "whsec-test-0123456789"
 
 
 def make_tenants() -> TenantsFile:
-    tiny = {"max_concurrent_jobs": 2, "requests_per_minute": 3, "max_queued_jobs": 1}
+    tiny = {"max_concurrent_jobs": 2, "requests_per_minute": 4, "max_queued_jobs": 1}
     return tenants_file(
         [
             tenant_record("dev", API_KEY, admin=True, webhook_secret=WEBHOOK_SECRET),
             tenant_record("other", OTHER_KEY),
             tenant_record("tiny", TINY_KEY, allowed_classes=["batch"], quotas=tiny),
+            tenant_record(
+                "capped",
+                CAPPED_KEY,
+                quotas={"max_concurrent_jobs": 1, "requests_per_minute": 100_000},
+            ),
         ],
         "<test tenants>",
     )

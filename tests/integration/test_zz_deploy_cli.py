@@ -24,7 +24,11 @@ def test_deploy_onto_a_running_cluster(base_url, genmedia_home):
     address = ray.get_runtime_context().gcs_address
     env = {**os.environ, "GENMEDIA_DEV_API_KEY": API_KEY, "GENMEDIA_HOME": str(genmedia_home)}
     out = subprocess.run(
-        [sys.executable, "-m", "genmedia.deployments.cli.main", "deploy", "--address", address],
+        [
+            sys.executable,
+            *("-m", "genmedia.deployments.cli.main", "deploy", "--address", address),
+            "--insecure-dev",  # the development tenant: no --tenants file
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -32,6 +36,7 @@ def test_deploy_onto_a_running_cluster(base_url, genmedia_home):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "deployed 6 model(s)" in out.stdout
+    assert API_KEY not in out.stdout + out.stderr  # a key from the environment is never printed
     with httpx.Client(
         base_url=base_url, timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}
     ) as http:

@@ -95,6 +95,12 @@ class FakeScheduler:
     async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
         return [await self.submit(sub) for sub in subs]
 
+    async def submit_each(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
+        return [await self.submit(sub) for sub in subs]
+
+    async def statuses(self, reads: list[tuple[str, str]]) -> list[JobStatusView | None]:
+        return [await self.status(job_id, tenant) for job_id, tenant in reads]
+
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
         s = self.jobs.get(job_id)
         return s if s is not None and s.tenant == tenant else None

@@ -141,3 +141,31 @@ def test_render_writes_the_file(tmp_path):
     r = runner.invoke(app, ["render", "prometheus", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "job_name: genmedia" in out.read_text()
+
+
+def test_deploy_without_a_tenants_file_is_refused_unless_insecure_dev():
+    r = runner.invoke(app, ["deploy", "--address", "127.0.0.1:1", "--no-check-weights"])
+    assert r.exit_code != 0
+    assert "--tenants" in r.output and "--insecure-dev" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_deploy_to_an_address_that_does_not_answer_fails_within_seconds():
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    args = ["deploy", "--address", f"127.0.0.1:{port}", "--no-check-weights", "--insecure-dev"]
+    r = runner.invoke(app, args)
+    assert r.exit_code != 0 and time.monotonic() - t0 < 30
+    assert f"127.0.0.1:{port}" in r.output and "Traceback" not in r.output
+
+
+def test_the_development_tenant_is_not_an_admin():
+    from genmedia.deployments.tenants.schema import development_tenants
+
+    tenants, _ = development_tenants()
+    assert not tenants.tenants[0].admin

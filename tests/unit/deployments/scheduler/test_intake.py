@@ -142,7 +142,7 @@ def test_a_group_is_admitted_in_one_transaction_and_durable_when_answered(setup)
 
 
 def test_quotas_count_the_groups_earlier_submits_and_duplicate_keys_answer_the_first(setup):
-    intake, store, dispatcher, catalog = setup
+    intake, _, dispatcher, catalog = setup
     group = [sub(catalog, "a", key="k1"), sub(catalog, "a", key="k1")]
     group += [sub(catalog, "a") for _ in range(3)]
     answers = asyncio.run(_one_group(intake, group))
@@ -165,7 +165,7 @@ async def _one_group(intake: Intake, subs: list[Submission]):
 
 
 def test_a_call_counts_once_against_the_rate_and_a_refused_call_refuses_every_item(setup):
-    intake, store, _, catalog = setup  # tenant b: 2 calls a minute
+    intake, _, _, catalog = setup  # tenant b: 2 calls a minute
 
     async def go():
         task = asyncio.create_task(intake.run())
@@ -188,7 +188,8 @@ def test_an_interactive_submit_is_answered_before_a_waiting_bulk_burst(setup):
     order: list[str] = []
 
     async def go():
-        bulk = asyncio.create_task(intake.submit_many([sub(catalog, "b") for _ in range(200)]))
+        burst = [sub(catalog, "b") for _ in range(200)]
+        bulk = asyncio.create_task(intake.submit_many(burst))
         await asyncio.sleep(0)  # the burst is in its lane first
         inter = asyncio.create_task(intake.submit_many([sub(catalog, "b", INTERACTIVE)]))
         bulk.add_done_callback(lambda _: order.append("bulk"))

@@ -1,28 +1,25 @@
-"""Webhook delivery to a real local receiver: retries, backoff, signatures, refusals."""
+"""Webhook delivery to a real local receiver: retries, backoff, Standard Webhooks headers,
+refusals, the total deadline of an attempt and the host lookup's timeout."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
-from genmedia.deployments.webhooks.delivery import (
-    DELIVERY_HEADER,
-    EVENT_HEADER,
-    backoff_delay,
-    deliver,
-)
-from genmedia.deployments.webhooks.signing import SIGNATURE_HEADER, verify
+from genmedia.deployments.webhooks.delivery import backoff_delay, deliver
+from genmedia.deployments.webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from genmedia.models.server_config import WebhookPolicy
 from tests.unit.deployments.webhooks.fakes import DNS, fake_resolver
 
-SECRET = "whsec_" + "k" * 26
+SECRET = "whsec_" + base64.b64encode(b"k" * 24).decode()
 
 
 def test_backoff_delay_shape():
@@ -114,16 +111,24 @@ def test_retries_503_then_succeeds_signed():
     assert len(sleeps) == 2
     for n, s in enumerate(sleeps):
         assert 0.8 * 0.5 * 2**n <= s <= 0.5 * 2**n, sleeps
-    for i, req in enumerate(rx.requests):
+    for req in rx.requests:
         h = req["headers"]
-        assert verify(SECRET, req["body"], h[SIGNATURE_HEADER], time.time())
-        assert not verify("wrong-secret-0123456", req["body"], h[SIGNATURE_HEADER], time.time())
-        assert h[EVENT_HEADER] == "job.completed" and h["X-Genmedia-Attempt"] == str(i + 1)
+        # what a receiver runs: the standardwebhooks package's own verification
+        assert Webhook(SECRET).verify(req["body"], h) == EVENT
+        with pytest.raises(WebhookVerificationError):
+            Webhook("whsec_" + base64.b64encode(b"w" * 24).decode()).verify(req["body"], h)
+        assert abs(int(h[TIMESTAMP_HEADER]) - time.time()) < 60
         assert h["Content-Type"] == "application/json"
         assert json.loads(req["body"]) == EVENT
-    ids = {r["headers"][DELIVERY_HEADER] for r in rx.requests}
+    ids = {r["headers"][ID_HEADER] for r in rx.requests}
     assert len(ids) == 1 and ids == {result.delivery_id}  # receivers dedupe on it
-    uuid.UUID(result.delivery_id)
+    assert result.delivery_id.startswith("msg_")
+
+
+def test_given_delivery_id_is_sent():
+    with Receiver() as rx:
+        result, _ = run_deliver(rx.url, delivery_id="msg_fixed")
+    assert result.ok and rx.requests[0]["headers"][ID_HEADER] == "msg_fixed"
 
 
 def test_exact_exponential_shape_without_jitter():
@@ -202,12 +207,76 @@ def test_refused_urls_and_bad_events_never_raise():
     result, sleeps = run_deliver("http://nxdomain.test/hook")  # DNS may come back: retried
     assert result.attempts == LOCAL.max_attempts and "resolve" in result.error
     result, _ = run_deliver("http://127.0.0.1:1/hook", event={"when": object()})
-    assert not result.ok and result.attempts == 0 and "TypeError" in result.error
+    assert not result.ok and result.attempts == 0 and "not JSON" in result.error
 
 
-def test_unsigned_without_secret_and_custom_event_type():
+def test_unsigned_without_secret():
     with Receiver() as rx:
         result, _ = run_deliver(rx.url, event={"type": "job.failed", "id": 1}, secret=None)
     assert result.ok
-    h = rx.requests[0]["headers"]
-    assert SIGNATURE_HEADER not in h and h[EVENT_HEADER] == "job.failed"
+    h = {k.lower(): v for k, v in rx.requests[0]["headers"].items()}
+    assert SIGNATURE_HEADER not in h and h[ID_HEADER].startswith("msg_") and TIMESTAMP_HEADER in h
+
+
+# -- the total deadline of one attempt and the host lookup's timeout ----------------------------
+class Dribbler:
+    """A TCP receiver that sends its answer one byte every 0.1 s: each read is quick, the whole
+    answer is not (only a total deadline stops it)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._dribble, args=(conn,), daemon=True).start()
+
+    def _dribble(self, conn):
+        answer = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 400 + b"\r\nContent-Length: 0\r\n\r\n"
+        with conn:
+            conn.settimeout(1.0)
+            for byte in answer:
+                if self.stop.wait(0.1):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def test_total_deadline_stops_a_dribbling_receiver():
+    rx = Dribbler()
+    policy = LOCAL.model_copy(update={"timeout_s": 0.5, "max_attempts": 1})
+    try:
+        start = time.monotonic()
+        result, _ = run_deliver(f"http://127.0.0.1:{rx.port}/hook", policy=policy)
+        took = time.monotonic() - start
+    finally:
+        rx.close()
+    assert not result.ok and "longer than 0.5s" in result.error
+    assert took < 10  # the answer alone would take 40 s at one byte per 0.1 s
+
+
+def test_host_lookup_has_its_own_timeout():
+    def slow_dns(host, port, *a, **k):
+        time.sleep(3.0)
+        return DNS("hooks.example.com", port)
+
+    policy = LOCAL.model_copy(update={"resolve_timeout_s": 0.1, "max_attempts": 1})
+    start = time.monotonic()
+    result, _ = run_deliver("http://slow.example.com/hook", policy=policy, resolve=slow_dns)
+    assert not result.ok and "resolve" in result.error and "within 0.1s" in result.error
+    assert time.monotonic() - start < 2.5  # did not wait for the 3 s lookup

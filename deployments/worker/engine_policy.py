@@ -1,0 +1,292 @@
+"""The step engine's policy: who is in the running set, who joins and who leaves, step by step.
+
+Sits in the family worker (``serve/worker.py``, ``worker/batch.py``) when a family's worker runs
+``engine: step``: calls the scheduler sent are members waiting here; at every denoising-step
+boundary the engine asks ``boundary`` which members join the running set (one model forward
+covers them all) and drops cancelled ones; after every step ``step_done`` records what the step
+cost and returns the members that finished (they leave: decode and store while the others go
+on). Pure: no torch, no Ray, ``now`` passed in, so the simulator can drive the same rules.
+
+Join rule, at a step boundary, waiting members in (priority rank, arrival) order:
+
+- compatible: the same ``CompatKey`` as the running set (model, resolution bucket, adapter set
+  and scales, task and strength, guidance on/off); an empty set takes the first waiter's key;
+- no overtaking of an incompatible waiter: the first incompatible waiter stops the joins, so the
+  set drains and the next key gets its turn (no starvation by a stream of compatible work);
+- the set's rows (outputs) stay within the per-model bound;
+- the cost model (seconds per step ≈ a·n + b for n rows, fitted from the steps observed) does
+  not push an interactive member that would meet its deadline past it.
+
+Guidance scale, scheduler (sampler), step count, seed and prompt are per member and not part of
+the key: each member keeps its own sampler state and applies its own guidance.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from genmedia.models.params import GenerationJob
+
+COST_WINDOW = 64  # step observations kept per cost key
+COST_MIN_SPREAD = 2  # distinct batch sizes needed before the intercept b is fitted
+
+
+@dataclass(frozen=True)
+class CompatKey:
+    """What members must share to run in one model forward."""
+
+    model_id: str  # one set of weights
+    bucket: tuple[int, ...]  # (width, height[, frames]) or (audio seconds * 1000,)
+    adapters: tuple[tuple[str, float], ...]  # LoRA (id, scale): loaded into shared modules
+    task: str  # text-to-image, image-to-image, ...
+    strength: float | None  # image-to-image / inpainting: where the schedule starts
+    guidance: bool  # classifier-free guidance on (two rows per output) or off
+    negative: bool = False  # a negative prompt is set (families where None differs from "")
+
+    @property
+    def cost_key(self) -> tuple[str, tuple[int, ...], bool]:
+        """What a step's cost depends on besides the number of rows."""
+        return (self.model_id, self.bucket, self.guidance)
+
+
+def compat_key(
+    job: GenerationJob, *, guidance_threshold: float = 1.0, negative_matters: bool = False
+) -> CompatKey:
+    """The key of a job. Guidance is on when ``guidance_scale > guidance_threshold`` (diffusers'
+    rule for classifier-free guidance); ``negative_matters`` for families that encode a missing
+    negative prompt differently from an empty one (SDXL, Flux)."""
+    p = job.params
+    if p.duration_s is not None:
+        bucket: tuple[int, ...] = (round(p.duration_s * 1000),)
+    elif p.num_frames is not None:
+        bucket = (p.width, p.height, p.num_frames)
+    else:
+        bucket = (p.width, p.height)
+    return CompatKey(
+        model_id=p.model_id,
+        bucket=bucket,
+        adapters=tuple(p.adapters),
+        task=p.task,
+        strength=p.strength,
+        guidance=p.guidance_scale > guidance_threshold,
+        negative=negative_matters and job.negative_prompt is not None,
+    )
+
+
+class StepCostModel:
+    """Seconds per engine step for ``n`` rows, ``a·n + b``, least squares over the last
+    ``window`` observations. With one batch size seen, ``b`` is 0 and ``a`` the mean per row
+    (it over-estimates larger sets: joins are refused early rather than late). Unknown until a
+    step was observed, unless a prior ``(a, b)`` is given."""
+
+    def __init__(self, prior: tuple[float, float] | None = None, window: int = COST_WINDOW):
+        self.prior = prior
+        self.samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._fit: tuple[float, float] | None = None
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if rows <= 0 or seconds < 0:
+            raise ValueError(
+                f"step observation needs rows > 0 and seconds >= 0, got {rows}, {seconds}"
+            )
+        self.samples.append((rows, seconds))
+        self._fit = None
+
+    @property
+    def coefficients(self) -> tuple[float, float] | None:
+        """``(a, b)``, or None when nothing is known."""
+        if not self.samples:
+            return self.prior
+        if self._fit is None:
+            self._fit = _least_squares(self.samples)
+        return self._fit
+
+    def predict(self, rows: int) -> float | None:
+        """Seconds of one step with ``rows`` rows; None when unknown."""
+        ab = self.coefficients
+        if ab is None:
+            return None
+        a, b = ab
+        return max(0.0, a * rows + b)
+
+
+def _least_squares(samples: Iterable[tuple[int, float]]) -> tuple[float, float]:
+    xs, ys = zip(*samples, strict=True)
+    n = len(xs)
+    if len(set(xs)) < COST_MIN_SPREAD:
+        return sum(ys) / sum(xs), 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    a = sxy / sxx
+    b = my - a * mx
+    if a < 0 or b < 0:  # noise: keep a non-negative slope and intercept
+        a = max(a, 0.0)
+        b = max(0.0, my - a * mx)
+    return a, b
+
+
+@dataclass
+class Member:
+    """One call in the engine: waiting, then running, until it finishes or is cancelled."""
+
+    id: str  # the caller's id (a batch id)
+    key: CompatKey
+    rows: int  # outputs it adds to the forward
+    rank: int  # priority: lower runs first (``PriorityClass.rank``)
+    steps: int  # denoising steps it runs in all
+    deadline: float | None = None  # interactive: when it must be done (same clock as ``now``)
+    done: int = 0  # steps run
+    seq: int = 0  # arrival order (set on submit)
+    cancelled: bool = False
+
+    @property
+    def left(self) -> int:
+        return self.steps - self.done
+
+
+@dataclass
+class Boundary:
+    """What changed at a step boundary."""
+
+    joined: list[Member] = field(default_factory=list)  # entered the running set
+    cancelled: list[Member] = field(default_factory=list)  # removed (running or waiting)
+    refused: dict[str, str] = field(default_factory=dict)  # waiting member id -> why not now
+
+
+class EnginePolicy:
+    """The running set and the waiting members of one engine; see the module docstring.
+
+    ``max_rows``: the per-model bound (catalog ``max_batch_size``), by model id, ``default_rows``
+    for the others; ``cost_prior``: ``(a, b)`` used before a step was observed."""
+
+    def __init__(
+        self,
+        max_rows: dict[str, int] | None = None,
+        *,
+        default_rows: int = 4,
+        cost_prior: tuple[float, float] | None = None,
+    ) -> None:
+        if default_rows < 1 or any(v < 1 for v in (max_rows or {}).values()):
+            raise ValueError("a batch bound must be at least 1 row")
+        self.max_rows = dict(max_rows or {})
+        self.default_rows = default_rows
+        self.cost_prior = cost_prior
+        self.running: dict[str, Member] = {}
+        self.waiting: dict[str, Member] = {}
+        self.costs: dict[tuple[str, tuple[int, ...], bool], StepCostModel] = {}
+        self._seq = itertools.count()
+
+    # -- membership -------------------------------------------------------------------------
+
+    @property
+    def key(self) -> CompatKey | None:
+        """The running set's key (None when it is empty)."""
+        return next(iter(self.running.values())).key if self.running else None
+
+    @property
+    def rows(self) -> int:
+        return sum(m.rows for m in self.running.values())
+
+    def bound(self, model_id: str) -> int:
+        return self.max_rows.get(model_id, self.default_rows)
+
+    def submit(self, member: Member) -> None:
+        """A member waits for the next step boundary."""
+        if member.id in self.running or member.id in self.waiting:
+            raise ValueError(f"member {member.id!r} is already in the engine")
+        if member.rows < 1 or member.steps < 1:
+            raise ValueError(f"member {member.id!r} needs rows >= 1 and steps >= 1")
+        if member.rows > self.bound(member.key.model_id):
+            raise ValueError(
+                f"member {member.id!r} has {member.rows} rows, above the bound "
+                f"{self.bound(member.key.model_id)} of model {member.key.model_id!r}"
+            )
+        member.seq = next(self._seq)
+        self.waiting[member.id] = member
+
+    def cancel(self, member_id: str) -> bool:
+        """Mark a member cancelled; it leaves at the next boundary. False if unknown."""
+        member = self.running.get(member_id) or self.waiting.get(member_id)
+        if member is None:
+            return False
+        member.cancelled = True
+        return True
+
+    def cost(self, key: CompatKey) -> StepCostModel:
+        model = self.costs.get(key.cost_key)
+        if model is None:
+            model = self.costs[key.cost_key] = StepCostModel(self.cost_prior)
+        return model
+
+    # -- the step loop ----------------------------------------------------------------------
+
+    def boundary(self, now: float, *, admit: bool = True) -> Boundary:
+        """At a step boundary: drop cancelled members, then let waiting ones join. ``admit``
+        False lets none join a running set (the engine drains it: another call waits for the
+        device); an empty set still takes the first waiter."""
+        out = Boundary()
+        for pool in (self.running, self.waiting):
+            for mid in [m for m, member in pool.items() if member.cancelled]:
+                out.cancelled.append(pool.pop(mid))
+        if not admit and self.running:
+            return out
+        for cand in sorted(self.waiting.values(), key=lambda m: (m.rank, m.seq)):
+            key = self.key
+            if key is not None and cand.key != key:
+                out.refused[cand.id] = "incompatible with the running set"
+                break  # no overtaking: the set drains, then this key gets its turn
+            why = self._refusal(cand, now)
+            if why is not None:
+                out.refused[cand.id] = why
+                continue
+            self.running[cand.id] = self.waiting.pop(cand.id)
+            out.joined.append(cand)
+        return out
+
+    def _refusal(self, cand: Member, now: float) -> str | None:
+        """Why ``cand`` may not join the running set now (None: it may)."""
+        bound = self.bound(cand.key.model_id)
+        if self.rows + cand.rows > bound:
+            return f"batch bound: {self.rows} + {cand.rows} rows > {bound}"
+        if not self.running:
+            return None
+        model = self.cost(cand.key)
+        now_s, after_s = model.predict(self.rows), model.predict(self.rows + cand.rows)
+        if now_s is None or after_s is None:
+            return None
+        for m in self.running.values():
+            if m.deadline is None:
+                continue
+            meets = now + m.left * now_s <= m.deadline
+            if meets and now + m.left * after_s > m.deadline:
+                return f"would push {m.id!r} past its deadline"
+        return None
+
+    def step_done(self, seconds: float) -> list[Member]:
+        """After one engine step over the running set: record its cost, advance every member;
+        returns those that finished (they left the set)."""
+        if not self.running:
+            return []
+        key = self.key
+        assert key is not None
+        self.cost(key).observe(self.rows, seconds)
+        finished = []
+        for member in self.running.values():
+            member.done += 1
+            if member.left <= 0:
+                finished.append(member)
+        for member in finished:
+            del self.running[member.id]
+        return finished
+
+    def remove(self, member_id: str) -> Member | None:
+        """Take a member out at once (its step failed); None if unknown."""
+        return self.running.pop(member_id, None) or self.waiting.pop(member_id, None)
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self.waiting

@@ -1,0 +1,233 @@
+"""The step engine of a family worker replica (``workers.<family>.engine: step``).
+
+Sits where ``worker/batch.py``'s gated call sits in a request's way: the worker deployment
+(``serve/worker.py``) hands a call whose jobs the family's step engine runs
+(``models/step_engine.py``) to ``run_step_call``, which submits it here and waits. One thread
+runs the running set: at every step boundary the policy (``engine_policy.py``) drops cancelled
+calls and lets compatible waiting calls join; one denoiser forward runs over every member; a
+call whose members are done is decoded and handed back (its own thread stores it while the
+others go on). The loop holds the replica's ``StepGate`` while its set runs, at the rank of its
+best member: an incompatible interactive call (request path) still preempts it at a step
+boundary, and while another call waits for the gate the set takes no new members, so it drains.
+No Ray imports; torch loads through the family's engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from genmedia.deployments.protocol import BatchRequest, ProgressEvent
+from genmedia.deployments.worker.batch import CallTimes, Emit, ProgressThrottle, WorkerContext
+from genmedia.deployments.worker.device_time import timed
+from genmedia.deployments.worker.engine_policy import EnginePolicy, Member, compat_key
+from genmedia.deployments.worker.gate import Cancelled
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from genmedia.models.runner import LoadedModel
+    from genmedia.models.step_engine import MemberState, StepEngine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepCall:
+    """A call in the step engine: its request, its members' sampler states, what it measured."""
+
+    model: LoadedModel
+    req: BatchRequest
+    files: dict[str, Path]  # its adapters' local files
+    cancel: threading.Event
+    emit: Emit
+    submitted: float = field(default_factory=time.perf_counter)
+    states: list[MemberState] = field(default_factory=list)  # one per job
+    times: CallTimes = field(default_factory=CallTimes)
+    throttle: ProgressThrottle = field(default_factory=ProgressThrottle)
+    started_wall: float = 0.0  # unix time it joined the running set
+    outputs: list[list[np.ndarray]] | None = None  # per job, once decoded
+    error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def rows(self) -> int:
+        return sum(j.num_images for j in self.req.jobs)
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.times.span = (self.started_wall or time.time(), time.time())
+        self.finished.set()
+
+
+class StepLoop:
+    """One replica's running set and the thread that steps it."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.policy = EnginePolicy()
+        self.calls: dict[str, StepCall] = {}
+        self._engines: dict[int, StepEngine] = {}  # id(LoadedModel) -> its engine
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._ticket: int | None = None
+
+    def accepts(self, model: LoadedModel, req: BatchRequest) -> bool:
+        """Whether a call runs here: its jobs run step-level, and the running set is empty or
+        of its key (a stale answer only makes the call wait for the set to drain)."""
+        from genmedia.models.step_engine import supports
+
+        if not req.jobs or not all(supports(model, j) for j in req.jobs):
+            return False
+        with self._cond:
+            key = self.policy.key
+        return key is None or key == compat_key(req.jobs[0])
+
+    def submit(
+        self,
+        model: LoadedModel,
+        req: BatchRequest,
+        files: dict[str, Path],
+        cancel: threading.Event,
+        emit: Emit,
+    ) -> StepCall:
+        """Queue a call for the next step boundary; ``finished`` is set when it is done."""
+        call = StepCall(model, req, files, cancel, emit)
+        entry = model.entry
+        deadline = None
+        if req.priority.rank == 0 and req.jobs[0].submitted_at > 0:
+            deadline = min(j.submitted_at for j in req.jobs) + entry.slo.interactive_s
+        steps = req.jobs[0].params.num_inference_steps  # set exactly once the call joins
+        member = Member(req.batch_id, compat_key(req.jobs[0]), call.rows, req.priority.rank,
+                        steps, deadline)  # fmt: skip
+        with self._cond:
+            self.policy.max_rows[req.model_id] = max(entry.max_batch_size, call.rows)
+            self.policy.submit(member)
+            self.calls[req.batch_id] = call
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="step-engine", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return call
+
+    # -- the loop thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            if not self.policy.running:  # between sets a call waiting for the gate goes first
+                self._release()
+            with self._cond:
+                while self.policy.idle:
+                    self._release()
+                    self._cond.wait()
+                for call in self.calls.values():
+                    if call.cancel.is_set():
+                        self.policy.cancel(call.req.batch_id)
+                boundary = self.policy.boundary(time.time(), admit=self.ctx.gate.waiters == 0)
+            for member in boundary.cancelled:
+                self._leave(member.id, Cancelled())
+            for member in boundary.joined:
+                self._join(self.calls[member.id], member)
+            running = [self.calls[mid] for mid in self.policy.running]
+            if not running:
+                self._release()
+                continue
+            try:
+                self._step(running)
+            except Exception as e:  # one forward: every member of it fails
+                logger.exception("step engine forward failed")
+                for call in running:
+                    self._leave(call.req.batch_id, e)
+
+    def _leave(self, batch_id: str, error: BaseException | None) -> None:
+        """A call leaves the engine (an error, or None: done) and its thread goes on."""
+        with self._cond:
+            self.policy.remove(batch_id)
+            call = self.calls.pop(batch_id)
+        call.end(error)
+
+    def _release(self) -> None:
+        if self._ticket is not None:
+            self.ctx.gate.release(self._ticket)
+            self._ticket = None
+
+    def _engine(self, model: LoadedModel) -> StepEngine:
+        from genmedia.models.step_engine import engine_for
+
+        engine = self._engines.get(id(model))
+        if engine is None:
+            engine = engine_for(model)
+            if engine is None:
+                raise ValueError(f"model {model.entry.id!r} has no step engine")
+            self._engines = {id(model): engine}  # the models of the running set only
+        return engine
+
+    def _join(self, call: StepCall, member: Member) -> None:
+        """Prepare a joining call's members (prompt, sampler, latents); a failure fails it only."""
+        call.times.wait_s = time.perf_counter() - call.submitted
+        call.started_wall = time.time()
+        try:
+            engine = self._engine(call.model)
+            call.states = [engine.prepare(job) for job in call.req.jobs]
+        except Exception as e:
+            self._leave(member.id, e)
+            return
+        member.steps = max(s.total for s in call.states)
+
+    def _hold_gate(self, running: list[StepCall]) -> None:
+        """Take the gate, or yield it at this boundary to a better-ranked waiting call."""
+        rank = min(c.req.priority.rank for c in running)
+        before = time.perf_counter()
+        if self._ticket is None:
+            self._ticket = self.ctx.gate.acquire(rank)
+        else:
+            self._ticket = self.ctx.gate.checkpoint(self._ticket, rank)
+        paused = time.perf_counter() - before
+        for call in running:
+            call.times.paused_s += paused
+
+    def _step(self, running: list[StepCall]) -> None:
+        """One engine step over the running set; calls that are done are decoded and end."""
+        self._hold_gate(running)
+        model = running[0].model
+        adapters = model.adapters
+        if running[0].files or adapters.loaded:  # one adapter set per running set (its key)
+            pinned = self.ctx.pins.others(model.entry.id, running[0].req.batch_id)
+            loaded, _, _ = timed(adapters.ensure, model.pipe, running[0].files, pinned)
+            running[0].times.adapter_load_s += loaded
+            adapters.activate(model.pipe, running[0].req.adapters)
+        engine = self._engine(model)
+        states = [s for call in running for s in call.states]
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        engine.step(states)
+        wall = time.perf_counter() - wall0
+        cpu = (time.thread_time() - cpu0) * self.ctx.threads
+        rows = sum(c.rows for c in running)
+        with self._cond:
+            finished = {m.id for m in self.policy.step_done(wall)}
+        for call in running:
+            share = call.rows / rows
+            call.times.compute_s += wall * share
+            call.times.device_s += min(wall, cpu) * share
+            done, total = call.states[0].done, call.states[0].total
+            if call.throttle.due(done, total, time.perf_counter()):
+                call.emit(ProgressEvent(step=done, total=total))
+            if call.req.batch_id in finished:
+                self._decode(engine, call)
+
+    def _decode(self, engine: StepEngine, call: StepCall) -> None:
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        try:
+            outputs = [engine.decode(s) for s in call.states]
+        except Exception as e:
+            self._leave(call.req.batch_id, e)
+            return
+        wall = time.perf_counter() - wall0
+        call.times.compute_s += wall
+        call.times.device_s += min(wall, (time.thread_time() - cpu0) * self.ctx.threads)
+        call.outputs = outputs
+        self._leave(call.req.batch_id, None)

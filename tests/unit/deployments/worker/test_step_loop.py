@@ -1,0 +1,158 @@
+"""The replica's step engine without Ray (``worker/step_loop.py``, ``run_step_call``): calls
+join a running set, leave when done, are cancelled at a step boundary, and store the same
+images as the request-level path, on the tiny SD1.5-style model."""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genmedia.deployments.protocol import BatchRequest, PriorityClass, ProgressEvent, WorkerResult
+from genmedia.deployments.store.storage import LocalDirStorage
+from genmedia.deployments.worker.batch import (
+    AdapterFiles,
+    WorkerContext,
+    run_batch_call,
+    run_step_call,
+)
+from genmedia.deployments.worker.gate import Cancelled, StepGate
+from genmedia.deployments.worker.step_loop import StepLoop
+from genmedia.models import registry
+from genmedia.models.catalog import parse_catalog
+from genmedia.models.params import GenerateRequest, GenerationJob, resolve_request
+from genmedia.models.runner import LoadedModel, load_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    path = tmp_path_factory.mktemp("step-loop") / "sd15"
+    registry.family_module("sd15").build_tiny(path, seed=0)
+    bounds = {"default": 64, "min": 32, "max": 128}
+    catalog = parse_catalog(
+        {
+            "models": [
+                {
+                    "id": "m",
+                    "family": "sd15",
+                    "weights": str(path),
+                    "max_batch_size": 4,
+                    "parameters": {
+                        "width": bounds,
+                        "height": bounds,
+                        "steps": {"default": 4, "min": 1, "max": 10},
+                        "num_images": {"default": 1, "min": 1, "max": 4},
+                    },
+                }
+            ]
+        }
+    )
+    return load_model(catalog.models[0], path, "cpu")
+
+
+def _job(model: LoadedModel, rid: str, **body: object) -> GenerationJob:
+    body.setdefault("prompt", "a cat")
+    job, errors = resolve_request(model.entry, GenerateRequest(**body), request_id=rid)  # type: ignore[arg-type]
+    assert not errors and job is not None, errors
+    return job
+
+
+def _request(batch_id: str, jobs: list[GenerationJob], priority: str = "batch") -> BatchRequest:
+    return BatchRequest(
+        batch_id, "m", PriorityClass(priority), jobs, {j.request_id: "t" for j in jobs}
+    )
+
+
+def _context(tmp_path: Path) -> WorkerContext:
+    return WorkerContext(
+        gate=StepGate(),
+        storage=LocalDirStorage(tmp_path),
+        device="cpu",
+        threads=1,
+        replica="r1",
+        adapter_files=AdapterFiles(max_bytes=1 << 20),
+    )
+
+
+def _images(ctx: WorkerContext, result: WorkerResult) -> list[np.ndarray]:
+    out = []
+    for job in result.jobs:
+        for o in job.outputs:
+            data = ctx.storage.get(o.key)
+            assert data is not None
+            out.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16))
+    return out
+
+
+def test_calls_join_a_running_set_and_match_the_request_path(
+    model: LoadedModel, tmp_path: Path
+) -> None:
+    ctx = _context(tmp_path / "step")
+    loop = StepLoop(ctx)
+    reqs = [
+        _request("b1", [_job(model, "r1", seed=1, num_inference_steps=6)]),
+        _request("b2", [_job(model, "r2", seed=2, num_images=2, scheduler="ddim")]),
+        _request("b3", [_job(model, "r3", seed=3, num_inference_steps=2)], "interactive"),
+    ]
+    assert all(loop.accepts(model, r) for r in reqs)
+    first_step = threading.Event()
+    events: dict[str, list[ProgressEvent]] = {r.batch_id: [] for r in reqs}
+
+    def emit(batch_id: str):
+        def _emit(e: ProgressEvent) -> None:
+            events[batch_id].append(e)
+            first_step.set()
+
+        return _emit
+
+    results: dict[str, WorkerResult] = {}
+
+    def run(req: BatchRequest) -> None:
+        results[req.batch_id] = run_step_call(
+            ctx, loop, model, req, threading.Event(), emit(req.batch_id)
+        )
+
+    threads = [threading.Thread(target=run, args=(reqs[0],))]
+    threads[0].start()
+    assert first_step.wait(60)  # the others join a set that is already running
+    threads += [threading.Thread(target=run, args=(r,)) for r in reqs[1:]]
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(results) == {"b1", "b2", "b3"}
+    assert events["b1"][-1] == ProgressEvent(6, 6) and events["b3"][-1] == ProgressEvent(2, 2)
+    ref_ctx = _context(tmp_path / "request")
+    for req in reqs:
+        got = results[req.batch_id]
+        t = got.timings
+        assert t.compute_s > 0 and 0 <= t.device_s <= t.compute_s and t.wait_s >= 0
+        want = run_batch_call(ref_ctx, model, req, threading.Event(), lambda e: None)
+        for g, w in zip(_images(ctx, got), _images(ref_ctx, want), strict=True):
+            assert int(np.abs(g - w).max()) <= 1
+    assert not ctx.gate.busy or loop.policy.idle
+    assert loop.policy.idle and not loop.calls
+
+
+def test_cancel_before_a_step(model: LoadedModel, tmp_path: Path) -> None:
+    ctx = _context(tmp_path)
+    loop = StepLoop(ctx)
+    cancel = threading.Event()
+    cancel.set()
+    req = _request("b1", [_job(model, "r1")])
+    with pytest.raises(Cancelled):
+        run_step_call(ctx, loop, model, req, cancel, lambda e: None)
+    assert not list(tmp_path.rglob("*.png")) and ctx.pins.others("m", "") == set()
+
+
+def test_what_the_loop_accepts(model: LoadedModel, tmp_path: Path) -> None:
+    loop = StepLoop(_context(tmp_path))
+    img2img = _job(model, "r1")
+    img2img.params = replace(img2img.params, task="image-to-image", strength=0.5)
+    assert not loop.accepts(model, _request("b1", [img2img]))
+    assert loop.accepts(model, _request("b2", [_job(model, "r2")]))
