@@ -141,6 +141,7 @@ async def generations(
     entry = service.entry(body.model)
     req = generation_request(entry, body)
     result = await service.generate(caller, entry.id, req, base_url)
+    assert isinstance(result, dict)  # without Prefer: wait, a result or an error
     return images_response(result, body.response_format)
 
 
@@ -212,4 +213,5 @@ async def edits(
     entry = service.entry(body.model)
     req = await asyncio.to_thread(edit_request, entry, body, image, mask)
     result = await service.generate(caller, entry.id, req, base_url)
+    assert isinstance(result, dict)  # without Prefer: wait, a result or an error
     return images_response(result, body.response_format)

@@ -44,6 +44,7 @@ class WorkerPlan:
     min_replicas: int
     max_replicas: int
     max_loaded_models: int
+    engine: str = "request"  # the worker's engine: request-level batches or the step engine
 
     def deployment_options(self, gpus_available: bool = True) -> dict:
         env = {k: str(self.torch_threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -88,6 +89,7 @@ def plan_workers(catalog: Catalog) -> list[WorkerPlan]:
                 min_replicas=ws.min_replicas,
                 max_replicas=ws.max_replicas,
                 max_loaded_models=ws.max_loaded_models,
+                engine=ws.engine,
             )
         )
     return plans
@@ -138,6 +140,7 @@ def build_app(
             plan.max_loaded_models,
             plan.memory_gb,
             server_data,
+            plan.engine,
         )
     data = catalog.model_dump(mode="json", exclude={"source"})
     source = catalog.source or "<catalog>"
