@@ -20,14 +20,16 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/genmedia serve --host $(HOST) --port $(PORT) $(if $(GPUS),--gpus $(GPUS))
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+# `make test` runs the two stages in turn (unit first: a minute, no Ray); each says its name.
+test: test-unit test-integration
 
 test-unit: $(STAMP)
+	@echo "==> unit tests (tests/unit, no Ray)"
 	$(PY) -m pytest -q tests/unit
 
 test-integration: $(STAMP)
-	$(PY) -m pytest -q tests/integration
+	@echo "==> integration tests (tests/integration on a real local Ray Serve; tests/gpu)"
+	$(PY) -m pytest -q tests/integration tests/gpu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

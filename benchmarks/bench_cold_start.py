@@ -15,9 +15,11 @@ Side by side in one run, alternating rounds (these machines are noisy), medians:
   ``AdapterCache.ensure``, its file read plus peft's injection) ÷ a plain read of its bytes;
 * the time from a scale-up decision to a new replica's first image, in phases, measured on the
   tiny SD1.5 model in a fresh Python process per round (the replica's imports, weight
-  resolution, the load's phases, kernel options, the first call and a second one). Ray's own
-  part (actor start, Serve registration) is not in it: the policy's ``replica_start_s`` knob
-  stands for it.
+  resolution, the load's phases, kernel options, the first call and a second one);
+* the same on a real local Ray Serve (``--serve-rounds``): a family worker deployment of the
+  tiny SD1.5 model started from nothing (Serve places the actor, the replica imports, loads
+  and reports ready) and its first image through a deployment handle, split into the replica's
+  measured load and the rest (actor start, imports, Serve registration).
 
 The summary goes to ``loadtests/results/``, raw samples to ``loadtests/results/raw/``.
 
@@ -262,6 +264,72 @@ def scale_up_round(work: Path) -> dict[str, Any]:
     return row
 
 
+async def _first_image(handle: Any, req: Any) -> Any:
+    """Stream one batch through a worker deployment handle; its result."""
+    result = None
+    async for event in handle.options(stream=True).run_batch.remote(req):
+        result = event
+    return result
+
+
+def serve_scale_up(rounds: int, work: Path) -> list[dict[str, Any]]:
+    """A new worker replica on a real local Ray Serve, ``rounds`` times: deploy to ready, then
+    its first image (tiny SD1.5, 64 px, 4 steps) through a deployment handle."""
+    import asyncio
+
+    from _bench import sd15_catalog
+    from ray import serve
+
+    from genmedia.deployments.protocol import BatchRequest, PriorityClass
+    from genmedia.deployments.serve.app import deployable, plan_workers
+    from genmedia.deployments.serve.worker import FamilyWorkerDeployment
+    from genmedia.loadtests.local import ray_stack
+    from genmedia.models.params import GenerateRequest, resolve_request
+
+    catalog = deployable(sd15_catalog(work))
+    plan = next(p for p in plan_workers(catalog) if p.family == "sd15")
+    entries = catalog.families()["sd15"]
+    job, errors = resolve_request(
+        entries[0], GenerateRequest(prompt="x", num_inference_steps=4, seed=1), request_id="r"
+    )
+    assert job is not None and not errors
+    rows = []
+    with ray_stack(num_cpus=2, num_gpus=1):
+        for i in range(rounds):
+            app = FamilyWorkerDeployment.options(  # type: ignore[attr-defined]
+                **plan.deployment_options(True)
+            ).bind(
+                "sd15",
+                [e.model_dump(mode="json") for e in entries],
+                {e.id: e.weights for e in entries},
+                plan.num_cpus,
+                plan.max_loaded_models,
+                plan.memory_gb,
+                catalog.server.model_dump(mode="json"),
+            )
+            t0 = time.perf_counter()
+            handle = serve.run(app, name=f"coldstart-{i}", route_prefix=None)
+            ready_s = time.perf_counter() - t0
+            report = handle.ready.remote().result()
+            req = BatchRequest(f"b{i}", entries[0].id, PriorityClass.INTERACTIVE, [job], {"r": "t"})
+
+            t1 = time.perf_counter()
+            asyncio.run(_first_image(handle, req))
+            first_s = time.perf_counter() - t1
+            load_s = float(sum((report.get("load_s") or {}).values()))
+            rows.append(
+                {
+                    "decision_to_ready_s": ready_s,
+                    "replica_load_s": load_s,
+                    "start_imports_registration_s": ready_s - load_s,
+                    "first_image_s": first_s,
+                    "decision_to_first_image_s": ready_s + first_s,
+                }
+            )
+            serve.delete(f"coldstart-{i}")
+    return rows
+
+
 def _median(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
@@ -338,6 +406,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument(
+        "--serve-rounds", type=int, default=3, help="real Ray Serve replica starts (0: none)"
+    )
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     ckpt = build_checkpoint(dtype)
@@ -371,7 +442,14 @@ def main() -> None:
         ),
         "scale_up": scale_up_summary(ups),
     }
+    serve_rows = serve_scale_up(args.serve_rounds, work) if args.serve_rounds else []
+    if serve_rows:
+        summary["scale_up_on_ray_serve"] = {
+            "model": "tiny sd15 (64 px, 4 steps), a fresh family worker deployment per round",
+            "median_s": {k: round(_median(serve_rows, k), 4) for k in serve_rows[0]},
+        }
     raw = [{"kind": "load", **r} for r in loads] + [{"kind": "scale_up", **r} for r in ups]
+    raw += [{"kind": "scale_up_on_ray_serve", **r} for r in serve_rows]
     summary_path, raw_path = save(f"bench_cold_start-{summary['when']}", summary, raw)
     console.print(_table(summary))
     console.print(f"summary: {summary_path}\nraw: {raw_path}")

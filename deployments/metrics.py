@@ -2,10 +2,12 @@
 
 Two registries: the gateway's (submits and refusals, per replica) and the scheduler's (queue
 depth, waits, compute, batch sizes, per-tenant usage; recorded once per job where the job ends).
-The gateway's ``/metrics`` appends the scheduler's text to its own. A family worker replica keeps
-a third (``WorkerMetrics``: the load time it measured per model, and its phases), served by its
-``metrics_text``. Own registries, so tests and
-several apps in one process do not collide. No Ray imports.
+The gateway's ``/metrics`` appends the scheduler's text to its own; it needs an admin tenant's
+key unless ``server.metrics.public`` (``api/health.py``), and the per-tenant series carry tenant
+ids only with ``server.metrics.tenant_labels`` (else one series under tenant ``-``). A family
+worker replica keeps a third (``WorkerMetrics``: the load time it measured per model, and its
+phases), served by its ``metrics_text``. Own registries, so tests and several apps in one
+process do not collide. No Ray imports.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+ALL_TENANTS = "-"  # the tenant label of per-tenant series when tenant ids are not shown
 
 
 class GatewayMetrics:
@@ -42,10 +45,23 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-class SchedulerMetrics:
-    """What the scheduler sees: every job's end, queue depth, usage per tenant."""
+class TenantCounter:
+    """A per-tenant counter: labelled with the tenant id, or with ``ALL_TENANTS`` for every
+    tenant when tenant ids are not to be shown (``server.metrics.tenant_labels``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, counter: Counter, tenant_labels: bool) -> None:
+        self.counter = counter
+        self.tenant_labels = tenant_labels
+
+    def labels(self, tenant: str, *rest: str) -> Counter:
+        return self.counter.labels(tenant if self.tenant_labels else ALL_TENANTS, *rest)
+
+
+class SchedulerMetrics:
+    """What the scheduler sees: every job's end, queue depth, usage per tenant (summed under
+    tenant ``-`` unless ``tenant_labels``)."""
+
+    def __init__(self, tenant_labels: bool = False) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "genmedia_requests",
@@ -95,26 +111,42 @@ class SchedulerMetrics:
             ["model", "family"],
             registry=r,
         )
-        self.tenant_jobs = Counter(
-            "genmedia_tenant_jobs",
-            "Finished jobs per tenant.",
-            ["tenant", "model", "status"],
-            registry=r,
+        keep = tenant_labels
+        self.tenant_jobs = TenantCounter(
+            Counter(
+                "genmedia_tenant_jobs",
+                "Finished jobs per tenant.",
+                ["tenant", "model", "status"],
+                registry=r,
+            ),
+            keep,
         )
-        self.tenant_images = Counter(
-            "genmedia_tenant_images", "Images per tenant.", ["tenant", "model"], registry=r
+        self.tenant_images = TenantCounter(
+            Counter(
+                "genmedia_tenant_images",
+                "Images per tenant (of jobs cancelled while computed too).",
+                ["tenant", "model"],
+                registry=r,
+            ),
+            keep,
         )
-        self.tenant_steps = Counter(
-            "genmedia_tenant_steps",
-            "Denoising steps (x images) per tenant.",
-            ["tenant", "model"],
-            registry=r,
+        self.tenant_steps = TenantCounter(
+            Counter(
+                "genmedia_tenant_steps",
+                "Denoising steps (x images) per tenant.",
+                ["tenant", "model"],
+                registry=r,
+            ),
+            keep,
         )
-        self.tenant_compute = Counter(
-            "genmedia_tenant_compute_seconds",
-            "Compute seconds per tenant (a batch's time split by images).",
-            ["tenant", "model"],
-            registry=r,
+        self.tenant_compute = TenantCounter(
+            Counter(
+                "genmedia_tenant_compute_seconds",
+                "Compute seconds per tenant (a batch's time split by images).",
+                ["tenant", "model"],
+                registry=r,
+            ),
+            keep,
         )
 
     def render(self) -> bytes:

@@ -7,6 +7,7 @@ scheduler's pure policy, the simulator and the unit tests import this module as 
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -67,6 +68,9 @@ class Submission:
     deadline_s: float | None = None  # must have started within this many seconds, or refused
     idempotency_key: str | None = None  # a repeat with the same key answers the first job
     webhook_url: str | None = None  # called when the job ends (queue API only)
+    # SHA-256 of the canonical request body, set with an idempotency key: a repeat of the key
+    # with another body is refused (409 ``idempotency_key_reused``)
+    body_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,33 @@ class JobError:
     message: str | None  # the sentence the caller reads
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a job's log (model or adapter load, queued, paused, started, finished)."""
+
+    t: float  # unix time it happened
+    message: str  # the sentence the caller reads (bounded, ``scheduler/joblogs.py``)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A small approximate RGB preview of a running job's first output at one step."""
+
+    step: int  # the step it shows
+    png: bytes  # PNG bytes (RGB, at most ``models/previews.py``'s ``MAX_SIDE`` a side)
+    width: int  # pixels
+    height: int  # pixels
+
+    def as_dict(self) -> dict[str, Any]:
+        """The SSE shape: ``{"step", "png_base64", "width", "height"}``."""
+        return {
+            "step": self.step,
+            "png_base64": base64.b64encode(self.png).decode("ascii"),
+            "width": self.width,
+            "height": self.height,
+        }
+
+
 @dataclass
 class JobStatusView:
     """A job as the scheduler reports it (status, sync wait, progress stream, webhook). The
@@ -114,9 +145,14 @@ class JobStatusView:
     result: dict[str, Any] | None = None  # COMPLETED: the stored result (outputs, timings, ...)
     error: JobError | None = None  # FAILED / EXPIRED: why
     keepalive: bool = False  # a progress stream's periodic repeat while nothing changed
+    logs: list[LogLine] | None = None  # the job's log so far (bounded); shown when asked
+    preview: Preview | None = None  # IN_PROGRESS, opted in: the latest preview (streams only)
 
-    def as_dict(self, *, tenant: bool = True, result: bool = True) -> dict[str, Any]:
-        """The JSON shape (status API, SSE, webhooks); ``tenant`` / ``result`` keep those."""
+    def as_dict(
+        self, *, tenant: bool = True, result: bool = True, logs: bool = False
+    ) -> dict[str, Any]:
+        """The JSON shape (status API, SSE, webhooks); ``tenant`` / ``result`` keep those,
+        ``logs`` adds the job's log lines; a preview is shown when the view carries one."""
         out: dict[str, Any] = {"type": "keepalive"} if self.keepalive else {}
         out.update(
             request_id=self.request_id,
@@ -138,6 +174,10 @@ class JobStatusView:
             out["result"] = self.result
         if self.error is not None:
             out["error"] = {"type": self.error.type, "message": self.error.message}
+        if logs:
+            out["logs"] = [{"t": line.t, "message": line.message} for line in self.logs or []]
+        if self.preview is not None:
+            out["preview"] = self.preview.as_dict()
         return out
 
 
@@ -207,18 +247,20 @@ class AdapterRecord:
     registered_at: float | None = None  # api: unix time of the registration
     info: AdapterInfo | None = None  # ready: what the check found
 
-    def public(self) -> dict[str, Any]:
-        """What callers see (the worker-local path stays inside)."""
+    def public(self, *, admin: bool = False) -> dict[str, Any]:
+        """What callers see (the worker-local path stays inside); ``source`` and the check's
+        error text (they may name buckets, paths, hosts) only for admin tenants."""
         out: dict[str, Any] = {
             "id": self.id,
             "base_model": self.base_model,
-            "source": self.source,
             "description": self.description,
             "origin": self.origin,
             "status": self.status,
         }
+        if admin:
+            out["source"] = self.source
         if self.error is not None:
-            out["error"] = self.error
+            out["error"] = self.error if admin else "the adapter failed its check"
         if self.registered_at is not None:
             out["registered_at"] = self.registered_at
         if self.info is not None:
@@ -227,7 +269,7 @@ class AdapterRecord:
 
     def stored(self) -> dict[str, Any]:
         """The JSON the job store keeps for an adapter registered at run time."""
-        out = {k: v for k, v in self.public().items() if k != "origin"}
+        out = {k: v for k, v in self.public(admin=True).items() if k != "origin"}
         if self.info is not None:
             out["path"] = self.info.path
         return out
@@ -288,6 +330,8 @@ class ProgressEvent:
 
     step: int  # denoising steps done
     total: int  # steps of the call
+    log: str | None = None  # a line for every job's log (model or adapter loaded, paused)
+    previews: dict[str, Preview] = field(default_factory=dict)  # job id -> preview (opted in)
 
 
 @dataclass(frozen=True)

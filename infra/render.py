@@ -5,6 +5,9 @@
   placement planner) whose ``serveConfigV2`` is that Serve config;
 - ``dockerfile``: the image, CPU or CUDA variant (torch pinned as in the Makefile);
 - ``prometheus``: a scrape configuration for genmedia's ``/metrics`` and Ray's metrics port;
+  genmedia's is scraped with an admin tenant's key read from ``METRICS_CREDENTIALS_FILE`` (mount
+  a Secret holding the key there, e.g. ``genmedia tenants create`` for a metrics tenant with
+  ``admin: true``);
 - ``grafana``: a dashboard (queue depth and wait per class, latency percentiles, batch sizes,
   GPU share per model, per-tenant usage) over the metric names ``deployments/metrics.py``
   exports;
@@ -38,6 +41,8 @@ SERVICE = "genmedia"
 TENANTS_FILE = "/etc/genmedia/tenants.yaml"
 SERVE_PORT = 8000
 RAY_METRICS_PORT = 8080
+# where Prometheus reads the admin key it scrapes /metrics with (a Secret mounted there)
+METRICS_CREDENTIALS_FILE = "/etc/prometheus/secrets/genmedia-metrics/key"
 
 
 class RenderError(ValueError):
@@ -219,19 +224,23 @@ def prometheus(
     genmedia_targets: list[str] | None = None,
     ray_targets: list[str] | None = None,
     scrape_interval_s: float = 15.0,
+    credentials_file: str | None = METRICS_CREDENTIALS_FILE,
 ) -> dict[str, Any]:
-    """Scrape genmedia's /metrics (gateway + scheduler) and Ray's metrics export."""
+    """Scrape genmedia's /metrics (gateway + scheduler) and Ray's metrics export. genmedia's
+    /metrics needs an admin tenant's key (unless ``server.metrics.public``): Prometheus sends
+    the key it reads from ``credentials_file`` as a Bearer token (None: no key, for a catalog
+    whose metrics are public)."""
     interval = f"{scrape_interval_s:g}s"
+    genmedia: dict[str, Any] = {"job_name": "genmedia", "metrics_path": "/metrics"}
+    if credentials_file is not None:
+        genmedia["authorization"] = {"type": "Bearer", "credentials_file": credentials_file}
+    genmedia["static_configs"] = [
+        {"targets": genmedia_targets or [f"{SERVICE}-serve-svc:{SERVE_PORT}"]}
+    ]
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": [
-            {
-                "job_name": "genmedia",
-                "metrics_path": "/metrics",
-                "static_configs": [
-                    {"targets": genmedia_targets or [f"{SERVICE}-serve-svc:{SERVE_PORT}"]}
-                ],
-            },
+            genmedia,
             {
                 "job_name": "ray",
                 "static_configs": [
@@ -418,7 +427,10 @@ def render(
     if target == "dockerfile":
         return dockerfile(variant)
     if target == "prometheus":
-        return "# Rendered by `genmedia render prometheus`; do not edit.\n" + _yaml(prometheus())
+        key = None if catalog.server.metrics.public else METRICS_CREDENTIALS_FILE
+        return "# Rendered by `genmedia render prometheus`; do not edit.\n" + _yaml(
+            prometheus(credentials_file=key)
+        )
     if target == "grafana":
         return json.dumps(grafana(), indent=2) + "\n"
     if target == "s3-lifecycle":

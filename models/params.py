@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genmedia.models.catalog import FloatBounds, IntBounds, ModelEntry, ParameterBounds
 from genmedia.models.family import FamilySpec
 from genmedia.models.media import DEFAULT_FORMAT_BY_TASK, FORMATS_BY_TASK
+from genmedia.models.previews import supports_preview
 from genmedia.models.registry import FAMILIES
 
 MAX_SEED = 2**32 - 1
@@ -97,8 +98,9 @@ class GenerateRequest(BaseModel):
         default=None,
         max_length=MAX_INLINE_INPUT_CHARS,
         description="Image-to-image / inpainting input: an uploaded file's id (POST /v1/files), "
-        "a URL of a file this service stores (.../v1/files/<path>), or base64 (a data: URL or "
-        "bare). Sets the output size.",
+        "a URL of a file this service stores (.../v1/files/<path>), an https:// URL (fetched "
+        "with the webhook address rules; http:// only to hosts the operator allows), or base64 "
+        "(a data: URL or bare). Sets the output size.",
     )
     mask_image: str | None = Field(
         default=None,
@@ -149,6 +151,11 @@ class GenerateRequest(BaseModel):
     )
     return_base64: bool = Field(
         default=False, description="Also return each image inline as base64 in the response."
+    )
+    preview: bool = Field(
+        default=False,
+        description="Queue API: send a small approximate RGB preview of the first output on the "
+        "progress stream (at most about two a second), as each status event's 'preview'.",
     )
 
 
@@ -533,7 +540,9 @@ def resolve_request(
     output["quality"] = req.output_quality or DEFAULT_QUALITY
     if fps is not None:
         output["fps"] = fps
-    extra = {"output": output}
+    extra: dict[str, object] = {"output": output}
+    if req.preview:
+        extra["preview"] = True  # not part of batch_key: jobs with and without share a call
     job = GenerationJob(
         request_id, params, req.prompt, req.negative_prompt or None, seed, num_images, now, extra
     )
@@ -596,4 +605,6 @@ def parameter_schema(entry: ModelEntry) -> dict:
     if entry.task == "text-to-image":
         out["output_quality"] = {"type": "integer", "minimum": 1, "maximum": 100}
     out["return_base64"] = {"type": "boolean", "default": False}
+    if supports_preview(entry.family) and entry.task != "text-to-audio":
+        out["preview"] = {"type": "boolean", "default": False}
     return out

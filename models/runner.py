@@ -14,12 +14,14 @@ adapters loaded into the shared modules apply to every task.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -39,6 +41,7 @@ __all__ = [
     "LoadedModel",
     "StepCallback",
     "cap_gpu_memory",
+    "latents_callback",
     "load_model",
     "pick_device",
     "run_batch",
@@ -52,6 +55,26 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 # A family's ``call_kwargs``: its ``__call__`` arguments for guidance and negative prompts.
 CallKwargs = Callable[..., dict[str, Any]]
+
+# (steps done, the call's latents as diffusers' step callback has them): for live previews.
+LatentsCallback = Callable[[int, Any], None]
+# Set by ``run_batch`` around one call on the calling thread; ``run_images``' step callback
+# hands it the latents after ``on_step`` (families without previews never read it).
+_ON_LATENTS: ContextVar[LatentsCallback | None] = ContextVar("on_latents", default=None)
+
+
+def latents_callback() -> LatentsCallback | None:
+    """The ``on_latents`` of the call running on this thread (for a family's own callback)."""
+    return _ON_LATENTS.get()
+
+
+@contextlib.contextmanager
+def _latents_to(on_latents: LatentsCallback | None) -> Iterator[None]:
+    token = _ON_LATENTS.set(on_latents)
+    try:
+        yield
+    finally:
+        _ON_LATENTS.reset(token)
 
 
 @dataclass
@@ -184,14 +207,17 @@ def run_batch(
     jobs: list[GenerationJob],
     on_step: StepCallback | None = None,
     inputs: list[dict] | None = None,
+    on_latents: LatentsCallback | None = None,
 ) -> list[list[np.ndarray]]:
     """One pipeline call of any task through the family's runner: images ``[H, W, 3]`` uint8,
-    video frames ``[F, H, W, 3]`` uint8 or audio ``[channels, samples]`` float32, per job."""
+    video frames ``[F, H, W, 3]`` uint8 or audio ``[channels, samples]`` float32, per job.
+    ``on_latents`` gets the latents after each step's ``on_step`` (image families only)."""
     if not jobs:
         return []
     if any(j.batch_key != jobs[0].batch_key for j in jobs):
         raise ValueError("run_batch got incompatible jobs in one batch")
-    return model.spec.run(model, jobs, on_step, inputs)
+    with _latents_to(on_latents):
+        return model.spec.run(model, jobs, on_step, inputs)
 
 
 def _image_inputs(
@@ -212,12 +238,18 @@ def _image_inputs(
 
 
 def _progress_callback(task: str, steps: int, on_step: StepCallback) -> Callable[..., dict]:
+    on_latents = _ON_LATENTS.get()
+
     def _callback(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
         # strength < 1 runs only the last part of the schedule: count what really runs
         total = steps
         if task != "text-to-image":
             total = getattr(pipe, "_num_timesteps", None) or total
-        on_step(min(step + 1, total), total)  # PNDM calls back steps + 1 times
+        done = min(step + 1, total)  # PNDM calls back steps + 1 times
+        on_step(done, total)
+        latents = callback_kwargs.get("latents")
+        if on_latents is not None and latents is not None:
+            on_latents(done, latents)
         return callback_kwargs
 
     return _callback

@@ -127,6 +127,47 @@ class WebhookPolicy(BaseModel):
         return nets
 
 
+class InputSettings(_Strict):
+    """Input images (``image``, ``mask_image``) given as URLs the gateway fetches."""
+
+    allow_urls: bool = Field(
+        default=True, description="Accept https:// (and allowed http://) URLs as input images."
+    )
+    allowed_http_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts an input URL may name over plain http://, which may also resolve to "
+        "non-public addresses: exact host names or IP addresses / CIDRs (e.g. '127.0.0.1'). "
+        "Any other URL must be https:// to a public address.",
+    )
+    fetch_timeout_s: float = Field(
+        default=20.0,
+        gt=0.0,
+        le=300.0,
+        description="Total deadline of one input fetch: lookups, connects, redirects and the "
+        "body (the request is refused with 422 past it).",
+    )
+    resolve_timeout_s: float = Field(
+        default=5.0, gt=0.0, le=60.0, description="Longest wait for one host lookup."
+    )
+    max_redirects: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Redirects followed per fetch; each hop is checked as the first URL.",
+    )
+
+    @field_validator("allowed_http_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        return WebhookPolicy(allowed_hosts=v).allowed_hosts
+
+    def url_policy(self) -> WebhookPolicy:
+        """The SSRF policy of input URLs (the webhook check's, with these hosts allowed)."""
+        return WebhookPolicy(
+            allowed_hosts=self.allowed_http_hosts, resolve_timeout_s=self.resolve_timeout_s
+        )
+
+
 class WorkerSettings(_Strict):
     """How the Ray Serve deployment of one family's worker is sized."""
 
@@ -167,6 +208,12 @@ class LocalStorage(_Strict):
         default="~/.cache/genmedia/outputs",
         description="Directory for outputs and their JSON sidecars (relative: to the catalog).",
     )
+    url_expiry_s: int = Field(
+        default=3600,
+        ge=60,
+        le=604800,
+        description="Lifetime of signed output URLs (GET /v1/files/... without the API key).",
+    )
 
 
 class S3Storage(_Strict):
@@ -189,8 +236,21 @@ class SchedulerSettings(_Strict):
 
     job_store: str = Field(
         default="~/.cache/genmedia/jobs.sqlite",
-        description="SQLite file of the job store (relative: to the catalog file). It lives on "
-        "the scheduler's node; a multi-node cluster pins the scheduler there or mounts a volume.",
+        description="Where jobs are kept: a SQLite file (relative: to the catalog file; it lives "
+        "on the scheduler's node), or a PostgreSQL URL 'postgresql://user@host:port/db' (no "
+        "password in it: see job_store_password_env / job_store_password_file) for a scheduler "
+        "that may move between nodes.",
+    )
+    job_store_password_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="PostgreSQL job store: the environment variable of the scheduler's process "
+        "that holds the password (e.g. set from a Kubernetes Secret).",
+    )
+    job_store_password_file: str | None = Field(
+        default=None,
+        description="PostgreSQL job store: a file holding the password (relative: to the "
+        "catalog file; e.g. a mounted Secret). Trailing newlines are ignored.",
     )
     batch_min_share: float = Field(
         default=0.2,
@@ -208,6 +268,48 @@ class SchedulerSettings(_Strict):
         "'fifo': one queue in arrival order, no classes, no fairness, no preemption (the "
         "baseline the benchmarks compare against).",
     )
+
+    @field_validator("job_store")
+    @classmethod
+    def _job_store(cls, v: str) -> str:
+        scheme, sep, _ = v.partition("://")
+        if not sep:
+            return v  # a SQLite file
+        if scheme.split("+")[0] not in JOB_STORE_SCHEMES:
+            raise ValueError(
+                f"job_store: unsupported URL scheme {scheme!r}: give a SQLite file path or a "
+                "postgresql://user@host:port/db URL"
+            )
+        if scheme.startswith("postgres") and job_store_url_password(v) is not None:
+            raise ValueError(
+                "job_store: the URL holds a password, and a catalog must not: remove it and set "
+                "job_store_password_env (an environment variable's name) or "
+                "job_store_password_file"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _job_store_password(self) -> SchedulerSettings:
+        given = [
+            n for n in ("job_store_password_env", "job_store_password_file") if getattr(self, n)
+        ]
+        if given and not self.job_store.startswith("postgres"):
+            raise ValueError(f"{given[0]}: only a postgresql:// job_store takes a password")
+        if len(given) > 1:
+            raise ValueError(
+                "job_store_password_env and job_store_password_file: give one, not both"
+            )
+        return self
+
+
+JOB_STORE_SCHEMES = ("postgresql", "postgres", "sqlite")
+
+
+def job_store_url_password(url: str) -> str | None:
+    """The password written in a job store URL, if any (``user:secret@host``)."""
+    netloc = url.partition("://")[2].split("/", 1)[0]
+    userinfo, at, _ = netloc.rpartition("@")
+    return userinfo.partition(":")[2] or None if at and ":" in userinfo else None
 
 
 class RetentionSettings(_Strict):
@@ -258,6 +360,22 @@ class RetentionSettings(_Strict):
     )
 
 
+class MetricsSettings(_Strict):
+    """Who may read the gateway's ``/metrics`` and what it shows."""
+
+    public: bool = Field(
+        default=False,
+        description="Serve /metrics without a key. Off (default): it needs an admin tenant's "
+        "key (Authorization: Bearer), 401 without one and 403 for other tenants; Prometheus "
+        "sends it from a credentials file (infra/prometheus.yml).",
+    )
+    tenant_labels: bool = Field(
+        default=False,
+        description="Label the per-tenant usage series with tenant ids. Off (default): they "
+        "are summed under tenant '-', so /metrics names no tenant.",
+    )
+
+
 class ServerSettings(_Strict):
     """Gateway-wide settings."""
 
@@ -272,6 +390,15 @@ class ServerSettings(_Strict):
         description="How long jobs, outputs, uploads and idempotency keys are kept.",
     )
 
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings,
+        description="Who may read /metrics (an admin key by default) and whether it shows "
+        "tenant ids (not by default).",
+    )
+
+    inputs: InputSettings = Field(
+        default_factory=InputSettings, description="Input images given as URLs."
+    )
     storage: LocalStorage | S3Storage = Field(
         default_factory=LocalStorage,
         discriminator="kind",

@@ -22,7 +22,7 @@ torch and diffusers are imported inside the functions that use them (``PIPELINE_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -276,12 +276,14 @@ def run_text_to_video(
     guidance_scale: float = 5.0,
     negative_prompts: list[str] | None = None,
     on_step: StepCallback | None = None,
+    on_latents: Callable[[int, Any], None] | None = None,
 ) -> np.ndarray:
     """One pipeline call: a video per prompt, as uint8 frames ``[N, F, H, W, 3]``.
 
     ``generators`` holds one generator per prompt (a video depends on its own seed, not on the
     batch). ``on_step(done, total)`` runs after each denoising step and may raise to stop the
-    call. Raises ValueError for a bad ``num_frames`` or size before any compute.
+    call; ``on_latents(done, latents)`` then gets the latents (live previews). Raises
+    ValueError for a bad ``num_frames`` or size before any compute.
     """
     import torch
 
@@ -299,6 +301,9 @@ def run_text_to_video(
 
         def _callback(_pipe: Any, step: int, _timestep: Any, callback_kwargs: dict) -> dict:
             on_step(min(step + 1, steps), steps)
+            latents = callback_kwargs.get("latents")
+            if on_latents is not None and latents is not None:
+                on_latents(min(step + 1, steps), latents)
             return callback_kwargs
 
         kwargs["callback_on_step_end"] = _callback
@@ -324,6 +329,8 @@ def run(
 ) -> list[list[np.ndarray]]:
     """One ``run_text_to_video`` call for the batch: each job's videos ``[F, H, W, 3]`` uint8
     (``inputs``: none for text-to-video)."""
+    from genmedia.models.runner import latents_callback
+
     params = jobs[0].params
     if params.num_frames is None:
         raise ValueError("a text-to-video batch needs num_frames")
@@ -339,6 +346,7 @@ def run(
         guidance_scale=params.guidance_scale,
         negative_prompts=negatives if jobs[0].negative_prompt is not None else None,
         on_step=on_step,
+        on_latents=latents_callback(),
     )
     return per_job(jobs, frames)
 

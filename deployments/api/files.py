@@ -4,7 +4,10 @@ An upload is rate-limited, checked (type, pixels), written anew without metadata
 JPEG, anything else becomes PNG) and stored under the caller's tenant within its storage quota by
 ``GatewayService`` (``intake/storage_guard.py``);
 a read maps the path to a storage key of the caller's own (another tenant's file answers 404, as
-a missing one does) and answers the bytes.
+a missing one does) and answers the bytes. A read with ``expires`` and ``sig`` (the signed URL
+a result lists on local storage, ``store/storage.py``) needs no API key: the signature is
+checked instead (403 when it is tampered with or expired) and the read is charged to the
+tenant the path belongs to.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response, Security
+from fastapi.security import HTTPAuthorizationCredentials
 
-from genmedia.deployments.api.deps import BaseUrl, Caller, Service
+from genmedia.deployments.api.deps import BaseUrl, Caller, Service, bearer, get_caller
 from genmedia.deployments.api.errors import AUTH, error_responses
 from genmedia.deployments.api.schemas import Upload
 from genmedia.deployments.errors import ApiError
 from genmedia.deployments.intake.inputs import UPLOAD_TYPES
+from genmedia.deployments.store.storage import SignatureError, safe_key
 from genmedia.models import media
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -79,6 +84,8 @@ async def upload_file(
             AUTH,
             {
                 400: "invalid_path: the path is not a valid storage key.",
+                403: "invalid_signature: a signed URL whose signature does not match its "
+                "path, or that has expired, or signed URLs are not served here.",
                 404: "file_not_found: no such file of the caller's tenant.",
             },
         ),
@@ -86,10 +93,19 @@ async def upload_file(
 )
 async def get_file(
     path: Annotated[str, Path(description="The output's path, as the result lists it.")],
+    request: Request,
+    response: Response,
     service: Service,
-    caller: Caller,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    expires: Annotated[
+        str | None, Query(description="Signed URL: unix time it expires (no API key needed).")
+    ] = None,
+    sig: Annotated[str | None, Query(description="Signed URL: its HMAC-SHA256 signature.")] = None,
 ) -> Response:
-    key = service.file_key(caller, path)
+    if expires is not None or sig is not None:
+        key = _signed_key(service, path, expires, sig, request, response)
+    else:
+        key = service.file_key(get_caller(request, response, service, _credentials), path)
     try:
         data = await asyncio.to_thread(service.storage.get, key)
     except ValueError:
@@ -98,3 +114,42 @@ async def get_file(
         raise ApiError(404, "file_not_found", f"no file {path!r}")
     suffix = "." + key.rsplit(".", 1)[-1] if "." in key else ""
     return Response(data, media_type=CONTENT_TYPES.get(suffix, "application/octet-stream"))
+
+
+def _signed_key(
+    service: Service,
+    path: str,
+    expires: str | None,
+    sig: str | None,
+    request: Request,
+    response: Response,
+) -> str:
+    """The storage key of a signed URL (403 naming what is wrong), the read charged to the
+    tenant the path belongs to."""
+    signer = getattr(service.storage, "signer", None)
+    if signer is None:
+        raise ApiError(403, "invalid_signature", "signed URLs are not served by this storage")
+    try:
+        key = safe_key(path)
+        signer.verify(key, expires, sig)
+    except SignatureError as e:
+        raise ApiError(
+            403,
+            "invalid_signature",
+            f"{e} ({e.reason}); ask for the result again for a fresh URL",
+            [
+                {
+                    "field": "sig" if e.reason == "bad_signature" else "expires",
+                    "message": str(e),
+                    "limit": None,
+                }
+            ],
+        ) from None
+    except ValueError as e:
+        raise ApiError(400, "invalid_path", str(e)) from None
+    tenant = service.auth.tenants.get(key.split("/", 1)[0])
+    if tenant is not None:
+        headers = service.guard.charge(tenant, request.method)
+        request.state.ratelimit_headers = headers
+        response.headers.update(headers)
+    return key

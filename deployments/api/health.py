@@ -1,21 +1,25 @@
-"""Liveness, readiness and metrics: what the cluster's probes and Prometheus call, without a key.
+"""Liveness, readiness and metrics: what the cluster's probes and Prometheus call.
 
-Outside a request's way: ``/healthz`` answers while the gateway runs, ``/readyz`` asks the
-scheduler for every family worker's report, ``/metrics`` joins the gateway's and the scheduler's
-Prometheus text.
+Outside a request's way: ``/healthz`` answers while the gateway runs and ``/readyz`` asks the
+scheduler for every family worker's report, both without a key; ``/metrics`` joins the
+gateway's and the scheduler's Prometheus text for an admin tenant's key (401 without a valid
+key, 403 for another tenant's), or for anyone with ``server.metrics.public``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response, Security
 from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
-from genmedia.deployments.api.deps import Service
+from genmedia.deployments.api.deps import Service, bearer
+from genmedia.deployments.api.errors import AUTH, error_responses
 from genmedia.deployments.api.schemas import Health, Readiness
+from genmedia.deployments.errors import ApiError
 
 router = APIRouter(tags=["health"])
 
@@ -51,11 +55,29 @@ async def readyz(service: Service, response: Response) -> dict[str, Any]:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics (text format)",
+    summary="Prometheus metrics (text format): an admin tenant's key unless public",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **error_responses(
+            AUTH, {403: "forbidden: the key's tenant is not an admin tenant (server.metrics)."}
+        ),
+    },
 )
-async def metrics(service: Service) -> Response:
+async def metrics(
+    request: Request,
+    service: Service,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> Response:
+    if not service.catalog.server.metrics.public:
+        tenant = service.auth.authenticate(request.headers.get("authorization"))  # 401
+        if not tenant.admin:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"tenant {tenant.id!r} is not an admin tenant: /metrics needs an admin key "
+                "(or server.metrics.public: true)",
+            )
     text = service.metrics.render()
     # The gateway's own metrics still answer while the scheduler restarts.
     with contextlib.suppress(Exception):

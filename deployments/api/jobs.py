@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from genmedia.deployments.api.bodies import body_openapi, json_body
@@ -34,6 +34,13 @@ router = APIRouter()
 
 ModelId = Annotated[str, Path(description="Catalog id of the model (GET /v1/models lists them).")]
 RequestId = Annotated[str, Path(description="The job's request_id (from the submit).")]
+Logs = Annotated[
+    bool,
+    Query(
+        description="1: add the job's log lines (queued, model and adapter loads, pauses, "
+        "started, finished), each {t, message}.",
+    ),
+]
 # Bodies are parsed and validated on a gateway thread, not on the event loop (api/bodies.py).
 Body = Annotated[GenerateRequest, Depends(json_body(GenerateRequest))]
 BulkBody = Annotated[BulkSubmitBody, Depends(json_body(BulkSubmitBody))]
@@ -185,9 +192,9 @@ async def submit_batch(
     responses=error_responses(AUTH, _NOT_FOUND, UNAVAILABLE),
 )
 async def status(
-    request_id: RequestId, service: Service, base_url: BaseUrl, caller: Caller
+    request_id: RequestId, service: Service, base_url: BaseUrl, caller: Caller, logs: Logs = False
 ) -> dict[str, Any]:
-    return await service.status(caller, request_id, base_url)
+    return await service.status(caller, request_id, base_url, logs)
 
 
 @router.get(
@@ -251,9 +258,9 @@ async def cancel(request_id: RequestId, service: Service, caller: Caller) -> dic
     },
 )
 async def stream(
-    request_id: RequestId, service: Service, base_url: BaseUrl, caller: Caller
+    request_id: RequestId, service: Service, base_url: BaseUrl, caller: Caller, logs: Logs = False
 ) -> StreamingResponse:
-    events = await service.stream(caller, request_id, base_url)
+    events = await service.stream(caller, request_id, base_url, logs)
 
     async def sse() -> AsyncIterator[str]:
         async for event in events:

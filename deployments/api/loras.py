@@ -1,5 +1,6 @@
-"""LoRA adapters: ``/v1/loras`` lists those of the caller's models; ``/v1/admin/loras`` registers
-and removes adapters at run time (admin tenants only).
+"""LoRA adapters: ``/v1/loras`` lists those of the caller's models (where each is read from, and
+why a check failed, for admin tenants only); ``/v1/admin/loras`` registers and removes adapters
+at run time (admin tenants only).
 
 The registry lives in the scheduler: ``GatewayService`` forwards each call and turns the
 scheduler's refusal into an error answer naming the field.
@@ -23,7 +24,7 @@ _ADMIN = {403: "forbidden: the caller's tenant is not an admin tenant."}
 
 @router.get(
     "/v1/loras",
-    summary="LoRA adapters of the models the caller uses",
+    summary="LoRA adapters of the models the caller uses (sources: admin tenants only)",
     response_model=AdapterList,
     response_model_exclude_unset=True,
     responses=error_responses(AUTH, UNAVAILABLE),

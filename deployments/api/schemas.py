@@ -311,7 +311,10 @@ class Adapter(Body):
 
     id: str = Field(description="The id a request names in 'loras'.")
     base_model: str = Field(description="Catalog id of the model it was trained on.")
-    source: str = Field(description="Where workers read it (s3://, tiny:// or a local path).")
+    source: str | None = Field(
+        None,
+        description="Where workers read it (s3://, tiny:// or a local path); admin tenants only.",
+    )
     description: str
     origin: str = Field(
         description="'catalog', or 'api': registered at run time (only those can be deleted)."

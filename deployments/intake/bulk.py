@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from genmedia.deployments.errors import ApiError, validation_fields
 from genmedia.deployments.intake.headers import parse_deadline
+from genmedia.deployments.intake.service import body_sha256
 from genmedia.deployments.protocol import PriorityClass, Rejection, Submission, SubmitAccepted
 from genmedia.models.params import BulkItem
 
@@ -87,6 +88,7 @@ def _check_items(
                 job=job,
                 deadline_s=deadline_s,
                 idempotency_key=item.idempotency_key,
+                body_sha256=None if item.idempotency_key is None else body_sha256(entry, item),
             )
         )
     return out

@@ -2,16 +2,19 @@
 
 Sits in the gateway, before a job is resolved: ``load_input`` turns what a request sent in
 ``image`` / ``mask_image`` (an upload id, a ``/v1/files/...`` URL of the caller's own files, or
-base64) into checked image bytes; the gateway stores them under the caller's tenant and the job
-carries only the storage key, which the family worker reads. What is stored is written anew by
-Pillow (``clean_image``): pixels only, no text, EXIF, XMP or ICC chunks, so a small image with a
-large metadata chunk is stored small. Errors name the field and the rule. No Ray imports.
+base64) into checked image bytes, ``fetched_input`` the bytes of an input URL (fetched by
+``fetch.py``; stored by their content hash); the gateway stores them under the caller's tenant
+and the job carries only the storage key, which the family worker reads. What is stored is
+written anew by Pillow (``clean_image``): pixels only, no text, EXIF, XMP or ICC chunks, so a
+small image with a large metadata chunk is stored small. Errors name the field and the rule.
+No Ray imports.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import re
 import uuid
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from genmedia.deployments.store.storage import safe_key
+from genmedia.deployments.store.storage import INPUTS, safe_key
 
 UPLOAD_ID = re.compile(r"^upl_[0-9a-f]{32}$")
 UPLOAD_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -130,8 +133,8 @@ def decode_base64(value: str, field: str) -> bytes:
     except (binascii.Error, ValueError):
         raise InputError(
             field,
-            "must be an uploaded file id (upl_...), a /v1/files/... URL of this service, or "
-            "base64 image data",
+            "must be an uploaded file id (upl_...), a /v1/files/... URL of this service, an "
+            "https:// URL, or base64 image data",
         ) from None
 
 
@@ -176,6 +179,20 @@ def load_input(
     if clean:
         return clean_image(data, field, max_pixels)[0], None
     return check_image(data, field, max_pixels), None
+
+
+def fetched_key(tenant: str, data: bytes, suffix: str) -> str:
+    """Where a fetched input is stored (written anew): by the hash of its bytes."""
+    return f"{tenant}/{INPUTS}/url/{hashlib.sha256(data).hexdigest()}.{suffix}"
+
+
+def fetched_input(
+    data: bytes, field: str, *, tenant: str, max_pixels: int
+) -> tuple[InputImage, str]:
+    """The bytes of an input URL checked and written anew (``clean_image``), and the key they
+    are stored at: the same image fetched again has the same key (stored once)."""
+    img, suffix = clean_image(data, field, max_pixels)
+    return img, fetched_key(tenant, img.data, suffix)
 
 
 def check_mask(mask: InputImage, image: InputImage) -> None:

@@ -8,6 +8,8 @@ and turns their answers into response bodies. A sync request is a queue job the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,9 +18,16 @@ from typing import Any, Protocol, TypeVar
 
 from genmedia.deployments.errors import ApiError
 from genmedia.deployments.intake.coalesce import Coalescer
+from genmedia.deployments.intake.fetch import UrlFetcher, is_fetch_url
 from genmedia.deployments.intake.guard import TenantGuard
 from genmedia.deployments.intake.headers import parse_deadline, parse_idempotency_key
-from genmedia.deployments.intake.inputs import InputError, InputImage, check_mask, load_input
+from genmedia.deployments.intake.inputs import (
+    InputError,
+    InputImage,
+    check_mask,
+    fetched_input,
+    load_input,
+)
 from genmedia.deployments.intake.storage_guard import StorageGuard, store_upload, upload_type
 from genmedia.deployments.metrics import GatewayMetrics
 from genmedia.deployments.protocol import (
@@ -55,6 +64,17 @@ LOADS_TTL_S = 30.0  # how often /v1/models asks the workers for measured load ti
 # the scheduler to group-commit what arrives together, few enough that a burst waits here.
 BULK_CALLS_IN_FLIGHT = 64
 T = TypeVar("T")
+
+
+def body_sha256(entry: ModelEntry, req: GenerateRequest) -> str:
+    """SHA-256 of the canonical body of a submit (the model, and the fields the caller set
+    to other than their defaults, as sorted compact JSON; the idempotency key left out): what
+    an idempotency key is bound to (a repeat with another body is refused, Stripe's rule)."""
+    body = req.model_dump(mode="json", exclude_defaults=True, exclude={"idempotency_key"})
+    canonical = json.dumps(
+        {"model": entry.id, "body": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class SchedulerClient(Protocol):
@@ -119,7 +139,7 @@ def _adapter_outcome(out: AdapterRecord | AdapterDeleted | AdapterError) -> dict
             f"{out.field}: {out.message}",
             [{"field": out.field, "message": out.message, "limit": None}],
         )
-    return out.public() if isinstance(out, AdapterRecord) else out.as_dict()
+    return out.public(admin=True) if isinstance(out, AdapterRecord) else out.as_dict()
 
 
 class GatewayService:
@@ -155,6 +175,10 @@ class GatewayService:
         self._loads_at = -LOADS_TTL_S
         self._loads_task: asyncio.Task[None] | None = None
         self.storage_guard = StorageGuard(self.storage)  # storage quotas, upload rate, full disk
+        inputs = catalog.server.inputs  # input images given as URLs (``intake/fetch.py``)
+        self.fetcher = (
+            UrlFetcher(inputs, catalog.server.max_body_bytes) if inputs.allow_urls else None
+        )
 
     async def off_loop(self, lane: PriorityClass, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pools[lane], fn, *args)
@@ -290,6 +314,7 @@ class GatewayService:
             deadline_s=deadline_s,
             idempotency_key=key,
             webhook_url=req.webhook_url,
+            body_sha256=None if key is None else await self.off_loop(lane, body_sha256, entry, req),
         )
 
     @staticmethod
@@ -368,14 +393,30 @@ class GatewayService:
                 stored.append(key)
             return img, key
 
+        def load_fetched(data: bytes, field: str) -> tuple[InputImage, str]:
+            img, key = fetched_input(data, field, tenant=tenant.id, max_pixels=max_pixels)
+            if self.storage.get(key) is None:  # stored once per content (kept: other jobs)
+                self.storage_guard.put(
+                    tenant, key, img.data, "application/octet-stream", upload=False
+                )
+            return img, key
+
+        async def obtain(value: str, field: str) -> tuple[InputImage, str]:
+            if not is_fetch_url(value):
+                return await self.off_loop(lane, load, value, field)
+            if self.fetcher is None:
+                raise InputError(field, "URL inputs are turned off here (server.inputs.allow_urls)")
+            data = await self.fetcher.fetch(value, field)  # on the loop: network, no thread
+            return await self.off_loop(lane, load_fetched, data, field)
+
         keys: dict[str, str] = {}
         stored: list[str] = []
         try:
             image = mask = None
             if req.image is not None:
-                image, keys["image"] = await self.off_loop(lane, load, req.image, "image")
+                image, keys["image"] = await obtain(req.image, "image")
             if req.mask_image is not None:
-                mask, keys["mask"] = await self.off_loop(lane, load, req.mask_image, "mask_image")
+                mask, keys["mask"] = await obtain(req.mask_image, "mask_image")
             if image is not None and mask is not None:
                 check_mask(mask, image)
         except BaseException as e:
@@ -408,7 +449,11 @@ class GatewayService:
     # -- LoRA adapters ----------------------------------------------------------------------
     async def adapters(self, tenant: Tenant) -> dict:
         items = await self.call(self.scheduler.adapters())
-        return {"loras": [a.public() for a in items if tenant.allows_model(a.base_model)]}
+        return {
+            "loras": [
+                a.public(admin=tenant.admin) for a in items if tenant.allows_model(a.base_model)
+            ]
+        }
 
     def _admin(self, tenant: Tenant) -> None:
         if not tenant.admin:
@@ -522,14 +567,14 @@ class GatewayService:
         }
 
     def public_status(
-        self, status: JobStatusView | SubmitAccepted, base_url: str
+        self, status: JobStatusView | SubmitAccepted, base_url: str, logs: bool = False
     ) -> dict[str, Any]:
         """A status body: the job without its tenant and result, plus its URLs (a submit's
-        also says whether it ``created`` the job)."""
+        also says whether it ``created`` the job); ``logs`` adds the job's log lines."""
         created: dict[str, Any] = {}
         if isinstance(status, SubmitAccepted):
             created, status = {"created": status.created}, status.job
-        out = status.as_dict(tenant=False, result=False)
+        out = status.as_dict(tenant=False, result=False, logs=logs)
         return {**created, **out, **self.urls(status.request_id, base_url)}
 
     async def wait(self, tenant: Tenant, job_id: str, wait_s: float) -> JobStatusView:
@@ -545,8 +590,11 @@ class GatewayService:
             raise _not_found(job_id)
         return status
 
-    async def status(self, tenant: Tenant, job_id: str, base_url: str) -> dict[str, Any]:
-        return self.public_status(await self._status(tenant, job_id), base_url)
+    async def status(
+        self, tenant: Tenant, job_id: str, base_url: str, logs: bool = False
+    ) -> dict[str, Any]:
+        """The job's status body (``logs``: with its log lines, as ``?logs=1`` asks)."""
+        return self.public_status(await self._status(tenant, job_id), base_url, logs)
 
     async def result(
         self, tenant: Tenant, job_id: str, base_url: str, return_base64: bool = False
@@ -603,7 +651,7 @@ class GatewayService:
         return {"request_id": job_id, "status": "CANCELLATION_REQUESTED"}
 
     async def stream(
-        self, tenant: Tenant, job_id: str, base_url: str
+        self, tenant: Tenant, job_id: str, base_url: str, logs: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
         self.guard.check_streams(tenant)  # 429 over a cap, before the stream starts
         await self._status(tenant, job_id)  # 404 before the stream starts
@@ -611,7 +659,7 @@ class GatewayService:
         async def events() -> AsyncIterator[dict[str, Any]]:
             async with self.guard.stream_slot(tenant) as deadline:
                 async for status in self.scheduler.watch(job_id, tenant.id):
-                    yield self.public_status(status, base_url)
+                    yield self.public_status(status, base_url, logs)
                     if self.guard.clock() > deadline:
                         return  # stream_max_s: the client reconnects to go on
 

@@ -174,7 +174,7 @@ class Intake:
             if sub.idempotency_key:
                 existing = self.store.find(sub.tenant, sub.idempotency_key)
                 if existing is not None:
-                    answers[i] = SubmitAccepted(created=False, job=self.view(existing))
+                    answers[i] = self._repeat(sub, existing)
                     continue
             refused = self._admission(sub, p.rate_wait, now, added)
             if refused is not None:
@@ -191,8 +191,25 @@ class Intake:
         if stored:
             self.dispatch_wakeup.set()
         for i, (rec, created) in zip(at, stored, strict=True):
-            answers[i] = SubmitAccepted(created=created, job=self.view(rec))
+            if created:
+                answers[i] = SubmitAccepted(created=True, job=self.view(rec))
+            else:  # the key came twice in this group: the first one's job
+                answers[i] = self._repeat(group[i].sub, rec)
         return [a for a in answers if a is not None]
+
+    def _repeat(self, sub: Submission, existing: JobRecord) -> SubmitAccepted | Rejection:
+        """A submit whose idempotency key the tenant used before: that job when the bodies
+        match (or one of them has no recorded hash), else 409 (Stripe's rule)."""
+        if sub.body_sha256 and existing.body_sha256 and sub.body_sha256 != existing.body_sha256:
+            return Rejection(
+                status=409,
+                type="idempotency_key_reused",
+                message=f"Idempotency-Key {sub.idempotency_key!r} was used with a different "
+                f"request body (job {existing.id}); use a new key for a new request",
+                retry_after_s=None,
+                field="Idempotency-Key",
+            )
+        return SubmitAccepted(created=False, job=self.view(existing))
 
     def _admission(
         self, sub: Submission, rate_wait: float, now: float, added: Counter[str]
@@ -229,6 +246,7 @@ class Intake:
             submitted_at=now,
             deadline=now + sub.deadline_s if sub.deadline_s else None,
             idempotency_key=sub.idempotency_key,
+            body_sha256=sub.body_sha256,
             webhook_url=sub.webhook_url,
             weight=self.tenants[sub.tenant].weight,
         )

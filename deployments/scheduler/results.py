@@ -1,9 +1,10 @@
 """What a finished job keeps in the store: its result (outputs, seed, parameters, timings, batch)
-and its metered usage, pure.
+and its metered usage, pure; the public message of a worker error.
 
 Where it sits: the scheduler calls these when a worker call's ``WorkerResult`` comes back, and
-writes both with the job's move to COMPLETED in one store transaction; the result API answers
-the stored result as it is. No Ray here.
+writes both with the job's move to COMPLETED in one store transaction (a job cancelled while its
+batch ran keeps only its usage: the compute it used is metered); the result API answers the
+stored result as it is. No Ray here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from typing import Any
 from genmedia.deployments.protocol import StoredOutput, WorkerResult
 from genmedia.deployments.store.jobs import JobRecord
 from genmedia.models.params import GenerationJob
+
+
+def public_error(error_type: str, job_id: str) -> str:
+    """The message a tenant reads for a worker error (the error itself goes to the operator's
+    logs with the job id; its text may name files, hosts or internals)."""
+    what = "the job's worker was lost" if error_type == "worker_lost" else "generation failed"
+    return f"{what} (request {job_id}); the operator's logs have the details"
 
 
 def usage_of(job: GenerationJob, compute_s: float) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from ray.serve import Application
 from genmedia.deployments.serve.gateway import GatewayDeployment
 from genmedia.deployments.serve.scheduler import SchedulerDeployment
 from genmedia.deployments.serve.worker import SLOTS_PER_REPLICA, FamilyWorkerDeployment
+from genmedia.deployments.store.open import is_url
 from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.deployments.worker.batch import torch_threads_for
 from genmedia.models.catalog import Catalog, LocalStorage
@@ -110,9 +111,13 @@ def deployable(catalog: Catalog) -> Catalog:
             update={"dir": str(catalog.resolve_path(server.storage.dir))}
         )
         server = server.model_copy(update={"storage": storage})
-    sched = server.scheduler.model_copy(
-        update={"job_store": str(catalog.resolve_path(server.scheduler.job_store))}
-    )
+    sched = server.scheduler
+    update: dict[str, str] = {}
+    if not is_url(sched.job_store):  # a postgresql:// URL is not a path
+        update["job_store"] = str(catalog.resolve_path(sched.job_store))
+    if sched.job_store_password_file:
+        update["job_store_password_file"] = str(catalog.resolve_path(sched.job_store_password_file))
+    sched = sched.model_copy(update=update)
     server = server.model_copy(update={"scheduler": sched})
     return catalog.model_copy(update={"models": models, "server": server})
 

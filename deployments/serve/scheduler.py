@@ -36,6 +36,7 @@ from genmedia.deployments.protocol import (
     CancelOutcome,
     JobError,
     JobStatusView,
+    Preview,
     PriorityClass,
     ProgressEvent,
     Rejection,
@@ -50,22 +51,26 @@ from genmedia.deployments.scheduler.adapters import AdapterRegistry
 from genmedia.deployments.scheduler.contention import ComputeSpan, ContentionTracker
 from genmedia.deployments.scheduler.dispatcher import Dispatcher, Launch, ModelLimits
 from genmedia.deployments.scheduler.intake import Intake
+from genmedia.deployments.scheduler.joblogs import JobLogs, as_stored, lines_from_stored
 from genmedia.deployments.scheduler.queues import CLASSES, QueuedJob, job_cost
-from genmedia.deployments.scheduler.results import result_payload, usage_of
+from genmedia.deployments.scheduler.results import public_error, result_payload, usage_of
 from genmedia.deployments.serve.worker import yield_cpu_to_workers
 from genmedia.deployments.store.jobs import (
     TERMINAL,
     FencedOut,
     JobRecord,
     JobStatus,
-    SQLiteJobStore,
 )
 from genmedia.deployments.store.lease import LeaseKeeper
+from genmedia.deployments.store.open import open_store
+from genmedia.deployments.store.outputs import delete_outputs
 from genmedia.deployments.store.retention import run_sweeper, sweeper_for
+from genmedia.deployments.store.storage import make_storage
 from genmedia.deployments.tenants.ratelimit import RateLimiter
 from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.deployments.webhooks.sender import WebhookSender
 from genmedia.models.catalog import Catalog, LoraEntry, WebhookPolicy, parse_catalog
+from genmedia.models.params import adapter_set_key
 
 logger = logging.getLogger("ray.serve")
 
@@ -97,7 +102,8 @@ class Scheduler:
         self.worker_names = worker_names
         self.app_name = app_name
         self.clock = clock
-        self.store = SQLiteJobStore(settings.job_store)
+        # SQLite file or PostgreSQL URL; schema upgraded, a newer one refused (store/open.py)
+        self.store = open_store(settings, self.catalog)
         self._fenced: FencedOut | None = None
         self.lease = LeaseKeeper(
             self.store,
@@ -127,12 +133,13 @@ class Scheduler:
         self.estimator = self.dispatcher.estimator
         self.contention = ContentionTracker()  # replicas slowing each other: for the autoscaler
         self.progress: dict[str, tuple[int, int]] = {}
+        self.logs = JobLogs(self.clock)  # per-job log lines (``scheduler/joblogs.py``)
         # batch id -> (job ids, the worker call's stream)
         self.batches: dict[str, tuple[list[str], DeploymentResponseGenerator]] = {}
         self.watchers: dict[str, list[asyncio.Queue]] = defaultdict(list)  # progress streams
         self.done: dict[str, asyncio.Event] = {}  # sync waits: set when the job ends
         self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in self.tenants.values()})
-        self.metrics = SchedulerMetrics()
+        self.metrics = SchedulerMetrics(tenant_labels=self.catalog.server.metrics.tenant_labels)
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.webhooks = WebhookSender(
@@ -238,13 +245,15 @@ class Scheduler:
         if moved:
             logger.info("scheduler moved %d owed webhook(s) into the outbox", moved)
 
-    def _notify(self, job_id: str) -> None:
+    def _notify(self, job_id: str, preview: Preview | None = None) -> None:
         watchers = self.watchers.get(job_id)
         if not watchers:
             return
         event = self._status_of(job_id)
         if event is None:
             return
+        if preview is not None and event.status == JobStatus.IN_PROGRESS:
+            event.preview = preview  # streams only; a status read never carries it
         for q in watchers:
             q.put_nowait(event)
 
@@ -293,6 +302,7 @@ class Scheduler:
                 view.queue_position = self.dispatcher.position(rec.id)
                 eta = self.dispatcher.eta(rec.id, self.clock())
                 view.eta_s = None if eta is None else round(eta, 3)
+            self.logs.queued(rec.id, view.queue_position)
         elif rec.status == JobStatus.IN_PROGRESS:
             step, total = self.progress.get(
                 rec.id, (0, job_from_dict(rec.job).params.num_inference_steps)
@@ -304,6 +314,9 @@ class Scheduler:
             view.result = rec.result
         if rec.error_type:
             view.error = JobError(type=rec.error_type, message=rec.error_message)
+        view.logs = self.logs.lines(rec.id)
+        if view.logs is None and rec.result:
+            view.logs = lines_from_stored(rec.result.get("logs"))
         return view
 
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
@@ -358,7 +371,9 @@ class Scheduler:
                 self.watchers.pop(job_id, None)
 
     async def cancel(self, job_id: str, tenant: str) -> CancelOutcome:
-        """Cancel a queued or running job (a running batch stops once all its jobs are)."""
+        """Cancel a queued or running job. A running batch stops once all its jobs are; until
+        then the worker is told not to store the cancelled job's outputs, and the compute the
+        job used is metered when the batch ends (``_complete``)."""
         rec = self.store.get(job_id)
         if rec is None or rec.tenant != tenant:
             return CancelOutcome.NOT_FOUND
@@ -379,7 +394,22 @@ class Scheduler:
             ids, stream = self.batches[batch.id]
             if all(self._is_cancelled(j) for j in ids):
                 stream.cancel()  # the worker stops at its next step boundary
+            else:  # the others go on; the worker stores nothing of this job
+                self._spawn(self._cancel_in_worker(batch.family, batch.id, done))
         return CancelOutcome.CANCELLED
+
+    async def _cancel_in_worker(self, family: str, batch_id: str, rec: JobRecord) -> None:
+        """Tell the worker running ``batch_id`` that ``rec`` was cancelled, so its outputs are
+        not stored. Routed like the batch (its multiplexed id); a call that reaches another
+        replica, or arrives after the batch, changes nothing: ``_complete`` then deletes what
+        was stored."""
+        try:
+            uses = self.adapters_.uses(rec.model_id, job_from_dict(rec.job).params.adapters)
+            mux = f"{rec.model_id}@{adapter_set_key(uses)}" if uses else rec.model_id
+            handle = self.workers[family].options(multiplexed_model_id=mux)
+            await asyncio.wait_for(handle.cancel_jobs.remote(batch_id, [rec.id]), 30.0)
+        except Exception as e:
+            logger.info("cancel of job %s in batch %s not sent: %s", rec.id, batch_id, e)
 
     def _is_cancelled(self, job_id: str) -> bool:
         rec = self.store.get(job_id)
@@ -427,6 +457,9 @@ class Scheduler:
         )
         for rec in moved:
             self.progress.pop(rec.id, None)
+            if to != JobStatus.COMPLETED:  # a completed job's lines went with its result
+                why = f": {rec.error_type}" if rec.error_type else ""
+                self.logs.finish(rec.id, f"{str(to).lower()}{why}", keep=True)
             self._record(rec)
             self._notify(rec.id)
             self._finished(rec.id)
@@ -561,6 +594,7 @@ class Scheduler:
         self.contention.dispatched(launch.family, batch_id, time.time())
         for rec in recs:
             self.progress[rec.id] = (0, job_from_dict(rec.job).params.num_inference_steps)
+            self.logs.add(rec.id, f"started: a batch of {len(recs)} job(s), call {batch_id}")
             self._notify(rec.id)
         return True
 
@@ -588,10 +622,7 @@ class Scheduler:
             self.batches[batch_id] = (ids, stream)
             async for event in stream:
                 if isinstance(event, ProgressEvent):
-                    for jid in ids:
-                        if jid in self.progress:
-                            self.progress[jid] = (event.step, event.total)
-                            self._notify(jid)
+                    self._progress(ids, event)
                     self.webhooks.progress([r for r in recs if r.id in self.progress])
                 else:
                     result = event
@@ -615,6 +646,17 @@ class Scheduler:
                 self.progress.pop(jid, None)
             self._wakeup.set()
 
+    def _progress(self, ids: list[str], event: ProgressEvent) -> None:
+        """A worker's progress event: steps (never backwards), its log line, previews."""
+        for jid in ids:
+            if jid not in self.progress:
+                continue
+            if event.step >= self.progress[jid][0]:
+                self.progress[jid] = (event.step, event.total)
+            if event.log:
+                self.logs.add(jid, event.log)
+            self._notify(jid, event.previews.get(jid))
+
     def _complete(self, recs: list[JobRecord], result: WorkerResult) -> None:
         """Store every job's result and usage (one write), then feed the estimator and the
         contention tracker with the call's timings."""
@@ -629,8 +671,13 @@ class Scheduler:
                 job.num_images, job.params.num_inference_steps, int(job.params.pixels), 1
             )
             payload = result_payload(rec, job, out.outputs, result, len(recs), now)
+            payload["logs"] = as_stored(self.logs.finish(rec.id, "finished", keep=False))
             done.append((rec.id, {"result": payload, "usage": usage_of(job, out.compute_s)}))
-        self._finish_many(done, {JobStatus.IN_PROGRESS}, JobStatus.COMPLETED)
+        moved = self._finish_many(done, {JobStatus.IN_PROGRESS}, JobStatus.COMPLETED)
+        completed = {r.id for r in moved}
+        cancelled = [(jid, u["usage"]) for jid, u in done if jid not in completed]
+        if cancelled:
+            self._meter_cancelled(cancelled, by_job)
         t = result.timings
         self.estimator.observe(recs[0].model_id, total_cost, t.compute_s, t.device_s)
         if total_cost > 0:
@@ -648,6 +695,29 @@ class Scheduler:
                 ),
             )
 
+    def _meter_cancelled(self, items: list[tuple[str, dict]], by_job: dict) -> None:
+        """Jobs cancelled while their batch computed: each keeps its usage (the compute it
+        used is metered to its tenant; the store's usage totals move with it, and only a job
+        not metered yet), and whatever the worker stored for it is deleted."""
+        for rec in self.store.transition_many(
+            [(jid, {"usage": usage}) for jid, usage in items if self._unmetered(jid)],
+            {JobStatus.CANCELLED},
+            JobStatus.CANCELLED,
+        ):
+            m, u = self.metrics, rec.usage
+            m.tenant_images.labels(rec.tenant, rec.model_id).inc(u.get("images", 0))
+            m.tenant_steps.labels(rec.tenant, rec.model_id).inc(u.get("steps", 0))
+            m.tenant_compute.labels(rec.tenant, rec.model_id).inc(u.get("compute_s", 0.0))
+        stored = [o for jid, _ in items for o in by_job[jid].outputs]
+        if stored:
+            if not hasattr(self, "_outputs"):
+                self._outputs = make_storage(self.catalog.server.storage, self.catalog.resolve_path)
+            self._spawn(asyncio.to_thread(delete_outputs, self._outputs, stored))
+
+    def _unmetered(self, job_id: str) -> bool:
+        rec = self.store.get(job_id)
+        return rec is not None and rec.status == JobStatus.CANCELLED and not rec.usage
+
     def _failed(self, recs: list[JobRecord], error: Exception) -> None:
         from ray.exceptions import ActorDiedError, RayActorError
 
@@ -661,16 +731,25 @@ class Scheduler:
                     rec.id, {JobStatus.IN_PROGRESS}, JobStatus.IN_QUEUE, started_at=None
                 )
                 if back is not None:
+                    self.logs.add(rec.id, "the worker was lost; queued again")
                     self._enqueue(self._queued_job(back, back.weight))
                     self._notify(rec.id)
                 continue
-            message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+            error_type = "worker_lost" if lost else "generation_failed"
+            # the tenant reads a public message; the error itself is logged with the job id
+            logger.error(
+                "job %s (tenant %s) failed: %s: %s",
+                rec.id,
+                rec.tenant,
+                error_type,
+                f"{type(error).__name__}: {error}"[:4000],
+            )
             self._finish(
                 rec.id,
                 {JobStatus.IN_PROGRESS},
                 JobStatus.FAILED,
-                error_type="worker_lost" if lost else "generation_failed",
-                error_message=message,
+                error_type=error_type,
+                error_message=public_error(error_type, rec.id),
             )
 
     async def _poll_replicas(self) -> None:

@@ -6,7 +6,9 @@ through ``@serve.multiplexed``, LRU beyond ``max_loaded_models``), runs the call
 its own under the replica's ``StepGate`` (one call computes at a time; an interactive call makes
 a running batch-class call pause at its next step boundary), streams per-step progress back,
 stores the outputs and their sidecars, and returns what it wrote. Cancelling the streaming call
-stops the pipeline at the next step boundary. Torch threads are sized from the replica's CPU share.
+stops the pipeline at the next step boundary; ``cancel_jobs`` names jobs of a running batch that
+were cancelled while the others go on (their outputs are not stored). Torch threads are sized
+from the replica's CPU share.
 The call itself (gate, adapters, progress, timings, result) is ``worker/batch.py``; this module
 holds the deployment, the multiplexed model cache and the Ray calls. Every model load is timed
 (``worker/load_times.py``): the figures are in ``ready``/``info``, in ``metrics_text`` and in
@@ -203,6 +205,9 @@ class FamilyWorker:
         load_start = time.perf_counter()
         model = await self._get_model(req.multiplex_id)
         load_s = time.perf_counter() - load_start
+        if load_s >= 0.05:  # a line for the jobs' logs (``?logs=1``); a loaded model takes ~0
+            steps = req.jobs[0].params.num_inference_steps
+            yield ProgressEvent(0, steps, log=f"model {req.model_id} loaded in {load_s:.2f}s")
         events: asyncio.Queue[ProgressEvent] = asyncio.Queue()
         cancel = threading.Event()
 
@@ -210,6 +215,7 @@ class FamilyWorker:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         self.running[req.batch_id] = req.priority
+        self.ctx.cancelled_jobs[req.batch_id] = set()
         if self.step_loop is not None and self.step_loop.accepts(model, req):
             future = loop.run_in_executor(
                 self.executor, run_step_call, self.ctx, self.step_loop, model, req, cancel, emit
@@ -240,8 +246,19 @@ class FamilyWorker:
             raise RuntimeError("cancelled") from None
         finally:
             self.running.pop(req.batch_id, None)
+            self.ctx.cancelled_jobs.pop(req.batch_id, None)
             if not future.done():
                 cancel.set()
+
+    async def cancel_jobs(self, batch_id: str, job_ids: list[str]) -> bool:
+        """Jobs of a running batch the scheduler cancelled: the batch goes on for the others,
+        their outputs are not stored. False when the batch does not run on this replica (the
+        scheduler then deletes whatever was stored)."""
+        cancelled = self.ctx.cancelled_jobs.get(batch_id)
+        if cancelled is None:
+            return False
+        cancelled.update(job_ids)
+        return True
 
     async def ready(self) -> dict:
         """Loaded models of this replica (readiness probe of the gateway)."""

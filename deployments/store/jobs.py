@@ -57,6 +57,9 @@ class JobRecord:
     weight: float = 1.0  # the tenant's fair-share weight when submitted
     deadline: float | None = None  # absolute time; EXPIRED if still queued then
     idempotency_key: str | None = None
+    # SHA-256 of the canonical request body submitted with the idempotency key: a repeat of the
+    # key with another body is refused (409), with the same body it answers this job
+    body_sha256: str | None = None
     webhook_url: str | None = None
     # legacy: stores from before the outbox set it between the terminal state and the delivery;
     # read once at start (``migrate_pending_webhooks``), never set any more
@@ -240,6 +243,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     weight REAL NOT NULL DEFAULT 1.0,
     deadline REAL,
     idempotency_key TEXT,
+    body_sha256 TEXT,
     webhook_url TEXT,
     webhook_pending INTEGER NOT NULL DEFAULT 0,
     started_at REAL,
@@ -270,6 +274,8 @@ CREATE TABLE IF NOT EXISTS adapters (
 );
 """
 
+# columns added after the first edition's table: (name, SQL type), added by ``_add_columns``
+_ADDED_COLUMNS = [("body_sha256", "TEXT")]
 
 _FILL_TOTALS = """
 INSERT INTO usage_totals (tenant, model_id, status, jobs, images, steps, compute_s)
@@ -306,10 +312,18 @@ class SQLiteJobStore(SQLiteOutbox, SQLiteLease):
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage_totals'"
         ).fetchone()
         self._db.executescript(_SCHEMA)
+        self._add_columns()
         self._db.executescript(_outbox.SCHEMA + leases.SCHEMA)
         if fresh_totals:  # a store from before the counters: count its jobs once
             self._db.execute(_FILL_TOTALS)
         self._fence: tuple[str, int] | None = None  # (lease name, token) once a lease is held
+
+    def _add_columns(self) -> None:
+        """Columns newer than a store's jobs table, added in place (nullable, no default)."""
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, sql_type in _ADDED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
 
     def close(self) -> None:
         with self._lock:

@@ -7,6 +7,8 @@ gateway serves a file only to its tenant. The encoders (``models/media.py``) wri
 timestamps, so the same model, parameters and seed give identical files. A job whose files
 cannot all be written (a full disk: ``StorageFull``) leaves none behind: what was written is
 deleted and the error goes up, so the job ends FAILED instead of COMPLETED with missing files.
+A job cancelled while its batch ran is not stored (``worker/batch.py`` skips it); where the
+cancel reached the worker too late, the scheduler deletes its files (``delete_outputs``).
 """
 
 from __future__ import annotations
@@ -117,3 +119,19 @@ def store_outputs(
                 storage.delete(key)
         raise
     return out
+
+
+def sidecar_key(key: str) -> str:
+    """The JSON sidecar written beside an output (``<base>/<i>.json``)."""
+    return key.rsplit(".", 1)[0] + ".json"
+
+
+def delete_outputs(storage: Storage, outputs: list[StoredOutput]) -> int:
+    """Delete outputs and their sidecars (a job cancelled after they were written); how many
+    files were deleted. A failed delete is left for retention and not raised."""
+    n = 0
+    for out in outputs:
+        for key in (out.key, sidecar_key(out.key)):
+            with contextlib.suppress(Exception):
+                n += bool(storage.delete(key))
+    return n

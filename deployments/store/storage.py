@@ -1,8 +1,9 @@
 """Output storage: where the gateway puts generated files and their JSON sidecars.
 
 Last step of a request's way before the response: a local directory on the gateway's node by
-default (served back by ``GET /v1/files/{path}``), or an S3 bucket through boto3 (any
-S3-compatible endpoint; the response carries presigned URLs). Retention
+default (served back by ``GET /v1/files/{path}``; its URLs are signed and expire, so they work
+without the API key: ``UrlSigner``), or an S3 bucket through boto3 (any S3-compatible endpoint;
+the response carries presigned URLs). Retention
 (``store/retention.py``) lists and deletes through the same interface. A write that finds the
 disk full raises ``StorageFull``, which the gateway answers 507 (uploads) / 503 (submits) and the
 worker's job ends FAILED on. No Ray imports.
@@ -11,12 +12,17 @@ worker's job ends FAILED on. No Ray imports.
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import os
+import secrets
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
+from urllib.parse import quote
 
 from genmedia.models.catalog import LocalStorage, S3Storage
 
@@ -91,11 +97,97 @@ def safe_key(key: str) -> str:
     return str(p)
 
 
-class LocalDirStorage:
-    """Files in a directory; written atomically (temp file + rename)."""
+URL_SECRET_ENV = "GENMEDIA_URL_SECRET"  # the signing secret; else a file in GENMEDIA_HOME
+URL_SECRET_FILE = "url-signing.key"
+MIN_SECRET_CHARS = 32
 
-    def __init__(self, root: Path):
+
+class SignatureError(ValueError):
+    """A signed file URL that is not valid (``reason``: expired, bad_signature, malformed)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def load_url_secret(home: Path | None = None) -> bytes:
+    """The server's URL-signing secret: ``$GENMEDIA_URL_SECRET`` (at least 32 characters), else
+    ``GENMEDIA_HOME/url-signing.key``, made once (random, mode 0600; replicas on one node
+    share it; on several nodes set the variable)."""
+    env = os.environ.get(URL_SECRET_ENV)
+    if env:
+        if len(env) < MIN_SECRET_CHARS:
+            raise ValueError(f"{URL_SECRET_ENV} must be at least {MIN_SECRET_CHARS} characters")
+        return env.encode()
+    if home is None:
+        from genmedia.models.weights import genmedia_home
+
+        home = genmedia_home()
+    path = home / URL_SECRET_FILE
+    if not path.is_file():
+        home.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=".tmp-key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            os.link(tmp, path)  # atomic, and never replaces a secret another process made
+        except FileExistsError:
+            pass
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    secret = path.read_text().strip()
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(f"{path} holds fewer than {MIN_SECRET_CHARS} characters")
+    return secret.encode()
+
+
+class UrlSigner:
+    """Signed, expiring file URLs: ``?expires=<unix s>&sig=<HMAC-SHA256 hex>`` over the storage
+    key and the expiry, with the server's secret (bytes, or a loader called on first use: a
+    worker, which never signs, never reads it)."""
+
+    def __init__(
+        self,
+        secret: bytes | Callable[[], bytes],
+        expiry_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secret, self.expiry_s, self.clock = secret, expiry_s, clock
+
+    @property
+    def secret(self) -> bytes:
+        if callable(self._secret):
+            self._secret = self._secret()
+        return self._secret
+
+    def _mac(self, key: str, expires: int) -> str:
+        msg = f"{key}\n{expires}".encode()
+        return hmac.new(self.secret, msg, hashlib.sha256).hexdigest()
+
+    def query(self, key: str) -> str:
+        """The query string of a new URL of ``key`` (valid for ``expiry_s``)."""
+        expires = int(self.clock()) + self.expiry_s
+        return f"expires={expires}&sig={self._mac(key, expires)}"
+
+    def verify(self, key: str, expires: str | None, sig: str | None) -> None:
+        """SignatureError unless ``sig`` signs ``key`` until ``expires``, not passed yet."""
+        if not expires or not sig or not expires.isdigit() or len(expires) > 12:
+            raise SignatureError(
+                "malformed", "a signed URL needs both 'expires' (unix seconds) and 'sig'"
+            )
+        if not hmac.compare_digest(self._mac(key, int(expires)), sig.lower()):
+            raise SignatureError("bad_signature", "the URL's signature does not match its path")
+        if int(expires) < self.clock():
+            raise SignatureError("expired", f"the signed URL expired at {expires} (unix time)")
+
+
+class LocalDirStorage:
+    """Files in a directory; written atomically (temp file + rename). With a ``signer``, its
+    URLs are signed and expire (readable without the API key)."""
+
+    def __init__(self, root: Path, signer: UrlSigner | None = None):
         self.root = root
+        self.signer = signer
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
@@ -165,7 +257,8 @@ class LocalDirStorage:
         return sorted(p.name for p in top.iterdir() if p.is_dir())
 
     def url(self, key: str, base_url: str) -> str:
-        return f"{base_url.rstrip('/')}/v1/files/{key}"
+        url = f"{base_url.rstrip('/')}/v1/files/{quote(key)}"
+        return url if self.signer is None else f"{url}?{self.signer.query(key)}"
 
 
 LIFECYCLE_TAG = "genmedia-class"
@@ -256,4 +349,4 @@ def make_storage(cfg: LocalStorage | S3Storage, resolve_path) -> Storage:
     """The storage a catalog's ``server.storage`` describes (``resolve_path`` maps local dirs)."""
     if isinstance(cfg, S3Storage):
         return S3BucketStorage(cfg)
-    return LocalDirStorage(resolve_path(cfg.dir))
+    return LocalDirStorage(resolve_path(cfg.dir), UrlSigner(load_url_secret, cfg.url_expiry_s))

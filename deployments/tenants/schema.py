@@ -127,7 +127,8 @@ class Tenant(_Strict):
     quotas: Quotas = Field(default_factory=Quotas, description="Concurrency, rate and queue caps.")
     admin: bool = Field(
         default=False,
-        description="May register and delete LoRA adapters (POST/DELETE /v1/admin/loras).",
+        description="May register and delete LoRA adapters (POST/DELETE /v1/admin/loras), read "
+        "/metrics with its key and see adapter sources in /v1/loras.",
     )
     webhook_secret: str | None = Field(
         default=None,

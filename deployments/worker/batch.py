@@ -4,16 +4,18 @@ Sits after the scheduler in a request's way: the worker deployment (``serve/work
 ``BatchRequest`` off a streaming call, gets the model's pipeline and runs ``run_batch_call`` in a
 thread of its own. Here the call reads its input images, takes the replica's ``StepGate``, sets
 its LoRA adapters whenever it (re)takes the gate, yields to an interactive call or stops for a
-cancel at every step boundary, reports progress (throttled), stores the outputs and builds the
-``WorkerResult`` with its timings. Nothing here imports Ray; torch and PIL load on first use.
+cancel at every step boundary, reports progress (throttled), stores the outputs (not those of
+jobs the scheduler cancelled while the batch ran) and builds the ``WorkerResult`` with its
+timings. Nothing here imports Ray; torch and PIL load on first use.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from genmedia.deployments.protocol import (
     BatchRequest,
     JobOutputs,
+    Preview,
     ProgressEvent,
     StoredOutput,
     WorkerResult,
@@ -38,7 +41,11 @@ if TYPE_CHECKING:
     from genmedia.deployments.worker.step_loop import StepLoop
     from genmedia.models.runner import LoadedModel
 
+logger = logging.getLogger(__name__)
+
 PROGRESS_HZ = 2.0  # progress events a second at most, besides the first and the last step
+PREVIEW_HZ = 2.0  # preview events a second at most per call, besides the first and last step
+LOGGED_WAIT_S = 0.05  # a wait at the gate (or a pause) shorter than this is not logged
 
 Emit = Callable[[ProgressEvent], None]  # hands an event to the replica's event loop
 
@@ -62,6 +69,53 @@ class ProgressThrottle:
             self.last = now
             return True
         return False
+
+
+class CallPreviews:
+    """Live previews of a call's jobs that asked for them (``"preview": true``): each job's
+    first output, from the latents of the step callback (``models/previews.py``), throttled
+    to ``PREVIEW_HZ`` a call, PNG-encoded here and emitted as a progress event."""
+
+    def __init__(self, family: str, req: BatchRequest, emit: Emit) -> None:
+        self.family, self.emit = family, emit
+        self.first_output: dict[str, int] = {}  # job id -> index of its first output
+        k = 0
+        for job in req.jobs:
+            if job.extra.get("preview"):
+                self.first_output[job.request_id] = k
+            k += job.num_images
+        params = req.jobs[0].params
+        self.width, self.height = params.width, params.height
+        self.total = params.num_inference_steps
+        self.throttle = ProgressThrottle(PREVIEW_HZ)
+
+    @classmethod
+    def of(cls, family: str, req: BatchRequest, emit: Emit) -> CallPreviews | None:
+        """The previews of a call, or None when no job asks for one or the family has none."""
+        from genmedia.models.previews import supports_preview
+
+        if not supports_preview(family) or not any(j.extra.get("preview") for j in req.jobs):
+            return None
+        return cls(family, req, emit)
+
+    def on_latents(self, step: int, latents: Any) -> None:
+        """After step ``step``: a preview per job when one is due. A failure is logged and
+        ends the call's previews, never the call."""
+        if not self.first_output or not self.throttle.due(step, self.total, time.perf_counter()):
+            return
+        from genmedia.models.previews import preview_png
+
+        try:
+            previews = {}
+            for job_id, k in self.first_output.items():
+                latent = latents[k].detach().float().cpu().numpy()
+                png, w, h = preview_png(self.family, latent, self.width, self.height)
+                previews[job_id] = Preview(step=step, png=png, width=w, height=h)
+        except Exception:
+            logger.exception("%s previews stopped", self.family)
+            self.first_output = {}
+            return
+        self.emit(ProgressEvent(step=step, total=self.total, previews=previews))
 
 
 class AdapterFiles:
@@ -122,6 +176,9 @@ class WorkerContext:
     replica: str  # this replica's id (the result names it)
     adapter_files: AdapterFiles  # resolved adapter files
     pins: AdapterPins = field(default_factory=AdapterPins)  # adapters of the calls in flight
+    # batch id -> ids of its jobs cancelled while it runs (the scheduler's ``cancel_jobs``):
+    # their outputs are not stored
+    cancelled_jobs: dict[str, set[str]] = field(default_factory=dict)
 
 
 def read_inputs(storage: Storage, jobs: list[GenerationJob]) -> list[dict[str, Any]] | None:
@@ -180,6 +237,13 @@ class GatedCall:
         self.times = CallTimes()
         self.clock = DeviceClock(ctx.device, ctx.threads)
         self.ticket: int | None = None
+        self.step = 0  # the last step reached (log lines say where a pause happened)
+        self.previews = CallPreviews.of(model.entry.family, req, emit)
+
+    def log(self, message: str, total: int | None = None) -> None:
+        """A line for the jobs' logs, on the progress stream."""
+        steps = total if total is not None else self.req.jobs[0].params.num_inference_steps
+        self.emit(ProgressEvent(step=self.step, total=steps, log=message))
 
     def on_gate(self) -> None:
         """Whenever this call (re)takes the gate: its adapters, and only they, are set."""
@@ -189,14 +253,17 @@ class GatedCall:
             loaded, wall_s, cpu_s = timed(adapters.ensure, self.model.pipe, self.files, pinned)
             self.times.adapter_load_s += loaded
             self.clock.exclude(wall_s, cpu_s)
+            if loaded > 0:
+                ids = ", ".join(u.id for u in self.req.adapters) or "none"
+                self.log(f"adapters loaded ({ids}) in {loaded:.2f}s")
             adapters.activate(self.model.pipe, self.req.adapters)
 
     def on_step(self, step: int, total: int) -> None:
         """Between denoising steps: yield or stop at the gate, then maybe report progress."""
         before = time.perf_counter()
+        held = self.ticket
         if self.yields:
-            assert self.ticket is not None
-            held = self.ticket
+            assert held is not None
             self.ticket = self.ctx.gate.checkpoint(held, self.rank, self.cancel)
             if self.ticket != held:  # another call ran meanwhile
                 self.on_gate()
@@ -204,6 +271,11 @@ class GatedCall:
             raise Cancelled()
         after = time.perf_counter()
         self.times.paused_s += after - before
+        self.step = step
+        if self.previews is not None:
+            self.previews.total = total  # image-to-image runs fewer steps than asked
+        if self.ticket != held and after - before >= LOGGED_WAIT_S:
+            self.log(f"paused {after - before:.2f}s at step {step} by interactive work", total)
         if self.throttle.due(step, total, after):
             self.emit(ProgressEvent(step=step, total=total))
 
@@ -216,9 +288,18 @@ class GatedCall:
         started = time.perf_counter()
         started_wall = time.time()  # the compute span, for the scheduler's contention signal
         self.clock = DeviceClock(self.ctx.device, self.ctx.threads)
+        if started - waited >= LOGGED_WAIT_S:
+            self.log(f"waited {started - waited:.2f}s for the worker (another call computing)")
+        on_latents = self.previews.on_latents if self.previews is not None else None
         try:
             self.on_gate()
-            outputs = run_batch(self.model, self.req.jobs, on_step=self.on_step, inputs=inputs)
+            outputs = run_batch(
+                self.model,
+                self.req.jobs,
+                on_step=self.on_step,
+                inputs=inputs,
+                on_latents=on_latents,
+            )
         finally:
             self.ctx.gate.release(self.ticket)
         t = self.times
@@ -235,11 +316,16 @@ def store_batch(
     *,
     now: float,
     sample_rate: int | None = None,
+    skip: Collection[str] = (),
 ) -> list[list[StoredOutput]]:
-    """Store every job's outputs under its tenant; what was written, per job."""
+    """Store every job's outputs under its tenant; what was written, per job. Jobs in ``skip``
+    (cancelled while the batch ran) store nothing."""
     total_images = sum(j.num_images for j in req.jobs)
-    stored = []
+    stored: list[list[StoredOutput]] = []
     for job, arrays in zip(req.jobs, outputs, strict=True):
+        if job.request_id in skip:
+            stored.append([])
+            continue
         tenant = req.tenants.get(job.request_id, "_")
         stored.append(
             store_outputs(
@@ -322,12 +408,16 @@ def finish_call(
     outputs: list[list[np.ndarray]],
     times: CallTimes,
 ) -> WorkerResult:
-    """Store a call's outputs and build its result."""
+    """Store a call's outputs (not those of jobs cancelled meanwhile) and build its result;
+    every job keeps its share of the compute seconds, cancelled or not (it is metered)."""
     done = time.perf_counter()
     sample_rate = None
     if req.jobs[0].params.task == "text-to-audio":
         sample_rate = model.family.sample_rate(model.pipe)
-    stored = store_batch(ctx.storage, req, outputs, now=times.span[1], sample_rate=sample_rate)
+    skip = set(ctx.cancelled_jobs.get(req.batch_id, ()))  # cancelled until now
+    stored = store_batch(
+        ctx.storage, req, outputs, now=times.span[1], sample_rate=sample_rate, skip=skip
+    )
     return build_result(
         req,
         stored,

@@ -1,5 +1,6 @@
 """A real Prometheus (Debian's ``prometheus``) scrapes the session app's /metrics on 127.0.0.1
-with the rendered scrape configuration, and its HTTP API returns genmedia's queue depth."""
+with the rendered scrape configuration (an admin key from a credentials file), and its HTTP API
+returns genmedia's queue depth."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 
 from genmedia.infra.render import prometheus
 from genmedia.loadtests.local import free_port
+from tests.integration.conftest import API_KEY
 
 pytestmark = [
     pytest.mark.integration,
@@ -27,7 +29,9 @@ pytestmark = [
 def test_prometheus_scrapes_the_queue_depth(base_url, http, tmp_path):
     http.get("/v1/models").raise_for_status()  # the app is up
     target = urlsplit(base_url).netloc
-    config = prometheus(genmedia_targets=[target], scrape_interval_s=1)
+    key = tmp_path / "metrics-key"  # /metrics needs an admin tenant's key ("dev")
+    key.write_text(API_KEY)
+    config = prometheus(genmedia_targets=[target], scrape_interval_s=1, credentials_file=str(key))
     config["scrape_configs"] = [c for c in config["scrape_configs"] if c["job_name"] == "genmedia"]
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(yaml.safe_dump(config))

@@ -92,7 +92,7 @@ def test_enums_compare_as_their_strings() -> None:
 def test_adapter_record_hides_the_worker_path_and_round_trips_the_store() -> None:
     info = AdapterInfo(path="/w/a.safetensors", bytes=10, sha256="ab", rank=4, tensors=8)
     pending = AdapterRecord("a", "m", "tiny://sd15/a", "", origin="catalog", status="pending")
-    assert pending.public() == {
+    assert pending.public(admin=True) == {
         "id": "a",
         "base_model": "m",
         "source": "tiny://sd15/a",
@@ -100,6 +100,7 @@ def test_adapter_record_hides_the_worker_path_and_round_trips_the_store() -> Non
         "origin": "catalog",
         "status": "pending",
     }
+    assert "source" not in pending.public()  # admin tenants only
     ready = replace(pending, origin="api", status="ready", registered_at=5.0, info=info)
     public = ready.public()
     assert "path" not in public and public["rank"] == 4 and public["registered_at"] == 5.0

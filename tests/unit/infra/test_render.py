@@ -144,12 +144,15 @@ def test_dashboard_queries_only_metrics_genmedia_exports(files):
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus)")
 def test_scrape_config_passes_promtool(tmp_path, files):
+    key = tmp_path / "key"  # promtool checks that the credentials file exists
+    key.write_text("gm_0123abcd_" + "k" * 43)
+    text = files["prometheus.yml"].replace(r.METRICS_CREDENTIALS_FILE, str(key))
     good = tmp_path / "prometheus.yml"
-    good.write_text(files["prometheus.yml"])
+    good.write_text(text)
     ok = subprocess.run(["promtool", "check", "config", str(good)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     bad = tmp_path / "bad.yml"
-    bad.write_text(files["prometheus.yml"].replace("scrape_interval: 15s", "scrape_interval: 15"))
+    bad.write_text(text.replace("scrape_interval: 15s", "scrape_interval: 15"))
     no = subprocess.run(["promtool", "check", "config", str(bad)], capture_output=True, text=True)
     assert no.returncode != 0
 
@@ -194,3 +197,18 @@ def test_gpu_worker_group_grows_to_the_families_max():
     svc = yaml.safe_load(r.render("kuberay", c))
     group = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert (group["minReplicas"], group["maxReplicas"]) == (1, 2)
+
+
+def test_genmedia_is_scraped_with_an_admin_key_unless_metrics_are_public():
+    scrape = yaml.safe_load(r.render("prometheus", load_catalog()))["scrape_configs"][0]
+    assert scrape["job_name"] == "genmedia"
+    assert scrape["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": r.METRICS_CREDENTIALS_FILE,
+    }
+    catalog = load_catalog()
+    metrics = catalog.server.metrics.model_copy(update={"public": True})
+    server = catalog.server.model_copy(update={"metrics": metrics})
+    public = catalog.model_copy(update={"server": server})
+    scrape = yaml.safe_load(r.render("prometheus", public))["scrape_configs"][0]
+    assert "authorization" not in scrape

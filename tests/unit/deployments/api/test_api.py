@@ -284,7 +284,5 @@ def test_health_readiness_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     post(client, seed=1)
-    text = client.get("/metrics").text
-    assert 'genmedia_submitted_total{model="sd15-tiny",priority="interactive"} 1.0' in text
-    assert "genmedia_queue_depth 0.0" in text  # the scheduler's part
+    assert client.get("/metrics").status_code == 403  # admin keys only: test_metrics_access.py
     assert client.get("/openapi.json").json()["info"]["title"] == "genmedia"

@@ -13,13 +13,18 @@ from genmedia.deployments.worker.gate import Cancelled, StepGate
 def test_higher_priority_preempts_at_the_next_checkpoint():
     gate = StepGate()
     log: list[str] = []
+    started = threading.Event()  # the bulk call holds the gate and has done a step
 
     def bulk():
         t = gate.acquire(1)
-        for step in range(6):
+        for step in range(500):  # until the interactive call has run (5 s at most)
             log.append(f"bulk{step}")
-            time.sleep(0.02)
+            started.set()
+            time.sleep(0.01)
             t = gate.checkpoint(t, 1)
+            if "inter" in log:
+                log.append("bulk-after")
+                break
         gate.release(t)
 
     def interactive():
@@ -29,14 +34,14 @@ def test_higher_priority_preempts_at_the_next_checkpoint():
 
     a = threading.Thread(target=bulk)
     a.start()
-    time.sleep(0.05)
+    assert started.wait(10)
     b = threading.Thread(target=interactive)
     b.start()
     a.join()
     b.join()
     i = log.index("inter")
     assert 0 < i < len(log) - 1  # ran between bulk steps, not after the whole call
-    assert gate.preemptions == 1
+    assert log[-1] == "bulk-after" and gate.preemptions == 1
 
 
 def test_equal_priority_does_not_preempt():
