@@ -392,6 +392,39 @@ class WorkerResult:
     adapters: list[tuple[str, float]]  # the LoRA set applied: (id, scale)
 
 
+# -- keys and quotas changed at run time (``tenants/runtime.py``) --------------------------------
+@dataclass(frozen=True)
+class RuntimeKey:
+    """An API key row of the job store: a key added at run time, or the revocation of any key
+    (one of the tenants file too: then ``hash`` is that key's and ``revoked_at`` is set)."""
+
+    id: str  # the public key id (8 hex)
+    tenant: str
+    hash: str  # ``sha256:<hex>`` of the whole key; the plaintext is never stored
+    created_at: float  # unix seconds
+    revoked_at: float | None = None  # unix seconds; refused from then on
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """Every run-time key and quota override, and the version a gateway compares."""
+
+    version: int  # changes whenever the table changes (and when the scheduler restarts)
+    keys: tuple[RuntimeKey, ...] = ()
+    quotas: dict[str, dict[str, int]] = field(default_factory=dict)  # tenant -> field -> value
+
+
+@dataclass(frozen=True)
+class AdminError:
+    """An admin call on keys or quotas refused; the gateway answers ``status`` naming ``field``."""
+
+    status: int  # HTTP status: 404, 409, 422 or 503
+    type: str  # error code, e.g. ``not_found``
+    field: str  # the request field at fault
+    message: str  # the sentence the caller reads
+
+
 def job_to_dict(job: GenerationJob) -> dict[str, Any]:
     """A resolved job as the job store keeps it (JSON-ready)."""
     return {**asdict(job), "params": asdict(job.params)}

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from genmedia.deployments.api import files, health, jobs, loras, models, openai, usage
+from genmedia.deployments.api import admin, files, health, jobs, loras, models, openai, usage
 from genmedia.deployments.api.bodies import body_schemas
 from genmedia.deployments.api.docs_assets import install_docs
 from genmedia.deployments.api.errors import BodySizeLimit, install_error_handlers
@@ -90,6 +90,7 @@ def build_api(service: GatewayService) -> FastAPI:
         files.router,
         loras.router,
         openai.router,
+        admin.router,
     ):
         app.include_router(router)
     install_docs(app)

@@ -1,4 +1,5 @@
-"""``genmedia tenants ...``: validate a tenants file, create tenants, add API keys.
+"""``genmedia tenants ...``: validate a tenants file, create tenants, add API keys; with
+``--url``, add and revoke keys and change quotas on a running cluster (``api/admin.py``).
 
 Where an operator gives someone access: a new key is printed once (stdout, alone on its line, so
 scripts can capture it) and only its hash is written; the file is rewritten atomically and only
@@ -110,6 +111,43 @@ def _tenant_entries(data: dict[str, Any]) -> list[Any]:
     return tenants if isinstance(tenants, list) else []
 
 
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="A running gateway (e.g. http://127.0.0.1:8000): change it there."),
+]
+AdminKeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", envvar="GENMEDIA_ADMIN_KEY", help="An API key of an admin tenant."),
+]
+
+
+def _call(method: str, url: str, key: str | None, path: str, body: dict[str, Any]) -> Any:
+    """One admin call to a running gateway; its error (status, field, message) ends the command."""
+    import httpx
+
+    if not key:
+        raise _fail("--key (or $GENMEDIA_ADMIN_KEY): an API key of an admin tenant is needed")
+    try:
+        r = httpx.request(
+            method,
+            url.rstrip("/") + path,
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30.0,
+        )
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    if r.status_code >= 400:
+        try:
+            err = r.json()["error"]
+            fields = ", ".join(f["field"] for f in err.get("fields") or [])
+            detail = f"{err['type']}: {err['message']}" + (f" (field {fields})" if fields else "")
+        except (ValueError, KeyError, TypeError):
+            detail = r.text[:300]
+        raise _fail(f"{method} {path} answered {r.status_code}: {detail}", code=1)
+    return r.json()
+
+
 def _print_key(key: str) -> None:
     console.print(_ONCE)
     typer.echo(key)  # stdout holds the key and nothing else
@@ -155,13 +193,37 @@ def validate(file: FileArg) -> None:
 
 @tenants_app.command("add-key")
 def add_key(
-    file: FileArg,
-    tenant: TenantArg,
+    file_or_tenant: Annotated[
+        str,
+        typer.Argument(metavar="FILE", help="Tenants YAML file (with --url: the tenant id)."),
+    ],
+    tenant_arg: Annotated[
+        str | None, typer.Argument(metavar="TENANT", help="Tenant id (not with --url).")
+    ] = None,
     description: Annotated[
         str, typer.Option("--description", "-d", help="Who or what uses the key.")
     ] = "",
+    url: UrlOpt = None,
+    key: AdminKeyOpt = None,
 ) -> None:
-    """Add a new API key to a tenant: store its hash, print the key once."""
+    """Add a new API key to a tenant and print it once: in a tenants file (FILE TENANT), or on
+    a running cluster (--url URL --key ADMIN_KEY TENANT; only the hash is stored there)."""
+    if url is not None:
+        if tenant_arg is not None:
+            raise _fail("with --url give only the tenant id (the cluster's tenants file is used)")
+        body = _call(
+            "POST",
+            url,
+            key,
+            f"/v1/admin/tenants/{file_or_tenant}/keys",
+            {"description": description},
+        )
+        console.print(f"[green]✓[/] key {body['id']} added to tenant {body['tenant']!r} at {url}")
+        _print_key(body["key"])
+        return
+    if tenant_arg is None:
+        raise _fail("give the tenants file and the tenant id (or --url URL --key KEY TENANT)")
+    file, tenant = Path(file_or_tenant), tenant_arg
     name, data = _load_raw(file)
     entry = next(
         (t for t in _tenant_entries(data) if isinstance(t, dict) and t.get("id") == tenant), None
@@ -169,12 +231,12 @@ def add_key(
     if entry is None:
         known = ", ".join(str(t.get("id")) for t in _tenant_entries(data) if isinstance(t, dict))
         raise _fail(f"no tenant {tenant!r} in {file}; tenants: {known or 'none'}")
-    key_id, key, record = new_api_key(description)
+    key_id, new_key, record = new_api_key(description)
     keys = entry.get("api_keys")
     entry["api_keys"] = [*(keys if isinstance(keys, list) else []), record.model_dump(mode="json")]
     _check_and_write(file, name, data)
     console.print(f"[green]✓[/] key {key_id} added to tenant {tenant!r} in {file}", highlight=False)
-    _print_key(key)
+    _print_key(new_key)
 
 
 @tenants_app.command("create")
@@ -247,3 +309,40 @@ def create(
             highlight=False,
         )
     _print_key(key)
+
+
+@tenants_app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's public id (8 hex, after 'gm_').")],
+    url: UrlOpt = None,
+    key: AdminKeyOpt = None,
+) -> None:
+    """Revoke an API key on a running cluster (of the tenants file or added at run time)."""
+    if url is None:
+        raise _fail("--url is needed (in a tenants file, delete the key's entry instead)")
+    body = _call("DELETE", url, key, f"/v1/admin/keys/{key_id}", {})
+    console.print(f"[green]✓[/] key {body['id']} of tenant {body['tenant']!r} revoked at {url}")
+
+
+@tenants_app.command("set-quota")
+def set_quota(
+    tenant: TenantArg,
+    changes: Annotated[
+        list[str], typer.Argument(help="field=value, e.g. max_queued_jobs=100 (repeatable).")
+    ],
+    url: UrlOpt = None,
+    key: AdminKeyOpt = None,
+) -> None:
+    """Change quota fields of a tenant on a running cluster; prints the quotas in force."""
+    if url is None:
+        raise _fail("--url is needed (in a tenants file, edit the tenant's quotas instead)")
+    body: dict[str, Any] = {}
+    for change in changes:
+        field, sep, value = change.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise _fail(f"{change!r}: expected field=value with a whole number")
+        body[field.strip()] = int(value)
+    out = _call("PATCH", url, key, f"/v1/admin/tenants/{tenant}/quotas", body)
+    for name, value in out["quotas"].items():
+        mark = " (set at run time)" if name in out["overrides"] else ""
+        typer.echo(f"{name}={value}{mark}")

@@ -34,11 +34,14 @@ from genmedia.deployments.protocol import (
     AdapterDeleted,
     AdapterError,
     AdapterRecord,
+    AdminError,
     CancelOutcome,
     JobStatus,
     JobStatusView,
+    KeyTable,
     PriorityClass,
     Rejection,
+    RuntimeKey,
     Submission,
     SubmitAccepted,
     UsageRow,
@@ -46,6 +49,13 @@ from genmedia.deployments.protocol import (
 from genmedia.deployments.store.storage import Storage, make_storage
 from genmedia.deployments.tenants.auth import Authenticator
 from genmedia.deployments.tenants.ratelimit import retry_after_header
+from genmedia.deployments.tenants.runtime import (
+    KeyRefresher,
+    QuotaPatch,
+    admin_add_key,
+    admin_revoke_key,
+    admin_set_quotas,
+)
 from genmedia.deployments.tenants.schema import Tenant
 from genmedia.deployments.webhooks.urls import WebhookUrlError, validate_webhook_url
 from genmedia.models.catalog import Catalog, LoraEntry, ModelEntry
@@ -120,6 +130,16 @@ class SchedulerClient(Protocol):
 
     async def ready(self) -> dict: ...
 
+    async def key_table(self, known_version: int | None) -> KeyTable | None:
+        """Run-time keys and quotas (``tenants/runtime.py``); None: ``known_version`` is current."""
+        ...
+
+    async def add_key(self, key: RuntimeKey) -> RuntimeKey | AdminError: ...
+
+    async def revoke_key(self, key_id: str) -> RuntimeKey | AdminError: ...
+
+    async def set_quotas(self, tenant: str, changes: dict[str, int]) -> dict | AdminError: ...
+
 
 def _not_found(job_id: str) -> ApiError:
     return ApiError(
@@ -179,6 +199,10 @@ class GatewayService:
         self.fetcher = (
             UrlFetcher(inputs, catalog.server.max_body_bytes) if inputs.allow_urls else None
         )
+        # keys and quotas changed at run time: asked of the scheduler once a second, off the
+        # request path (started here inside a Serve replica; tests call ``keys.tick``)
+        self.keys = KeyRefresher(scheduler.key_table, self._apply_keys)
+        self.keys.start()
 
     async def off_loop(self, lane: PriorityClass, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pools[lane], fn, *args)
@@ -469,6 +493,32 @@ class GatewayService:
     async def delete_adapter(self, tenant: Tenant, adapter_id: str) -> dict[str, Any]:
         self._admin(tenant)
         return _adapter_outcome(await self.call(self.scheduler.delete_adapter(adapter_id)))
+
+    # -- keys and quotas at run time (``tenants/runtime.py``) --------------------------------
+    def _apply_keys(self, table: KeyTable) -> None:
+        self.auth.apply(table)
+        replicas = max(1, self.catalog.server.gateway_replicas)  # as TenantGuard divides them
+        for t in self.auth.tenants.values():
+            limit = max(1, t.quotas.requests_per_minute // replicas)
+            self.guard.limits[t.id] = self.guard.rate.limits[t.id] = limit
+
+    async def add_key(self, tenant: Tenant, owner: str, description: str) -> dict[str, Any]:
+        self._admin(tenant)
+        out = await admin_add_key(self.call, self.scheduler, self.auth.tenants, owner, description)
+        await self.call(self.keys.tick(force=True))  # this replica knows it at once
+        return out
+
+    async def revoke_key(self, tenant: Tenant, key_id: str) -> dict[str, Any]:
+        self._admin(tenant)
+        key = await admin_revoke_key(self.call, self.scheduler, key_id)
+        await self.call(self.keys.tick(force=True))
+        return {"id": key.id, "tenant": key.tenant, "revoked_at": key.revoked_at}
+
+    async def set_quotas(self, tenant: Tenant, owner: str, patch: QuotaPatch) -> dict[str, Any]:
+        self._admin(tenant)
+        out = await admin_set_quotas(self.call, self.scheduler, self.auth.tenants, owner, patch)
+        await self.call(self.keys.tick(force=True))
+        return out
 
     def _check_refused(
         self, sub: Submission, result: SubmitAccepted | JobStatusView | Rejection

@@ -21,9 +21,12 @@ from genmedia.deployments.protocol import (
     AdapterDeleted,
     AdapterError,
     AdapterRecord,
+    AdminError,
     CancelOutcome,
     JobStatusView,
+    KeyTable,
     Rejection,
+    RuntimeKey,
     Submission,
     SubmitAccepted,
     UsageRow,
@@ -91,6 +94,18 @@ class RaySchedulerClient:
 
     async def delete_adapter(self, adapter_id: str) -> AdapterDeleted | AdapterError:
         return await self.handle.delete_adapter.remote(adapter_id)
+
+    async def key_table(self, known_version: int | None) -> KeyTable | None:
+        return await self.handle.key_table.remote(known_version)
+
+    async def add_key(self, key: RuntimeKey) -> RuntimeKey | AdminError:
+        return await self.handle.add_key.remote(key)
+
+    async def revoke_key(self, key_id: str) -> RuntimeKey | AdminError:
+        return await self.handle.revoke_key.remote(key_id)
+
+    async def set_quotas(self, tenant: str, changes: dict[str, int]) -> dict | AdminError:
+        return await self.handle.set_quotas.remote(tenant, changes)
 
     async def metrics_text(self) -> bytes:
         return await self.handle.metrics_text.remote()

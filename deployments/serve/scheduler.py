@@ -32,14 +32,17 @@ from genmedia.deployments.protocol import (
     AdapterDeleted,
     AdapterError,
     AdapterRecord,
+    AdminError,
     BatchRequest,
     CancelOutcome,
     JobError,
     JobStatusView,
+    KeyTable,
     Preview,
     PriorityClass,
     ProgressEvent,
     Rejection,
+    RuntimeKey,
     StepProgress,
     Submission,
     SubmitAccepted,
@@ -67,6 +70,7 @@ from genmedia.deployments.store.outputs import delete_outputs
 from genmedia.deployments.store.retention import run_sweeper, sweeper_for
 from genmedia.deployments.store.storage import make_storage
 from genmedia.deployments.tenants.ratelimit import RateLimiter
+from genmedia.deployments.tenants.runtime import KeyRegistry
 from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.deployments.webhooks.sender import WebhookSender
 from genmedia.models.catalog import Catalog, LoraEntry, WebhookPolicy, parse_catalog
@@ -153,6 +157,8 @@ class Scheduler:
         self.adapters_ = AdapterRegistry(
             self.catalog, self.store, self._check_adapter, clock=self.clock
         )
+        self.keys = KeyRegistry(self.store, self.tenants.values(), self.clock)  # run-time keys
+        self._apply_quotas()
         self._recover()
         self._spawn(self.adapters_.check_catalog_adapters())
         self.intake = Intake(
@@ -438,6 +444,31 @@ class Scheduler:
 
     async def delete_adapter(self, adapter_id: str) -> AdapterDeleted | AdapterError:
         return self.adapters_.delete(adapter_id)
+
+    # -- keys and quotas changed at run time (``tenants/runtime.py``) ------------------------
+    async def key_table(self, known_version: int | None) -> KeyTable | None:
+        """The run-time key table, or None when the gateway holds this version already."""
+        return self.keys.since(known_version)
+
+    async def add_key(self, key: RuntimeKey) -> RuntimeKey | AdminError:
+        return self.keys.add(key)
+
+    async def revoke_key(self, key_id: str) -> RuntimeKey | AdminError:
+        return self.keys.revoke(key_id)
+
+    async def set_quotas(self, tenant: str, changes: dict[str, int]) -> dict | AdminError:
+        out = self.keys.set_quotas(tenant, changes)
+        self._apply_quotas()
+        return out
+
+    def _apply_quotas(self) -> None:
+        """The tenants file's quotas with the stored overrides, where admission reads them."""
+        limits = self.dispatcher._tenant_limits
+        for tid, tenant in self.keys.tenants().items():
+            self.tenants[tid] = tenant  # the mapping intake and webhooks hold
+            self.rate.limits[tid] = tenant.quotas.requests_per_minute
+            if limits is not None:
+                limits[tid] = tenant.quotas.max_concurrent_jobs
 
     # -- dispatch ----------------------------------------------------------------------------
     def _finish(self, job_id: str, allowed: set, to: JobStatus, **updates) -> JobRecord | None:

@@ -23,7 +23,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
-from genmedia.deployments.protocol import TERMINAL, AdapterRecord, JobStatus, UsageRow
+from genmedia.deployments.protocol import (
+    TERMINAL,
+    AdapterRecord,
+    JobStatus,
+    RuntimeKey,
+    UsageRow,
+)
 from genmedia.deployments.store import lease as leases
 from genmedia.deployments.store import outbox as _outbox
 from genmedia.deployments.store.lease import FencedOut, Lease, SQLiteLease
@@ -35,6 +41,7 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "JobStore",
+    "KeyStore",
     "Lease",
     "OutboxEvent",
     "OutboxFn",
@@ -227,6 +234,31 @@ class JobStore(Protocol):
 
     def usage(self, tenant: str) -> list[UsageRow]:
         """Per model: jobs, images, steps and compute seconds of the tenant's finished jobs."""
+        ...
+
+
+class KeyStore(Protocol):
+    """API keys and quota overrides changed at run time (``SQLJobStore``; the embedded
+    ``SQLiteJobStore`` does not keep them). Writes are fenced as every other write."""
+
+    def add_api_key(self, key: RuntimeKey) -> bool:
+        """Insert a key row; False (nothing written) when its id is already stored."""
+        ...
+
+    def revoke_api_key(self, key_id: str, at: float) -> bool:
+        """Set ``revoked_at`` of a stored key (kept if already set); False when not stored."""
+        ...
+
+    def set_tenant_quotas(self, tenant: str, quotas: dict[str, int], at: float) -> None:
+        """Replace the tenant's quota overrides (the whole mapping)."""
+        ...
+
+    def api_keys(self) -> list[RuntimeKey]:
+        """Every key row, revoked ones too, by id."""
+        ...
+
+    def tenant_quotas(self) -> dict[str, dict[str, int]]:
+        """Quota overrides by tenant."""
         ...
 
 

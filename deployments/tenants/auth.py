@@ -10,7 +10,9 @@ from __future__ import annotations
 import hmac
 
 from genmedia.deployments.errors import ApiError
+from genmedia.deployments.protocol import KeyTable
 from genmedia.deployments.tenants.keys import hash_api_key, parse_api_key
+from genmedia.deployments.tenants.runtime import key_index, with_quotas
 from genmedia.deployments.tenants.schema import Tenant, TenantsFile
 
 
@@ -33,11 +35,17 @@ class Authenticator:
     """Finds the tenant of a bearer key and checks what it may use. Build once per tenants file."""
 
     def __init__(self, tenants_file: TenantsFile):
+        self.file = tenants_file
         self.tenants: dict[str, Tenant] = {t.id: t for t in tenants_file.tenants}
-        self._by_key_id: dict[str, list[tuple[str, Tenant]]] = {}
-        for t in tenants_file.tenants:
-            for k in t.api_keys:
-                self._by_key_id.setdefault(k.id, []).append((k.hash, t))
+        self._by_key_id = key_index(self.tenants, ())
+
+    def apply(self, table: KeyTable) -> None:
+        """Keys and quotas changed at run time (``runtime.py``) on top of the tenants file:
+        revoked keys refused from now on, added keys accepted, quota overrides in the tenants
+        answered (``tenants`` is updated in place: holders of the mapping see the change)."""
+        tenants = with_quotas(self.file.tenants, table.quotas)
+        self._by_key_id = key_index(tenants, table.keys)
+        self.tenants.update(tenants)
 
     def authenticate(self, authorization_header: str | None) -> Tenant:
         """The tenant of 'Bearer <key>'; AuthError(401) when missing, malformed or unknown."""

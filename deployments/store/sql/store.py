@@ -20,13 +20,13 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from genmedia.deployments.protocol import AdapterRecord, JobStatus, UsageRow
+from genmedia.deployments.protocol import AdapterRecord, JobStatus, RuntimeKey, UsageRow
 from genmedia.deployments.store.jobs import JobRecord, OutboxFn
 from genmedia.deployments.store.lease import FencedOut, Lease
 from genmedia.deployments.store.outbox import OutboxEvent, OutboxState
@@ -319,6 +319,43 @@ class SQLJobStore:
         with self._read() as conn:
             rows = conn.execute(sa.select(t.adapters).order_by(t.adapters.c.id)).all()
         return {r.id: AdapterRecord.from_stored(json.loads(r.record)) for r in rows}
+
+    # -- keys and quotas changed at run time (``KeyStore``) -------------------------------------
+    def add_api_key(self, key: RuntimeKey) -> bool:
+        stmt = self._insert(t.api_keys).values(**asdict(key)).on_conflict_do_nothing()
+        with self._write() as conn:  # RETURNING: rowcount of a skipped insert varies by driver
+            return conn.execute(stmt.returning(t.api_keys.c.id)).first() is not None
+
+    def revoke_api_key(self, key_id: str, at: float) -> bool:
+        k = t.api_keys
+        with self._write() as conn:
+            if conn.execute(sa.select(k.c.id).where(k.c.id == key_id)).first() is None:
+                return False
+            conn.execute(
+                k.update().where(k.c.id == key_id, k.c.revoked_at.is_(None)).values(revoked_at=at)
+            )
+            return True
+
+    def set_tenant_quotas(self, tenant: str, quotas: dict[str, int], at: float) -> None:
+        q = t.tenant_quotas
+        stmt = self._insert(q).values(tenant=tenant, quotas=json.dumps(quotas), updated_at=at)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[q.c.tenant],
+            set_={"quotas": stmt.excluded.quotas, "updated_at": stmt.excluded.updated_at},
+        )
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def api_keys(self) -> list[RuntimeKey]:
+        k = t.api_keys
+        with self._read() as conn:
+            rows = conn.execute(sa.select(k).order_by(k.c.id)).all()
+        return [RuntimeKey(**r._mapping) for r in rows]  # a whole second may come back as int
+
+    def tenant_quotas(self) -> dict[str, dict[str, int]]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t.tenant_quotas)).all()
+        return {r.tenant: json.loads(r.quotas) for r in rows}
 
     def usage(self, tenant: str) -> list[UsageRow]:
         u = t.usage_totals

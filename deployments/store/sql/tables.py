@@ -108,3 +108,23 @@ leases = sa.Table(
     sa.Column("token", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
 )
+
+# keys and quotas changed at run time (revision 0002; ``tenants/runtime.py``)
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),  # the public key id
+    sa.Column("tenant", sa.Text, nullable=False),
+    sa.Column("hash", sa.Text, nullable=False),  # sha256:<hex> of the whole key
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("revoked_at", sa.Double),
+    sa.Column("description", sa.Text, nullable=False, server_default=sa.text("''")),
+)
+
+tenant_quotas = sa.Table(
+    "tenant_quotas",
+    metadata,
+    sa.Column("tenant", sa.Text, primary_key=True),
+    sa.Column("quotas", sa.Text, nullable=False),  # JSON: Quotas fields overridden
+    sa.Column("updated_at", sa.Double, nullable=False),
+)

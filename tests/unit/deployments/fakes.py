@@ -16,16 +16,21 @@ from genmedia.deployments.protocol import (
     AdapterDeleted,
     AdapterError,
     AdapterRecord,
+    AdminError,
     CancelOutcome,
     JobStatus,
     JobStatusView,
+    KeyTable,
     Rejection,
+    RuntimeKey,
     StepProgress,
     Submission,
     SubmitAccepted,
     UsageRow,
 )
 from genmedia.deployments.store.storage import Storage
+from genmedia.deployments.tenants.runtime import KeyRegistry
+from genmedia.deployments.tenants.schema import Tenant
 from genmedia.models.catalog import LoraEntry
 from genmedia.models.media import encode_image
 
@@ -140,6 +145,60 @@ class FakeScheduler:
 
     async def ready(self) -> dict[str, Any]:
         return {"sd15": {"loaded": ["sd15-tiny"]}}
+
+    # keys and quotas at run time: the real registry over an in-memory store (use_keys)
+    keys: KeyRegistry | None = None
+
+    def use_keys(self, tenants: list[Tenant]) -> KeyRegistry:
+        self.keys = KeyRegistry(MemoryKeyStore(), tenants)
+        return self.keys
+
+    async def key_table(self, known_version: int | None) -> KeyTable | None:
+        return None if self.keys is None else self.keys.since(known_version)
+
+    async def add_key(self, key: RuntimeKey) -> RuntimeKey | AdminError:
+        return self._no_keys() if self.keys is None else self.keys.add(key)
+
+    async def revoke_key(self, key_id: str) -> RuntimeKey | AdminError:
+        return self._no_keys() if self.keys is None else self.keys.revoke(key_id)
+
+    async def set_quotas(self, tenant: str, changes: dict[str, int]) -> dict | AdminError:
+        return self._no_keys() if self.keys is None else self.keys.set_quotas(tenant, changes)
+
+    @staticmethod
+    def _no_keys() -> AdminError:
+        return AdminError(503, "unavailable", "key_id", "no key registry in this test")
+
+
+class MemoryKeyStore:
+    """``store.jobs.KeyStore`` in memory, for the fake scheduler."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, RuntimeKey] = {}
+        self.quotas: dict[str, dict[str, int]] = {}
+
+    def add_api_key(self, key: RuntimeKey) -> bool:
+        if key.id in self.keys:
+            return False
+        self.keys[key.id] = key
+        return True
+
+    def revoke_api_key(self, key_id: str, at: float) -> bool:
+        key = self.keys.get(key_id)
+        if key is None:
+            return False
+        if key.revoked_at is None:
+            self.keys[key_id] = replace(key, revoked_at=at)
+        return True
+
+    def set_tenant_quotas(self, tenant: str, quotas: dict[str, int], at: float) -> None:
+        self.quotas[tenant] = dict(quotas)
+
+    def api_keys(self) -> list[RuntimeKey]:
+        return [self.keys[k] for k in sorted(self.keys)]
+
+    def tenant_quotas(self) -> dict[str, dict[str, int]]:
+        return {t: dict(q) for t, q in self.quotas.items()}
 
 
 class StreamingScheduler(FakeScheduler):
