@@ -65,6 +65,23 @@ class BatchRunner(Protocol):
     ) -> list[list[np.ndarray]]: ...
 
 
+def image_runner(call_kwargs: Callable[..., dict[str, Any]]) -> BatchRunner:
+    """The ``run`` of an image family (sd15, sdxl, flux): one call of the batch's image task
+    (``runner.run_images``) with the family's own pipeline call arguments."""
+
+    def run(
+        model: LoadedModel,
+        jobs: list[GenerationJob],
+        on_step: StepCallback | None = None,
+        inputs: list[dict] | None = None,
+    ) -> list[list[np.ndarray]]:
+        from genmedia.models.runner import run_images  # torch and diffusers: at call time
+
+        return run_images(model, jobs, on_step, inputs, call_kwargs)
+
+    return run
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """One model family: the facts requests and catalogs are checked against, and the hooks the

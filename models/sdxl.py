@@ -22,18 +22,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genmedia.models.family import FamilySpec, StepCallback, diffusers_classes
+from genmedia.models.family import FamilySpec, diffusers_classes, image_runner
 from genmedia.models.family_io import load_checkpoint, save_tiny, swap_scheduler
 from genmedia.models.tiny_tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
     from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig
 
-    from genmedia.models.params import GenerationJob
-    from genmedia.models.runner import LoadedModel
 
 FAMILY = "sdxl"
 TASKS = ("text-to-image", "image-to-image", "inpainting")
@@ -213,18 +210,6 @@ def call_kwargs(*, guidance_scale: float, negative_prompts: list[str] | None) ->
     return kwargs
 
 
-def run(
-    model: LoadedModel,
-    jobs: list[GenerationJob],
-    on_step: StepCallback | None = None,
-    inputs: list[dict] | None = None,
-) -> list[list[np.ndarray]]:
-    """One pipeline call of the batch's image task with this family's call arguments."""
-    from genmedia.models.runner import run_images
-
-    return run_images(model, jobs, on_step, inputs, call_kwargs)
-
-
 SPEC = FamilySpec(
     name=FAMILY,
     title="Stable Diffusion XL-style (UNet + two CLIP encoders)",
@@ -235,7 +220,7 @@ SPEC = FamilySpec(
     build_tiny=build_tiny,
     load_pipeline=load_pipeline,
     scheduler_factories=scheduler_classes,
-    run=run,
+    run=image_runner(call_kwargs),
     tiny_version=TINY_VERSION,
     lora_components=LORA_COMPONENTS,
     lora_denoiser="unet",
