@@ -268,6 +268,25 @@ class SchedulerSettings(_Strict):
         "'fifo': one queue in arrival order, no classes, no fairness, no preemption (the "
         "baseline the benchmarks compare against).",
     )
+    standby: int = Field(
+        default=0,
+        ge=0,
+        le=3,
+        description="Standby scheduler replicas next to the active one. Each waits for the job "
+        "store's lease and takes over when the active replica stops renewing it (within "
+        "lease_ttl_s plus a queue rebuild); gateways route to the replica that holds it. Use 1 "
+        "with a PostgreSQL job_store on a multi-node cluster; a SQLite job_store lives on one "
+        "node, so its standby guards against a replica crash, not a node loss.",
+    )
+    lease_ttl_s: float = Field(
+        default=6.0,
+        ge=2.0,
+        le=120.0,
+        description="The scheduler's lease on the job store lasts this long after its last "
+        "renewal (renewed 4 times per period): the longest a standby waits after the active "
+        "replica died. Shorter: faster takeover; too short for a loaded node: a live replica "
+        "that stalls this long is fenced out and restarted.",
+    )
 
     @field_validator("job_store")
     @classmethod
