@@ -425,6 +425,11 @@ class AdminError:
     message: str  # the sentence the caller reads
 
 
+class SchedulerNotActive(RuntimeError):
+    """A call reached a standby scheduler replica: another replica holds the job store's lease
+    (or none has taken it over yet). Nothing was done; the gateway tries again."""
+
+
 def job_to_dict(job: GenerationJob) -> dict[str, Any]:
     """A resolved job as the job store keeps it (JSON-ready)."""
     return {**asdict(job), "params": asdict(job.params)}

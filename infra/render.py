@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from genmedia.autoscaling.placement import GpuPool, allocate, plan_placement, replica_shapes
+from genmedia.deployments.store.storage import URL_SECRET_ENV
 from genmedia.infra.serve_config import ScalingKnobs, application_config
 from genmedia.models.catalog import Catalog, S3Storage
+from genmedia.models.server_config import SchedulerSettings
 
 TARGETS = ("serve-config", "kuberay", "dockerfile", "prometheus", "grafana", "s3-lifecycle")
 VARIANTS = ("cpu", "cuda")
@@ -45,8 +49,48 @@ RAY_METRICS_PORT = 8080
 METRICS_CREDENTIALS_FILE = "/etc/prometheus/secrets/genmedia-metrics/key"
 
 
+# the pods' environment variable of a PostgreSQL job store's password (from a Secret)
+JOB_STORE_PASSWORD_ENV = "GENMEDIA_JOB_STORE_PASSWORD"
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a DNS subdomain
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+
+
 class RenderError(ValueError):
     """A render request that cannot be honoured (unknown target or variant, bad option)."""
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """One key of a Kubernetes Secret (``kubectl create secret generic NAME
+    --from-literal=KEY=...``)."""
+
+    name: str
+    key: str
+
+    def __post_init__(self) -> None:
+        if not _SECRET_NAME.match(self.name):
+            raise RenderError(
+                f"Secret name {self.name!r}: lower-case letters, digits, '-' and '.', at most 253"
+            )
+        if not _SECRET_KEY.match(self.key):
+            raise RenderError(
+                f"Secret key {self.key!r}: letters, digits, '-', '_' and '.', at most 253"
+            )
+
+    @classmethod
+    def parse(cls, text: str, default_key: str) -> SecretRef:
+        """``NAME`` or ``NAME:KEY``."""
+        name, _, key = text.partition(":")
+        return cls(name.strip(), key.strip() or default_key)
+
+    def env(self, variable: str) -> dict[str, Any]:
+        """A container's environment variable set from this key."""
+        ref = {"name": self.name, "key": self.key}
+        return {"name": variable, "valueFrom": {"secretKeyRef": ref}}
+
+
+URL_SECRET = SecretRef("genmedia-url-secret", "secret")
+JOB_STORE_SECRET = SecretRef("genmedia-job-store", "password")
 
 
 @dataclass(frozen=True)
@@ -58,6 +102,59 @@ class Cluster:
     image: str = "genmedia"
     tag: str = "latest"
     policy_knobs: dict[str, float] = field(default_factory=dict)  # autoscaling policy overrides
+    # a postgresql:// URL (no password) that replaces the catalog's job_store; None: as catalog
+    job_store: str | None = None
+    job_store_secret: SecretRef = JOB_STORE_SECRET  # the PostgreSQL password's Secret
+    url_secret: SecretRef = URL_SECRET  # GENMEDIA_URL_SECRET: one signing key for every pod
+
+
+def deployed_catalog(catalog: Catalog, cluster: Cluster) -> Catalog:
+    """The catalog as deployed: with ``cluster.job_store`` it keeps jobs in that PostgreSQL
+    database, reads the password from ``JOB_STORE_PASSWORD_ENV`` (unless the catalog names
+    its own variable) and runs at least one standby scheduler."""
+    if cluster.job_store is None:
+        return catalog
+    if not cluster.job_store.startswith(("postgresql://", "postgres://", "postgresql+")):
+        raise RenderError(
+            f"job store {cluster.job_store!r}: give a postgresql://user@host:port/db URL "
+            "(a SQLite file lives on one node: keep it in the catalog instead)"
+        )
+    current = catalog.server.scheduler
+    data = current.model_dump()
+    data.update(
+        job_store=cluster.job_store,
+        job_store_password_env=current.job_store_password_env or JOB_STORE_PASSWORD_ENV,
+        job_store_password_file=None,
+        standby=max(1, current.standby),
+    )
+    try:
+        scheduler = SchedulerSettings.model_validate(data)
+    except ValidationError as e:  # its text would echo the URL: the messages only
+        raise RenderError("; ".join(err["msg"] for err in e.errors())) from None
+    server = catalog.server.model_copy(update={"scheduler": scheduler})
+    return catalog.model_copy(update={"server": server})
+
+
+def pod_env(catalog: Catalog, cluster: Cluster) -> list[dict[str, Any]]:
+    """Every pod's environment: the cache folder, the URL-signing secret (the same on every
+    node, so any gateway checks a URL another signed) and a PostgreSQL job store's password
+    (any node may run the scheduler or its standby)."""
+    env: list[dict[str, Any]] = [
+        {"name": "GENMEDIA_HOME", "value": "/var/cache/genmedia"},
+        cluster.url_secret.env(URL_SECRET_ENV),
+    ]
+    scheduler = catalog.server.scheduler
+    if not scheduler.job_store.startswith("postgres"):
+        return env
+    if scheduler.job_store_password_file:
+        raise RenderError(
+            "server.scheduler.job_store_password_file: the KubeRay manifest sets the password "
+            "from a Secret as an environment variable: set job_store_password_env instead (or "
+            "render with --job-store)"
+        )
+    if scheduler.job_store_password_env:
+        env.append(cluster.job_store_secret.env(scheduler.job_store_password_env))
+    return env
 
 
 def gpus_for_max(catalog: Catalog, gpu_memory_gb: float) -> int:
@@ -104,7 +201,9 @@ def serve_config(catalog: Catalog, cluster: Cluster) -> dict[str, Any]:
     }
 
 
-def _container(name: str, image: str, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
+def _container(
+    name: str, image: str, cpu: str, memory: str, gpus: int, env: list[dict[str, Any]]
+) -> dict[str, Any]:
     limits = {"cpu": cpu, "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
@@ -112,7 +211,7 @@ def _container(name: str, image: str, cpu: str, memory: str, gpus: int) -> dict[
         "name": name,
         "image": image,
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
-        "env": [{"name": "GENMEDIA_HOME", "value": "/var/cache/genmedia"}],
+        "env": env,
         "volumeMounts": [
             {"name": "tenants", "mountPath": "/etc/genmedia", "readOnly": True},
             {"name": "cache", "mountPath": "/var/cache/genmedia"},
@@ -139,8 +238,8 @@ def _pod(container: dict[str, Any], ports: list[tuple[str, int]], gpu: bool) -> 
     return {"metadata": {"labels": {"app.kubernetes.io/name": SERVICE}}, "spec": spec}
 
 
-def head_pod_template(cluster: Cluster) -> dict[str, Any]:
-    c = _container("ray-head", f"{cluster.image}:{cluster.tag}-cpu", "2", "8Gi", 0)
+def head_pod_template(cluster: Cluster, env: list[dict[str, Any]]) -> dict[str, Any]:
+    c = _container("ray-head", f"{cluster.image}:{cluster.tag}-cpu", "2", "8Gi", 0, env)
     ports = [
         ("gcs", 6379),
         ("dashboard", 8265),
@@ -151,13 +250,14 @@ def head_pod_template(cluster: Cluster) -> dict[str, Any]:
     return _pod(c, ports, gpu=False)
 
 
-def gpu_worker_pod_template(cluster: Cluster) -> dict[str, Any]:
-    c = _container("ray-worker", f"{cluster.image}:{cluster.tag}-cuda", "8", "32Gi", 1)
+def gpu_worker_pod_template(cluster: Cluster, env: list[dict[str, Any]]) -> dict[str, Any]:
+    c = _container("ray-worker", f"{cluster.image}:{cluster.tag}-cuda", "8", "32Gi", 1, env)
     return _pod(c, [("metrics", RAY_METRICS_PORT)], gpu=True)
 
 
 def rayservice(catalog: Catalog, cluster: Cluster) -> dict[str, Any]:
     minimum = len(plan_placement(catalog, cluster.gpus, cluster.gpu_memory_gb).gpus)
+    env = pod_env(catalog, cluster)
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
@@ -170,7 +270,7 @@ def rayservice(catalog: Catalog, cluster: Cluster) -> dict[str, Any]:
                 "headGroupSpec": {
                     # the head runs the control plane (proxy, gateway, scheduler), no GPU work
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
-                    "template": head_pod_template(cluster),
+                    "template": head_pod_template(cluster, env),
                 },
                 "workerGroupSpecs": [
                     {
@@ -179,7 +279,7 @@ def rayservice(catalog: Catalog, cluster: Cluster) -> dict[str, Any]:
                         "minReplicas": minimum,
                         "maxReplicas": cluster.gpus,
                         "rayStartParams": {},
-                        "template": gpu_worker_pod_template(cluster),
+                        "template": gpu_worker_pod_template(cluster, env),
                     }
                 ],
             },
@@ -416,6 +516,7 @@ def render(
 ) -> str:
     """The text of one artifact; RenderError for an unknown target or variant."""
     cluster = cluster or Cluster(gpus_for_max(catalog, 24.0))
+    catalog = deployed_catalog(catalog, cluster)
     if target == "serve-config":
         return "# Rendered by `genmedia render serve-config`; do not edit.\n" + _yaml(
             serve_config(catalog, cluster)

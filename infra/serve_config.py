@@ -74,17 +74,23 @@ def application_config(
 
 
 def _deployments(catalog: Catalog, knobs: ScalingKnobs) -> list[dict[str, Any]]:
-    """The scheduler (one replica, reporting its queues) and one autoscaled worker per family,
-    with Serve's own delays at zero."""
+    """The scheduler (the active replica, reporting its queues, and
+    ``server.scheduler.standby`` standbys) and one autoscaled worker per family, with Serve's
+    own delays at zero."""
     report = {
         "metrics_interval_s": knobs.metrics_interval_s,
         "look_back_period_s": knobs.look_back_period_s,
     }
+    schedulers = 1 + catalog.server.scheduler.standby
     deployments: list[dict[str, Any]] = [
         {
             "name": "scheduler",
             "num_replicas": "auto",
-            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, **report},
+            "autoscaling_config": {
+                "min_replicas": schedulers,
+                "max_replicas": schedulers,
+                **report,
+            },
         }
     ]
     for family, shape in replica_shapes(catalog).items():

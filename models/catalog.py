@@ -10,14 +10,23 @@ no torch here.
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from genmedia.kernels.options import KernelOptions, check_options
 from genmedia.models.config_issues import field_errors
@@ -303,6 +312,25 @@ class ModelEntry(_Strict):
         return spec.default_scheduler if spec.default_scheduler in allowed else allowed[0]
 
 
+_SHA256_PIN = re.compile(r"^sha256=[0-9a-f]{64}$")
+
+
+def _url_source(scheme: str, rest: str) -> str:
+    """An http(s) adapter source in its plain form: a host, no user info, and only a
+    ``#sha256=<64 hex>`` fragment (the address checks happen when it is fetched)."""
+    parts = urlsplit(f"{scheme}://{rest}")
+    if not parts.hostname:
+        raise ValueError("source URL has no host")
+    if "@" in parts.netloc:
+        raise ValueError("source URL must not carry user info (user:password@)")
+    if parts.fragment and not _SHA256_PIN.match(parts.fragment):
+        raise ValueError(
+            "source URL fragment must be '#sha256=<64 lowercase hex digits>' (the content's "
+            "digest) or nothing"
+        )
+    return urlunsplit(parts._replace(scheme=scheme))
+
+
 class LoraEntry(_Strict):
     """A LoRA adapter the catalog serves (more can be registered at run time)."""
 
@@ -314,11 +342,31 @@ class LoraEntry(_Strict):
     base_model: str = Field(description="Id of the catalog model the adapter was trained on.")
     source: str = Field(
         min_length=1,
+        max_length=4096,
         description="A .safetensors file: a local path (absolute, or relative to the catalog "
-        "file), 's3://bucket/key.safetensors', or 'tiny://<family>/<name>' for a built-in "
-        "random test adapter.",
+        "file), 's3://bucket/key.safetensors', 'https://host/path' (or 'http://' to a host in "
+        "server.inputs.allowed_http_hosts; fetched once, checked as safetensors and kept in "
+        "the server's storage by content hash; a '#sha256=<hex>' suffix pins the content), "
+        "or 'tiny://<family>/<name>' for a built-in random test adapter.",
     )
     description: str = Field(default="", description="Free text shown by GET /v1/loras.")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        v = v.strip()
+        scheme, sep, rest = v.partition("://")
+        if not sep or "/" in scheme or "\\" in scheme:
+            return v  # a local path
+        scheme = scheme.lower()
+        if scheme not in ("http", "https", "s3", "file", "tiny"):
+            raise ValueError(
+                f"source scheme {scheme!r}:// is not accepted; use a local path, s3://, "
+                "https:// (http:// to allowed hosts) or tiny://"
+            )
+        if scheme in ("http", "https"):
+            return _url_source(scheme, rest)
+        return v
 
 
 class Catalog(_Strict):

@@ -128,10 +128,12 @@ class WebhookPolicy(BaseModel):
 
 
 class InputSettings(_Strict):
-    """Input images (``image``, ``mask_image``) given as URLs the gateway fetches."""
+    """Input images (``image``, ``mask_image``) and LoRA adapter sources given as URLs."""
 
     allow_urls: bool = Field(
-        default=True, description="Accept https:// (and allowed http://) URLs as input images."
+        default=True,
+        description="Accept https:// (and allowed http://) URLs as input images and LoRA "
+        "adapter sources.",
     )
     allowed_http_hosts: list[str] = Field(
         default_factory=list,
@@ -154,6 +156,20 @@ class InputSettings(_Strict):
         ge=0,
         le=10,
         description="Redirects followed per fetch; each hop is checked as the first URL.",
+    )
+    adapter_max_bytes: int = Field(
+        default=512 * 1_048_576,
+        ge=1024,
+        le=16 * 1_073_741_824,
+        description="Largest LoRA adapter file fetched from an https:// (or allowed http://) "
+        "source; a larger one is refused with 413 (server.max_adapter_bytes caps it too).",
+    )
+    adapter_fetch_timeout_s: float = Field(
+        default=300.0,
+        gt=0.0,
+        le=3600.0,
+        description="Total deadline of one LoRA adapter fetch: lookups, connects, redirects "
+        "and the body (the registration is refused with 422 past it).",
     )
 
     @field_validator("allowed_http_hosts")

@@ -136,16 +136,54 @@ def render_cmd(
             "replica_start_s=60 for the cluster's measured replica start time.",
         ),
     ] = None,
+    job_store: Annotated[
+        str | None,
+        typer.Option(
+            "--job-store",
+            help="postgresql://USER@HOST:PORT/DB[?sslmode=require]: keep jobs in this "
+            "PostgreSQL database (no password in the URL) instead of the catalog's job_store; "
+            "the pods read the password from --job-store-secret and one standby scheduler "
+            "runs (server.scheduler.standby at least 1).",
+        ),
+    ] = None,
+    job_store_secret: Annotated[
+        str,
+        typer.Option(
+            "--job-store-secret",
+            help="NAME[:KEY]: the Kubernetes Secret (key; default 'password') holding the "
+            "PostgreSQL job store's password, set on the pods as the variable "
+            "server.scheduler.job_store_password_env names (kuberay).",
+        ),
+    ] = "genmedia-job-store:password",
+    url_secret: Annotated[
+        str,
+        typer.Option(
+            "--url-secret",
+            help="NAME[:KEY]: the Kubernetes Secret (key; default 'secret') holding the "
+            "output URL signing secret, set on the pods as GENMEDIA_URL_SECRET (kuberay; at "
+            "least 32 characters, e.g. openssl rand -hex 32).",
+        ),
+    ] = "genmedia-url-secret:secret",
 ) -> None:
     """Render a deploy artifact from the catalog (the files under infra/ are made this way)."""
-    from genmedia.infra.render import TARGETS, Cluster, gpus_for_max
+    from genmedia.infra.render import TARGETS, Cluster, RenderError, SecretRef, gpus_for_max
 
     if target not in (*TARGETS, "all"):
         raise _fail(f"unknown render target {target!r}; known: {', '.join(TARGETS)}, all")
     catalog = _catalog(catalog_file)
     overrides = _knob_overrides(knob or [])
+    try:
+        store_ref = SecretRef.parse(job_store_secret, "password")
+        url_ref = SecretRef.parse(url_secret, "secret")
+    except RenderError as e:
+        raise _fail(str(e)) from None
     cluster = Cluster(
-        gpus or gpus_for_max(catalog, gpu_memory_gb), gpu_memory_gb, policy_knobs=overrides
+        gpus or gpus_for_max(catalog, gpu_memory_gb),
+        gpu_memory_gb,
+        policy_knobs=overrides,
+        job_store=job_store,
+        job_store_secret=store_ref,
+        url_secret=url_ref,
     )
     _write(target, _render_files(target, catalog, cluster, variant), out_path)
 

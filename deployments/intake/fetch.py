@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
@@ -40,6 +42,31 @@ def is_fetch_url(value: str) -> bool:
     ``/v1/files/`` paths (those are read from storage, ``inputs.load_input``)."""
     head = value.strip()[:8].lower()
     return head.startswith(("https://", "http://")) and "/v1/files/" not in value
+
+
+@dataclass(frozen=True)
+class FetchCap:
+    """The most bytes one fetch may read, the setting that says so, and the status past it."""
+
+    max_bytes: int
+    setting: str  # e.g. ``server.max_body_bytes``, named in the error
+    status: int = 422
+
+    def error(self, field: str) -> InputError:
+        return InputError(
+            field,
+            f"the URL's body is larger than the limit of {self.max_bytes} bytes ({self.setting})",
+            self.max_bytes,
+            self.status,
+        )
+
+
+@dataclass(frozen=True)
+class FetchLimit:
+    """The deadline of one whole fetch (lookups, connects, redirects, body) and its setting."""
+
+    seconds: float
+    setting: str
 
 
 def _input_words(message: str) -> str:
@@ -75,22 +102,43 @@ class UrlFetcher:
 
     async def fetch(self, url: str, field: str) -> bytes:
         """The body of ``url`` (redirects followed, each hop checked); InputError otherwise."""
-        limit = self.settings.fetch_timeout_s
+        body = bytearray()
+        cap = FetchCap(self.max_bytes, "server.max_body_bytes", 422)
+        limit = FetchLimit(self.settings.fetch_timeout_s, "server.inputs.fetch_timeout_s")
+        await self.fetch_to(url, field, body.extend, cap, limit, accept="image/*")
+        return bytes(body)
+
+    async def fetch_to(
+        self,
+        url: str,
+        field: str,
+        sink: Callable[[bytes], object],
+        cap: FetchCap,
+        deadline: FetchLimit,
+        accept: str = "*/*",
+    ) -> int:
+        """Stream the body of ``url`` into ``sink`` within ``cap`` and ``deadline``
+        (redirects followed, each hop checked); the byte count, InputError otherwise."""
+        limit = deadline.seconds
         try:
             async with asyncio.timeout(limit):
-                return await self._follow(url.strip(), field)
+                return await self._follow(url.strip(), field, sink, cap, accept)
         except TimeoutError:
             raise InputError(
-                field, f"fetching the URL took longer than {limit:g}s", limit
+                field,
+                f"fetching the URL took longer than {limit:g}s ({deadline.setting})",
+                limit,
             ) from None
         except httpx.HTTPError as e:
             raise InputError(field, f"the URL could not be fetched: {type(e).__name__}") from None
 
-    async def _follow(self, url: str, field: str) -> bytes:
+    async def _follow(
+        self, url: str, field: str, sink: Callable[[bytes], object], cap: FetchCap, accept: str
+    ) -> int:
         hops = self.settings.max_redirects
         for _ in range(hops + 1):
             target = await self._check(url, field)
-            status, location, body = await self._get(target, field)
+            status, location, size = await self._get(target, field, sink, cap, accept)
             if status in REDIRECTS:
                 if not location:
                     raise InputError(field, f"the URL answered HTTP {status} without a Location")
@@ -98,7 +146,7 @@ class UrlFetcher:
                 continue
             if status != 200:
                 raise InputError(field, f"the URL answered HTTP {status}, not 200")
-            return body
+            return size
         raise InputError(field, f"the URL redirected more than {hops} times", hops)
 
     async def _check(self, url: str, field: str) -> CheckedUrl:
@@ -126,36 +174,37 @@ class UrlFetcher:
             any(ip.version == n.version and ip in n for n in nets) for ip in target.addresses
         )
 
-    async def _get(self, target: CheckedUrl, field: str) -> tuple[int, str | None, bytes]:
-        """One GET to the checked address: (status, Location, body of a 200 within the cap)."""
+    async def _get(
+        self,
+        target: CheckedUrl,
+        field: str,
+        sink: Callable[[bytes], object],
+        cap: FetchCap,
+        accept: str,
+    ) -> tuple[int, str | None, int]:
+        """One GET to the checked address: (status, Location, bytes of a 200 sent to ``sink``
+        within the cap)."""
         pinned = target.url.copy_with(host=str(target.addresses[0]))
         extensions: dict[str, Any] = {}
         if target.url.scheme == "https" and not target.host_is_ip:
             extensions["sni_hostname"] = target.host  # TLS checks the name, TCP the address
-        headers = {"Host": target.url.netloc.decode("ascii")}
+        headers = {"Host": target.url.netloc.decode("ascii"), "Accept": accept}
         async with self.client.stream(
             "GET", pinned, headers=headers, extensions=extensions
         ) as response:
             status = response.status_code
             if status != 200:
-                return status, response.headers.get("location"), b""
+                return status, response.headers.get("location"), 0
             declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                raise self._too_large(field)
-            body = bytearray()
+            if declared.isdigit() and int(declared) > cap.max_bytes:
+                raise cap.error(field)
+            size = 0
             async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > self.max_bytes:
-                    raise self._too_large(field)
-            return status, None, bytes(body)
-
-    def _too_large(self, field: str) -> InputError:
-        return InputError(
-            field,
-            f"the URL's body is larger than the limit of {self.max_bytes} bytes "
-            "(server.max_body_bytes)",
-            self.max_bytes,
-        )
+                size += len(chunk)
+                if size > cap.max_bytes:
+                    raise cap.error(field)
+                sink(chunk)
+            return status, None, size
 
     async def aclose(self) -> None:
         await self.client.aclose()

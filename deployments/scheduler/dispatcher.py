@@ -16,12 +16,21 @@ batch travels out) and ``PREEMPT_SLOTS_PER_REPLICA`` preempt slots (interactive 
 computing, one staged behind it), never more of them than main slots hold batch-class calls (an
 interactive call runs there by pausing such a call at a step boundary). Serve sends a worker
 replica at most ``SLOTS_PER_REPLICA`` calls at once.
+
+A family whose worker runs the step engine (``workers.<family>.engine: step``) keeps its
+running set full instead: calls join it at denoising-step boundaries, so a replica's main slots
+hold up to ``step_rows_per_replica`` images (its set, bounded by the models' ``max_batch_size``
+and the engine's own bound, ``worker/engine_policy.py``: ``set_bound``, plus as many staged to
+join as members leave) in as many calls as that, and a batch-class head never waits for a
+fuller batch (it joins the set that is running). Its preempt slots are as above (an interactive
+call the set cannot take still pauses it at a step boundary). ``slots_per_replica`` is the
+worker's ``max_ongoing_requests`` for either engine.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from genmedia.deployments.protocol import PriorityClass
@@ -37,12 +46,31 @@ from genmedia.deployments.scheduler.queues import (
     expired,
     next_batch,
 )
+from genmedia.deployments.worker.engine_policy import set_bound
 
 MAIN_SLOTS_PER_REPLICA = 2
 PREEMPT_SLOTS_PER_REPLICA = 2
 SLOTS_PER_REPLICA = MAIN_SLOTS_PER_REPLICA + PREEMPT_SLOTS_PER_REPLICA  # a worker's max ongoing
+STEP_STAGED_SETS = 1  # step engine: sets of images staged at a replica beyond its running one
+ENGINES = ("request", "step")
 SLOTS: tuple[SlotKind, ...] = ("main", "preempt")
 _CLASS_OF: dict[str, PriorityClass] = {c.value: c for c in CLASSES}
+
+
+def step_rows_per_replica(max_batch_size: int) -> int:
+    """Images a step-engine replica's main slots hold at once (one call at least one image, so
+    as many calls): its running set's bound plus ``STEP_STAGED_SETS`` sets waiting to join."""
+    return (1 + STEP_STAGED_SETS) * set_bound(max_batch_size)
+
+
+def slots_per_replica(engine: str, max_batch_size: int) -> int:
+    """Calls a worker replica is sent at once (Serve's ``max_ongoing_requests``) for a family
+    running ``engine`` whose largest model batch is ``max_batch_size`` images."""
+    if engine == "step":
+        return step_rows_per_replica(max_batch_size) + PREEMPT_SLOTS_PER_REPLICA
+    if engine != "request":
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    return SLOTS_PER_REPLICA
 
 
 @dataclass(frozen=True)
@@ -52,6 +80,16 @@ class ModelLimits:
     family: str
     max_batch_size: int  # images per pipeline call
     batch_wait_s: float  # how long a batch-class head waits for a fuller batch
+
+
+def _capped(max_images: Callable[[str], int], room: int) -> Callable[[str], int]:
+    return lambda model_id: min(max_images(model_id), room)
+
+
+def _step_rows(family: str, models: Mapping[str, ModelLimits]) -> int:
+    """A step-engine family's images per replica: from its largest model batch."""
+    sizes = [lim.max_batch_size for lim in models.values() if lim.family == family]
+    return step_rows_per_replica(max(sizes, default=1))
 
 
 @dataclass(slots=True)
@@ -109,6 +147,7 @@ class _Family:
         "ahead",
         "deadlines",
         "held",
+        "held_rows",
         "main_batch_calls",
         "name",
         "queues",
@@ -116,10 +155,14 @@ class _Family:
         "running",
         "running_jobs",
         "shares",
+        "step_rows",
     )
 
-    def __init__(self, name: str, fifo: bool, replicas: int) -> None:
+    def __init__(self, name: str, fifo: bool, replicas: int, step_rows: int = 0) -> None:
         self.name = name
+        # step engine: images the main slots of one replica hold (0: request-level engine)
+        self.step_rows = step_rows
+        self.held_rows = 0  # step engine: images of the calls on main slots
         self.queues = {c: FairQueue(fifo=fifo) for c in CLASSES}
         self.shares = ShareTracker()
         self.replicas = replicas
@@ -134,14 +177,15 @@ class _Family:
     def slots(self, slot: SlotKind) -> int:
         cap = max(1, self.replicas)
         if slot == "main":
-            return MAIN_SLOTS_PER_REPLICA * cap
+            return (self.step_rows or MAIN_SLOTS_PER_REPLICA) * cap
         return min(PREEMPT_SLOTS_PER_REPLICA * cap, self.main_batch_calls)
 
 
 class Dispatcher:
     """See the module docstring. ``models`` maps each model id to its limits; ``families`` (by
     default the models' families) get queues; ``fifo`` puts every job in the batch class's queue
-    in arrival order, with no wait for a fuller batch (the benchmarks' baseline)."""
+    in arrival order, with no wait for a fuller batch (the benchmarks' baseline); ``engines``
+    maps a family to its worker's engine (``request``, the default, or ``step``)."""
 
     def __init__(
         self,
@@ -153,16 +197,27 @@ class Dispatcher:
         replicas: int = 1,
         estimator: ServiceTimeEstimator | None = None,
         tenant_limits: Mapping[str, int] | None = None,
+        engines: Mapping[str, str] | None = None,
     ) -> None:
         self.batch_min_share = batch_min_share
         self.fifo = fifo
         self.estimator = estimator or ServiceTimeEstimator()
         self._max_images = {m: lim.max_batch_size for m, lim in models.items()}.__getitem__
-        wait = {m: 0.0 if fifo else max(lim.batch_wait_s, 0.0) for m, lim in models.items()}
+        for f, e in (engines or {}).items():
+            if e not in ENGINES:
+                raise ValueError(f"engines[{f!r}] must be one of {ENGINES}, got {e!r}")
+        step = {f for f, e in (engines or {}).items() if e == "step"}
+        wait = {
+            m: 0.0 if fifo or lim.family in step else max(lim.batch_wait_s, 0.0)
+            for m, lim in models.items()
+        }
         self._batch_wait = wait.__getitem__
         if families is None:
             families = dict.fromkeys(lim.family for lim in models.values())
-        self._families = {f: _Family(f, fifo, replicas) for f in families}
+        self._families = {
+            f: _Family(f, fifo, replicas, _step_rows(f, models) if f in step else 0)
+            for f in families
+        }
         self._queued: dict[str, QueuedJob] = {}
         self._running: dict[str, RunningBatch] = {}
         self._tenant_queued: dict[str, int] = {}
@@ -173,6 +228,10 @@ class Dispatcher:
         # work units enqueued per (model, class) since the start: the autoscaler's arrival rates
         self.admitted_units: dict[tuple[str, str], float] = {}
         self.running_units: dict[str, float] = {}  # work units of each model's running batches
+
+    def engine(self, family: str) -> str:
+        """The engine the family's worker runs: ``request`` or ``step``."""
+        return "step" if self._families[family].step_rows else "request"
 
     # -- queues ------------------------------------------------------------------------------
     def queue_class(self, priority: str) -> PriorityClass:
@@ -245,16 +304,22 @@ class Dispatcher:
         cap = max(1, fam.replicas)
         for slot in SLOTS:
             if slot == "main":
-                limit = MAIN_SLOTS_PER_REPLICA * cap
+                limit = (fam.step_rows or MAIN_SLOTS_PER_REPLICA) * cap
             elif not qs[INTERACTIVE].jobs:
                 break  # a preempt slot runs interactive work only
             else:  # after the main slots: their batch-class calls open the preempt slots
                 limit = min(PREEMPT_SLOTS_PER_REPLICA * cap, fam.main_batch_calls)
             while held[slot] < limit:
+                max_images = self._max_images
+                if fam.step_rows and slot == "main":  # the images the replicas' sets can take
+                    room = fam.step_rows * cap - fam.held_rows
+                    if room <= 0:
+                        break
+                    max_images = _capped(self._max_images, room)
                 d = next_batch(
                     qs,
                     slot,
-                    max_images=self._max_images,
+                    max_images=max_images,
                     batch_wait_s=self._batch_wait,
                     shares=fam.shares,
                     batch_min_share=self.batch_min_share,
@@ -291,6 +356,8 @@ class Dispatcher:
             fam.shares.record(cls, cost, now)
             if cls == BATCH:
                 fam.main_batch_calls += 1
+            if fam.step_rows:
+                fam.held_rows += sum(j.images for j in batch)
         queued, tenant_queued, model_queued = self._queued, self._tenant_queued, self._model_queued
         running = self._tenant_running
         for j in batch:  # self._dequeued, inline: the simulator's hot path
@@ -309,7 +376,9 @@ class Dispatcher:
         fam = self._families[launch.family]
         jobs, cost = launch.jobs, launch.cost
         if job_ids is not None and len(job_ids) < len(jobs):
-            self._unhold([j for j in jobs if j.id not in job_ids])
+            gone = [j for j in jobs if j.id not in job_ids]
+            self._unhold(gone)
+            self._unhold_rows(fam, launch.slot, gone)
             jobs = [j for j in jobs if j.id in job_ids]
             if not jobs:
                 self._release(fam, launch.slot, launch.cls)
@@ -327,12 +396,19 @@ class Dispatcher:
     def release(self, launch: Launch) -> None:
         """A launch that will not run (its jobs ended meanwhile, or starting it failed): its
         slot is free again. Its jobs stay off the queues."""
+        fam = self._families[launch.family]
         self._unhold(launch.jobs)
-        self._release(self._families[launch.family], launch.slot, launch.cls)
+        self._unhold_rows(fam, launch.slot, launch.jobs)
+        self._release(fam, launch.slot, launch.cls)
 
     def _unhold(self, jobs: Iterable[QueuedJob]) -> None:
         for j in jobs:
             self._tenant_running[j.tenant] -= 1
+
+    @staticmethod
+    def _unhold_rows(fam: _Family, slot: SlotKind, jobs: Iterable[QueuedJob]) -> None:
+        if fam.step_rows and slot == "main":
+            fam.held_rows -= sum(j.images for j in jobs)
 
     def _room(self, tenant: str) -> int:
         """How many more jobs ``tenant`` may run now (its ``max_concurrent_jobs`` less the jobs
@@ -356,6 +432,7 @@ class Dispatcher:
         fam.running_jobs -= len(batch.jobs)
         self.running_units[batch.model_id] -= batch.cost
         self._unhold(batch.jobs)
+        self._unhold_rows(fam, batch.slot, batch.jobs)
         return batch
 
     def _release(self, fam: _Family, slot: SlotKind, cls: PriorityClass) -> None:

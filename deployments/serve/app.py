@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from genmedia.deployments.serve.gateway import GatewayDeployment
+from genmedia.deployments.serve.routing import ROUTER_PATH, ROUTING_STATS_PERIOD_S
 from genmedia.deployments.serve.scheduler import SchedulerDeployment
 from genmedia.deployments.serve.worker import SLOTS_PER_REPLICA, FamilyWorkerDeployment
 from genmedia.deployments.store.open import is_url
@@ -152,8 +154,14 @@ def build_app(
     tenants_data = tenants.model_dump(mode="json")
     scheduler = SchedulerDeployment.options(  # type: ignore[attr-defined]
         name=SCHEDULER_NAME,
-        num_replicas=1,  # the one owner of every queue; restarted from the job store
+        # the one owner of every queue, plus standbys that take the store over when it dies;
+        # calls go to the replica holding the lease (serve/routing.py)
+        num_replicas=1 + server.scheduler.standby,
         max_ongoing_requests=SCHEDULER_MAX_ONGOING,
+        request_router_config=RequestRouterConfig(
+            request_router_class=ROUTER_PATH,
+            request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+        ),
         ray_actor_options={
             "num_cpus": server.scheduler_num_cpus,
             "num_gpus": 0,

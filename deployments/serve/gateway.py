@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -27,6 +28,7 @@ from genmedia.deployments.protocol import (
     KeyTable,
     Rejection,
     RuntimeKey,
+    SchedulerNotActive,
     Submission,
     SubmitAccepted,
     UsageRow,
@@ -36,28 +38,51 @@ from genmedia.deployments.tenants.auth import Authenticator
 from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.models.catalog import LoraEntry, parse_catalog
 
+TAKEOVER_RETRY_S = 30.0  # how long a call keeps trying while a standby scheduler takes over
+
+
+def _not_active(e: BaseException) -> bool:
+    """A standby replica's refusal (Ray re-raises the replica's exception as a subclass)."""
+    return isinstance(e, SchedulerNotActive) or isinstance(
+        getattr(e, "cause", None), SchedulerNotActive
+    )
+
 
 class RaySchedulerClient:
     """Reaches the scheduler through its Serve deployment handle (``intake.SchedulerClient``);
-    every answer is a ``protocol`` message."""
+    every answer is a ``protocol`` message. A call that reached a standby replica
+    (``SchedulerNotActive``: nothing was done) is sent again until the active replica answers or
+    ``TAKEOVER_RETRY_S`` passes; other failures reach the gateway service (a 503)."""
 
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
 
+    async def _call(self, method: str, *args: Any) -> Any:
+        deadline = time.monotonic() + TAKEOVER_RETRY_S
+        pause = 0.05
+        while True:
+            try:
+                return await getattr(self.handle, method).remote(*args)
+            except Exception as e:
+                if not _not_active(e) or time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 2)
+
     async def submit(self, sub: Submission) -> SubmitAccepted | Rejection:
-        return await self.handle.submit.remote(sub)
+        return await self._call("submit", sub)
 
     async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
-        return await self.handle.submit_many.remote(subs)
+        return await self._call("submit_many", subs)
 
     async def submit_each(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
-        return await self.handle.submit_each.remote(subs)
+        return await self._call("submit_each", subs)
 
     async def statuses(self, reads: list[tuple[str, str]]) -> list[JobStatusView | None]:
-        return await self.handle.statuses.remote(reads)
+        return await self._call("statuses", reads)
 
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
-        return await self.handle.status.remote(job_id, tenant)
+        return await self._call("status", job_id, tenant)
 
     async def wait(self, job_id: str, tenant: str, timeout_s: float) -> JobStatusView | None:
         # A scheduler restart breaks a long wait: ask the new replica until the deadline.
@@ -65,53 +90,63 @@ class RaySchedulerClient:
         while True:
             left = deadline - time.monotonic()
             try:
-                return await self.handle.wait.remote(job_id, tenant, max(0.0, left))
+                return await self._call("wait", job_id, tenant, max(0.0, left))
             except Exception:
                 if left <= 1.0:
                     raise
                 await asyncio.sleep(0.5)
 
     async def submit_and_wait(self, sub: Submission, timeout_s: float) -> JobStatusView | Rejection:
-        return await self.handle.submit_and_wait.remote(sub, timeout_s)
+        return await self._call("submit_and_wait", sub, timeout_s)
 
     async def cancel(self, job_id: str, tenant: str) -> CancelOutcome:
-        return await self.handle.cancel.remote(job_id, tenant)
+        return await self._call("cancel", job_id, tenant)
 
     async def watch(self, job_id: str, tenant: str) -> AsyncIterator[JobStatusView]:
-        events = self.handle.options(stream=True).watch.remote(job_id, tenant)
-        assert isinstance(events, DeploymentResponseGenerator)
-        async for event in events:
-            yield event
+        deadline = time.monotonic() + TAKEOVER_RETRY_S
+        while True:
+            events = self.handle.options(stream=True).watch.remote(job_id, tenant)
+            assert isinstance(events, DeploymentResponseGenerator)
+            started = False
+            try:
+                async for event in events:
+                    started = True
+                    yield event
+                return
+            except Exception as e:
+                if started or not _not_active(e) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.2)
 
     async def usage(self, tenant: str) -> list[UsageRow]:
-        return await self.handle.usage.remote(tenant)
+        return await self._call("usage", tenant)
 
     async def adapters(self) -> list[AdapterRecord]:
-        return await self.handle.adapters.remote()
+        return await self._call("adapters")
 
     async def register_adapter(self, spec: LoraEntry) -> AdapterRecord | AdapterError:
-        return await self.handle.register_adapter.remote(spec)
+        return await self._call("register_adapter", spec)
 
     async def delete_adapter(self, adapter_id: str) -> AdapterDeleted | AdapterError:
-        return await self.handle.delete_adapter.remote(adapter_id)
+        return await self._call("delete_adapter", adapter_id)
 
     async def key_table(self, known_version: int | None) -> KeyTable | None:
-        return await self.handle.key_table.remote(known_version)
+        return await self._call("key_table", known_version)
 
     async def add_key(self, key: RuntimeKey) -> RuntimeKey | AdminError:
-        return await self.handle.add_key.remote(key)
+        return await self._call("add_key", key)
 
     async def revoke_key(self, key_id: str) -> RuntimeKey | AdminError:
-        return await self.handle.revoke_key.remote(key_id)
+        return await self._call("revoke_key", key_id)
 
     async def set_quotas(self, tenant: str, changes: dict[str, int]) -> dict | AdminError:
-        return await self.handle.set_quotas.remote(tenant, changes)
+        return await self._call("set_quotas", tenant, changes)
 
     async def metrics_text(self) -> bytes:
-        return await self.handle.metrics_text.remote()
+        return await self._call("metrics_text")
 
     async def ready(self) -> dict:
-        return await self.handle.ready.remote()
+        return await self._call("ready")
 
 
 @serve.ingress()

@@ -8,14 +8,17 @@ and running batches, pure; this actor does the I/O around it), as a streaming ca
 every denoising step. Results are stored by the worker before the job is marked
 ``COMPLETED``; a job's webhook event is written to the store's outbox in the same transaction as
 its state, and a delivery loop sends due outbox rows. On restart it rebuilds its queues from the
-store. One scheduler owns the store at a time: it holds the store's lease (a standby replica
-waits for it), renews it, and stops once fenced out (its writes refused).
+store. One scheduler owns the store at a time: it holds the store's lease, renews it, and stops
+once fenced out (its writes refused). Standby replicas (``server.scheduler.standby``) wait for the
+lease and take over when the active one stops renewing it; gateways reach the active one through
+``serve/routing.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -43,6 +46,7 @@ from genmedia.deployments.protocol import (
     ProgressEvent,
     Rejection,
     RuntimeKey,
+    SchedulerNotActive,
     StepProgress,
     Submission,
     SubmitAccepted,
@@ -82,8 +86,30 @@ MAX_ATTEMPTS = 3  # a job whose worker died this many times fails instead of run
 REPLICA_POLL_S = 2.0
 REPLICA_POLL_LOG_EVERY = 30  # failed replica reads in a row between two warnings (a minute)
 LEASE_NAME = "scheduler"
-LEASE_TTL_S = 15.0  # a replica that stops renewing is taken over this long after its last renewal
-LEASE_RENEW_S = 3.0  # renewals, and a standby's tries, this often
+LEASE_SEEN_S = 0.25  # a standby reads who holds the lease at most this often
+
+
+def when_active(fn):
+    """A scheduler call served by the active replica only (``Scheduler._until_active``)."""
+
+    @functools.wraps(fn)
+    async def call(self, *args, **kwargs):
+        await self._until_active()
+        return await fn(self, *args, **kwargs)
+
+    return call
+
+
+def when_active_stream(fn):
+    """``when_active`` for a streaming call."""
+
+    @functools.wraps(fn)
+    async def call(self, *args, **kwargs):
+        await self._until_active()
+        async for item in fn(self, *args, **kwargs):
+            yield item
+
+    return call
 
 
 class Scheduler:
@@ -109,14 +135,75 @@ class Scheduler:
         # SQLite file or PostgreSQL URL; schema upgraded, a newer one refused (store/open.py)
         self.store = open_store(settings, self.catalog)
         self._fenced: FencedOut | None = None
+        self._active = asyncio.Event()  # set once this replica holds the lease and has started
+        self._start_error: Exception | None = None
+        self._lease_seen: tuple[float, str | None] = (-1.0, None)
+        self._tasks: set[asyncio.Task] = set()
         self.lease = LeaseKeeper(
             self.store,
             LEASE_NAME,
-            ttl_s=LEASE_TTL_S,
-            renew_s=LEASE_RENEW_S,
+            ttl_s=settings.lease_ttl_s,
+            renew_s=settings.lease_ttl_s / 4,
             on_lost=self._fenced_out,
         )
-        await self.lease.acquire()  # a standby replica waits here until the lease is free
+        # A standby replica is RUNNING for Serve at once and waits for the lease here; calls reach
+        # it only when it is active (``serve/routing.py``), or wait while it takes over.
+        self._spawn(self._activate(tenants))
+
+    async def _activate(self, tenants: dict) -> None:
+        """Wait for the lease (a standby waits here), then rebuild the queues from the store and
+        start the loops. A failed start gives the lease up and fails the health check."""
+        await self.lease.acquire()
+        try:
+            self._start(tenants)
+        except Exception as e:
+            logger.exception("scheduler could not start; giving the lease up")
+            self._start_error = e
+            self.lease.release()
+            return
+        self._active.set()
+        held = self.lease.lease
+        logger.info("scheduler active (lease token %s)", held.token if held else "?")
+
+    async def _until_active(self) -> None:
+        """Return once this replica serves. A standby raises ``SchedulerNotActive`` at once while
+        another replica holds a live lease (the gateway tries again, routed to that one), and
+        otherwise waits for its own takeover, at most ``lease_ttl_s`` plus the start."""
+        if self._active.is_set():
+            if self._fenced is not None:
+                raise self._fenced
+            return
+        ttl = self.catalog.server.scheduler.lease_ttl_s
+        deadline = time.monotonic() + 2 * ttl + 10.0
+        while not self._active.is_set():
+            holder = self._lease_holder()
+            if holder is not None and holder != self.lease.holder:
+                raise SchedulerNotActive(f"standby scheduler replica: {holder} is active")
+            left = deadline - time.monotonic()
+            if left <= 0 or self._start_error is not None:
+                raise SchedulerNotActive("no scheduler replica has taken the job store over yet")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._active.wait(), min(left, ttl / 4))
+
+    def _lease_holder(self) -> str | None:
+        """Who holds a live lease now (read from the store at most every ``LEASE_SEEN_S``)."""
+        now = time.monotonic()
+        if now - self._lease_seen[0] > LEASE_SEEN_S:
+            try:
+                held = self.store.lease(LEASE_NAME)
+            except Exception:
+                held = None
+            live = held is not None and held.expires_at > self.clock()
+            self._lease_seen = (now, held.holder if live and held else None)
+        return self._lease_seen[1]
+
+    def record_routing_stats(self) -> dict[str, int]:
+        """Serve's routing stats: whether this replica serves (``serve/routing.py``)."""
+        return {"active": int(self._active.is_set() and self._fenced is None)}
+
+    def _start(self, tenants: dict) -> None:
+        """The active scheduler's state, rebuilt from the store, and its loops."""
+        settings = self.catalog.server.scheduler
         self.tenants = {t.id: t for t in TenantsFile.model_validate(tenants).tenants}
         self.webhook_policy = WebhookPolicy.model_validate(
             self.catalog.server.webhooks.model_dump()
@@ -145,7 +232,6 @@ class Scheduler:
         self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in self.tenants.values()})
         self.metrics = SchedulerMetrics(tenant_labels=self.catalog.server.metrics.tenant_labels)
         self._wakeup = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
         self.webhooks = WebhookSender(
             self.store,
             self.tenants,
@@ -269,10 +355,12 @@ class Scheduler:
             done.set()
 
     # -- submit / status ---------------------------------------------------------------------
+    @when_active
     async def submit(self, sub: Submission) -> SubmitAccepted | Rejection:
         """Admit (or refuse) and persist a job; answered once the store holds it."""
         return (await self.submit_many([sub]))[0]
 
+    @when_active
     async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
         """Admit (or refuse) submits of one tenant, answered in order once durable
         (``scheduler/intake.py``: lanes by class, group commit)."""
@@ -280,11 +368,13 @@ class Scheduler:
             raise self._fenced
         return await self.intake.submit_many(subs)
 
+    @when_active
     async def submit_each(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
         """Single submits a gateway coalesced into one call (any tenants; each counts once
         against its tenant's rate), answered in order once durable."""
         return await self.intake.submit_many(subs, each=True)
 
+    @when_active
     async def statuses(self, reads: list[tuple[str, str]]) -> list[JobStatusView | None]:
         """``status`` for many (job id, tenant) reads a gateway coalesced into one call."""
         return [await self.status(job_id, tenant) for job_id, tenant in reads]
@@ -325,6 +415,7 @@ class Scheduler:
             view.logs = lines_from_stored(rec.result.get("logs"))
         return view
 
+    @when_active
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
         """The tenant's job, or None (another tenant's job is not found either)."""
         rec = self.store.get(job_id)
@@ -332,6 +423,7 @@ class Scheduler:
             return None
         return self._view(rec)
 
+    @when_active
     async def wait(self, job_id: str, tenant: str, timeout_s: float) -> JobStatusView | None:
         """Status once the job is terminal (or the current one after ``timeout_s``)."""
         status = await self.status(job_id, tenant)  # never suspends: no end can slip in
@@ -342,6 +434,7 @@ class Scheduler:
             status = await self.status(job_id, tenant)
         return status
 
+    @when_active
     async def submit_and_wait(self, sub: Submission, timeout_s: float) -> JobStatusView | Rejection:
         """The sync endpoint's one call: submit, then wait for the end (or the refusal)."""
         accepted = await self.submit(sub)
@@ -350,6 +443,7 @@ class Scheduler:
         status = await self.wait(accepted.job.request_id, sub.tenant, timeout_s)
         return status or accepted.job
 
+    @when_active_stream
     async def watch(self, job_id: str, tenant: str) -> AsyncIterator[JobStatusView]:
         """Streaming: the current status, then every change and step, until terminal (nothing
         for an unknown job)."""
@@ -376,6 +470,7 @@ class Scheduler:
             if not self.watchers[job_id]:
                 self.watchers.pop(job_id, None)
 
+    @when_active
     async def cancel(self, job_id: str, tenant: str) -> CancelOutcome:
         """Cancel a queued or running job. A running batch stops once all its jobs are; until
         then the worker is told not to store the cancelled job's outputs, and the compute the
@@ -421,6 +516,7 @@ class Scheduler:
         rec = self.store.get(job_id)
         return rec is not None and rec.status == JobStatus.CANCELLED
 
+    @when_active
     async def usage(self, tenant: str) -> list[UsageRow]:
         return self.store.usage(tenant)
 
@@ -435,27 +531,34 @@ class Scheduler:
         )
         return check
 
+    @when_active
     async def adapters(self) -> list[AdapterRecord]:
         return self.adapters_.records()
 
+    @when_active
     async def register_adapter(self, spec: LoraEntry) -> AdapterRecord | AdapterError:
         """Check an adapter against its base model, then keep it (store first)."""
         return await self.adapters_.register(spec)
 
+    @when_active
     async def delete_adapter(self, adapter_id: str) -> AdapterDeleted | AdapterError:
         return self.adapters_.delete(adapter_id)
 
     # -- keys and quotas changed at run time (``tenants/runtime.py``) ------------------------
+    @when_active
     async def key_table(self, known_version: int | None) -> KeyTable | None:
         """The run-time key table, or None when the gateway holds this version already."""
         return self.keys.since(known_version)
 
+    @when_active
     async def add_key(self, key: RuntimeKey) -> RuntimeKey | AdminError:
         return self.keys.add(key)
 
+    @when_active
     async def revoke_key(self, key_id: str) -> RuntimeKey | AdminError:
         return self.keys.revoke(key_id)
 
+    @when_active
     async def set_quotas(self, tenant: str, changes: dict[str, int]) -> dict | AdminError:
         out = self.keys.set_quotas(tenant, changes)
         self._apply_quotas()
@@ -515,6 +618,7 @@ class Scheduler:
         m.tenant_steps.labels(rec.tenant, rec.model_id).inc(rec.usage.get("steps", 0))
         m.tenant_compute.labels(rec.tenant, rec.model_id).inc(rec.usage.get("compute_s", 0.0))
 
+    @when_active
     async def metrics_text(self) -> bytes:
         """The scheduler's Prometheus text (queue depth refreshed now)."""
         depth = {(m.id, c): 0 for m in self.catalog.models for c in CLASSES}
@@ -536,6 +640,8 @@ class Scheduler:
         (``autoscaling/serve_adapter.py``) reads when the app runs under its policy."""
         from genmedia.autoscaling.signals import encode
 
+        if not self._active.is_set():
+            return {}  # a standby: the active replica reports
         now = time.time()
         slowdowns = {m.id: self.contention.slowdown(m.id, now) for m in self.catalog.models}
         return encode(
@@ -547,6 +653,7 @@ class Scheduler:
             {m: (s.per_call, s.age_s) for m, s in slowdowns.items() if s is not None},
         )
 
+    @when_active
     async def ready(self) -> dict:
         """Each family worker's readiness (the gateway's /readyz)."""
 
@@ -857,10 +964,14 @@ class Scheduler:
             "loaded": [
                 f"{self.dispatcher.queued_count} queued",
                 f"{self.dispatcher.running_job_count} running",
-            ],
+            ]
+            if self._active.is_set()
+            else ["standby"],
         }
 
     async def check_health(self) -> None:
+        if self._start_error is not None:
+            raise RuntimeError(f"scheduler could not start: {self._start_error}")
         if self._fenced is not None:
             raise RuntimeError(f"scheduler fenced out of the job store: {self._fenced}")
         if not any(not t.done() for t in self._tasks):

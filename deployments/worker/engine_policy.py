@@ -32,6 +32,16 @@ from genmedia.models.params import GenerationJob
 
 COST_WINDOW = 64  # step observations kept per cost key
 COST_MIN_SPREAD = 2  # distinct batch sizes needed before the intercept b is fitted
+MAX_SET_ROWS = 64  # the engine's own bound on a running set's rows, whatever the catalog says
+
+
+def set_bound(max_batch_size: int) -> int:
+    """Rows (outputs) a model's running set may hold: its catalog ``max_batch_size``, within
+    the engine's ``MAX_SET_ROWS``. The scheduler sizes a step-engine replica's slots from it
+    (``scheduler/dispatcher.py``: ``step_rows_per_replica``)."""
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    return min(max_batch_size, MAX_SET_ROWS)
 
 
 @dataclass(frozen=True)

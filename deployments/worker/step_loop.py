@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING
 from genmedia.deployments.protocol import BatchRequest, ProgressEvent
 from genmedia.deployments.worker.batch import CallTimes, Emit, ProgressThrottle, WorkerContext
 from genmedia.deployments.worker.device_time import timed
-from genmedia.deployments.worker.engine_policy import EnginePolicy, Member, compat_key
+from genmedia.deployments.worker.engine_policy import (
+    EnginePolicy,
+    Member,
+    compat_key,
+    set_bound,
+)
 from genmedia.deployments.worker.gate import Cancelled
 
 if TYPE_CHECKING:
@@ -105,7 +110,7 @@ class StepLoop:
         member = Member(req.batch_id, compat_key(req.jobs[0]), call.rows, req.priority.rank,
                         steps, deadline)  # fmt: skip
         with self._cond:
-            self.policy.max_rows[req.model_id] = max(entry.max_batch_size, call.rows)
+            self.policy.max_rows[req.model_id] = max(set_bound(entry.max_batch_size), call.rows)
             self.policy.submit(member)
             self.calls[req.batch_id] = call
             if self._thread is None or not self._thread.is_alive():

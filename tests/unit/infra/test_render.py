@@ -73,7 +73,7 @@ def test_pod_template_check_catches_a_misspelled_field():
     from kubernetes.client import ApiClient
 
     api = ApiClient()
-    t = r.head_pod_template(r.Cluster(1))
+    t = r.head_pod_template(r.Cluster(1), r.pod_env(load_catalog(), r.Cluster(1)))
     t["spec"]["containers"][0]["imagePullPolcy"] = "Always"
 
     class Raw:
