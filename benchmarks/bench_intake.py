@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import platform
@@ -38,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-from _bench import MODEL, commit, ensure_weights, save, sd15_catalog
+from _bench import MODEL, auth, call_loop, commit, ensure_weights, percentile, save, sd15_catalog
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -51,52 +50,6 @@ BULK = "gm_0b000002_" + "b" * 43  # bursts of batch-class jobs and their polls: 
 RATES = "gm_0a000002_" + "r" * 43  # the rate measurements: quotas no benchmark reaches
 CLIENTS = 16
 SUBMIT = f"/v1/queue/models/{MODEL}"
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-async def closed_loop(
-    url: str, seconds: float, call: Callable[[httpx.AsyncClient, int], Awaitable[int]]
-) -> dict[str, Any]:
-    """``CLIENTS`` clients calling back to back for ``seconds``; ``call`` answers how many
-    operations one call did (a bulk submit: its jobs)."""
-    ops, errors, latencies = 0, 0, []
-    deadline = time.perf_counter() + seconds
-    counter = itertools.count()
-    limits = httpx.Limits(max_connections=CLIENTS * 2)
-    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as client:
-
-        async def one() -> None:
-            nonlocal ops, errors
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    done = await call(client, next(counter))  # (ops += await ... loses counts)
-                    ops += done
-                    latencies.append(time.perf_counter() - t0)
-                except (httpx.HTTPError, AssertionError):
-                    errors += 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(CLIENTS)))
-        elapsed = time.perf_counter() - t0
-    return {
-        "ops": ops,
-        "errors": errors,
-        "seconds": elapsed,
-        "rate": ops / elapsed,
-        "p50_s": percentile(latencies, 50),
-        "p99_s": percentile(latencies, 99),
-    }
 
 
 def rate_calls(bulk_items: int, job_ids: list[str]) -> dict[str, Callable[..., Awaitable[int]]]:
@@ -306,7 +259,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             for name in ("echo", "submit", "status", "bulk"):
                 progress.update(task, description=f"rates round {r + 1}: {name}")
-                part = asyncio.run(closed_loop(url, args.seconds, calls[name]))
+                part = asyncio.run(call_loop(url, args.seconds, calls[name], CLIENTS))
                 raw["rates"].append({"round": r, "name": name, **part})
                 progress.advance(task)
     return raw
@@ -318,9 +271,9 @@ def build_summary(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, An
         parts = [p for p in raw["rates"] if p["name"] == name]
         rates[name] = sum(p["ops"] for p in parts) / sum(p["seconds"] for p in parts)
     burst = raw["burst"]
-    idle_p99 = percentile(burst["idle_s"], 99)
-    burst_p99 = percentile(burst["burst_s"], 99)
-    health_p99 = percentile(raw["hostile"]["healthz_s"], 99)
+    idle_p99 = percentile(sorted(burst["idle_s"]), 99)
+    burst_p99 = percentile(sorted(burst["burst_s"]), 99)
+    health_p99 = percentile(sorted(raw["hostile"]["healthz_s"]), 99)
     return {
         "benchmark": "bench_intake",
         "commit": commit(),

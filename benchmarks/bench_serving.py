@@ -15,124 +15,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
 
-import httpx
-from _bench import MODEL, commit, ensure_weights, save, sd15_catalog
+from _bench import (
+    closed_loop,
+    commit,
+    ensure_weights,
+    machine,
+    measure_bare,
+    save,
+    serving_catalog,
+)
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from genmedia.loadtests.local import ray_stack, stamp, tenant_record, tenants_file
-from genmedia.models.catalog import Catalog
 
 API_KEY = "gm_0bec0000_" + "b" * 43
 console = Console()
-
-
-def bench_catalog(batch: int, steps: int, size: int, workdir: str) -> Catalog:
-    return sd15_catalog(
-        workdir,
-        server={"gateway_num_cpus": 0.25, "scheduler_num_cpus": 0.25},
-        parameters={
-            "width": {"default": size, "min": 32, "max": 512},
-            "height": {"default": size, "min": 32, "max": 512},
-            "steps": {"default": steps, "min": 1, "max": 100},
-            "num_images": {"default": 1, "min": 1, "max": 1},
-        },
-        model={"max_batch_size": batch},
-    )
-
-
-def measure_bare(model: Any, batch: int, seconds: float, seed0: int) -> dict:
-    """Images/s of back-to-back pipeline calls of ``batch`` images in this process."""
-    from genmedia.models.params import GenerateRequest, resolve_request
-    from genmedia.models.runner import run_batch
-
-    def jobs(k: int) -> list:
-        out = []
-        for i in range(batch):
-            job, _ = resolve_request(
-                model.entry,
-                GenerateRequest(prompt="a red fox", seed=seed0 + k * batch + i),
-                request_id=f"bare-{k}-{i}",
-            )
-            out.append(job)
-        return out
-
-    run_batch(model, jobs(10**5))  # warm-up
-    calls = []
-    start = time.perf_counter()
-    k = 0
-    while time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        run_batch(model, jobs(k))
-        calls.append(time.perf_counter() - t0)
-        k += 1
-    elapsed = time.perf_counter() - start
-    return {
-        "images": k * batch,
-        "seconds": elapsed,
-        "images_per_s": k * batch / elapsed,
-        "call_seconds": calls,
-    }
-
-
-async def _flood(url: str, concurrency: int, seconds: float, warmup: float) -> dict:
-    """Closed-loop saturation: ``concurrency`` requests always in flight; counts the window."""
-    samples: list[dict] = []
-    stop_at = time.perf_counter() + warmup + seconds
-    window_start = time.perf_counter() + warmup
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    async with httpx.AsyncClient(
-        base_url=url, timeout=120, limits=limits, headers=headers
-    ) as client:
-        seed = iter(range(10**9))
-
-        async def loop() -> None:
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                r = await client.post(
-                    f"/v1/models/{MODEL}/generate",
-                    json={"prompt": "a red fox", "seed": next(seed)},
-                )
-                t1 = time.perf_counter()
-                body = r.json()
-                samples.append(
-                    {
-                        "sent": t0,
-                        "done": t1,
-                        "status": r.status_code,
-                        "latency_s": t1 - t0,
-                        "batch_images": body.get("batch", {}).get("images"),
-                        "queue_s": body.get("timings", {}).get("queue_s"),
-                        "compute_s": body.get("timings", {}).get("compute_s"),
-                    }
-                )
-
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
-    in_window = [
-        s
-        for s in samples
-        if window_start <= s["done"] <= window_start + seconds and s["status"] == 200
-    ]
-    errors = sum(1 for s in samples if s["status"] != 200)
-    return {
-        "images": len(in_window),
-        "seconds": seconds,
-        "images_per_s": len(in_window) / seconds,
-        "errors": errors,
-        "mean_batch_images": statistics.fmean(s["batch_images"] for s in in_window)
-        if in_window
-        else 0.0,
-        "samples": samples,
-    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -162,7 +66,7 @@ def measure(args: argparse.Namespace, concurrency: int) -> list[dict]:
     from genmedia.models.weights import resolve_source
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    catalog = bench_catalog(
+    catalog = serving_catalog(
         args.batch, args.steps, args.size, tempfile.mkdtemp(prefix="genmedia-bench-")
     )
     ensure_weights(catalog)
@@ -177,7 +81,7 @@ def measure(args: argparse.Namespace, concurrency: int) -> list[dict]:
             bare = measure_bare(model, args.batch, args.seconds, seed0=r * 10**6)
             progress.advance(task)
             progress.update(task, description=f"round {r + 1}: whole stack")
-            stack = asyncio.run(_flood(url, concurrency, args.seconds, args.warmup))
+            stack = asyncio.run(closed_loop(url, API_KEY, concurrency, args.seconds, args.warmup))
             progress.advance(task)
             ratio = stack["images_per_s"] / bare["images_per_s"]
             rounds.append({"bare": bare, "stack": stack, "ratio": ratio})
@@ -185,7 +89,6 @@ def measure(args: argparse.Namespace, concurrency: int) -> list[dict]:
 
 
 def build_summary(args: argparse.Namespace, concurrency: int, rounds: list[dict]) -> dict:
-    import torch
 
     ratios = [r["ratio"] for r in rounds]
     return {
@@ -208,12 +111,7 @@ def build_summary(args: argparse.Namespace, concurrency: int, rounds: list[dict]
         ],
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "commit": commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

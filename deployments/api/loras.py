@@ -1,6 +1,9 @@
 """LoRA adapters: ``/v1/loras`` lists those of the caller's models (where each is read from, and
 why a check failed, for admin tenants only); ``/v1/admin/loras`` registers and removes adapters
-at run time (admin tenants only).
+at run time (admin tenants only). An ``https://`` source (``http://`` to a host in
+``server.inputs.allowed_http_hosts``) is fetched by the gateway under the SSRF rules, checked as
+safetensors and stored once by content hash (``intake/adapter_sources.py``); the adapter's
+``source`` then reads ``<url>#sha256=<hex>``.
 
 The registry lives in the scheduler: ``GatewayService`` forwards each call and turns the
 scheduler's refusal into an error answer naming the field.
@@ -37,6 +40,13 @@ async def list_loras(service: Service, caller: Caller) -> dict[str, Any]:
     "/v1/admin/loras",
     status_code=201,
     summary="Register a LoRA adapter (admin tenants); checked against its base model first",
+    description="The body's `source` is a local path, `s3://...`, `tiny://...` or an "
+    "`https://` URL (`http://` only to hosts in `server.inputs.allowed_http_hosts`). A URL is "
+    "fetched under the SSRF rules (public addresses only, each redirect checked), within "
+    "`server.inputs.adapter_max_bytes` and `server.inputs.adapter_fetch_timeout_s`; its body "
+    "must be a safetensors file. It is stored once by content hash and the adapter's `source` "
+    "reads `<url>#sha256=<hex>` (a `#sha256=` suffix sent in the body pins the content: a "
+    "stored copy is not fetched again, a different body is refused).",
     response_model=Adapter,
     response_model_exclude_unset=True,
     responses=error_responses(
@@ -45,10 +55,15 @@ async def list_loras(service: Service, caller: Caller) -> dict[str, Any]:
         _ADMIN,
         {
             409: "conflict: an adapter with this id is defined in the catalog.",
+            413: "payload_too_large: the source URL's body is over "
+            "server.inputs.adapter_max_bytes (the error names the limit).",
             422: "invalid_request: a field breaks its type or bound, or the base model is "
-            "unknown or takes no LoRA; invalid_adapter: the file does not fit the base model.",
+            "unknown or takes no LoRA; invalid_adapter: the source URL is refused (address, "
+            "scheme, redirects), cannot be fetched in time, is not a safetensors file, or the "
+            "file does not fit the base model.",
             503: "unavailable: the scheduler, or a worker of the base model, cannot be "
             "reached now.",
+            507: "insufficient_storage: the fetched adapter could not be stored (disk full).",
         },
     ),
 )

@@ -17,6 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from genmedia.deployments.errors import ApiError
+from genmedia.deployments.intake.adapter_sources import (
+    AdapterSources,
+    is_url_source,
+    resolve_entry,
+)
 from genmedia.deployments.intake.coalesce import Coalescer
 from genmedia.deployments.intake.fetch import UrlFetcher, is_fetch_url
 from genmedia.deployments.intake.guard import TenantGuard
@@ -199,6 +204,7 @@ class GatewayService:
         self.fetcher = (
             UrlFetcher(inputs, catalog.server.max_body_bytes) if inputs.allow_urls else None
         )
+        self.adapter_sources = AdapterSources(catalog, self.storage, self.fetcher)  # LoRA URLs
         # keys and quotas changed at run time: asked of the scheduler once a second, off the
         # request path (started here inside a Serve replica; tests call ``keys.tick``)
         self.keys = KeyRefresher(scheduler.key_table, self._apply_keys)
@@ -488,6 +494,8 @@ class GatewayService:
     ) -> dict[str, Any]:
         self._admin(tenant)
         entry = spec if isinstance(spec, LoraEntry) else LoraEntry.model_validate(spec)
+        if is_url_source(entry.source):  # fetched and stored here; the scheduler gets the pin
+            entry = await resolve_entry(self.adapter_sources, entry)
         return _adapter_outcome(await self.call(self.scheduler.register_adapter(entry)))
 
     async def delete_adapter(self, tenant: Tenant, adapter_id: str) -> dict[str, Any]:

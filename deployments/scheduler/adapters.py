@@ -5,7 +5,10 @@ Where it sits: the scheduler checks a submit's adapters here before admitting it
 ``loras[i].id``), resolves them to their sources when it dispatches a batch, and serves the admin
 adapter routes through it. Adapters come from the catalog (checked once the workers are up) and
 from run-time registration (kept in the job store). Checking an adapter against its base model is
-the worker's job; the registry receives that call as ``check``. No Ray here.
+the worker's job; the registry receives that call as ``check``. An ``https://`` source (``http://``
+to an allowed host) is fetched, checked as safetensors and stored by content hash
+(``intake/adapter_sources.py``); the record keeps the URL pinned to that content
+(``<url>#sha256=<hex>``) and workers are given the stored copy (``location``). No Ray here.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from genmedia.deployments.intake.adapter_sources import AdapterSources, is_url_source
+from genmedia.deployments.intake.inputs import InputError
 from genmedia.deployments.protocol import (
     AdapterCheck,
     AdapterDeleted,
@@ -22,6 +27,7 @@ from genmedia.deployments.protocol import (
     Rejection,
 )
 from genmedia.deployments.store.jobs import JobStore
+from genmedia.deployments.store.storage import StorageError
 from genmedia.models.catalog import Catalog, LoraEntry
 from genmedia.models.params import AdapterUse
 from genmedia.models.registry import lora_families
@@ -40,11 +46,13 @@ class AdapterRegistry:
         store: JobStore,
         check: CheckAdapter,
         clock: Callable[[], float] = time.time,
+        sources: AdapterSources | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.check = check
         self.clock = clock
+        self._sources = sources  # URL sources; built from the catalog on first use
         self.by_id: dict[str, AdapterRecord] = {
             a.id: AdapterRecord(
                 id=a.id,
@@ -59,11 +67,35 @@ class AdapterRegistry:
         self.by_id.update(store.adapters())
 
     def source(self, source: str) -> str:
-        """Where workers read an adapter: S3 and tiny sources as given, files resolved against
-        the catalog's folder."""
-        if source.startswith(("s3://", "tiny://")):
+        """An adapter's source as the registry keeps it: S3, tiny and URL sources as given,
+        files resolved against the catalog's folder."""
+        if source.startswith(("s3://", "tiny://")) or is_url_source(source):
             return source
         return str(self.catalog.resolve_path(source.removeprefix("file://")))
+
+    @property
+    def sources(self) -> AdapterSources:
+        """Fetches and stores URL sources (storage and fetcher of the catalog's settings)."""
+        if self._sources is None:
+            from genmedia.deployments.intake.fetch import UrlFetcher
+            from genmedia.deployments.store.storage import make_storage
+
+            server = self.catalog.server
+            fetcher = UrlFetcher(server.inputs, server.max_body_bytes)
+            storage = make_storage(server.storage, self.catalog.resolve_path)
+            self._sources = AdapterSources(
+                self.catalog, storage, fetcher if server.inputs.allow_urls else None
+            )
+        return self._sources
+
+    def location(self, source: str) -> str | None:
+        """Where workers read an adapter: the stored copy of a URL source (None before it is
+        fetched), any other source as kept."""
+        return self.sources.location(source) if is_url_source(source) else source
+
+    async def _fetch(self, source: str) -> str:
+        """A URL source pinned to its stored content (fetched unless stored); InputError."""
+        return (await self.sources.resolve(source)).source
 
     async def check_catalog_adapters(self) -> None:
         """Check every catalog adapter against its base model (once the workers are up)."""
@@ -71,7 +103,11 @@ class AdapterRegistry:
             if record.origin != "catalog":
                 continue
             try:
-                out = await self.check(record.base_model, record.source)
+                if is_url_source(record.source):
+                    record.source = await self._fetch(record.source)
+                out = await self.check(record.base_model, str(self.location(record.source)))
+            except InputError as e:  # the URL could not be fetched or is no safetensors file
+                out = AdapterCheck(error=f"source: {e}")
             except Exception as e:  # the worker is gone: requests naming it fail at dispatch
                 out = AdapterCheck(error=f"{type(e).__name__}: {e}".splitlines()[0])
             if out.info is None:
@@ -97,8 +133,16 @@ class AdapterRegistry:
         if existing is not None and existing.origin == "catalog":
             return AdapterError(409, "conflict", "id", f"adapter {aid!r} is defined in the catalog")
         source = self.source(spec.source)
+        if is_url_source(source):
+            try:
+                source = await self._fetch(source)
+            except InputError as e:
+                kind = "payload_too_large" if e.status == 413 else "invalid_adapter"
+                return AdapterError(e.status, kind, "source", str(e))
+            except StorageError as e:
+                return AdapterError(503, "unavailable", "source", f"not stored: {e}")
         try:
-            out = await self.check(base, source)
+            out = await self.check(base, str(self.location(source)))
         except Exception as e:
             return AdapterError(503, "unavailable", "base_model", f"{type(e).__name__}: {e}")
         if out.info is None:
@@ -140,6 +184,15 @@ class AdapterRegistry:
                 message = f"adapter {aid!r} is for model {record.base_model!r}, not {model_id!r}"
             elif record.status == "failed":
                 message = f"adapter {aid!r} is unusable: {record.error}"
+            elif self.location(record.source) is None:
+                field = f"loras[{i}].id"
+                return Rejection(
+                    503,
+                    "adapter_pending",
+                    f"{field}: adapter {aid!r} is still being fetched from its URL; retry later",
+                    5.0,
+                    field=field,
+                )
             if message:
                 field = f"loras[{i}].id"
                 return Rejection(422, "invalid_request", f"{field}: {message}", None, field=field)
@@ -152,5 +205,8 @@ class AdapterRegistry:
             record = self.by_id.get(aid)
             if record is None or record.base_model != model_id:
                 raise LookupError(f"adapter {aid!r} was removed after the job was accepted")
-            uses.append(AdapterUse(aid, scale, record.source))
+            location = self.location(record.source)
+            if location is None:
+                raise LookupError(f"adapter {aid!r} has not been fetched from its URL yet")
+            uses.append(AdapterUse(aid, scale, location))
         return uses

@@ -12,15 +12,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.loadtests.local import ray_stack, tenant_record, tenants_file
 from tests.integration.browser import browser, screenshot, screenshots_dir  # noqa: F401
+from tests.unit.deployments.store.conftest import PG_PASSWORD, pg_bin, pg_server  # noqa: F401
 
 API_KEY = "gm_0123abcd_" + "k" * 43  # tenant "dev": generous quotas, webhook secret
 OTHER_KEY = "gm_4567abcd_" + "o" * 43  # tenant "other"
 TINY_KEY = "gm_89abcdef_" + "t" * 43  # tenant "tiny": one queued job, 4 requests a minute
 CAPPED_KEY = "gm_cafe0001_" + "c" * 43  # tenant "capped": one job running at a time
+DURABLE_KEY = "gm_d0ab1e00_" + "d" * 43  # tenant "durable": the scheduler takeover test only
 WEBHOOK_SECRET = "whsec-test-0123456789"
 
 
@@ -36,6 +39,11 @@ def make_tenants() -> TenantsFile:
                 CAPPED_KEY,
                 quotas={"max_concurrent_jobs": 1, "requests_per_minute": 100_000},
             ),
+            tenant_record(
+                "durable",
+                DURABLE_KEY,
+                quotas={"max_concurrent_jobs": 100, "requests_per_minute": 100_000},
+            ),
         ],
         "<test tenants>",
     )
@@ -48,8 +56,28 @@ def genmedia_home(tmp_path_factory) -> Path:
     return home
 
 
+PG_PASSWORD_ENV = "GENMEDIA_TEST_PG_PASSWORD"
+PG_DATABASE = "genmedia_stack"
+
+
+def job_store_settings(request, tmp_path_factory) -> dict:
+    """``server.scheduler`` fields of the shared stack's job store (see ``serve_app``)."""
+    choice = os.environ.get("GENMEDIA_TEST_JOB_STORE") or ("postgresql" if pg_bin() else "sqlite")
+    if choice == "sqlite":
+        return {"job_store": str(tmp_path_factory.mktemp("jobs") / "jobs.sqlite")}
+    assert choice == "postgresql", f"GENMEDIA_TEST_JOB_STORE: sqlite or postgresql, not {choice!r}"
+    server = request.getfixturevalue("pg_server")
+    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {PG_DATABASE}")
+    admin.dispose()
+    os.environ[PG_PASSWORD_ENV] = PG_PASSWORD  # tests that open the store read it too
+    url = f"postgresql://{server.user}@{server.host}:{server.port}/{PG_DATABASE}"
+    return {"job_store": url, "job_store_password_env": PG_PASSWORD_ENV}
+
+
 @pytest.fixture(scope="session")
-def serve_app(genmedia_home, tmp_path_factory):
+def serve_app(genmedia_home, tmp_path_factory, request):
     """The default catalog served on a real local Ray Serve; yields (base_url, catalog)."""
     from genmedia.deployments.cli.preflight import check_weights
     from genmedia.models.catalog import load_catalog
@@ -69,10 +97,10 @@ def serve_app(genmedia_home, tmp_path_factory):
     server = catalog.server.model_copy(
         update={"storage": catalog.server.storage.model_copy(update={"dir": str(outputs)})}
     )
-    jobs = tmp_path_factory.mktemp("jobs") / "jobs.sqlite"
-    server = server.model_copy(
-        update={"scheduler": server.scheduler.model_copy(update={"job_store": str(jobs)})}
-    )
+    # The job store: PostgreSQL when its binaries are here (``.ci/run`` installs them), else
+    # SQLite; GENMEDIA_TEST_JOB_STORE=sqlite|postgresql chooses. One standby scheduler either way.
+    store = {"standby": 1, **job_store_settings(request, tmp_path_factory)}
+    server = server.model_copy(update={"scheduler": server.scheduler.model_copy(update=store)})
     catalog = catalog.model_copy(update={"server": server})
     assert check_weights(catalog, build_tiny=True) == []
     webhooks = server.webhooks.model_copy(
@@ -83,7 +111,7 @@ def serve_app(genmedia_home, tmp_path_factory):
     tenants = make_tenants()
     from genmedia.deployments.serve.local import run_app
 
-    env = {"GENMEDIA_HOME": str(genmedia_home)}
+    env = {"GENMEDIA_HOME": str(genmedia_home), PG_PASSWORD_ENV: PG_PASSWORD}
     with ray_stack(num_cpus=4, num_gpus=1, logging_level=logging.WARNING, env_vars=env) as url:
         run_app(catalog, tenants)
         yield url, catalog

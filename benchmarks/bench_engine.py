@@ -1,0 +1,285 @@
+"""The step engine ÷ request-level batching, side by side in one run (``workers.sd15.engine``).
+
+1. The bare diffusers pipeline (this process, no Ray): images/s at the catalog's batch size
+   with the worker replica's torch threads, and with every thread count up to the machine's
+   cores (the best of them is "the best bare run").
+2. For each engine (``request``, then ``step``) the whole stack on one local Ray Serve:
+   closed-loop saturation (``--concurrency`` clients of the sync endpoint) gives the serving
+   efficiency, stack img/s ÷ bare img/s (same model, batch size and torch threads), and ÷ the
+   best bare run; then open-loop Poisson arrivals at ``--loads`` of the request-level engine's
+   measured capacity (the first edition's): p50/p99 latency and throughput, step ÷ request.
+
+Same tiny SD1.5-style model everywhere. The summary goes to ``loadtests/results/``, raw
+samples (bare calls, every request) to ``loadtests/results/raw/``.
+
+    flock /tmp/genmedia-ray.lock python benchmarks/bench_engine.py [--steps 20] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from _bench import (
+    closed_loop,
+    commit,
+    ensure_weights,
+    machine,
+    measure_bare,
+    open_loop,
+    save,
+    serving_catalog,
+)
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from genmedia.loadtests.local import ray_stack, stamp, tenant_record, tenants_file
+
+API_KEY = "gm_0bec0001_" + "e" * 43
+ENGINES = ("request", "step")
+WORKER_CPUS = 1  # the catalog's num_cpus for the sd15 worker
+console = Console()
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--bare-seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=15.0, help="closed-loop window")
+    ap.add_argument("--warmup", type=float, default=4.0)
+    ap.add_argument("--open-seconds", type=float, default=15.0, help="open-loop window per load")
+    ap.add_argument("--loads", default="0.5,0.8,0.95", help="fractions of capacity")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="closed-loop clients (default: 3 x batch, enough to fill either engine)",
+    )
+    return ap.parse_args()
+
+
+def measure_bare_runs(args: argparse.Namespace, worker_threads: int) -> dict[str, Any]:
+    """The bare pipeline at every torch thread count up to the cores, before Ray starts."""
+    import torch
+
+    from genmedia.models.runner import load_model
+    from genmedia.models.weights import resolve_source
+
+    catalog = serving_catalog(
+        args.batch, args.steps, args.size, tempfile.mkdtemp(prefix="genmedia-bench-engine-")
+    )
+    ensure_weights(catalog)
+    model = load_model(catalog.models[0], resolve_source("tiny://sd15"), "cpu")
+    by_threads: dict[int, dict[str, Any]] = {}
+    for threads in sorted({worker_threads, *range(1, (os.cpu_count() or 1) + 1)}):
+        torch.set_num_threads(threads)
+        by_threads[threads] = measure_bare(model, args.batch, args.bare_seconds, seed0=threads)
+    torch.set_num_threads(worker_threads)
+    return by_threads
+
+
+def measure_engine(
+    url: str, args: argparse.Namespace, engine: str, concurrency: int, rates: list[float] | None
+) -> dict[str, Any]:
+    """One engine deployed: closed-loop capacity, then open loops at ``rates`` (None: at the
+    loads of this engine's own capacity)."""
+    from genmedia.deployments.serve.app import plan_workers
+    from genmedia.deployments.serve.local import delete_app, run_app
+
+    workdir = tempfile.mkdtemp(prefix=f"genmedia-bench-engine-{engine}-")
+    catalog = serving_catalog(
+        args.batch, args.steps, args.size, workdir, engine=engine, num_cpus=WORKER_CPUS
+    )
+    run_app(catalog, tenants_file([tenant_record("bench", API_KEY)]))
+    closed = asyncio.run(closed_loop(url, API_KEY, concurrency, args.seconds, args.warmup))
+    loads = [float(x) for x in args.loads.split(",")]
+    if rates is None:
+        rates = [f * closed["images_per_s"] for f in loads]
+    opened = []
+    for i, (load, rate) in enumerate(zip(loads, rates, strict=True)):
+        run = asyncio.run(open_loop(url, API_KEY, rate, args.open_seconds, args.warmup, seed=i))
+        opened.append({"load": load, **run})
+    delete_app()
+    return {
+        "max_ongoing_requests": plan_workers(catalog)[0].max_ongoing_requests,
+        "closed": closed,
+        "open": opened,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def build_summary(
+    args: argparse.Namespace,
+    concurrency: int,
+    worker_threads: int,
+    bare: dict[int, dict[str, Any]],
+    runs: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    same = bare[worker_threads]["images_per_s"]
+    best_threads = max(bare, key=lambda t: bare[t]["images_per_s"])
+    best = bare[best_threads]["images_per_s"]
+    engines: dict[str, Any] = {}
+    for engine, run in runs.items():
+        c = run["closed"]
+        engines[engine] = {
+            "worker_max_ongoing_requests": run["max_ongoing_requests"],
+            "images_per_s": c["images_per_s"],
+            "efficiency": c["images_per_s"] / same,
+            "efficiency_vs_best_bare": c["images_per_s"] / best,
+            "mean_batch_images": c["mean_batch_images"],
+            "errors": c["errors"],
+            "open": [
+                {k: o[k] for k in ("load", "rate", "sent", "errors", "p50_s", "p99_s")}
+                | {"images_per_s": o["images_per_s"], "mean_batch_images": o["mean_batch_images"]}
+                for o in run["open"]
+            ],
+        }
+    req, step = runs["request"], runs["step"]
+    ratios = {
+        "capacity": _ratio(step["closed"]["images_per_s"], req["closed"]["images_per_s"]),
+        "open": [
+            {
+                "load": r["load"],
+                "p50": _ratio(s["p50_s"], r["p50_s"]),
+                "p99": _ratio(s["p99_s"], r["p99_s"]),
+                "throughput": _ratio(s["images_per_s"], r["images_per_s"]),
+            }
+            for r, s in zip(req["open"], step["open"], strict=True)
+        ],
+    }
+    return {
+        "benchmark": "bench_engine",
+        "model": "tiny sd15 (UNet 32/64 ch, CLIP 32 hidden)",
+        "size": args.size,
+        "steps": args.steps,
+        "batch": args.batch,
+        "worker_num_cpus": WORKER_CPUS,
+        "worker_torch_threads": worker_threads,
+        "concurrency": concurrency,
+        "loads_of": "the request-level engine's closed-loop images/s",
+        "bare": {
+            "images_per_s_by_threads": {t: b["images_per_s"] for t, b in bare.items()},
+            "same_threads_images_per_s": same,
+            "best_images_per_s": best,
+            "best_threads": best_threads,
+        },
+        "engines": engines,
+        "step_over_request": ratios,
+        "machine": machine(),
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def raw_rows(bare: dict[int, dict[str, Any]], runs: dict[str, dict[str, Any]]) -> Iterator[dict]:
+    for threads, b in bare.items():
+        for c in b["call_seconds"]:
+            yield {"side": "bare", "threads": threads, "call_s": c}
+    for engine, run in runs.items():
+        for s in run["closed"]["samples"]:
+            yield {"side": engine, "phase": "closed", **s}
+        for o in run["open"]:
+            for s in o["samples"]:
+                yield {"side": engine, "phase": "open", "load": o["load"], "rate": o["rate"], **s}
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def report(summary: dict[str, Any]) -> None:
+    bare = summary["bare"]
+    console.print(
+        f"bare pipeline, batch {summary['batch']}: "
+        + ", ".join(f"{t} thr {v:.2f} img/s" for t, v in bare["images_per_s_by_threads"].items())
+    )
+    table = Table(
+        "engine",
+        "max ongoing",
+        "img/s",
+        "mean batch",
+        "÷ bare",
+        "÷ best bare",
+        title="closed loop (saturation)",
+    )
+    for name, e in summary["engines"].items():
+        table.add_row(
+            name,
+            str(e["worker_max_ongoing_requests"]),
+            f"{e['images_per_s']:.2f}",
+            f"{e['mean_batch_images']:.2f}",
+            f"{e['efficiency']:.3f}",
+            f"{e['efficiency_vs_best_bare']:.3f}",
+        )
+    console.print(table)
+    table = Table(
+        "load",
+        "rate /s",
+        "engine",
+        "p50 s",
+        "p99 s",
+        "img/s",
+        "errors",
+        title="open loop (Poisson)",
+    )
+    for name, e in summary["engines"].items():
+        for o in e["open"]:
+            table.add_row(
+                f"{o['load']:.0%}",
+                f"{o['rate']:.2f}",
+                name,
+                _fmt(o["p50_s"]),
+                _fmt(o["p99_s"]),
+                f"{o['images_per_s']:.2f}",
+                str(o["errors"]),
+            )
+    console.print(table)
+    r = summary["step_over_request"]
+    console.print(
+        f"step ÷ request: capacity {_fmt(r['capacity'])}; "
+        + "; ".join(
+            f"{o['load']:.0%}: p50 {_fmt(o['p50'])} p99 {_fmt(o['p99'])} "
+            f"throughput {_fmt(o['throughput'])}"
+            for o in r["open"]
+        )
+    )
+
+
+def main() -> None:
+    from genmedia.deployments.worker.batch import torch_threads_for
+
+    args = parse_args()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    concurrency = args.concurrency or 3 * args.batch
+    worker_threads = torch_threads_for(WORKER_CPUS)
+    console.print("bare pipeline runs …")
+    bare = measure_bare_runs(args, worker_threads)
+    runs: dict[str, dict[str, Any]] = {}
+    with ray_stack(num_cpus=2, num_gpus=1) as url, Progress(console=console) as progress:
+        task = progress.add_task("engines", total=len(ENGINES))
+        rates = None
+        for engine in ENGINES:
+            progress.update(task, description=f"engine {engine}: closed, then open loops")
+            runs[engine] = measure_engine(url, args, engine, concurrency, rates)
+            rates = [o["rate"] for o in runs[engine]["open"]]  # the request engine's loads
+            progress.advance(task)
+    summary = build_summary(args, concurrency, worker_threads, bare, runs)
+    name = f"bench_engine-{stamp()}-s{args.steps}-b{args.batch}"
+    summary_path, raw_path = save(name, summary, raw_rows(bare, runs))
+    report(summary)
+    console.print(f"summary → {summary_path}\nraw samples → {raw_path}")
+
+
+if __name__ == "__main__":
+    main()
