@@ -57,7 +57,11 @@ def test_queued_work_scales_a_worker_up_then_down_when_idle(serve_app, tmp_path)
     server = session_catalog.server.model_copy(
         update={
             "scheduler": session_catalog.server.scheduler.model_copy(
-                update={"job_store": str(tmp_path / "jobs.sqlite")}
+                update={
+                    "job_store": str(tmp_path / "jobs.sqlite"),
+                    "job_store_password_env": None,
+                    "standby": 0,
+                }
             )
         }
     )
