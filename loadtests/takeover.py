@@ -43,7 +43,8 @@ class SubmitLoad:
             base_url=base_url, timeout=60, headers={"Authorization": f"Bearer {api_key}"}
         )
         self.model, self.body = model, body
-        self.accepted: list[tuple[float, str]] = []
+        self.accepted: list[tuple[float, str]] = []  # (answered, job id)
+        self._sent: list[float] = []  # when the attempt that was answered 202 was sent
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -60,6 +61,7 @@ class SubmitLoad:
         key = uuid.uuid4().hex
         body = {**self.body, "seed": 5000 + i}
         while not self._stop.is_set():
+            sent = time.monotonic()
             try:
                 r = self.client.post(
                     f"/v1/queue/models/{self.model}", json=body, headers={"Idempotency-Key": key}
@@ -68,6 +70,7 @@ class SubmitLoad:
                 time.sleep(0.1)
                 continue
             if r.status_code == 202:
+                self._sent.append(sent)
                 self.accepted.append((time.monotonic(), r.json()["request_id"]))
                 return
             if r.status_code != 503:  # 503: only while the store is taken over
@@ -82,11 +85,15 @@ class SubmitLoad:
             time.sleep(0.05)
 
     def accepted_after(self, t: float, timeout_s: float) -> float:
-        """Seconds from ``t`` to the first submit accepted after it; TimeoutError after
-        ``timeout_s``."""
+        """Seconds from ``t`` to the answer of the first submit sent after ``t`` and accepted;
+        TimeoutError after ``timeout_s``."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            later = [a for a, _ in self.accepted[-50:] if a > t]
+            n = min(len(self._sent), len(self.accepted))
+            pairs = zip(
+                self._sent[max(0, n - 50) : n], self.accepted[max(0, n - 50) : n], strict=True
+            )
+            later = [answered for sent, (answered, _) in pairs if sent > t]
             if later:
                 return min(later) - t
             time.sleep(0.02)
