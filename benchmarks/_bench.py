@@ -159,6 +159,7 @@ async def call_loop(
         "rate": ops / elapsed,
         "p50_s": percentile(sorted(latencies), 50) if latencies else math.nan,
         "p99_s": percentile(sorted(latencies), 99) if latencies else math.nan,
+        "latencies_s": latencies,  # raw samples, one per call
     }
 
 

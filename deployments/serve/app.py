@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ray.serve import Application
-from ray.serve.config import RequestRouterConfig
 
 from genmedia.deployments.serve.gateway import GatewayDeployment
 from genmedia.deployments.serve.routing import ROUTER_PATH, ROUTING_STATS_PERIOD_S
@@ -158,10 +157,10 @@ def build_app(
         # calls go to the replica holding the lease (serve/routing.py)
         num_replicas=1 + server.scheduler.standby,
         max_ongoing_requests=SCHEDULER_MAX_ONGOING,
-        request_router_config=RequestRouterConfig(
-            request_router_class=ROUTER_PATH,
-            request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
-        ),
+        request_router_config={
+            "request_router_class": ROUTER_PATH,
+            "request_routing_stats_period_s": ROUTING_STATS_PERIOD_S,
+        },
         ray_actor_options={
             "num_cpus": server.scheduler_num_cpus,
             "num_gpus": 0,

@@ -50,7 +50,7 @@ BACKLOG_PAUSE_S = 1.0  # between two sweeps while the last one hit max_per_sweep
 
 
 class RetentionStore(Protocol):
-    """What retention needs of a job store (``SQLiteJobStore`` has it)."""
+    """What retention needs of a job store (``SQLJobStore`` has it)."""
 
     def expired_jobs(self, finished_before: float, limit: int) -> list[JobRecord]: ...
 

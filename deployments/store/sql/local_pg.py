@@ -3,8 +3,8 @@
 Not on a request's way: the tests (``tests/unit/deployments/store/conftest.py``) and
 ``benchmarks/bench_store.py`` start one to run the PostgreSQL job store against. ``initdb`` into
 a temporary folder, ``pg_ctl start`` on a free port of 127.0.0.1 with its unix socket in that
-folder (no system service, durability off: fsync, synchronous commit and full page writes),
-stopped and deleted when the block ends. Binaries: ``initdb`` on PATH or Debian's
+folder (no system service; durability off unless asked: fsync, synchronous commit, full page
+writes), stopped and deleted when the block ends. Binaries: ``initdb`` on PATH or Debian's
 ``/usr/lib/postgresql/<version>/bin`` (``apt-get install postgresql``). As root the server runs
 as the ``postgres`` user (PostgreSQL refuses root). Never for serving.
 """
@@ -89,9 +89,10 @@ def _run_as(root: Path) -> tuple[list[str], tuple[int, int] | None]:
 
 
 @contextmanager
-def local_postgres(*, max_connections: int = 60) -> Iterator[PgServer]:
+def local_postgres(*, max_connections: int = 60, durable: bool = False) -> Iterator[PgServer]:
     """A fresh server for the block: user ``USER`` with password ``PASSWORD`` (scram-sha-256 over
-    TCP), database ``postgres``; ``PostgresUnavailable`` when it cannot start."""
+    TCP), database ``postgres``; ``PostgresUnavailable`` when it cannot start. ``durable``:
+    PostgreSQL's own defaults (fsync, synchronous commit), as a managed server runs."""
     bindir = pg_bin()
     if bindir is None:
         raise PostgresUnavailable(
@@ -111,8 +112,8 @@ def local_postgres(*, max_connections: int = 60) -> Iterator[PgServer]:
         if made.returncode != 0:
             raise PostgresUnavailable(f"initdb failed:\n{made.stderr.decode(errors='replace')}")
         port = _free_port()
-        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 {FAST}"
-        opts += f" -c max_connections={max_connections}"
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+        opts += f" -c max_connections={max_connections}" + ("" if durable else f" {FAST}")
         ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60"]
         started = subprocess.run([*run_as, *ctl, "-o", opts, "start"], capture_output=True)
         if started.returncode != 0:

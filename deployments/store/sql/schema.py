@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x67656E6D  # PostgreSQL advisory lock key held while a store is upgraded
 
 
 class SchemaTooNew(RuntimeError):
@@ -79,6 +80,10 @@ def upgrade(engine: sa.Engine) -> Revisions:
     before = revisions(engine)
     if not before.current:
         with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # replicas starting together (a scheduler and its standby) upgrade one at a
+                # time; the later ones find the store at head and change nothing
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             command.upgrade(_config(conn), "head")
             conn.commit()
     return before

@@ -4,11 +4,11 @@ PostgreSQL (a scheduler that may move between nodes, with a standby).
 The scheduler writes a job here before the gateway answers 202 (``create_many``: a group commit),
 moves it with compare-and-set transitions whose usage counters and webhook events commit in the
 same transaction, and rebuilds its queues from ``unfinished()`` after a restart. It implements
-``JobStore`` (``deployments/store/jobs.py``) with the semantics of ``SQLiteJobStore``, plus what
-retention (``retention.py``) needs. Every write transaction of a store that holds the scheduler
-lease checks its fencing token (``_write``): on PostgreSQL the lease row is read ``FOR SHARE``,
-so a takeover (which updates that row) waits for writes in flight and every later write sees the
-new token and raises ``FencedOut``. SQLite: one connection, ``BEGIN IMMEDIATE``, WAL. No Ray.
+``JobStore`` (``deployments/store/jobs.py``), plus what retention (``retention.py``) needs.
+Every write transaction of a store that holds the scheduler lease checks its fencing token
+(``_write``): on PostgreSQL the lease row is read ``FOR SHARE``, so a takeover (which updates
+that row) waits for writes in flight and every later write sees the new token and raises
+``FencedOut``. SQLite: one connection, ``BEGIN IMMEDIATE``, WAL. No Ray.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _record(row: sa.Row[Any]) -> JobRecord:
     for c in _DOUBLES.intersection(d):  # SQLite hands back 1.0 stored as REAL as the int 1
         if d[c] is not None:
             d[c] = float(d[c])
-    return JobRecord.from_row(d)  # type: ignore[arg-type]
+    return JobRecord.from_row(d)
 
 
 def _event(row: sa.Row[Any]) -> OutboxEvent:
@@ -85,7 +85,7 @@ class SQLJobStore:
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"job store: unsupported database {self.dialect!r}")
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        # SQLite: one connection, one writer at a time (as SQLiteJobStore); PostgreSQL: a pool
+        # SQLite: one connection, one writer at a time; PostgreSQL: a pool
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )

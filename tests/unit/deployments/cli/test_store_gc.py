@@ -10,9 +10,10 @@ import yaml
 from typer.testing import CliRunner
 
 from genmedia.deployments.cli.main import app
-from genmedia.deployments.store.jobs import JobRecord, JobStatus, SQLiteJobStore
+from genmedia.deployments.store.jobs import JobRecord, JobStatus
 from genmedia.deployments.store.storage import LocalDirStorage
 from genmedia.models.catalog import load_catalog
+from tests.unit.deployments.store.stores import sqlite_store
 
 
 def catalog_file(tmp_path) -> str:
@@ -25,7 +26,7 @@ def catalog_file(tmp_path) -> str:
 
 
 def old_job(tmp_path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     long_ago = time.time() - 40 * 86_400
     store.create(JobRecord("j1", "t", "m", "batch", JobStatus.IN_QUEUE, {}, long_ago))
     store.transition(
@@ -50,7 +51,7 @@ def test_dry_run_lists_and_deletes_nothing(tmp_path):
     assert "would delete (dry run)" in r.output
     assert "1 jobs" in r.output and "j1" in r.output and "1 files" in r.output
     assert (tmp_path / "files/t/2026/01/01/j1/0.png").exists()
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     assert store.get("j1") is not None
     store.close()
 
@@ -63,7 +64,7 @@ def test_gc_deletes_rows_and_files(tmp_path):
     assert "deleted" in r.output
     assert not (tmp_path / "files/t/2026").exists()
     assert not (tmp_path / "files/t/uploads/upl_old.png").exists()
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     assert store.get("j1") is None
     store.close()
 

@@ -32,11 +32,12 @@ from genmedia.deployments.scheduler.contention import ContentionTracker
 from genmedia.deployments.scheduler.dispatcher import Dispatcher, ModelLimits
 from genmedia.deployments.scheduler.joblogs import JobLogs
 from genmedia.deployments.serve.scheduler import Scheduler
-from genmedia.deployments.store.jobs import JobRecord, SQLiteJobStore
+from genmedia.deployments.store.jobs import JobRecord
 from genmedia.deployments.store.outputs import store_outputs
 from genmedia.deployments.store.storage import LocalDirStorage
 from genmedia.models.catalog import load_catalog
 from genmedia.models.params import GenerateRequest, resolve_request
+from tests.unit.deployments.store.stores import sqlite_store
 
 MODEL = "sd15-tiny"
 
@@ -47,7 +48,7 @@ def bare_scheduler(tmp_path: Path) -> Scheduler:
     s = Scheduler.__new__(Scheduler)
     s.catalog = catalog
     s.clock = lambda: 1000.0
-    s.store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    s.store = sqlite_store(tmp_path / "jobs.sqlite")
     s.metrics = SchedulerMetrics()
     s.progress = {}
     s.watchers = defaultdict(list)

@@ -1,17 +1,14 @@
 """An idempotency key is bound to its request body (Stripe's rule), without Ray: the scheduler's
 intake against a real SQLite job store answers a repeat with the same body with the first job,
 refuses one with another body (409 ``idempotency_key_reused``), inside one group too; jobs stored
-without a body hash (older stores, migrated in place) answer as before."""
+without a body hash (older stores, upgraded by the schema migration) answer as before."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import replace
-from pathlib import Path
 
 from genmedia.deployments.protocol import Rejection, SubmitAccepted
-from genmedia.deployments.store.jobs import SQLiteJobStore
 from tests.unit.deployments.scheduler.test_intake import _one_group, setup, sub
 
 __all__ = ["setup"]  # the intake fixture
@@ -57,20 +54,3 @@ def test_without_a_recorded_hash_a_repeat_answers_the_first_job(setup):
     (again,) = asyncio.run(_one_group(intake, [repeat]))
     assert isinstance(made, SubmitAccepted) and isinstance(again, SubmitAccepted)
     assert not again.created and again.job.request_id == made.job.request_id
-
-
-def test_a_store_from_before_the_column_gets_it_in_place(tmp_path: Path):
-    path = tmp_path / "old.sqlite"
-    SQLiteJobStore(path).close()
-    db = sqlite3.connect(path)
-    db.execute("ALTER TABLE jobs DROP COLUMN body_sha256")  # the first edition's table
-    db.execute(
-        "INSERT INTO jobs (id, tenant, model_id, priority, status, job, submitted_at, "
-        "idempotency_key) VALUES ('old', 't', 'm', 'batch', 'COMPLETED', '{}', 1.0, 'k')"
-    )
-    db.commit()
-    db.close()
-    store = SQLiteJobStore(path)
-    old = store.find("t", "k")
-    assert old is not None and old.id == "old" and old.body_sha256 is None
-    store.close()

@@ -21,11 +21,13 @@ from genmedia.deployments.scheduler.adapters import AdapterRegistry
 from genmedia.deployments.scheduler.dispatcher import Dispatcher, ModelLimits
 from genmedia.deployments.scheduler.intake import Intake, IntakeLanes
 from genmedia.deployments.scheduler.queues import QueuedJob
-from genmedia.deployments.store.jobs import JobRecord, SQLiteJobStore
+from genmedia.deployments.store.jobs import JobRecord
+from genmedia.deployments.store.sql.store import SQLJobStore
 from genmedia.deployments.tenants.ratelimit import RateLimiter
 from genmedia.deployments.tenants.schema import Tenant
 from genmedia.models.catalog import load_catalog
 from genmedia.models.params import GenerateRequest, resolve_request
+from tests.unit.deployments.store.stores import sqlite_store
 
 INTERACTIVE, BATCH = PriorityClass.INTERACTIVE, PriorityClass.BATCH
 _n = itertools.count()
@@ -52,7 +54,7 @@ def test_a_group_never_exceeds_its_bound_even_of_interactive_work():
         IntakeLanes(max_group=0)
 
 
-class CountingStore(SQLiteJobStore):
+class CountingStore(SQLJobStore):
     """The real SQLite store, counting its group commits."""
 
     commits: list[int]
@@ -69,7 +71,7 @@ def tenant(tid: str, **quotas) -> Tenant:
 @pytest.fixture
 def setup(tmp_path):
     catalog = load_catalog()
-    store = CountingStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite", CountingStore)
     store.commits = []
     models = {m.id: ModelLimits(m.family, m.max_batch_size, 0.0) for m in catalog.models}
     dispatcher = Dispatcher(models, batch_min_share=0.2)

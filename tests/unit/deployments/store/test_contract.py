@@ -1,12 +1,11 @@
 """The job store contract, run on every backend: SQLJobStore on SQLite and on a real PostgreSQL
-(``conftest.py``), and the embedded SQLiteJobStore it replaces. Create, group commit,
-idempotency, compare-and-set transitions, usage totals, the webhook outbox, the lease with its
-fencing token, and what retention needs; then PostgreSQL under concurrent writers."""
+(``conftest.py``). Create, group commit, idempotency, compare-and-set transitions, usage totals,
+the webhook outbox, the lease with its fencing token, and what retention needs; then PostgreSQL
+under concurrent writers."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 
@@ -20,7 +19,6 @@ from genmedia.deployments.store.jobs import (
     JobStatus,
     OutboxEvent,
     OutboxState,
-    SQLiteJobStore,
 )
 from genmedia.deployments.store.lease import LeaseKeeper
 from genmedia.deployments.store.open import engine_for
@@ -28,7 +26,7 @@ from genmedia.deployments.store.sql import schema
 from genmedia.deployments.store.sql.store import SQLJobStore
 
 Q, P, C = JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS, JobStatus.COMPLETED
-BACKENDS = ["sqlite", "postgresql", "sqlite-legacy"]
+BACKENDS = ["sqlite", "postgresql"]
 
 
 def rec(i, tenant="t", key=None, status=Q, url=None, model="m", at=None) -> JobRecord:
@@ -66,14 +64,8 @@ def opener(request, tmp_path) -> Iterator[Callable[[], object]]:
 
     if request.param == "postgresql":
         make = sql(request.getfixturevalue("pg_url"))
-    elif request.param == "sqlite":
-        from sqlalchemy import URL
-
-        make = sql(URL.create("sqlite", database=str(tmp_path / "jobs.sqlite")))
     else:
-
-        def make():
-            return SQLiteJobStore(tmp_path / "legacy.sqlite")
+        make = sql(sa.URL.create("sqlite", database=str(tmp_path / "jobs.sqlite")))
 
     def tracked():
         store = make()
@@ -110,8 +102,7 @@ def test_create_many_is_one_group_commit(store):
     out = store.create_many([rec(1, key="k"), rec(2), rec(3, key="k"), rec(4, key="z")])
     assert [(r.id, c) for r, c in out] == [("j1", True), ("j2", True), ("j1", False), ("j4", True)]
     assert [r.id for r in store.unfinished()] == ["j1", "j2", "j4"]
-    duplicate = sa.exc.IntegrityError if isinstance(store, SQLJobStore) else sqlite3.IntegrityError
-    with pytest.raises(duplicate):  # j2 exists: the whole group fails, nothing of it stays
+    with pytest.raises(sa.exc.IntegrityError):  # j2 exists: the whole group fails, none stays
         store.create_many([rec(5), rec(2)])
     assert store.get("j5") is None
     assert sum(u.jobs for u in store.usage("t")) == 3

@@ -1,14 +1,16 @@
-"""The SQLite job store: idempotent create, compare-and-set transitions, recovery, usage."""
+"""The job store on SQLite: idempotent create, compare-and-set transitions, recovery, usage."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from genmedia.deployments.protocol import AdapterInfo, AdapterRecord, UsageRow
-from genmedia.deployments.store.jobs import JobRecord, JobStatus, SQLiteJobStore
+from genmedia.deployments.store.jobs import JobRecord, JobStatus
+from genmedia.deployments.store.sql.store import SQLJobStore
+from tests.unit.deployments.store.stores import sqlite_store
 
 
 def rec(i, tenant="t", key=None, status=JobStatus.IN_QUEUE):
@@ -25,7 +27,7 @@ def rec(i, tenant="t", key=None, status=JobStatus.IN_QUEUE):
 
 
 def test_idempotency_key_returns_the_same_job(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     first, created = store.create(rec(1, key="abc"))
     again, created2 = store.create(rec(2, key="abc"))
     assert created and not created2 and again.id == first.id == "j1"
@@ -35,7 +37,7 @@ def test_idempotency_key_returns_the_same_job(tmp_path):
 
 
 def test_terminal_states_are_final(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     store.create(rec(1))
     assert store.transition("j1", {JobStatus.IN_QUEUE}, JobStatus.IN_PROGRESS, started_at=1.0)
     done = store.transition(
@@ -54,7 +56,7 @@ def test_terminal_states_are_final(tmp_path):
 
 
 def test_concurrent_transitions_only_one_wins(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     store.create(rec(1))
     wins = []
 
@@ -75,20 +77,20 @@ def test_concurrent_transitions_only_one_wins(tmp_path):
 
 def test_survives_reopen_and_lists_unfinished(tmp_path):
     path = tmp_path / "jobs.sqlite"
-    store = SQLiteJobStore(path)
+    store = sqlite_store(path)
     for i in range(4):
         store.create(rec(i))
     store.transition("j1", {JobStatus.IN_QUEUE}, JobStatus.IN_PROGRESS)
     store.transition("j2", {JobStatus.IN_QUEUE}, JobStatus.FAILED, error_type="x")
     store.update("j3", webhook_pending=True)
     store.close()
-    again = SQLiteJobStore(path)
+    again = sqlite_store(path)
     assert [r.id for r in again.unfinished()] == ["j0", "j1", "j3"]
     assert [r.id for r in again.webhooks_pending()] == ["j3"]
 
 
 def test_usage_per_model(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     for i in range(3):
         store.create(rec(i))
         store.transition(
@@ -107,7 +109,7 @@ def test_usage_per_model(tmp_path):
 
 
 def test_adapters_round_trip(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     info = AdapterInfo(path="/w/a.safetensors", bytes=10, sha256="ab", rank=4, tensors=8)
     record = AdapterRecord(
         id="a",
@@ -126,7 +128,7 @@ def test_adapters_round_trip(tmp_path):
 
 
 def test_transition_many_is_one_guarded_write(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     for i in range(3):
         store.create(rec(i))
     store.transition("j1", {JobStatus.IN_QUEUE}, JobStatus.CANCELLED)
@@ -150,8 +152,9 @@ AGGREGATE = (
 )
 
 
-def scanned(store: SQLiteJobStore, tenant: str) -> list[UsageRow]:
-    rows = store._db.execute(AGGREGATE, (tenant,)).fetchall()
+def scanned(store: SQLJobStore, tenant: str) -> list[UsageRow]:
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(AGGREGATE, (tenant,)).mappings().fetchall()
     return [
         UsageRow(
             r["model_id"],
@@ -169,7 +172,7 @@ def test_usage_counters_equal_a_scan_of_every_job_after_any_transitions(tmp_path
     import random
 
     rng = random.Random(3)
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     store.create_many([rec(i, tenant=rng.choice("tu")) for i in range(60)])
     states = list(JobStatus)
     for _ in range(200):
@@ -181,27 +184,11 @@ def test_usage_counters_equal_a_scan_of_every_job_after_any_transitions(tmp_path
         assert store.usage(tenant) == pytest.approx(scanned(store, tenant))
 
 
-def test_a_store_from_before_the_counters_is_counted_once_at_open(tmp_path):
-    path = tmp_path / "jobs.sqlite"
-    store = SQLiteJobStore(path)
-    store.create(rec(1))
-    store.transition("j1", {JobStatus.IN_QUEUE}, JobStatus.COMPLETED, usage={"images": 2})
-    store.create(rec(2))
-    store._db.execute("DROP TABLE usage_totals")  # what a first-edition store looks like
-    store.close()
-    again = SQLiteJobStore(path)
-    assert again.usage("t") == scanned(again, "t")
-    assert [(u.status, u.jobs, u.images) for u in again.usage("t")] == [
-        (JobStatus.COMPLETED, 1, 2),
-        (JobStatus.IN_QUEUE, 1, 0),
-    ]
-
-
 def test_create_many_is_one_transaction_and_a_repeated_key_answers_the_first(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     out = store.create_many([rec(1, key="k"), rec(2, key="k"), rec(3)])
     assert [(r.id, created) for r, created in out] == [("j1", True), ("j1", False), ("j3", True)]
     # a duplicate id fails the whole group: none of it is stored
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(sa.exc.IntegrityError):
         store.create_many([rec(4), rec(3)])
     assert store.get("j4") is None

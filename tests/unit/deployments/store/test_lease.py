@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
-from genmedia.deployments.store.jobs import FencedOut, JobRecord, JobStatus, SQLiteJobStore
+from genmedia.deployments.store.jobs import FencedOut, JobRecord, JobStatus
 from genmedia.deployments.store.lease import LeaseKeeper
+from tests.unit.deployments.store.stores import sqlite_store
 from tests.unit.deployments.store.test_outbox import terminal_event
 
 TTL = 10.0
@@ -31,7 +32,7 @@ def rec(i):
 def two(tmp_path):
     """Two stores on one file, as two scheduler replicas have."""
     path = tmp_path / "jobs.sqlite"
-    a, b = SQLiteJobStore(path), SQLiteJobStore(path)
+    a, b = sqlite_store(path), sqlite_store(path)
     yield a, b
     a.close()
     b.close()

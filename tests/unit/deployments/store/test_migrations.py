@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from genmedia.deployments.cli.main import app
-from genmedia.deployments.store.jobs import JobRecord, JobStatus, SQLiteJobStore
+from genmedia.deployments.store.jobs import JobStatus
 from genmedia.deployments.store.open import (
     JobStoreConfigError,
     SchemaTooNew,
@@ -42,6 +42,41 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status) WHERE status IN ('IN_QUEUE', 'IN_PROGRESS');
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, status);
 CREATE TABLE IF NOT EXISTS adapters (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+"""
+
+# The SQLite store of the second edition before migrations (sqlite3, no alembic_version): every
+# table, ``body_sha256`` added in place, no ``seq``.
+SQLITE_BEFORE_MIGRATIONS = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, model_id TEXT NOT NULL, priority TEXT NOT NULL,
+    status TEXT NOT NULL, job TEXT NOT NULL, submitted_at REAL NOT NULL,
+    weight REAL NOT NULL DEFAULT 1.0, deadline REAL, idempotency_key TEXT, body_sha256 TEXT,
+    webhook_url TEXT, webhook_pending INTEGER NOT NULL DEFAULT 0, started_at REAL,
+    finished_at REAL, attempts INTEGER NOT NULL DEFAULT 0, result TEXT, error_type TEXT,
+    error_message TEXT, usage TEXT NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX jobs_idempotency
+    ON jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_open ON jobs (status) WHERE status IN ('IN_QUEUE', 'IN_PROGRESS');
+CREATE INDEX jobs_tenant ON jobs (tenant, status);
+CREATE TABLE usage_totals (
+    tenant TEXT NOT NULL, model_id TEXT NOT NULL, status TEXT NOT NULL,
+    jobs INTEGER NOT NULL DEFAULT 0, images INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0, compute_s REAL NOT NULL DEFAULT 0.0,
+    PRIMARY KEY (tenant, model_id, status)
+);
+CREATE TABLE adapters (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE webhook_outbox (
+    id TEXT PRIMARY KEY, job_id TEXT NOT NULL, tenant TEXT NOT NULL, url TEXT NOT NULL,
+    event_type TEXT NOT NULL, payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL, created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending', last_error TEXT, finished_at REAL
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_outbox_job ON webhook_outbox (job_id);
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_at REAL NOT NULL
+);
 """
 
 
@@ -132,21 +167,26 @@ def test_first_edition_sqlite_store_is_upgraded(tmp_path):
         (JobStatus.COMPLETED, 1),
     ]
     again.close()
-    legacy = SQLiteJobStore(path)  # the file stays readable by the embedded store
-    assert legacy.get("j2").status == JobStatus.CANCELLED
-    legacy.close()
 
 
-def test_store_written_by_sqlitejobstore_is_adopted(tmp_path):
+def test_store_written_before_migrations_is_adopted(tmp_path):
     path = tmp_path / "jobs.sqlite"
-    legacy = SQLiteJobStore(path)
-    legacy.create(JobRecord("j1", "t", "m", "batch", JobStatus.IN_QUEUE, {}, 1.0))
-    legacy.acquire_lease("sched", "A", 10.0, 100.0)
-    legacy.close()
+    db = sqlite3.connect(path)
+    db.executescript(SQLITE_BEFORE_MIGRATIONS)
+    db.execute(
+        "INSERT INTO jobs (id, tenant, model_id, priority, status, job, submitted_at) "
+        "VALUES ('j1', 't', 'm', 'batch', 'IN_QUEUE', '{}', 1.0)"
+    )
+    db.execute(
+        "INSERT INTO usage_totals (tenant, model_id, status, jobs) VALUES ('t', 'm', 'IN_QUEUE', 1)"
+    )
+    db.execute("INSERT INTO leases VALUES ('sched', 'A', 1, 110.0)")
+    db.commit()
+    db.close()
     store = open_store(SchedulerSettings(job_store=str(path)))
     assert layout(store.engine) == EXPECTED
     assert store.get("j1").status == JobStatus.IN_QUEUE and store.lease("sched").token == 1
-    assert [u.jobs for u in store.usage("t")] == [1]
+    assert [u.jobs for u in store.usage("t")] == [1]  # its totals are kept, not counted again
     store.close()
 
 

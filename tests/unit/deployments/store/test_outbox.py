@@ -15,8 +15,8 @@ from genmedia.deployments.store.jobs import (
     JobStatus,
     OutboxEvent,
     OutboxState,
-    SQLiteJobStore,
 )
+from tests.unit.deployments.store.stores import sqlite_store
 
 
 def rec(i, tenant="t", url="https://hooks.example.com/h"):
@@ -41,7 +41,7 @@ def terminal_event(r: JobRecord, now: float = 100.0) -> list[OutboxEvent]:
 
 
 def test_event_commits_with_the_terminal_state(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     store.create_many([rec(1), rec(2), rec(3, url=None)])
     store.transition("j2", {JobStatus.IN_QUEUE}, JobStatus.CANCELLED)
     moved = store.transition_many(
@@ -64,7 +64,7 @@ def test_event_commits_with_the_terminal_state(tmp_path):
 
 
 def test_a_failing_event_rolls_the_state_back(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     store.create_many([rec(1), rec(2)])
 
     def broken(r: JobRecord) -> list[OutboxEvent]:
@@ -84,13 +84,14 @@ def test_kill_between_commit_and_delivery_keeps_the_event(tmp_path):
     """A process commits a terminal state and is killed before any delivery: the reopened store
     still owes the event, with the delivery id it was written with."""
     path = tmp_path / "jobs.sqlite"
-    SQLiteJobStore(path).create(rec(1))
+    sqlite_store(path).create(rec(1))
     code = textwrap.dedent(
         f"""
         import os
-        from genmedia.deployments.store.jobs import JobStatus, SQLiteJobStore
+        from genmedia.deployments.store.jobs import JobStatus
+        from tests.unit.deployments.store.stores import sqlite_store
         from tests.unit.deployments.store.test_outbox import terminal_event
-        store = SQLiteJobStore({str(path)!r})
+        store = sqlite_store({str(path)!r})
         store.transition_many([("j1", {{}})], {{JobStatus.IN_QUEUE}}, JobStatus.COMPLETED,
                               outbox=terminal_event)
         print(store.webhooks_of("j1")[0].id, flush=True)
@@ -100,7 +101,7 @@ def test_kill_between_commit_and_delivery_keeps_the_event(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == -9, run.stderr
     written_id = run.stdout.strip()
-    again = SQLiteJobStore(path)
+    again = sqlite_store(path)
     assert again.get("j1").status == JobStatus.COMPLETED
     (ev,) = again.webhooks_due(1e12, 10)
     assert ev.id == written_id and ev.job_id == "j1" and ev.state == OutboxState.PENDING
@@ -108,7 +109,7 @@ def test_kill_between_commit_and_delivery_keeps_the_event(tmp_path):
 
 def test_retries_keep_the_id_and_count(tmp_path):
     path = tmp_path / "jobs.sqlite"
-    store = SQLiteJobStore(path)
+    store = sqlite_store(path)
     store.create(rec(1))
     store.transition("j1", {JobStatus.IN_QUEUE}, JobStatus.FAILED)  # no event: outbox not given
     store.add_webhooks(terminal_event(store.get("j1")))
@@ -118,7 +119,7 @@ def test_retries_keep_the_id_and_count(tmp_path):
     )
     assert store.webhooks_due(102.0, 10) == []  # not due before its backoff
     store.close()
-    store = SQLiteJobStore(path)  # a restart keeps the schedule and the id
+    store = sqlite_store(path)  # a restart keeps the schedule and the id
     (again,) = store.webhooks_due(103.0, 10)
     assert (again.id, again.attempts, again.last_error) == (ev.id, 1, "receiver answered 503")
     store.webhook_attempted(ev.id, 104.0, delivered=True)
@@ -130,7 +131,7 @@ def test_retries_keep_the_id_and_count(tmp_path):
 
 
 def test_given_up_events_fail_and_are_pruned(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     store.create_many([rec(1), rec(2)])
     for j in ("j1", "j2"):
         store.add_webhooks(terminal_event(store.get(j)))
@@ -143,7 +144,7 @@ def test_given_up_events_fail_and_are_pruned(tmp_path):
 
 
 def test_due_skips_events_in_flight_and_full_tenants(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     store.create_many([rec(1, "a"), rec(2, "a"), rec(3, "b")])
     for j in ("j1", "j2", "j3"):
         store.add_webhooks(terminal_event(store.get(j), now=float(j[1])))
@@ -157,13 +158,13 @@ def test_due_skips_events_in_flight_and_full_tenants(tmp_path):
 def test_legacy_webhook_pending_rows_move_into_the_outbox(tmp_path):
     """A store written before the outbox owes webhooks through jobs.webhook_pending."""
     path = tmp_path / "jobs.sqlite"
-    store = SQLiteJobStore(path)
+    store = sqlite_store(path)
     store.create_many([rec(1), rec(2)])
     store.transition_many([("j1", {}), ("j2", {})], {JobStatus.IN_QUEUE}, JobStatus.COMPLETED)
     store.close()
     with sqlite3.connect(path) as db:  # what the previous scheduler left
         db.execute("UPDATE jobs SET webhook_pending = 1 WHERE id = 'j1'")
-    store = SQLiteJobStore(path)
+    store = sqlite_store(path)
     assert [r.id for r in store.webhooks_pending()] == ["j1"]
     assert store.migrate_pending_webhooks(terminal_event) == 1
     assert store.webhooks_pending() == [] and store.migrate_pending_webhooks(terminal_event) == 0

@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from genmedia.deployments.store.jobs import JobRecord, JobStatus, SQLiteJobStore
+from genmedia.deployments.store.jobs import JobRecord, JobStatus
 from genmedia.deployments.store.outputs import output_prefix
 from genmedia.deployments.store.retention import Sweeper
 from genmedia.deployments.store.storage import LocalDirStorage
 from genmedia.models.server_config import RetentionSettings
+from tests.unit.deployments.store.stores import sqlite_store
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0  # 2027-01-15
@@ -51,7 +52,7 @@ def finished_job(store, storage, i, *, tenant="t", finished_at, key=None, status
 
 @pytest.fixture
 def env(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     storage = LocalDirStorage(tmp_path / "files")
     yield store, storage
     store.close()

@@ -13,10 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from standardwebhooks import Webhook
 
 from genmedia.deployments.protocol import JobStatusView, PriorityClass
-from genmedia.deployments.store.jobs import JobRecord, JobStatus, OutboxState, SQLiteJobStore
+from genmedia.deployments.store.jobs import JobRecord, JobStatus, OutboxState
+from genmedia.deployments.store.sql.store import SQLJobStore
 from genmedia.deployments.webhooks.delivery import DeliveryCaps
 from genmedia.deployments.webhooks.sender import WebhookSender
 from genmedia.models.server_config import WebhookPolicy
+from tests.unit.deployments.store.stores import sqlite_store
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 POLICY = WebhookPolicy(
@@ -53,7 +55,7 @@ def sender(store, tenants, policy=POLICY, clock=time.time):
 
 
 def test_filter_picks_started_progress_and_terminal_events(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     now = [100.0]
     tenants = {"a": T("a"), "b": T("b", webhook_events=["started", "progress", "completed"])}
     s = sender(store, tenants, clock=lambda: now[0])
@@ -122,7 +124,7 @@ class Receiver:
         self.server.server_close()
 
 
-def run_until_settled(s: WebhookSender, store: SQLiteJobStore, job_ids, timeout=60.0):
+def run_until_settled(s: WebhookSender, store: SQLJobStore, job_ids, timeout=60.0):
     async def go():
         task = asyncio.create_task(s.run())
         deadline = time.monotonic() + timeout
@@ -141,7 +143,7 @@ def run_until_settled(s: WebhookSender, store: SQLiteJobStore, job_ids, timeout=
 
 
 def test_retried_delivery_keeps_its_id_and_signs_every_attempt(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     s = sender(store, {"a": T("a")})
     with Receiver(script=[503]) as rx:
         store.add_webhooks(s.events(rec(1, url=rx.base + "/a", status=JobStatus.COMPLETED)))
@@ -153,7 +155,7 @@ def test_retried_delivery_keeps_its_id_and_signs_every_attempt(tmp_path):
 
 
 def test_gives_up_after_max_attempts(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     s = sender(store, {"a": T("a")}, policy=POLICY.model_copy(update={"max_attempts": 2}))
     with Receiver(script=[503, 503, 503]) as rx:
         store.add_webhooks(s.events(rec(1, url=rx.base + "/a", status=JobStatus.FAILED)))
@@ -163,7 +165,7 @@ def test_gives_up_after_max_attempts(tmp_path):
 
 
 def test_caps_per_tenant_and_overall(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     policy = POLICY.model_copy(update={"max_concurrent": 3, "max_concurrent_per_tenant": 2})
     s = sender(store, {"a": T("a"), "b": T("b")}, policy=policy)
     with Receiver(hold_s=0.3) as rx:

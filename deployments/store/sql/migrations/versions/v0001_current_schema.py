@@ -2,9 +2,10 @@
 scheduler lease, ``body_sha256``), created on an empty store and adopted from an unversioned one.
 
 An unversioned store is a SQLite file written before migrations existed: the first edition
-(jobs and adapters only) or ``SQLiteJobStore`` (all tables; no ``body_sha256`` or ``seq``). Missing
-tables, nullable columns and indexes are added; usage totals are counted once from the jobs when
-the table is new. The table definitions are frozen here; later schema changes are new revisions.
+(jobs and adapters only) or the second edition's sqlite3-based store (all tables; no
+``body_sha256`` or ``seq``; replaced by ``SQLJobStore``). Missing tables, nullable columns and
+indexes are added; usage totals are counted once from the jobs when the table is new. The
+table definitions are frozen here; later schema changes are new revisions.
 
 Revision ID: 0001
 Revises:
