@@ -432,7 +432,8 @@ class ServerSettings(_Strict):
     )
 
     inputs: InputSettings = Field(
-        default_factory=InputSettings, description="Input images given as URLs."
+        default_factory=InputSettings,
+        description="Input images and LoRA adapter sources given as URLs.",
     )
     storage: LocalStorage | S3Storage = Field(
         default_factory=LocalStorage,

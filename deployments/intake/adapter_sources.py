@@ -18,7 +18,9 @@ the catalog's adapters at start. ``resolve``:
   (a local path, or ``s3://`` for S3 storage). A pinned source whose content is already stored
   is not downloaded again (the gateway's fetch is not repeated by the scheduler, a registered
   adapter needs no fetch after a restart); a fetched body whose digest differs from the pin is
-  refused.
+  refused. An unpinned URL fetched before (its ETag / Last-Modified kept under
+  ``_loras/urls/``) is asked for with ``If-None-Match`` / ``If-Modified-Since``: a 304 reuses
+  the stored copy, anything else is downloaded and checked again.
 
 Errors are ``InputError`` naming the field (``source``), the rule and the limit. No Ray imports.
 """
@@ -27,15 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from safetensors import safe_open
 
 from genmedia.deployments.errors import ApiError
-from genmedia.deployments.intake.fetch import FetchCap, FetchLimit, UrlFetcher
+from genmedia.deployments.intake.fetch import FetchCap, Fetched, FetchLimit, UrlFetcher
 from genmedia.deployments.intake.inputs import InputError
 from genmedia.deployments.store.storage import (
     LocalDirStorage,
@@ -46,7 +50,11 @@ from genmedia.deployments.store.storage import (
 )
 from genmedia.models.catalog import Catalog, LoraEntry
 
+logger = logging.getLogger(__name__)
+
 ADAPTER_PREFIX = "_loras/"
+URL_INDEX = f"{ADAPTER_PREFIX}urls/"
+JSON = "application/json"
 PIN = "#sha256="
 CONTENT_TYPE = "application/octet-stream"
 
@@ -63,7 +71,9 @@ def split_pin(source: str) -> tuple[str, str | None]:
 
 
 def adapter_key(digest: str) -> str:
-    """The storage key of an adapter file with this SHA-256 (hex)."""
+    """The storage key of an adapter file with this SHA-256 (64 lowercase hex digits)."""
+    if len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError(f"not a SHA-256 hex digest: {digest[:80]!r}")
     return f"{ADAPTER_PREFIX}sha256-{digest}.safetensors"
 
 
@@ -91,13 +101,37 @@ def check_safetensors(path: Path, field: str) -> int:
 
 
 @dataclass(frozen=True)
+class KnownUrl:
+    """The last fetch of an adapter URL (kept under ``_loras/urls/``): its content and the
+    validators its server sent, for a conditional GET next time."""
+
+    url: str
+    sha256: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def validators(self) -> dict[str, str]:
+        out = {}
+        if self.etag:
+            out["If-None-Match"] = self.etag
+        if self.last_modified:
+            out["If-Modified-Since"] = self.last_modified
+        return out
+
+
+def url_index_key(url: str) -> str:
+    """Where the last fetch of ``url`` is remembered."""
+    return f"{URL_INDEX}{hashlib.sha256(url.encode()).hexdigest()}.json"
+
+
+@dataclass(frozen=True)
 class ResolvedAdapter:
     """A URL source kept in storage."""
 
     source: str  # ``<url>#sha256=<hex>``: what the registry records (admins see it)
     location: str  # where workers read it (local path or ``s3://``)
     sha256: str
-    fetched: bool  # False: the pinned content was already stored
+    fetched: bool  # False: already stored (the pinned content, or a 304 to the validators)
 
 
 class AdapterSources:
@@ -127,15 +161,19 @@ class AdapterSources:
 
     async def resolve(self, source: str, field: str = "source") -> ResolvedAdapter:
         """The stored copy of a URL source: fetched, checked and stored unless its pinned
-        content is already stored."""
+        content is already stored, or the server answers 304 to the validators of the last
+        fetch of the same URL."""
         url, pin = split_pin(source)
         if pin is not None and await asyncio.to_thread(self._stored, pin):
             return self._resolved(url, pin, fetched=False)
         if self.fetcher is None:
             raise InputError(field, "URL sources are turned off here (server.inputs.allow_urls)")
+        known = None if pin is not None else await asyncio.to_thread(self._known, url)
         with tempfile.TemporaryDirectory(prefix="genmedia-lora-") as tmp:
             path = Path(tmp) / "adapter.safetensors"
-            digest = await self._download(url, field, path)
+            digest, got = await self._download(url, field, path, known)
+            if got.status == 304 and known is not None:
+                return self._resolved(url, known.sha256, fetched=False)
             if pin is not None and digest != pin:
                 raise InputError(
                     field,
@@ -143,10 +181,14 @@ class AdapterSources:
                     "sha256",
                 )
             await asyncio.to_thread(self._keep, path, digest, field)
+            await asyncio.to_thread(self._remember, url, digest, got)
         return self._resolved(url, digest, fetched=True)
 
-    async def _download(self, url: str, field: str, path: Path) -> str:
-        """Stream ``url`` into ``path``; its SHA-256 (hex)."""
+    async def _download(
+        self, url: str, field: str, path: Path, known: KnownUrl | None
+    ) -> tuple[str, Fetched]:
+        """Stream ``url`` into ``path`` (conditionally when it was fetched before); its
+        SHA-256 (hex) and what the fetch got."""
         assert self.fetcher is not None
         h = hashlib.sha256()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -156,8 +198,31 @@ class AdapterSources:
                 h.update(chunk)
                 out.write(chunk)
 
-            await self.fetcher.fetch_to(url, field, sink, self.cap, self.deadline)
-        return h.hexdigest()
+            validators = known.validators() if known is not None else None
+            got = await self.fetcher.fetch_to(url, field, sink, self.cap, self.deadline, validators)
+        return h.hexdigest(), got
+
+    def _known(self, url: str) -> KnownUrl | None:
+        """The last fetch of ``url`` whose content is still stored, if its server gave
+        validators (ETag, Last-Modified)."""
+        try:
+            data = self.storage.get(url_index_key(url))
+            known = KnownUrl(**json.loads(data)) if data else None
+        except (StorageError, ValueError, TypeError):
+            return None
+        if known is None or known.url != url or not self._stored(known.sha256):
+            return None
+        return known
+
+    def _remember(self, url: str, digest: str, got: Fetched) -> None:
+        """Keep the validators of a fetch for the next one of the same URL (best effort)."""
+        if not (got.etag or got.last_modified):
+            return
+        known = KnownUrl(url, digest, got.etag, got.last_modified)
+        try:
+            self.storage.put(url_index_key(url), json.dumps(asdict(known)).encode(), JSON)
+        except StorageError as e:
+            logger.warning("could not keep the validators of an adapter URL: %s", e)
 
     def _keep(self, path: Path, digest: str, field: str) -> None:
         """Check the file's header, then store it unless the same content is stored."""

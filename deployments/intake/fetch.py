@@ -10,7 +10,10 @@ hand with the same check on every hop (at most ``max_redirects``), the body is c
 server's body limit, and the whole fetch has one deadline. The bytes then go through the same
 checks as any input (``inputs.py``) and are stored under the tenant by their content hash
 (``inputs.fetched_input``), so a repeat fetch of the same image is stored once. Errors are
-``InputError`` naming the field, the rule and the limit. No Ray imports.
+``InputError`` naming the field, the rule and the limit. LoRA adapter sources given as URLs
+(``adapter_sources.py``) go through the same checks with ``fetch_to``: the body streamed into a
+file, its own cap (``FetchCap``: 413 past ``server.inputs.adapter_max_bytes``) and deadline
+(``FetchLimit``), and validators for a conditional GET. No Ray imports.
 """
 
 from __future__ import annotations
@@ -62,6 +65,17 @@ class FetchCap:
 
 
 @dataclass(frozen=True)
+class Fetched:
+    """What a streamed fetch got: 200 (``size`` bytes went to the sink) or 304 (not modified
+    since the validators sent), with the validators to send next time."""
+
+    status: int
+    size: int
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
 class FetchLimit:
     """The deadline of one whole fetch (lookups, connects, redirects, body) and its setting."""
 
@@ -105,7 +119,7 @@ class UrlFetcher:
         body = bytearray()
         cap = FetchCap(self.max_bytes, "server.max_body_bytes", 422)
         limit = FetchLimit(self.settings.fetch_timeout_s, "server.inputs.fetch_timeout_s")
-        await self.fetch_to(url, field, body.extend, cap, limit, accept="image/*")
+        await self.fetch_to(url, field, body.extend, cap, limit, {"Accept": "image/*"})
         return bytes(body)
 
     async def fetch_to(
@@ -115,14 +129,16 @@ class UrlFetcher:
         sink: Callable[[bytes], object],
         cap: FetchCap,
         deadline: FetchLimit,
-        accept: str = "*/*",
-    ) -> int:
+        headers: dict[str, str] | None = None,
+    ) -> Fetched:
         """Stream the body of ``url`` into ``sink`` within ``cap`` and ``deadline``
-        (redirects followed, each hop checked); the byte count, InputError otherwise."""
+        (redirects followed, each hop checked); InputError otherwise. ``headers`` may carry
+        ``If-None-Match`` / ``If-Modified-Since``: a 304 answer then sends nothing to ``sink``."""
         limit = deadline.seconds
+        sent = {"Accept": "*/*", **(headers or {})}
         try:
             async with asyncio.timeout(limit):
-                return await self._follow(url.strip(), field, sink, cap, accept)
+                return await self._follow(url.strip(), field, sink, cap, sent)
         except TimeoutError:
             raise InputError(
                 field,
@@ -133,20 +149,30 @@ class UrlFetcher:
             raise InputError(field, f"the URL could not be fetched: {type(e).__name__}") from None
 
     async def _follow(
-        self, url: str, field: str, sink: Callable[[bytes], object], cap: FetchCap, accept: str
-    ) -> int:
+        self,
+        url: str,
+        field: str,
+        sink: Callable[[bytes], object],
+        cap: FetchCap,
+        headers: dict[str, str],
+    ) -> Fetched:
         hops = self.settings.max_redirects
+        conditional = any(k.lower().startswith("if-") for k in headers)
         for _ in range(hops + 1):
             target = await self._check(url, field)
-            status, location, size = await self._get(target, field, sink, cap, accept)
-            if status in REDIRECTS:
+            location, got = await self._get(target, field, sink, cap, headers)
+            if got.status in REDIRECTS:
                 if not location:
-                    raise InputError(field, f"the URL answered HTTP {status} without a Location")
+                    raise InputError(
+                        field, f"the URL answered HTTP {got.status} without a Location"
+                    )
                 url = urljoin(url, location)
                 continue
-            if status != 200:
-                raise InputError(field, f"the URL answered HTTP {status}, not 200")
-            return size
+            if got.status == 304 and conditional:
+                return got
+            if got.status != 200:
+                raise InputError(field, f"the URL answered HTTP {got.status}, not 200")
+            return got
         raise InputError(field, f"the URL redirected more than {hops} times", hops)
 
     async def _check(self, url: str, field: str) -> CheckedUrl:
@@ -180,21 +206,22 @@ class UrlFetcher:
         field: str,
         sink: Callable[[bytes], object],
         cap: FetchCap,
-        accept: str,
-    ) -> tuple[int, str | None, int]:
-        """One GET to the checked address: (status, Location, bytes of a 200 sent to ``sink``
-        within the cap)."""
+        extra: dict[str, str],
+    ) -> tuple[str | None, Fetched]:
+        """One GET to the checked address: (Location, what came: a 200's body sent to
+        ``sink`` within the cap)."""
         pinned = target.url.copy_with(host=str(target.addresses[0]))
         extensions: dict[str, Any] = {}
         if target.url.scheme == "https" and not target.host_is_ip:
             extensions["sni_hostname"] = target.host  # TLS checks the name, TCP the address
-        headers = {"Host": target.url.netloc.decode("ascii"), "Accept": accept}
+        headers = {**extra, "Host": target.url.netloc.decode("ascii")}
         async with self.client.stream(
             "GET", pinned, headers=headers, extensions=extensions
         ) as response:
             status = response.status_code
+            etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
             if status != 200:
-                return status, response.headers.get("location"), 0
+                return response.headers.get("location"), Fetched(status, 0, etag, modified)
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > cap.max_bytes:
                 raise cap.error(field)
@@ -204,7 +231,7 @@ class UrlFetcher:
                 if size > cap.max_bytes:
                     raise cap.error(field)
                 sink(chunk)
-            return status, None, size
+            return None, Fetched(status, size, etag, modified)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -17,7 +17,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from genmedia.deployments.intake.adapter_sources import AdapterSources, is_url_source
+from genmedia.deployments.intake.adapter_sources import (
+    AdapterSources,
+    is_url_source,
+    split_pin,
+)
 from genmedia.deployments.intake.inputs import InputError
 from genmedia.deployments.protocol import (
     AdapterCheck,
@@ -81,11 +85,10 @@ class AdapterRegistry:
             from genmedia.deployments.store.storage import make_storage
 
             server = self.catalog.server
-            fetcher = UrlFetcher(server.inputs, server.max_body_bytes)
+            inputs = server.inputs
+            fetcher = UrlFetcher(inputs, server.max_body_bytes) if inputs.allow_urls else None
             storage = make_storage(server.storage, self.catalog.resolve_path)
-            self._sources = AdapterSources(
-                self.catalog, storage, fetcher if server.inputs.allow_urls else None
-            )
+            self._sources = AdapterSources(self.catalog, storage, fetcher)
         return self._sources
 
     def location(self, source: str) -> str | None:
@@ -184,7 +187,7 @@ class AdapterRegistry:
                 message = f"adapter {aid!r} is for model {record.base_model!r}, not {model_id!r}"
             elif record.status == "failed":
                 message = f"adapter {aid!r} is unusable: {record.error}"
-            elif self.location(record.source) is None:
+            elif is_url_source(record.source) and split_pin(record.source)[1] is None:
                 field = f"loras[{i}].id"
                 return Rejection(
                     503,

@@ -39,10 +39,15 @@ FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 # What class of file a key holds (its second part): retention and S3 lifecycle rules go by it.
 UPLOADS, INPUTS, OUTPUTS = "uploads", "inputs", "outputs"
+ADAPTERS = "adapters"  # LoRA files fetched from URLs (``_loras/``): kept while registered
 
 
 def key_class(key: str) -> str:
-    """``uploads`` (POST /v1/files), ``inputs`` (inline images of a job) or ``outputs``."""
+    """``uploads`` (POST /v1/files), ``inputs`` (inline images of a job), ``adapters`` (LoRA
+    files fetched from URLs, under ``_loras/``: no lifecycle rule deletes them) or
+    ``outputs``."""
+    if key.startswith("_loras/"):
+        return ADAPTERS
     parts = key.split("/", 2)
     if len(parts) > 2 and parts[1] in (UPLOADS, INPUTS):
         return parts[1]

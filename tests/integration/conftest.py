@@ -106,7 +106,9 @@ def serve_app(genmedia_home, tmp_path_factory, request):
     webhooks = server.webhooks.model_copy(
         update={"allowed_hosts": ["127.0.0.1"], "backoff_base_s": 0.1, "backoff_max_s": 0.5}
     )
-    server = server.model_copy(update={"webhooks": webhooks})
+    # LoRA sources fetched from a local HTTP server (test_lora_urls.py)
+    inputs = server.inputs.model_copy(update={"allowed_http_hosts": ["127.0.0.1"]})
+    server = server.model_copy(update={"webhooks": webhooks, "inputs": inputs})
     catalog = catalog.model_copy(update={"server": server})
     tenants = make_tenants()
     from genmedia.deployments.serve.local import run_app

@@ -51,10 +51,19 @@ HITS: list[str] = []
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """Serves ``ROUTES``; paths under ``/etag/`` with an ETag, answering 304 to a match."""
+
     def do_GET(self) -> None:
         HITS.append(self.path)
         body = ROUTES.get(self.path)
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"' if body is not None else None
+        if self.path.startswith("/etag/") and etag == self.headers.get("If-None-Match"):
+            self.send_response(304)
+            self.end_headers()
+            return
         self.send_response(200 if body is not None else 404)
+        if etag and self.path.startswith("/etag/"):
+            self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(body or b"")))
         self.end_headers()
         self.wfile.write(body or b"")
@@ -119,7 +128,7 @@ def refused(src: AdapterSources, url: str) -> InputError:
 
 
 def stored_keys(src: AdapterSources) -> list[str]:
-    return [o.key for o in src.storage.list_files("_loras/")]
+    return sorted(o.key for o in src.storage.list_files("_loras/"))
 
 
 def test_which_sources_are_urls_and_their_pins() -> None:
@@ -145,6 +154,23 @@ def test_a_url_is_fetched_checked_and_stored_once_by_content_hash(
     pinned = run(src.resolve(first.source))
     assert not pinned.fetched and pinned.location == first.location
     assert HITS == ["/a.safetensors", "/copy.safetensors"]
+
+
+def test_a_url_fetched_before_is_revalidated_not_downloaded_again(
+    tmp_path: Path, server: str
+) -> None:
+    src = sources(tmp_path)
+    url = f"{server}/etag/a.safetensors"
+    ROUTES["/etag/a.safetensors"] = ADAPTER
+    first = run(src.resolve(url))
+    again = run(src.resolve(url))  # 304: the stored copy
+    assert first.fetched and not again.fetched and again.source == first.source
+    changed = save({"unet.down.0.to_q.lora_A.weight": np.ones((4, 8), np.float32)})
+    ROUTES["/etag/a.safetensors"] = changed  # new content at the same URL: fetched again
+    third = run(src.resolve(url))
+    assert third.fetched and third.sha256 == hashlib.sha256(changed).hexdigest()
+    assert len(stored_keys(src)) == 3  # two contents and the URL's validators
+    assert Path(third.location).read_bytes() == changed
 
 
 def test_a_private_address_is_refused_before_connecting(tmp_path: Path, server: str) -> None:

@@ -15,7 +15,6 @@ import pytest
 from genmedia.deployments.intake.adapter_sources import adapter_key
 from genmedia.deployments.protocol import AdapterCheck, AdapterError, AdapterInfo, AdapterRecord
 from genmedia.deployments.scheduler.adapters import AdapterRegistry
-from genmedia.deployments.store.jobs import SQLiteJobStore
 from genmedia.models.catalog import LoraEntry
 from tests.unit.deployments.intake.test_adapter_sources import (
     ADAPTER,
@@ -24,6 +23,7 @@ from tests.unit.deployments.intake.test_adapter_sources import (
     http_server,
     url_catalog,
 )
+from tests.unit.deployments.store.stores import sqlite_store
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ class Worker:
 def registry(tmp_path: Path, loras: list[dict[str, Any]] | None = None) -> tuple[Any, Worker]:
     catalog = url_catalog(tmp_path / "files", loras)
     worker = Worker()
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    store = sqlite_store(tmp_path / "jobs.sqlite")
     return AdapterRegistry(catalog, store, worker.check, clock=lambda: 5.0), worker
 
 
@@ -76,7 +76,7 @@ def test_a_catalog_url_adapter_is_fetched_at_start(tmp_path: Path, server: str) 
 
 def test_a_catalog_url_that_is_refused_fails_its_check(tmp_path: Path) -> None:
     bad = {"id": "p", "base_model": "sd15-tiny", "source": "http://10.1.2.3/a.safetensors"}
-    reg, worker = registry(tmp_path, [bad])
+    reg, _ = registry(tmp_path, [bad])
     asyncio.run(reg.check_catalog_adapters())
     record = reg.by_id["p"]
     assert record.status == "failed" and record.error and record.error.startswith("source:")

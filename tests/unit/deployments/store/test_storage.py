@@ -40,6 +40,7 @@ def test_key_classes():
     assert key_class("t/uploads/upl_1.png") == "uploads"
     assert key_class("t/inputs/r/image") == "inputs"
     assert key_class("t/2026/12/03/r/0.png") == "outputs"
+    assert key_class("_loras/sha256-ab.safetensors") == "adapters"  # no lifecycle rule
 
 
 def test_a_full_disk_is_storage_full_and_leaves_no_temp_file(tmp_path, monkeypatch):
