@@ -1,16 +1,21 @@
 """The step engine ÷ request-level batching, side by side in one run (``workers.sd15.engine``).
 
-1. The bare diffusers pipeline (this process, no Ray): images/s at the catalog's batch size
-   with the worker replica's torch threads, and with every thread count up to the machine's
-   cores (the best of them is "the best bare run").
-2. For each engine (``request``, then ``step``) the whole stack on one local Ray Serve:
+1. The bare diffusers pipeline (this process, no Ray, before and after the stack runs):
+   images/s at the catalog's batch size with the worker replica's torch threads, and with every
+   thread count up to the machine's cores; each figure is the better of its two runs, and the
+   best thread count's is "the best bare run".
+2. ``--rounds`` times, each engine in turn (``request``, then ``step``) on one local Ray Serve:
    closed-loop saturation (``--concurrency`` clients of the sync endpoint) gives the serving
    efficiency, stack img/s ÷ bare img/s (same model, batch size and torch threads), and ÷ the
    best bare run; then open-loop Poisson arrivals at ``--loads`` of the request-level engine's
-   measured capacity (the first edition's): p50/p99 latency and throughput, step ÷ request.
+   capacity measured in that round (the first edition's): p50/p99 latency and throughput, step
+   ÷ request. Rounds alternate the engines because these machines are shared and noisy; the
+   summary gives every round and the medians.
 
-Same tiny SD1.5-style model everywhere. The summary goes to ``loadtests/results/``, raw
-samples (bare calls, every request) to ``loadtests/results/raw/``.
+Same tiny SD1.5-style model everywhere. The summary records each engine's worker
+``max_ongoing_requests`` beside the slots the dispatcher's rule gives it
+(``scheduler/dispatcher.py``: ``slots_per_replica``). The summary goes to
+``loadtests/results/``, raw samples (bare calls, every request) to ``loadtests/results/raw/``.
 
     flock /tmp/genmedia-ray.lock python benchmarks/bench_engine.py [--steps 20] [--batch 8]
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,11 +45,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from genmedia.deployments.scheduler.dispatcher import slots_per_replica
 from genmedia.loadtests.local import ray_stack, stamp, tenant_record, tenants_file
 
 API_KEY = "gm_0bec0001_" + "e" * 43
 ENGINES = ("request", "step")
-WORKER_CPUS = 1  # the catalog's num_cpus for the sd15 worker
 console = Console()
 
 
@@ -53,10 +59,18 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--bare-seconds", type=float, default=8.0)
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of both engines, alternated")
     ap.add_argument("--seconds", type=float, default=15.0, help="closed-loop window")
     ap.add_argument("--warmup", type=float, default=4.0)
     ap.add_argument("--open-seconds", type=float, default=15.0, help="open-loop window per load")
     ap.add_argument("--loads", default="0.5,0.8,0.95", help="fractions of capacity")
+    ap.add_argument(
+        "--worker-cpus",
+        type=int,
+        default=1,
+        help="the sd15 worker's num_cpus (its torch threads follow); the machine's cores give "
+        "the family the whole machine",
+    )
     ap.add_argument(
         "--concurrency",
         type=int,
@@ -66,10 +80,8 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def measure_bare_runs(args: argparse.Namespace, worker_threads: int) -> dict[str, Any]:
-    """The bare pipeline at every torch thread count up to the cores, before Ray starts."""
-    import torch
-
+def load_bare(args: argparse.Namespace) -> Any:
+    """The tiny model, loaded in this process for the bare runs."""
     from genmedia.models.runner import load_model
     from genmedia.models.weights import resolve_source
 
@@ -77,13 +89,20 @@ def measure_bare_runs(args: argparse.Namespace, worker_threads: int) -> dict[str
         args.batch, args.steps, args.size, tempfile.mkdtemp(prefix="genmedia-bench-engine-")
     )
     ensure_weights(catalog)
-    model = load_model(catalog.models[0], resolve_source("tiny://sd15"), "cpu")
-    by_threads: dict[int, dict[str, Any]] = {}
+    return load_model(catalog.models[0], resolve_source("tiny://sd15"), "cpu")
+
+
+def measure_bare_runs(
+    args: argparse.Namespace, model: Any, worker_threads: int, into: dict[int, list[dict]]
+) -> None:
+    """The bare pipeline at every torch thread count up to the cores (Ray idle or stopped)."""
+    import torch
+
     for threads in sorted({worker_threads, *range(1, (os.cpu_count() or 1) + 1)}):
         torch.set_num_threads(threads)
-        by_threads[threads] = measure_bare(model, args.batch, args.bare_seconds, seed0=threads)
+        run = measure_bare(model, args.batch, args.bare_seconds, seed0=threads)
+        into.setdefault(threads, []).append(run)
     torch.set_num_threads(worker_threads)
-    return by_threads
 
 
 def measure_engine(
@@ -96,7 +115,7 @@ def measure_engine(
 
     workdir = tempfile.mkdtemp(prefix=f"genmedia-bench-engine-{engine}-")
     catalog = serving_catalog(
-        args.batch, args.steps, args.size, workdir, engine=engine, num_cpus=WORKER_CPUS
+        args.batch, args.steps, args.size, workdir, engine=engine, num_cpus=args.worker_cpus
     )
     run_app(catalog, tenants_file([tenant_record("bench", API_KEY)]))
     closed = asyncio.run(closed_loop(url, API_KEY, concurrency, args.seconds, args.warmup))
@@ -119,35 +138,28 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def build_summary(
-    args: argparse.Namespace,
-    concurrency: int,
-    worker_threads: int,
-    bare: dict[int, dict[str, Any]],
-    runs: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
-    same = bare[worker_threads]["images_per_s"]
-    best_threads = max(bare, key=lambda t: bare[t]["images_per_s"])
-    best = bare[best_threads]["images_per_s"]
-    engines: dict[str, Any] = {}
-    for engine, run in runs.items():
-        c = run["closed"]
-        engines[engine] = {
-            "worker_max_ongoing_requests": run["max_ongoing_requests"],
-            "images_per_s": c["images_per_s"],
-            "efficiency": c["images_per_s"] / same,
-            "efficiency_vs_best_bare": c["images_per_s"] / best,
-            "mean_batch_images": c["mean_batch_images"],
-            "errors": c["errors"],
-            "open": [
-                {k: o[k] for k in ("load", "rate", "sent", "errors", "p50_s", "p99_s")}
-                | {"images_per_s": o["images_per_s"], "mean_batch_images": o["mean_batch_images"]}
-                for o in run["open"]
-            ],
-        }
-    req, step = runs["request"], runs["step"]
-    ratios = {
-        "capacity": _ratio(step["closed"]["images_per_s"], req["closed"]["images_per_s"]),
+def engine_figures(run: dict[str, Any], same: float, best: float) -> dict[str, Any]:
+    """One engine's figures in one round."""
+    c = run["closed"]
+    return {
+        "worker_max_ongoing_requests": run["max_ongoing_requests"],
+        "images_per_s": c["images_per_s"],
+        "efficiency": c["images_per_s"] / same,
+        "efficiency_vs_best_bare": c["images_per_s"] / best,
+        "mean_batch_images": c["mean_batch_images"],
+        "errors": c["errors"],
+        "open": [
+            {k: o[k] for k in ("load", "rate", "sent", "errors", "p50_s", "p99_s")}
+            | {"images_per_s": o["images_per_s"], "mean_batch_images": o["mean_batch_images"]}
+            for o in run["open"]
+        ],
+    }
+
+
+def step_over_request(req: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
+    """The step engine's figures ÷ the request-level engine's, one round."""
+    return {
+        "capacity": _ratio(step["images_per_s"], req["images_per_s"]),
         "open": [
             {
                 "load": r["load"],
@@ -158,40 +170,97 @@ def build_summary(
             for r, s in zip(req["open"], step["open"], strict=True)
         ],
     }
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over rounds of each engine's efficiency and of every step ÷ request ratio."""
+    out: dict[str, Any] = {
+        f"{e}_{k}": _median([r["engines"][e][k] for r in rounds])
+        for e in ENGINES
+        for k in ("images_per_s", "efficiency", "efficiency_vs_best_bare")
+    }
+    ratios = [r["step_over_request"] for r in rounds]
+    out["step_over_request"] = {
+        "capacity": _median([x["capacity"] for x in ratios]),
+        "open": [
+            {"load": o["load"]}
+            | {k: _median([x["open"][i][k] for x in ratios]) for k in ("p50", "p99", "throughput")}
+            for i, o in enumerate(ratios[0]["open"])
+        ],
+    }
+    return out
+
+
+def build_summary(
+    args: argparse.Namespace,
+    concurrency: int,
+    worker_threads: int,
+    bare: dict[int, list[dict[str, Any]]],
+    runs: list[dict[str, dict[str, Any]]],
+) -> dict[str, Any]:
+    bare_ips = {t: max(b["images_per_s"] for b in runs_) for t, runs_ in bare.items()}
+    same = bare_ips[worker_threads]
+    best_threads = max(bare_ips, key=bare_ips.__getitem__)
+    best = bare_ips[best_threads]
+    rounds = []
+    for by_engine in runs:
+        engines = {e: engine_figures(run, same, best) for e, run in by_engine.items()}
+        ratios = step_over_request(engines["request"], engines["step"])
+        rounds.append({"engines": engines, "step_over_request": ratios})
     return {
         "benchmark": "bench_engine",
         "model": "tiny sd15 (UNet 32/64 ch, CLIP 32 hidden)",
         "size": args.size,
         "steps": args.steps,
         "batch": args.batch,
-        "worker_num_cpus": WORKER_CPUS,
+        "worker_num_cpus": args.worker_cpus,
         "worker_torch_threads": worker_threads,
         "concurrency": concurrency,
-        "loads_of": "the request-level engine's closed-loop images/s",
+        "loads_of": "the request-level engine's closed-loop images/s in the same round",
+        "slots_rule": {e: slots_per_replica(e, args.batch) for e in ENGINES},
         "bare": {
-            "images_per_s_by_threads": {t: b["images_per_s"] for t, b in bare.items()},
+            "images_per_s_by_threads": bare_ips,
+            "runs_images_per_s_by_threads": {
+                t: [b["images_per_s"] for b in runs_] for t, runs_ in bare.items()
+            },
             "same_threads_images_per_s": same,
             "best_images_per_s": best,
             "best_threads": best_threads,
         },
-        "engines": engines,
-        "step_over_request": ratios,
+        "rounds": rounds,
+        "median": medians(rounds),
         "machine": machine(),
         "commit": commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def raw_rows(bare: dict[int, dict[str, Any]], runs: dict[str, dict[str, Any]]) -> Iterator[dict]:
-    for threads, b in bare.items():
-        for c in b["call_seconds"]:
-            yield {"side": "bare", "threads": threads, "call_s": c}
-    for engine, run in runs.items():
-        for s in run["closed"]["samples"]:
-            yield {"side": engine, "phase": "closed", **s}
-        for o in run["open"]:
-            for s in o["samples"]:
-                yield {"side": engine, "phase": "open", "load": o["load"], "rate": o["rate"], **s}
+def raw_rows(
+    bare: dict[int, list[dict[str, Any]]], runs: list[dict[str, dict[str, Any]]]
+) -> Iterator[dict]:
+    for threads, repeats in bare.items():
+        for i, b in enumerate(repeats):
+            for c in b["call_seconds"]:
+                yield {"side": "bare", "threads": threads, "repeat": i, "call_s": c}
+    for r, by_engine in enumerate(runs):
+        for engine, run in by_engine.items():
+            for s in run["closed"]["samples"]:
+                yield {"round": r, "side": engine, "phase": "closed", **s}
+            for o in run["open"]:
+                for s in o["samples"]:
+                    yield {
+                        "round": r,
+                        "side": engine,
+                        "phase": "open",
+                        "load": o["load"],
+                        "rate": o["rate"],
+                        **s,
+                    }
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -201,10 +270,11 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def report(summary: dict[str, Any]) -> None:
     bare = summary["bare"]
     console.print(
-        f"bare pipeline, batch {summary['batch']}: "
+        f"bare pipeline, batch {summary['batch']} (best of 2 runs): "
         + ", ".join(f"{t} thr {v:.2f} img/s" for t, v in bare["images_per_s_by_threads"].items())
     )
-    table = Table(
+    closed = Table(
+        "round",
         "engine",
         "max ongoing",
         "img/s",
@@ -213,17 +283,8 @@ def report(summary: dict[str, Any]) -> None:
         "÷ best bare",
         title="closed loop (saturation)",
     )
-    for name, e in summary["engines"].items():
-        table.add_row(
-            name,
-            str(e["worker_max_ongoing_requests"]),
-            f"{e['images_per_s']:.2f}",
-            f"{e['mean_batch_images']:.2f}",
-            f"{e['efficiency']:.3f}",
-            f"{e['efficiency_vs_best_bare']:.3f}",
-        )
-    console.print(table)
-    table = Table(
+    opened = Table(
+        "round",
         "load",
         "rate /s",
         "engine",
@@ -233,20 +294,35 @@ def report(summary: dict[str, Any]) -> None:
         "errors",
         title="open loop (Poisson)",
     )
-    for name, e in summary["engines"].items():
-        for o in e["open"]:
-            table.add_row(
-                f"{o['load']:.0%}",
-                f"{o['rate']:.2f}",
+    for i, r in enumerate(summary["rounds"]):
+        for name, e in r["engines"].items():
+            closed.add_row(
+                str(i + 1),
                 name,
-                _fmt(o["p50_s"]),
-                _fmt(o["p99_s"]),
-                f"{o['images_per_s']:.2f}",
-                str(o["errors"]),
+                str(e["worker_max_ongoing_requests"]),
+                f"{e['images_per_s']:.2f}",
+                f"{e['mean_batch_images']:.2f}",
+                f"{e['efficiency']:.3f}",
+                f"{e['efficiency_vs_best_bare']:.3f}",
             )
-    console.print(table)
-    r = summary["step_over_request"]
+            for o in e["open"]:
+                opened.add_row(
+                    str(i + 1),
+                    f"{o['load']:.0%}",
+                    f"{o['rate']:.2f}",
+                    name,
+                    _fmt(o["p50_s"]),
+                    _fmt(o["p99_s"]),
+                    f"{o['images_per_s']:.2f}",
+                    str(o["errors"]),
+                )
+    console.print(closed)
+    console.print(opened)
+    m = summary["median"]
+    r = m["step_over_request"]
     console.print(
+        f"median over {len(summary['rounds'])} rounds: efficiency request "
+        f"{_fmt(m['request_efficiency'])} step {_fmt(m['step_efficiency'])}; "
         f"step ÷ request: capacity {_fmt(r['capacity'])}; "
         + "; ".join(
             f"{o['load']:.0%}: p50 {_fmt(o['p50'])} p99 {_fmt(o['p99'])} "
@@ -262,18 +338,24 @@ def main() -> None:
     args = parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     concurrency = args.concurrency or 3 * args.batch
-    worker_threads = torch_threads_for(WORKER_CPUS)
+    worker_threads = torch_threads_for(args.worker_cpus)
     console.print("bare pipeline runs …")
-    bare = measure_bare_runs(args, worker_threads)
-    runs: dict[str, dict[str, Any]] = {}
+    model = load_bare(args)
+    bare: dict[int, list[dict[str, Any]]] = {}
+    measure_bare_runs(args, model, worker_threads, bare)
+    runs: list[dict[str, dict[str, Any]]] = []
     with ray_stack(num_cpus=2, num_gpus=1) as url, Progress(console=console) as progress:
-        task = progress.add_task("engines", total=len(ENGINES))
-        rates = None
-        for engine in ENGINES:
-            progress.update(task, description=f"engine {engine}: closed, then open loops")
-            runs[engine] = measure_engine(url, args, engine, concurrency, rates)
-            rates = [o["rate"] for o in runs[engine]["open"]]  # the request engine's loads
-            progress.advance(task)
+        task = progress.add_task("rounds", total=args.rounds * len(ENGINES))
+        for r in range(args.rounds):
+            by_engine: dict[str, dict[str, Any]] = {}
+            rates = None
+            for engine in ENGINES:  # request first: its capacity sets the round's loads
+                progress.update(task, description=f"round {r + 1}: engine {engine}")
+                by_engine[engine] = measure_engine(url, args, engine, concurrency, rates)
+                rates = [o["rate"] for o in by_engine[engine]["open"]]
+                progress.advance(task)
+            runs.append(by_engine)
+    measure_bare_runs(args, model, worker_threads, bare)  # again, Ray stopped
     summary = build_summary(args, concurrency, worker_threads, bare, runs)
     name = f"bench_engine-{stamp()}-s{args.steps}-b{args.batch}"
     summary_path, raw_path = save(name, summary, raw_rows(bare, runs))

@@ -203,7 +203,8 @@ class WorkerSettings(_Strict):
         description="How a replica runs its calls: 'request' runs each call the scheduler sent "
         "as one pipeline call, one after another; 'step' keeps a running set that compatible "
         "calls join and leave at denoising-step boundaries, one model forward per step for "
-        "all of them (sd15 text-to-image; other families and tasks run as 'request').",
+        "all of them (sd15 and sdxl, text-to-image and image-to-image; other families and "
+        "tasks run as 'request').",
     )
 
     @model_validator(mode="after")

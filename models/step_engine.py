@@ -11,8 +11,12 @@ go on. Outputs match the request-level runner (``runner.run_images``): the same 
 rows share the forward, which on CPU changes a float by rounding at most (tested:
 ``tests/unit/models/test_step_engine.py``).
 
-Covered: sd15, text-to-image. Other families and tasks run request-level (``engine_for`` returns
-None), and so does a model whose step cache keeps per-call state in shared modules.
+Covered: sd15 text-to-image and image-to-image (a member's schedule starts at the timestep its
+strength gives, so members sit at different timesteps of different schedules in one forward),
+sdxl text-to-image and image-to-image (``step_sdxl.py``: pooled text embeddings and size/crop
+ids per row as added conditioning). Other families and tasks run request-level (``engine_for``
+returns None), and so does a model whose step cache keeps per-call state in shared modules, or
+whose UNet embeds the guidance scale (LCM-style ``time_cond_proj_dim``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ if TYPE_CHECKING:
 
     from genmedia.models.runner import LoadedModel
 
-STEP_TASKS = ("text-to-image",)  # tasks the step engine runs; the others run request-level
+STEP_TASKS: dict[str, tuple[str, ...]] = {  # per family, tasks the step engine runs
+    "sd15": ("text-to-image", "image-to-image"),
+    "sdxl": ("text-to-image", "image-to-image"),
+}
 
 
 @dataclass
@@ -45,6 +52,8 @@ class MemberState:
     embeds: torch.Tensor  # [2 * rows, L, D] (uncond then cond) with guidance, else [rows, L, D]
     guidance: bool  # classifier-free guidance on
     extra_step_kwargs: dict[str, Any] = field(default_factory=dict)  # eta, generator
+    # added conditioning per row, rows as in ``embeds`` (SDXL: text_embeds, time_ids)
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
     done: int = 0  # steps run
 
     @property
@@ -64,61 +73,32 @@ class MemberState:
 class StepEngine(Protocol):
     """What a family implements to run at step granularity."""
 
-    def prepare(self, job: GenerationJob) -> MemberState: ...
+    def prepare(self, job: GenerationJob, source: dict[str, Any] | None = None) -> MemberState:
+        """A member's state; ``source`` holds its input image (``{"image": PIL.Image}``) for
+        image-to-image."""
+        ...
 
     def step(self, members: list[MemberState]) -> None: ...
 
     def decode(self, member: MemberState) -> list[np.ndarray]: ...
 
 
-class Sd15StepEngine:
-    """The SD1.5 family's step engine (UNet with a timestep per sample)."""
+class UNetStepEngine:
+    """What the UNet families share: one UNet forward per engine step over every member's rows
+    (a timestep per row, each member's added conditioning), each member's own guidance and
+    sampler, and the decode. A family adds ``prepare``."""
+
+    family = ""
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
         self.pipe = model.pipe
 
-    def prepare(self, job: GenerationJob) -> MemberState:
-        """Encode the prompt, set the member's own timesteps, draw its initial latents: the
-        same calls, in the same order, as the pipeline's ``__call__``."""
-        import torch
-
-        params = job.params
-        if params.task not in STEP_TASKS:
-            raise ValueError(f"the step engine does not run {params.task!r}")
-        view = self.model.call_view(params.scheduler, params.task)
-        prompts, negatives, generators = seeded_batch([job])
-        guidance = params.guidance_scale > 1.0 and view.unet.config.time_cond_proj_dim is None
-        device = torch.device(self.model.device)
-        with torch.inference_mode():
-            cond, uncond = view.encode_prompt(
-                prompts,
-                device,
-                1,
-                guidance,
-                negatives if any(negatives) else None,
-            )
-            embeds = torch.cat([uncond, cond]) if guidance else cond
-            view.scheduler.set_timesteps(params.num_inference_steps, device=device)
-            latents = view.prepare_latents(
-                len(prompts),
-                view.unet.config.in_channels,
-                params.height,
-                params.width,
-                embeds.dtype,
-                device,
-                generators,
-            )
-        return MemberState(
-            job=job,
-            view=view,
-            generators=generators,
-            timesteps=list(view.scheduler.timesteps),
-            latents=latents,
-            embeds=embeds,
-            guidance=guidance,
-            extra_step_kwargs=view.prepare_extra_step_kwargs(generators, 0.0),
-        )
+    def _view(self, job: GenerationJob) -> Any:
+        task = job.params.task
+        if task not in STEP_TASKS.get(self.family, ()):
+            raise ValueError(f"the {self.family or 'base'} step engine does not run {task!r}")
+        return self.model.call_view(job.params.scheduler, task)
 
     def step(self, members: list[MemberState]) -> None:
         """One UNet forward over every member's rows (a timestep per row), then each member's
@@ -130,6 +110,7 @@ class Sd15StepEngine:
         if any(m.finished for m in members):
             raise ValueError("step over a member that already finished")
         samples, embeds, times = [], [], []
+        added: dict[str, list[torch.Tensor]] = {k: [] for k in members[0].added}
         for m in members:
             t = m.timesteps[m.done]
             x = torch.cat([m.latents] * 2) if m.guidance else m.latents
@@ -137,12 +118,18 @@ class Sd15StepEngine:
             samples.append(x)
             embeds.append(m.embeds)
             times.append(t.to(torch.float32).reshape(1).expand(x.shape[0]))
+            if m.added.keys() != added.keys():
+                raise ValueError("members of one step need the same added conditioning")
+            for k, v in m.added.items():
+                added[k].append(v)
+        kwargs = {"added_cond_kwargs": {k: torch.cat(v) for k, v in added.items()}} if added else {}
         with torch.inference_mode():
             out = self.pipe.unet(
                 torch.cat(samples),
                 torch.cat(times),
                 encoder_hidden_states=torch.cat(embeds),
                 return_dict=False,
+                **kwargs,
             )[0]
             start = 0
             for m, x in zip(members, samples, strict=True):
@@ -174,20 +161,116 @@ class Sd15StepEngine:
         return list(to_uint8(np.asarray(images)))
 
 
-_ENGINES: dict[str, type[Sd15StepEngine]] = {"sd15": Sd15StepEngine}
+class Sd15StepEngine(UNetStepEngine):
+    """The SD1.5 family's step engine: text-to-image and image-to-image."""
+
+    family = "sd15"
+
+    def prepare(self, job: GenerationJob, source: dict[str, Any] | None = None) -> MemberState:
+        """Encode the prompt, set the member's own timesteps, draw its initial latents (noise,
+        or its input image encoded and noised to the first timestep its strength leaves): the
+        same calls, in the same order, as the task pipeline's ``__call__``."""
+        import torch
+
+        params = job.params
+        view = self._view(job)
+        prompts, negatives, generators = seeded_batch([job])
+        guidance = params.guidance_scale > 1.0
+        device = torch.device(self.model.device)
+        with torch.inference_mode():
+            cond, uncond = view.encode_prompt(
+                prompts,
+                device,
+                1,
+                guidance,
+                negatives if any(negatives) else None,
+            )
+            embeds = torch.cat([uncond, cond]) if guidance else cond
+            view.scheduler.set_timesteps(params.num_inference_steps, device=device)
+            if params.task == "image-to-image":
+                timesteps, latents = img2img_latents(
+                    view, job, source, generators, embeds.dtype, device
+                )
+            else:
+                timesteps = view.scheduler.timesteps
+                latents = view.prepare_latents(
+                    len(prompts),
+                    view.unet.config.in_channels,
+                    params.height,
+                    params.width,
+                    embeds.dtype,
+                    device,
+                    generators,
+                )
+        return MemberState(
+            job=job,
+            view=view,
+            generators=generators,
+            timesteps=list(timesteps),
+            latents=latents,
+            embeds=embeds,
+            guidance=guidance,
+            extra_step_kwargs=view.prepare_extra_step_kwargs(generators, 0.0),
+        )
+
+
+def img2img_latents(
+    view: Any,
+    job: GenerationJob,
+    source: dict[str, Any] | None,
+    generators: list[torch.Generator],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image-to-image member's schedule (the tail its strength leaves) and initial latents
+    (its image encoded with each output's generator, noised to the schedule's first timestep),
+    as ``StableDiffusionImg2ImgPipeline.__call__`` makes them."""
+    if source is None or source.get("image") is None:
+        raise ValueError(f"image-to-image job {job.request_id!r} has no input image")
+    if job.params.strength is None:
+        raise ValueError(f"image-to-image job {job.request_id!r} has no strength")
+    rows = job.num_images
+    image = view.image_processor.preprocess([source["image"]] * rows)
+    timesteps, _ = view.get_timesteps(job.params.num_inference_steps, job.params.strength, device)
+    if len(timesteps) == 0:
+        raise ValueError(f"strength {job.params.strength} leaves no step of the schedule")
+    latents = view.prepare_latents(
+        image, timesteps[:1].repeat(rows), rows, 1, dtype, device, generators
+    )
+    return timesteps, latents
+
+
+_ENGINES: dict[str, str] = {  # family -> "module:class" of its step engine
+    "sd15": "genmedia.models.step_engine:Sd15StepEngine",
+    "sdxl": "genmedia.models.step_sdxl:SdxlStepEngine",
+}
+
+
+def _unet_plain(model: LoadedModel) -> bool:
+    """Whether the model's denoiser runs step-level: no step cache keeping per-call state in
+    shared modules, no guidance embedding (``time_cond_proj_dim``) the engine does not pass."""
+    unet = getattr(model.pipe, "unet", None)
+    cond_dim = getattr(getattr(unet, "config", None), "time_cond_proj_dim", None)
+    return not model.step_cached and cond_dim is None
 
 
 def engine_for(model: LoadedModel) -> StepEngine | None:
     """The step engine of a loaded model, or None when its family or options need the
-    request-level path (no engine yet; a step cache keeping per-call state in shared modules)."""
-    cls = _ENGINES.get(model.entry.family)
-    if cls is None or model.step_cached:
+    request-level path."""
+    import importlib
+
+    path = _ENGINES.get(model.entry.family)
+    if path is None or not _unet_plain(model):
         return None
-    return cls(model)
+    module, name = path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    engine: StepEngine = cls(model)
+    return engine
 
 
 def supports(model: LoadedModel, job: GenerationJob) -> bool:
     """Whether ``job`` can run in ``model``'s step engine."""
+    family = model.entry.family
     return (
-        model.entry.family in _ENGINES and not model.step_cached and job.params.task in STEP_TASKS
+        family in _ENGINES and job.params.task in STEP_TASKS.get(family, ()) and _unet_plain(model)
     )

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from ray.serve import Application
 
+from genmedia.deployments.scheduler.dispatcher import slots_per_replica
 from genmedia.deployments.serve.gateway import GatewayDeployment
 from genmedia.deployments.serve.routing import ROUTER_PATH, ROUTING_STATS_PERIOD_S
 from genmedia.deployments.serve.scheduler import SchedulerDeployment
-from genmedia.deployments.serve.worker import SLOTS_PER_REPLICA, FamilyWorkerDeployment
+from genmedia.deployments.serve.worker import FamilyWorkerDeployment
 from genmedia.deployments.store.open import is_url
 from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.deployments.worker.batch import torch_threads_for
@@ -87,7 +88,10 @@ def plan_workers(catalog: Catalog) -> list[WorkerPlan]:
                 num_cpus=ws.num_cpus,
                 torch_threads=torch_threads_for(ws.num_cpus),
                 memory_gb=sum(e.memory_gb for e in loaded),
-                max_ongoing_requests=SLOTS_PER_REPLICA,
+                # a step engine takes as many calls as its running set plus a joining set
+                max_ongoing_requests=slots_per_replica(
+                    ws.engine, max(e.max_batch_size for e in entries)
+                ),
                 min_replicas=ws.min_replicas,
                 max_replicas=ws.max_replicas,
                 max_loaded_models=ws.max_loaded_models,

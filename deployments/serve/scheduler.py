@@ -139,6 +139,7 @@ class Scheduler(LeaseHolder, BatchRunner):
             fifo=settings.policy == "fifo",
             families=self.catalog.families(),
             tenant_limits={t.id: t.quotas.max_concurrent_jobs for t in self.tenants.values()},
+            engines={f: self.catalog.worker(f).engine for f in self.catalog.families()},
         )
         self.estimator = self.dispatcher.estimator
         self.contention = ContentionTracker()  # replicas slowing each other: for the autoscaler

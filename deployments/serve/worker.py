@@ -40,7 +40,7 @@ from genmedia.deployments.protocol import (
     ProgressEvent,
     WorkerResult,
 )
-from genmedia.deployments.scheduler.dispatcher import SLOTS_PER_REPLICA
+from genmedia.deployments.scheduler.dispatcher import slots_per_replica
 from genmedia.deployments.store.storage import make_storage
 from genmedia.deployments.worker.batch import (
     AdapterFiles,
@@ -136,7 +136,12 @@ class FamilyWorker:
         # ``engine: step``: calls the family's step engine runs join one running set
         self.step_loop = StepLoop(self.ctx) if engine == "step" else None
         self.executor = ThreadPoolExecutor(
-            max_workers=SLOTS_PER_REPLICA + 2, thread_name_prefix="pipeline"
+            # one thread per call in flight (a step call waits on one) plus model loads
+            max_workers=slots_per_replica(
+                engine, max(e.max_batch_size for e in self.entries.values())
+            )
+            + 2,
+            thread_name_prefix="pipeline",
         )
         self.running: dict[str, str] = {}  # batch id -> priority
         self.models: OrderedDict[str, Any] = OrderedDict()  # base pipelines (LoadedModel), LRU

@@ -13,7 +13,8 @@ Join rule, at a step boundary, waiting members in (priority rank, arrival) order
   and scales, task and strength, guidance on/off); an empty set takes the first waiter's key;
 - no overtaking of an incompatible waiter: the first incompatible waiter stops the joins, so the
   set drains and the next key gets its turn (no starvation by a stream of compatible work);
-- the set's rows (outputs) stay within the per-model bound;
+- the set's rows (outputs) stay within the per-model bound (``set_bound``: the catalog's
+  ``max_batch_size`` within ``MAX_SET_ROWS``; the scheduler sizes a replica's slots from it);
 - the cost model (seconds per step ≈ a·n + b for n rows, fitted from the steps observed) does
   not push an interactive member that would meet its deadline past it.
 

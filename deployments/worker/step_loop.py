@@ -19,10 +19,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from genmedia.deployments.protocol import BatchRequest, ProgressEvent
-from genmedia.deployments.worker.batch import CallTimes, Emit, ProgressThrottle, WorkerContext
+from genmedia.deployments.worker.batch import (
+    CallTimes,
+    Emit,
+    ProgressThrottle,
+    WorkerContext,
+    read_inputs,
+)
 from genmedia.deployments.worker.device_time import timed
 from genmedia.deployments.worker.engine_policy import (
     EnginePolicy,
@@ -51,6 +57,7 @@ class StepCall:
     cancel: threading.Event
     emit: Emit
     submitted: float = field(default_factory=time.perf_counter)
+    inputs: list[dict[str, Any]] | None = None  # per job, its input images (image-to-image)
     states: list[MemberState] = field(default_factory=list)  # one per job
     times: CallTimes = field(default_factory=CallTimes)
     throttle: ProgressThrottle = field(default_factory=ProgressThrottle)
@@ -100,8 +107,10 @@ class StepLoop:
         cancel: threading.Event,
         emit: Emit,
     ) -> StepCall:
-        """Queue a call for the next step boundary; ``finished`` is set when it is done."""
+        """Queue a call for the next step boundary; ``finished`` is set when it is done. Its
+        input images (image-to-image) are read here, on the caller's thread."""
         call = StepCall(model, req, files, cancel, emit)
+        call.inputs = read_inputs(self.ctx.storage, req.jobs)
         entry = model.entry
         deadline = None
         if req.priority.rank == 0 and req.jobs[0].submitted_at > 0:
@@ -177,7 +186,13 @@ class StepLoop:
         call.started_wall = time.time()
         try:
             engine = self._engine(call.model)
-            call.states = [engine.prepare(job) for job in call.req.jobs]
+            sources: list[dict[str, Any] | None] = [None] * len(call.req.jobs)
+            if call.inputs is not None:
+                sources = list(call.inputs)
+            call.states = [
+                engine.prepare(job, source)
+                for job, source in zip(call.req.jobs, sources, strict=True)
+            ]
         except Exception as e:
             self._leave(member.id, e)
             return

@@ -152,7 +152,60 @@ def test_cancel_before_a_step(model: LoadedModel, tmp_path: Path) -> None:
 
 def test_what_the_loop_accepts(model: LoadedModel, tmp_path: Path) -> None:
     loop = StepLoop(_context(tmp_path))
-    img2img = _job(model, "r1")
-    img2img.params = replace(img2img.params, task="image-to-image", strength=0.5)
-    assert not loop.accepts(model, _request("b1", [img2img]))
+    inpaint = _job(model, "r1")
+    inpaint.params = replace(inpaint.params, task="inpainting", strength=0.5)
+    assert not loop.accepts(model, _request("b1", [inpaint]))
     assert loop.accepts(model, _request("b2", [_job(model, "r2")]))
+    assert loop.accepts(model, _request("b3", [_img2img(model, "r3", _context(tmp_path))]))
+
+
+def _img2img(model: LoadedModel, rid: str, ctx: WorkerContext, **body: object) -> GenerationJob:
+    """An image-to-image job whose input image is in the context's storage."""
+    job = _job(model, rid, **body)
+    pixels = np.random.default_rng(len(rid)).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    key = f"t/inputs/{rid}.png"
+    ctx.storage.put(key, buf.getvalue(), "image/png")
+    job.params = replace(job.params, task="image-to-image", strength=0.5)
+    job.extra = {**job.extra, "inputs": {"image": key}}
+    return job
+
+
+def test_img2img_calls_read_their_inputs_and_match_the_request_path(
+    model: LoadedModel, tmp_path: Path
+) -> None:
+    ctx = _context(tmp_path)
+    loop = StepLoop(ctx)
+    reqs = [
+        _request("b1", [_img2img(model, "r1", ctx, seed=1, num_inference_steps=6)]),
+        _request("b2", [_img2img(model, "r22", ctx, seed=2, num_images=2, scheduler="ddim")]),
+    ]
+    results: dict[str, WorkerResult] = {}
+
+    def run(req: BatchRequest) -> None:
+        results[req.batch_id] = run_step_call(
+            ctx, loop, model, req, threading.Event(), lambda e: None
+        )
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in reqs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(results) == {"b1", "b2"}
+    assert loop.policy.max_rows["m"] == 4  # the catalog's max_batch_size, within the engine's
+    for req in reqs:
+        want = run_batch_call(ctx, model, req, threading.Event(), lambda e: None)
+        for g, w in zip(_images(ctx, results[req.batch_id]), _images(ctx, want), strict=True):
+            assert int(np.abs(g - w).max()) <= 1
+
+
+def test_a_missing_input_fails_the_call_before_it_joins(model: LoadedModel, tmp_path: Path) -> None:
+    ctx = _context(tmp_path)
+    loop = StepLoop(ctx)
+    job = _img2img(model, "r1", ctx)
+    ctx.storage.delete(job.extra["inputs"]["image"])
+    with pytest.raises(FileNotFoundError, match="input image of r1 is gone"):
+        run_step_call(ctx, loop, model, _request("b1", [job]), threading.Event(), lambda e: None)
+    assert loop.policy.idle and not loop.calls
