@@ -3,6 +3,8 @@
 ``api/`` puts HTTP in front of it; ``serve/gateway.py`` runs it in a Ray Serve replica with a
 scheduler client made of a deployment handle. It talks to the scheduler in ``protocol`` messages
 and turns their answers into response bodies. A sync request is a queue job the gateway waits on.
+Input images: ``intake/input_calls.py``; admin calls (adapters, keys, quotas):
+``intake/admin_calls.py``; the scheduler's calls: ``intake/scheduler_client.py``.
 """
 
 from __future__ import annotations
@@ -14,62 +16,44 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from genmedia.deployments.errors import ApiError
 from genmedia.deployments.intake.adapter_sources import (
     AdapterSources,
-    is_url_source,
-    resolve_entry,
 )
+from genmedia.deployments.intake.admin_calls import AdminCalls
 from genmedia.deployments.intake.coalesce import Coalescer
-from genmedia.deployments.intake.fetch import UrlFetcher, is_fetch_url
+from genmedia.deployments.intake.fetch import UrlFetcher
 from genmedia.deployments.intake.guard import TenantGuard
 from genmedia.deployments.intake.headers import parse_deadline, parse_idempotency_key
-from genmedia.deployments.intake.inputs import (
-    InputError,
-    InputImage,
-    check_mask,
-    fetched_input,
-    load_input,
-)
+from genmedia.deployments.intake.input_calls import InputCalls
+from genmedia.deployments.intake.scheduler_client import SchedulerClient
 from genmedia.deployments.intake.storage_guard import StorageGuard, store_upload, upload_type
 from genmedia.deployments.metrics import GatewayMetrics
 from genmedia.deployments.protocol import (
-    AdapterDeleted,
-    AdapterError,
-    AdapterRecord,
-    AdminError,
     CancelOutcome,
     JobStatus,
     JobStatusView,
-    KeyTable,
     PriorityClass,
     Rejection,
-    RuntimeKey,
     Submission,
     SubmitAccepted,
-    UsageRow,
 )
 from genmedia.deployments.store.storage import Storage, make_storage
 from genmedia.deployments.tenants.auth import Authenticator
 from genmedia.deployments.tenants.ratelimit import retry_after_header
 from genmedia.deployments.tenants.runtime import (
     KeyRefresher,
-    QuotaPatch,
-    admin_add_key,
-    admin_revoke_key,
-    admin_set_quotas,
 )
 from genmedia.deployments.tenants.schema import Tenant
 from genmedia.deployments.webhooks.urls import WebhookUrlError, validate_webhook_url
-from genmedia.models.catalog import Catalog, LoraEntry, ModelEntry
+from genmedia.models.catalog import Catalog, ModelEntry
 from genmedia.models.params import (
     GenerateRequest,
     GenerationJob,
     parameter_schema,
     resolve_request,
-    resolve_task,
 )
 from genmedia.models.registry import FAMILIES
 
@@ -92,60 +76,6 @@ def body_sha256(entry: ModelEntry, req: GenerateRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class SchedulerClient(Protocol):
-    """How the gateway reaches the scheduler (a deployment handle, or a fake in unit tests).
-    ``status`` and ``wait`` answer None for a job that is not the tenant's (or none at all)."""
-
-    async def submit(self, sub: Submission) -> SubmitAccepted | Rejection: ...
-
-    async def submit_many(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
-        """Admit several submits of one tenant in one call (one store transaction per group),
-        answered in order; the call counts once against the tenant's rate."""
-        ...
-
-    async def submit_each(self, subs: list[Submission]) -> list[SubmitAccepted | Rejection]:
-        """As ``submit_many`` for single submits of any tenants coalesced into one call."""
-        ...
-
-    async def statuses(self, reads: list[tuple[str, str]]) -> list[JobStatusView | None]:
-        """``status`` of many (job id, tenant) reads in one call."""
-        ...
-
-    async def status(self, job_id: str, tenant: str) -> JobStatusView | None: ...
-
-    async def wait(self, job_id: str, tenant: str, timeout_s: float) -> JobStatusView | None: ...
-
-    async def submit_and_wait(
-        self, sub: Submission, timeout_s: float
-    ) -> JobStatusView | Rejection: ...
-
-    async def cancel(self, job_id: str, tenant: str) -> CancelOutcome: ...
-
-    def watch(self, job_id: str, tenant: str) -> AsyncIterator[JobStatusView]: ...
-
-    async def usage(self, tenant: str) -> list[UsageRow]: ...
-
-    async def adapters(self) -> list[AdapterRecord]: ...
-
-    async def register_adapter(self, spec: LoraEntry) -> AdapterRecord | AdapterError: ...
-
-    async def delete_adapter(self, adapter_id: str) -> AdapterDeleted | AdapterError: ...
-
-    async def metrics_text(self) -> bytes: ...
-
-    async def ready(self) -> dict: ...
-
-    async def key_table(self, known_version: int | None) -> KeyTable | None:
-        """Run-time keys and quotas (``tenants/runtime.py``); None: ``known_version`` is current."""
-        ...
-
-    async def add_key(self, key: RuntimeKey) -> RuntimeKey | AdminError: ...
-
-    async def revoke_key(self, key_id: str) -> RuntimeKey | AdminError: ...
-
-    async def set_quotas(self, tenant: str, changes: dict[str, int]) -> dict | AdminError: ...
-
-
 def _not_found(job_id: str) -> ApiError:
     return ApiError(
         404,
@@ -155,19 +85,7 @@ def _not_found(job_id: str) -> ApiError:
     )
 
 
-def _adapter_outcome(out: AdapterRecord | AdapterDeleted | AdapterError) -> dict[str, Any]:
-    """The scheduler's answer to an admin adapter call, or its refusal as an ApiError."""
-    if isinstance(out, AdapterError):
-        raise ApiError(
-            out.status,
-            out.type,
-            f"{out.field}: {out.message}",
-            [{"field": out.field, "message": out.message, "limit": None}],
-        )
-    return out.public(admin=True) if isinstance(out, AdapterRecord) else out.as_dict()
-
-
-class GatewayService:
+class GatewayService(AdminCalls, InputCalls):
     """Everything the HTTP layer calls; one per gateway replica."""
 
     def __init__(
@@ -388,79 +306,6 @@ class GatewayService:
                 [{"field": "webhook_url", "message": str(e), "limit": e.rule}],
             ) from None
 
-    async def _inputs(
-        self,
-        tenant: Tenant,
-        entry: ModelEntry,
-        req: GenerateRequest,
-        request_id: str,
-        lane: PriorityClass,
-    ) -> tuple[dict[str, str], tuple[int, int] | None]:
-        """Check the request's input images and store the inline ones (written anew, within
-        the tenant's storage quota); returns their storage keys (what the worker reads) and the
-        image's size (the output's size)."""
-        if req.image is None and req.mask_image is None:
-            return {}, None
-        if resolve_task(entry, req)[1]:
-            return {}, None  # the task itself is refused: resolve_request names why
-        p = entry.parameters
-        max_pixels = p.width.max * p.height.max
-
-        def load(value: str, field: str) -> tuple[InputImage, str]:
-            img, key = load_input(
-                value,
-                field,
-                tenant=tenant.id,
-                read=self.storage.get,
-                max_pixels=max_pixels,
-                clean=True,
-            )
-            if key is None:
-                key = f"{tenant.id}/inputs/{request_id}/{field}"
-                self.storage_guard.put(
-                    tenant, key, img.data, "application/octet-stream", upload=False
-                )
-                stored.append(key)
-            return img, key
-
-        def load_fetched(data: bytes, field: str) -> tuple[InputImage, str]:
-            img, key = fetched_input(data, field, tenant=tenant.id, max_pixels=max_pixels)
-            if self.storage.get(key) is None:  # stored once per content (kept: other jobs)
-                self.storage_guard.put(
-                    tenant, key, img.data, "application/octet-stream", upload=False
-                )
-            return img, key
-
-        async def obtain(value: str, field: str) -> tuple[InputImage, str]:
-            if not is_fetch_url(value):
-                return await self.off_loop(lane, load, value, field)
-            if self.fetcher is None:
-                raise InputError(field, "URL inputs are turned off here (server.inputs.allow_urls)")
-            data = await self.fetcher.fetch(value, field)  # on the loop: network, no thread
-            return await self.off_loop(lane, load_fetched, data, field)
-
-        keys: dict[str, str] = {}
-        stored: list[str] = []
-        try:
-            image = mask = None
-            if req.image is not None:
-                image, keys["image"] = await obtain(req.image, "image")
-            if req.mask_image is not None:
-                mask, keys["mask"] = await obtain(req.mask_image, "mask_image")
-            if image is not None and mask is not None:
-                check_mask(mask, image)
-        except BaseException as e:
-            await asyncio.to_thread(self.storage_guard.discard, tenant.id, stored)
-            if not isinstance(e, InputError):
-                raise
-            raise ApiError(
-                e.status,
-                "invalid_input" if e.status == 422 else "file_not_found",
-                f"{e.field}: {e}",
-                [{"field": e.field, "message": str(e), "limit": e.limit}],
-            ) from None
-        return keys, (image.width, image.height) if image is not None else None
-
     async def upload(
         self, tenant: Tenant, data: bytes, content_type: str | None, base_url: str
     ) -> dict:
@@ -475,58 +320,6 @@ class GatewayService:
         return await asyncio.to_thread(
             store_upload, guard, tenant, data, ctype, max_pixels, base_url
         )
-
-    # -- LoRA adapters ----------------------------------------------------------------------
-    async def adapters(self, tenant: Tenant) -> dict:
-        items = await self.call(self.scheduler.adapters())
-        return {
-            "loras": [
-                a.public(admin=tenant.admin) for a in items if tenant.allows_model(a.base_model)
-            ]
-        }
-
-    def _admin(self, tenant: Tenant) -> None:
-        if not tenant.admin:
-            raise ApiError(403, "forbidden", f"tenant {tenant.id!r} is not an admin tenant")
-
-    async def register_adapter(
-        self, tenant: Tenant, spec: LoraEntry | dict[str, Any]
-    ) -> dict[str, Any]:
-        self._admin(tenant)
-        entry = spec if isinstance(spec, LoraEntry) else LoraEntry.model_validate(spec)
-        if is_url_source(entry.source):  # fetched and stored here; the scheduler gets the pin
-            entry = await resolve_entry(self.adapter_sources, entry)
-        return _adapter_outcome(await self.call(self.scheduler.register_adapter(entry)))
-
-    async def delete_adapter(self, tenant: Tenant, adapter_id: str) -> dict[str, Any]:
-        self._admin(tenant)
-        return _adapter_outcome(await self.call(self.scheduler.delete_adapter(adapter_id)))
-
-    # -- keys and quotas at run time (``tenants/runtime.py``) --------------------------------
-    def _apply_keys(self, table: KeyTable) -> None:
-        self.auth.apply(table)
-        replicas = max(1, self.catalog.server.gateway_replicas)  # as TenantGuard divides them
-        for t in self.auth.tenants.values():
-            limit = max(1, t.quotas.requests_per_minute // replicas)
-            self.guard.limits[t.id] = self.guard.rate.limits[t.id] = limit
-
-    async def add_key(self, tenant: Tenant, owner: str, description: str) -> dict[str, Any]:
-        self._admin(tenant)
-        out = await admin_add_key(self.call, self.scheduler, self.auth.tenants, owner, description)
-        await self.call(self.keys.tick(force=True))  # this replica knows it at once
-        return out
-
-    async def revoke_key(self, tenant: Tenant, key_id: str) -> dict[str, Any]:
-        self._admin(tenant)
-        key = await admin_revoke_key(self.call, self.scheduler, key_id)
-        await self.call(self.keys.tick(force=True))
-        return {"id": key.id, "tenant": key.tenant, "revoked_at": key.revoked_at}
-
-    async def set_quotas(self, tenant: Tenant, owner: str, patch: QuotaPatch) -> dict[str, Any]:
-        self._admin(tenant)
-        out = await admin_set_quotas(self.call, self.scheduler, self.auth.tenants, owner, patch)
-        await self.call(self.keys.tick(force=True))
-        return out
 
     def _check_refused(
         self, sub: Submission, result: SubmitAccepted | JobStatusView | Rejection
