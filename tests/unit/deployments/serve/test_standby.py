@@ -127,3 +127,20 @@ def test_the_router_prefers_the_replica_that_reports_active():
     assert active_first([a, b, c]) == [[b]]  # type: ignore[list-item]
     # nobody active yet (a takeover, stats not pulled): every replica is a candidate
     assert active_first([a, c]) == [[a, c]]  # type: ignore[list-item]
+
+
+def test_a_step_engine_replica_takes_a_running_set_of_calls():
+    """Serve's max_ongoing_requests follows the engine: request-level replicas take their
+    four slots, a step-engine replica a running set plus a joining set (and its preempt slots)."""
+    from genmedia.deployments.scheduler.dispatcher import SLOTS_PER_REPLICA, slots_per_replica
+    from genmedia.deployments.serve.app import SCHEDULER_NAME, plan_workers
+
+    catalog = load_catalog()
+    step = {**catalog.workers, "sd15": catalog.worker("sd15").model_copy(update={"engine": "step"})}
+    plans = {p.family: p for p in plan_workers(catalog.model_copy(update={"workers": step}))}
+    batch = max(m.max_batch_size for m in catalog.models if m.family == "sd15")
+    assert (
+        plans["sd15"].max_ongoing_requests == slots_per_replica("step", batch) > SLOTS_PER_REPLICA
+    )
+    assert plans["sdxl"].max_ongoing_requests == SLOTS_PER_REPLICA
+    assert SCHEDULER_NAME == "scheduler"  # the name the router and the autoscaler read
