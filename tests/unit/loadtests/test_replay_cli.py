@@ -155,8 +155,11 @@ def test_request_timeout_is_an_error_and_cancels(gateway, tmp_path):
     assert r.exit_code == 0, r.output
     records = read_records(out / "requests.jsonl")
     assert records and all(x.status == "ERROR" for x in records)
-    assert "no final status within 0.5s" in records[0].error
-    assert set(scheduler.cancelled) == {x.request_id for x in records}
+    assert any("no final status within 0.5s" in x.error for x in records)
+    # every job the tool learnt of is cancelled; a submit whose own answer took longer than
+    # the timeout (a busy 2-core machine) is an error without a job id, and nothing to cancel
+    known = {x.request_id for x in records if x.request_id}
+    assert known and set(scheduler.cancelled) == known
 
 
 def test_report_and_compare_commands(gateway, tmp_path):
