@@ -186,22 +186,9 @@ class Sd15StepEngine(UNetStepEngine):
                 negatives if any(negatives) else None,
             )
             embeds = torch.cat([uncond, cond]) if guidance else cond
-            view.scheduler.set_timesteps(params.num_inference_steps, device=device)
-            if params.task == "image-to-image":
-                timesteps, latents = img2img_latents(
-                    view, job, source, generators, embeds.dtype, device
-                )
-            else:
-                timesteps = view.scheduler.timesteps
-                latents = view.prepare_latents(
-                    len(prompts),
-                    view.unet.config.in_channels,
-                    params.height,
-                    params.width,
-                    embeds.dtype,
-                    device,
-                    generators,
-                )
+            timesteps, latents = initial_latents(
+                view, job, source, generators, embeds.dtype, device, begin_index=False
+            )
         return MemberState(
             job=job,
             view=view,
@@ -212,6 +199,38 @@ class Sd15StepEngine(UNetStepEngine):
             guidance=guidance,
             extra_step_kwargs=view.prepare_extra_step_kwargs(generators, 0.0),
         )
+
+
+def initial_latents(
+    view: Any,
+    job: GenerationJob,
+    source: dict[str, Any] | None,
+    generators: list[torch.Generator],
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    begin_index: bool,
+) -> tuple[Any, torch.Tensor]:
+    """A member's schedule and initial latents: the tail its strength leaves and its image
+    encoded and noised (image-to-image), or the whole schedule and fresh noise, one row per
+    output (``begin_index``: text-to-image also sets the scheduler's begin index to 0, as the
+    SDXL pipeline does)."""
+    params = job.params
+    view.scheduler.set_timesteps(params.num_inference_steps, device=device)
+    if params.task == "image-to-image":
+        return img2img_latents(view, job, source, generators, dtype, device)
+    latents = view.prepare_latents(
+        job.num_images,
+        view.unet.config.in_channels,
+        params.height,
+        params.width,
+        dtype,
+        device,
+        generators,
+    )
+    if begin_index and hasattr(view.scheduler, "set_begin_index"):
+        view.scheduler.set_begin_index(0)
+    return view.scheduler.timesteps, latents
 
 
 def img2img_latents(

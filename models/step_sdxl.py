@@ -19,7 +19,7 @@ import numpy as np
 
 from genmedia.models.family import seeded_batch, to_uint8
 from genmedia.models.params import GenerationJob
-from genmedia.models.step_engine import MemberState, UNetStepEngine, img2img_latents
+from genmedia.models.step_engine import MemberState, UNetStepEngine, initial_latents
 
 if TYPE_CHECKING:
     import torch
@@ -51,24 +51,9 @@ class SdxlStepEngine(UNetStepEngine):
                 do_classifier_free_guidance=guidance,
                 negative_prompt=negatives if any(negatives) else None,
             )
-            view.scheduler.set_timesteps(params.num_inference_steps, device=device)
-            if params.task == "image-to-image":
-                timesteps, latents = img2img_latents(
-                    view, job, source, generators, cond.dtype, device
-                )
-            else:
-                timesteps = view.scheduler.timesteps
-                latents = view.prepare_latents(
-                    rows,
-                    view.unet.config.in_channels,
-                    params.height,
-                    params.width,
-                    cond.dtype,
-                    device,
-                    generators,
-                )
-                if hasattr(view.scheduler, "set_begin_index"):
-                    view.scheduler.set_begin_index(0)
+            timesteps, latents = initial_latents(
+                view, job, source, generators, cond.dtype, device, begin_index=True
+            )
             time_ids, neg_time_ids = _time_ids(view, params.task, latents, pooled)
             time_ids = time_ids.repeat(rows, 1)
             if guidance:  # rows: every unconditional one, then every conditional one
