@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel
 
+from genmedia.deployments.errors import ApiError
 from genmedia.deployments.intake.bodies import SMALL_BODY_BYTES, parse_json
 from genmedia.deployments.intake.service import GatewayService
 from genmedia.deployments.protocol import PriorityClass
@@ -23,8 +24,11 @@ M = TypeVar("M", bound=BaseModel)
 BODY_MODELS: dict[str, type[BaseModel]] = {}  # documented bodies, by schema name
 
 
-def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
-    """A dependency answering the request's body as ``model`` (400/422 as ``ApiError``)."""
+def json_body(
+    model: type[M], on_errors: Callable[[list[Any]], ApiError] | None = None
+) -> Callable[[Request], Awaitable[M]]:
+    """A dependency answering the request's body as ``model`` (400/422 as ``ApiError``, or
+    ``on_errors``' answer to pydantic's errors)."""
     BODY_MODELS[model.__name__] = model
 
     async def parse(request: Request) -> M:
@@ -32,7 +36,7 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
         service: GatewayService = request.app.state.service
         big = len(raw) > SMALL_BODY_BYTES
         lane = PriorityClass.BATCH if big else PriorityClass.INTERACTIVE
-        return await service.off_loop(lane, parse_json, raw, model)
+        return await service.off_loop(lane, parse_json, raw, model, on_errors)
 
     return parse
 

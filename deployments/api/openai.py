@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -23,6 +23,7 @@ from pydantic import Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from genmedia.deployments.api.bodies import body_openapi, json_body
 from genmedia.deployments.api.deps import BaseUrl, Caller, Service
 from genmedia.deployments.api.schemas import Body
 from genmedia.deployments.errors import ApiError
@@ -125,6 +126,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 RESPONSES["4XX"] = {"model": OpenAIErrorBody, "description": "Any other client error."}
 
+GenerationsBody = Annotated[
+    ImageGenerationRequest, Depends(json_body(ImageGenerationRequest, validation_error))
+]  # parsed and validated off the event loop, as the queue routes' bodies
 router = APIRouter(prefix="/v1/images", tags=["openai"], route_class=OpenAIRoute)
 
 
@@ -134,9 +138,10 @@ router = APIRouter(prefix="/v1/images", tags=["openai"], route_class=OpenAIRoute
     response_model=ImagesResponse,
     response_model_exclude_none=True,
     responses=RESPONSES,
+    openapi_extra=body_openapi(ImageGenerationRequest),
 )
 async def generations(
-    body: ImageGenerationRequest, service: Service, base_url: BaseUrl, caller: Caller
+    body: GenerationsBody, service: Service, base_url: BaseUrl, caller: Caller
 ) -> dict[str, Any]:
     entry = service.entry(body.model)
     req = generation_request(entry, body)

@@ -10,7 +10,8 @@ the same answers as the error handlers give. No FastAPI here.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,14 +19,28 @@ from genmedia.deployments.errors import ApiError, validation_fields
 
 M = TypeVar("M", bound=BaseModel)
 SMALL_BODY_BYTES = 64 * 1024  # bodies up to this parse on the interactive lane's threads
+MAX_REPORTED_ERRORS = 64  # past this many, one error names the count (building each costs µs)
 
 
-def parse_json(raw: bytes, model: type[M]) -> M:
-    """``raw`` as ``model``; ApiError 400 (malformed JSON) or 422 (the fields at fault)."""
+def parse_json(
+    raw: bytes, model: type[M], on_errors: Callable[[list[Any]], ApiError] | None = None
+) -> M:
+    """``raw`` as ``model``; ApiError 400 (malformed JSON) or 422 (the fields at fault), or
+    what ``on_errors`` makes of pydantic's errors (a route answering another API's shape)."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as e:
+        if e.error_count() > MAX_REPORTED_ERRORS:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"body: {e.error_count()} invalid or unknown fields",
+                [{"field": "body", "message": f"{e.error_count()} errors",
+                  "limit": MAX_REPORTED_ERRORS}],
+            ) from None  # fmt: skip
         errors = e.errors(include_url=False)
+        if on_errors is not None:
+            raise on_errors(errors) from None
         bad_json = next((err for err in errors if err.get("type") == "json_invalid"), None)
         if bad_json is not None:
             detail = (bad_json.get("ctx") or {}).get("error", "")
