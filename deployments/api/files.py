@@ -105,7 +105,8 @@ async def get_file(
     if expires is not None or sig is not None:
         key = _signed_key(service, path, expires, sig, request, response)
     else:
-        key = service.file_key(get_caller(request, response, service, _credentials), path)
+        caller = await get_caller(request, response, service, _credentials)
+        key = service.file_key(caller, path)
     try:
         data = await asyncio.to_thread(service.storage.get, key)
     except ValueError:

@@ -29,6 +29,7 @@ UPLOAD_ID = re.compile(r"^upl_[0-9a-f]{32}$")
 UPLOAD_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 STORED_TYPES = {"png": "image/png", "jpg": "image/jpeg"}  # what clean_image writes
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
+SIGNATURE_CHARS = 24  # base64 of a file's first 18 bytes: every signature Pillow checks
 _DATA_URL = re.compile(r"^data:(?P<type>[\w/+.-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
@@ -125,11 +126,28 @@ def clean_image(data: bytes, field: str, max_pixels: int) -> tuple[InputImage, s
         return InputImage(out, img.width, img.height, frame.mode), suffix
 
 
+def _signed_image(head: bytes) -> bool:
+    """Whether a Pillow format recognizes ``head`` (a file's first bytes) by its signature."""
+    Image.init()
+    return any(
+        accept is not None and accept(head) for _, accept in (Image.OPEN[i] for i in Image.ID)
+    )
+
+
 def decode_base64(value: str, field: str) -> bytes:
+    """Inline base64 (or a ``data:`` URL) as bytes. Its first bytes are checked against the
+    image signatures Pillow knows before the whole payload is decoded, so megabytes of
+    anything else cost microseconds (formats without a signature, e.g. TGA, are refused)."""
     m = _DATA_URL.match(value)
-    payload = value[m.end() :] if m else value
+    start = m.end() if m else 0
     try:
-        return base64.b64decode(payload, validate=True)
+        head = base64.b64decode(value[start : start + SIGNATURE_CHARS], validate=True)
+    except (binascii.Error, ValueError):
+        head = b""  # the whole payload's decode below names the error
+    if head and not _signed_image(head):
+        raise InputError(field, "is not an image Pillow can read (png, jpeg, webp, ...)")
+    try:
+        return base64.b64decode(value[start:] if start else value, validate=True)
     except (binascii.Error, ValueError):
         raise InputError(
             field,

@@ -85,3 +85,26 @@ def test_mask_must_match_the_image():
     with pytest.raises(InputError, match="must be the image's size 16x16") as e:
         check_mask(check_image(png(8, 16), "mask_image", 10_000), image)
     assert e.value.field == "mask_image" and e.value.limit == [16, 16]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+def test_inline_images_of_every_usual_format_pass_the_signature_check(fmt):
+    img, _ = load(base64.b64encode(png(fmt=fmt)).decode())
+    assert (img.width, img.height) == (16, 16)
+
+
+def test_megabytes_of_base64_that_is_no_image_are_refused_before_decoding(monkeypatch):
+    """The first bytes carry no image signature: refused without decoding the rest."""
+    import genmedia.deployments.intake.inputs as inputs
+
+    decoded: list[int] = []
+    real = inputs.base64.b64decode
+
+    def counting(payload, validate=False):
+        decoded.append(len(payload))
+        return real(payload, validate=validate)
+
+    monkeypatch.setattr(inputs.base64, "b64decode", counting)
+    with pytest.raises(InputError, match="not an image"):
+        load("A" * 8_000_000)
+    assert decoded == [inputs.SIGNATURE_CHARS]  # the head only
