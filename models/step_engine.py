@@ -14,13 +14,27 @@ rows share the forward, which on CPU changes a float by rounding at most (tested
 Covered: sd15 text-to-image and image-to-image (a member's schedule starts at the timestep its
 strength gives, so members sit at different timesteps of different schedules in one forward),
 sdxl text-to-image and image-to-image (``step_sdxl.py``: pooled text embeddings and size/crop
-ids per row as added conditioning). Other families and tasks run request-level (``engine_for``
-returns None), and so does a model whose step cache keeps per-call state in shared modules, or
-whose UNet embeds the guidance scale (LCM-style ``time_cond_proj_dim``).
+ids per row as added conditioning), flux text-to-image and image-to-image (``step_flux.py``:
+packed latents, a timestep and a distilled guidance value per row, true CFG rows for a member
+with a negative prompt, each member's own flow-matching sigmas), wan text-to-video
+(``step_wan.py``: a timestep per row, conditional and unconditional rows per member, each its
+own UniPC / Euler state; Wan 2.1-style checkpoints only) and stable-audio text-to-audio
+(``step_audio.py``: its DiT takes a timestep per row, and the cosine DPM-Solver++ SDE keeps
+all of its state, the Brownian noise included, in the member's own scheduler, seeded from its
+own generators). Per family, a member alone matches the request-level runner bit for bit
+where its rows are the runner's rows (sd15, sdxl; flux without a negative prompt; wan without
+guidance; never stable-audio, whose pipeline broadcasts one timestep over its batch where the
+engine passes one per row: ~5e-7 apart), otherwise and inside sets within one 8-bit level on at
+most 1 % of the values (each module's docstring and test say which). Other families and
+tasks run request-level (``engine_for`` returns None), and so does a model whose step cache
+keeps per-call state in shared modules, whose UNet embeds the guidance scale (LCM-style
+``time_cond_proj_dim``), or a Wan 2.2-style pipeline (a second transformer, per-token
+timesteps).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,6 +51,9 @@ if TYPE_CHECKING:
 STEP_TASKS: dict[str, tuple[str, ...]] = {  # per family, tasks the step engine runs
     "sd15": ("text-to-image", "image-to-image"),
     "sdxl": ("text-to-image", "image-to-image"),
+    "flux": ("text-to-image", "image-to-image"),
+    "wan": ("text-to-video",),
+    "stable-audio": ("text-to-audio",),
 }
 
 
@@ -131,18 +148,7 @@ class UNetStepEngine:
                 return_dict=False,
                 **kwargs,
             )[0]
-            start = 0
-            for m, x in zip(members, samples, strict=True):
-                noise = out[start : start + x.shape[0]]
-                start += x.shape[0]
-                if m.guidance:
-                    uncond, cond = noise.chunk(2)
-                    noise = uncond + m.job.params.guidance_scale * (cond - uncond)
-                t = m.timesteps[m.done]
-                m.latents = m.view.scheduler.step(
-                    noise, t, m.latents, **m.extra_step_kwargs, return_dict=False
-                )[0]
-                m.done += 1
+            advance(members, samples, out)
 
     def decode(self, member: MemberState) -> list[np.ndarray]:
         """A finished member's images, ``[H, W, 3]`` uint8 each."""
@@ -199,6 +205,34 @@ class Sd15StepEngine(UNetStepEngine):
             guidance=guidance,
             extra_step_kwargs=view.prepare_extra_step_kwargs(generators, 0.0),
         )
+
+
+def advance(
+    members: Sequence[MemberState],
+    samples: Sequence[torch.Tensor],
+    out: torch.Tensor,
+    *,
+    cond_first: bool = False,
+    scale: Callable[[MemberState], float] | None = None,
+) -> None:
+    """After one forward over every member's rows (``samples``, in order): each member's slice
+    of ``out``, its own guidance (``uncond + scale * (cond - uncond)``; ``cond_first`` when its
+    conditional rows come first; ``scale`` when not the request's guidance scale) and one step
+    of its own sampler."""
+    start = 0
+    for m, x in zip(members, samples, strict=True):
+        noise = out[start : start + x.shape[0]]
+        start += x.shape[0]
+        if m.guidance:
+            first, second = noise.chunk(2)
+            cond, uncond = (first, second) if cond_first else (second, first)
+            s = m.job.params.guidance_scale if scale is None else scale(m)
+            noise = uncond + s * (cond - uncond)
+        t = m.timesteps[m.done]
+        m.latents = m.view.scheduler.step(
+            noise, t, m.latents, **m.extra_step_kwargs, return_dict=False
+        )[0]
+        m.done += 1
 
 
 def initial_latents(
@@ -262,6 +296,9 @@ def img2img_latents(
 _ENGINES: dict[str, str] = {  # family -> "module:class" of its step engine
     "sd15": "genmedia.models.step_engine:Sd15StepEngine",
     "sdxl": "genmedia.models.step_sdxl:SdxlStepEngine",
+    "flux": "genmedia.models.step_flux:FluxStepEngine",
+    "wan": "genmedia.models.step_wan:WanStepEngine",
+    "stable-audio": "genmedia.models.step_audio:AudioStepEngine",
 }
 
 
@@ -273,13 +310,29 @@ def _unet_plain(model: LoadedModel) -> bool:
     return not model.step_cached and cond_dim is None
 
 
+def _plain(model: LoadedModel) -> bool:
+    """Whether the model runs step-level, per family: the UNet families as ``_unet_plain``;
+    the transformer families without a step cache, and Wan with one transformer and a
+    timestep per sample (``step_wan.plain``)."""
+    family = model.entry.family
+    if family in ("sd15", "sdxl"):
+        return _unet_plain(model)
+    if model.step_cached:
+        return False
+    if family == "wan":
+        from genmedia.models.step_wan import plain
+
+        return plain(model.pipe)
+    return True
+
+
 def engine_for(model: LoadedModel) -> StepEngine | None:
     """The step engine of a loaded model, or None when its family or options need the
     request-level path."""
     import importlib
 
     path = _ENGINES.get(model.entry.family)
-    if path is None or not _unet_plain(model):
+    if path is None or not _plain(model):
         return None
     module, name = path.split(":")
     cls = getattr(importlib.import_module(module), name)
@@ -290,6 +343,4 @@ def engine_for(model: LoadedModel) -> StepEngine | None:
 def supports(model: LoadedModel, job: GenerationJob) -> bool:
     """Whether ``job`` can run in ``model``'s step engine."""
     family = model.entry.family
-    return (
-        family in _ENGINES and job.params.task in STEP_TASKS.get(family, ()) and _unet_plain(model)
-    )
+    return family in _ENGINES and job.params.task in STEP_TASKS.get(family, ()) and _plain(model)

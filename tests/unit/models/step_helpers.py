@@ -36,6 +36,45 @@ def tiny_model(family: str, folder: Path, model_id: str = "m") -> LoadedModel:
     return load_model(catalog.models[0], path, "cpu")
 
 
+def tiny_media_model(family: str, folder: Path, task: str, model_id: str = "m") -> LoadedModel:
+    """The tiny random-weight model of a video or audio family (``task``: its one task), built
+    into ``folder`` and loaded on CPU: 64x64 and 5 frames (video), 1 s clips (audio), few
+    steps."""
+    path = folder / family
+    registry.family_module(family).build_tiny(path, seed=0)
+    parameters: dict[str, object] = {
+        "steps": {"default": 3, "min": 1, "max": 10},
+        "num_images": {"default": 1, "min": 1, "max": 4},
+    }
+    if task == "text-to-video":
+        bounds = {"default": 64, "min": 32, "max": 128}
+        parameters.update(width=bounds, height=bounds)
+        parameters["num_frames"] = {"default": 5, "min": 1, "max": 9}
+    else:
+        parameters["duration_s"] = {"default": 1.0, "min": 0.5, "max": 4.0}
+    entry = {
+        "id": model_id,
+        "family": family,
+        "task": task,
+        "weights": str(path),
+        "parameters": parameters,
+    }
+    catalog = parse_catalog({"models": [entry]})
+    return load_model(catalog.models[0], path, "cpu")
+
+
+def assert_close_audio(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    """``assert_close`` for waveforms in [-1, 1]: compared as 8-bit levels of that range."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == np.float32
+        assert_close([_levels(g)], [_levels(w)])
+
+
+def _levels(wave: np.ndarray) -> np.ndarray:
+    return ((np.clip(wave, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
+
+
 def make_job(model: LoadedModel, rid: str, **body: object) -> GenerationJob:
     body.setdefault("prompt", "a cat")
     out, errors = resolve_request(model.entry, GenerateRequest(**body), request_id=rid)  # type: ignore[arg-type]
