@@ -74,6 +74,14 @@ ReplicasOpt = Annotated[
     list[str] | None,
     typer.Option("--replicas", help="Initial replicas of a family, FAMILY=N (repeatable)."),
 ]
+EngineOpt = Annotated[
+    Literal["request", "step"] | None,
+    typer.Option(
+        "--engine",
+        help="Every family's worker engine: request-level batches, or the step engine (calls "
+        "join a running set at step boundaries). Default: the catalog's workers.<family>.engine.",
+    ),
+]
 AutoscaleOpt = Annotated[
     bool,
     typer.Option(
@@ -97,6 +105,7 @@ def sim(
     catalog: CatalogOpt = None,
     tenants: TenantsOpt = None,
     replicas: ReplicasOpt = None,
+    engine: EngineOpt = None,
     autoscale: AutoscaleOpt = False,
     out_dir: OutOpt = None,
 ) -> None:
@@ -112,6 +121,7 @@ def sim(
             weights=inputs.info.weights,
             scaler=_scaler(inputs, gpus) if autoscale else None,
             scale_interval_s=1.0,
+            engine=engine,
         )
         result = run_sim(inputs, config)
     except (ScenarioError, CatalogError) as e:
@@ -121,7 +131,7 @@ def sim(
     at = stamp()
     out_dir = out_dir or RAW / f"sim-{inputs.info.scenario}-{at}"
     notes = {"profile": inputs.profile.name, "policy": policy, "packing": packing,
-             "autoscale": autoscale}  # fmt: skip
+             "engine": engine or "catalog", "autoscale": autoscale}  # fmt: skip
     info = inputs.info.model_copy(update={"started_utc": at})
     summary = write_outputs(out_dir, result, info, notes)
     _print_summary(result, summary)

@@ -1,6 +1,7 @@
 """The simulated cluster: GPUs, family worker replicas placed on them, and how many of each.
 
-The engine (``engine.py``) runs calls on the replicas built here. A replica is one family
+The engine (``engine.py``) runs calls on the replicas built here (``device.py``: their gates
+and devices; ``step_worker.py``: a step engine's running set). A replica is one family
 worker (all models of the family, multiplexed, LRU beyond ``max_loaded_models``) that asks for
 the sum of its models' ``gpu_fraction``: ``dedicated`` packing gives every replica a whole GPU,
 ``fractional`` packs replicas onto GPUs first-fit decreasing, as Ray packs fractional replicas.
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Literal
 from genmedia.models.catalog import Catalog
 
 if TYPE_CHECKING:
-    from genmedia.loadtests.sim.engine import Call
+    from genmedia.loadtests.sim.state import Work
+    from genmedia.loadtests.sim.step_worker import SetRun
 
 Packing = Literal["dedicated", "fractional"]
 EPS = 1e-9
@@ -31,7 +33,7 @@ class Gpu:
         self.id = gpu_id
         self.free = 1.0  # unreserved fraction
         self.replicas: list[Replica] = []
-        self.active: list[Call] = []  # calls holding a replica's gate on this device
+        self.active: list[Work] = []  # work holding a replica's gate on this device
         self.load = 0.0  # sum of the active calls' device shares
 
 
@@ -49,6 +51,7 @@ class Replica:
         "max_loaded",
         "ongoing",
         "ready",
+        "set_run",
         "waiting",
     )
 
@@ -60,8 +63,9 @@ class Replica:
         self.max_loaded = max_loaded
         self.loaded: OrderedDict[str, None] = OrderedDict()  # LRU of loaded model ids
         self.ongoing = 0  # calls routed here and not finished (Serve's max_ongoing_requests)
-        self.holder: Call | None = None  # the call holding the step gate
-        self.waiting: list[Call] = []  # calls waiting at the gate
+        self.holder: Work | None = None  # the call (or running set) holding the step gate
+        self.waiting: list[Work] = []  # work waiting at the gate
+        self.set_run: SetRun | None = None  # the step engine's running set (engine: step)
         self.ready = False
         self.draining = False
 

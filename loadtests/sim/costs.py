@@ -117,6 +117,14 @@ class FamilyCost(_Strict):
         mult = self.cfg_multiplier if cfg else 1.0
         return self.step_fixed_s + self.step_per_image_s * images * mult * scale
 
+    def step_coefficients(self, megapixels: float, cfg: bool) -> tuple[float, float]:
+        """``(a, b)`` of one step's seconds ``a·n + b`` for ``n`` images of ``megapixels``:
+        ``a = step_per_image_s · cfg_multiplier (guidance on) · (mp / ref) ** pixel_exponent``,
+        ``b = step_fixed_s`` (the step engine's cost model, ``EnginePolicy``'s ``a·n + b``)."""
+        scale = (megapixels / self.ref_megapixels) ** self.pixel_exponent
+        mult = self.cfg_multiplier if cfg else 1.0
+        return self.step_per_image_s * mult * scale, self.step_fixed_s
+
     def share(self, images: int, megapixels: float, cfg: bool) -> float:
         if self.device_share is not None:
             return self.device_share

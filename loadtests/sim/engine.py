@@ -3,22 +3,17 @@
 It plays the scheduler deployment's part with the scheduler's own objects: the same
 ``Dispatcher`` (``deployments/scheduler/dispatcher.py``: per family the fair queues, the batch
 class's share, the slots, the running batches, expiry, the admission counts and ETAs) and
-``admit`` with the tenant's ``RateLimiter``. Each replica mirrors ``deployments/serve/worker.py``
-and ``deployments/worker/gate.py``: at most ``SLOTS_PER_REPLICA`` calls routed to it, one call
-computes at a time, the best waiter (``PriorityClass.rank``, then arrival at the gate) goes next,
-and a running batch-class call pauses at its next step boundary when an interactive one waits.
-Calls of replicas packed on one GPU share it (``FamilyCost.device_share``). The cost of each call
-comes from a ``Profile``; a ``Scaler`` may change replica counts every ``scale_interval_s``.
+``admit`` with the tenant's ``RateLimiter``. Each replica mirrors ``deployments/serve/worker.py``:
+at most ``slots_per_replica`` calls routed to it (Serve's ``max_ongoing_requests``), run through
+its step gate on its GPU (``device.py``). A family's worker runs request-level batches (one
+call computes at a time) or the step engine (``step_worker.py``: calls join a running set at
+step boundaries under the worker's own ``EnginePolicy``), per ``SimConfig.engine`` or the
+catalog. The cost of each call comes from a ``Profile``; a ``Scaler`` may change replica counts
+every ``scale_interval_s``.
 
-The control plane (proxy, gateway, scheduler, the client) is ``control_plane_servers`` servers
-that take each request's measured work per phase (``Profile.control_plane``), each piece on the
-server free first. Where the devices are the
-host's CPU cores (``Profile.host_contention``), every computing call slows down by the measured
-factor while that server is busy: a busy period starts when work is queued on an idle control
-plane (for a submit, when its work starts) and ends when the queue is empty.
-
-Only the events of a call's life are simulated (start, end, a step boundary when it must pause),
-never every step, so a million requests on a thousand GPUs run in seconds. No Ray imports.
+Only the events of a call's life are simulated (start, end, a step boundary when it must pause
+or a set changes), never every step, so a million requests on a thousand GPUs run in seconds.
+No Ray imports.
 """
 
 from __future__ import annotations
@@ -29,156 +24,53 @@ import itertools
 import math
 import random
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import cast
 
 from genmedia.deployments.scheduler.admission import AdmissionInput, admit
 from genmedia.deployments.scheduler.dispatcher import (
-    SLOTS_PER_REPLICA,
     Dispatcher,
     Launch,
     ModelLimits,
-    RunningBatch,
+    slots_per_replica,
 )
 from genmedia.deployments.scheduler.queues import CLASSES, QueuedJob
 from genmedia.deployments.tenants.ratelimit import RateLimiter
-from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.loadtests.records import RequestRecord
-from genmedia.loadtests.sim.cluster import Cluster, Gpu, Packing, Replica, place, replica_counts
+from genmedia.loadtests.sim.cluster import Cluster, Replica, place, replica_counts
 from genmedia.loadtests.sim.costs import FamilyCost, Profile
+from genmedia.loadtests.sim.device import Devices
 from genmedia.loadtests.sim.empirical import draw
-from genmedia.loadtests.sim.scaling import ClusterSnapshot, FamilySnapshot, ModelSnapshot, Scaler
+from genmedia.loadtests.sim.scaling import ClusterSnapshot, FamilySnapshot, ModelSnapshot
+from genmedia.loadtests.sim.state import (
+    ADMIT,
+    CALL,
+    CP_IDLE,
+    CP_START,
+    DEADLINE,
+    DISPATCH,
+    EPS,
+    READY,
+    SCALE,
+    UNLIMITED,
+    Call,
+    FamilyState,
+    SimConfig,
+    SimResult,
+)
+from genmedia.loadtests.sim.step_worker import SetRun, StepWorkers
 from genmedia.loadtests.sim.workload import SimRequest
 from genmedia.models.catalog import Catalog
 
-UNLIMITED = 10**9
-EPS = 1e-9
-
-# Event kinds; at equal times the lower kind goes first (deadlines before dispatches, as the
-# real dispatch loop expires jobs before it forms batches).
-DEADLINE, CALL, READY, DISPATCH, SCALE, CP_IDLE, CP_START, ADMIT = range(8)
+__all__ = ["Call", "SimConfig", "SimResult", "Simulation", "simulate"]
 
 
-@dataclass(frozen=True)
-class SimConfig:
-    """How one simulation runs."""
-
-    policy: Literal["priority", "fifo"] = "priority"
-    packing: Packing = "fractional"
-    gpus: int | None = None  # None: as many as the catalog's replica counts need
-    replicas: dict[str, int] | None = None  # initial replicas per family (default: see cluster)
-    scaler: Scaler | None = None
-    scale_interval_s: float = 10.0
-    tenants: TenantsFile | None = None  # weights and quotas; None: no quotas
-    weights: dict[str, float] | None = None  # tenant weights without a tenants file (default 1)
-    batch_min_share: float | None = None  # default: the catalog's scheduler setting
-    seed: int = 0  # of the per-call duration noise and the control plane's per-request cost
-
-
-class Call:
-    """One pipeline call (a formed batch) from dispatch to its result."""
-
-    __slots__ = (
-        "batch",
-        "compute",
-        "cost",
-        "done",
-        "family",
-        "first_step_at",
-        "held_since",
-        "id",
-        "images",
-        "jobs",
-        "model_id",
-        "pre",
-        "preempt",
-        "priority",
-        "rate",
-        "replica",
-        "share",
-        "since",
-        "started",
-        "step",
-        "steps",
-        "store",
-        "target",
-        "ticket",
-        "total",
-        "version",
-    )
-
-    def __init__(self, call_id: int, batch: RunningBatch):
-        self.id = call_id
-        self.batch = batch  # the dispatcher's record: slot, class, jobs
-        self.family = batch.family
-        self.priority = batch.cls.rank
-        self.jobs = batch.jobs
-        self.model_id = batch.model_id
-        self.images = sum(j.images for j in batch.jobs)
-        self.cost = batch.cost
-        self.replica: Replica | None = None
-        self.pre = self.step = self.total = 0.0
-        self.store = 0.0  # encoding and storing the outputs, after the gate
-        self.steps = 0
-        self.share = 1.0
-        self.done = 0.0  # work done, in seconds at full speed
-        self.rate = 1.0
-        self.since = 0.0
-        self.target = 0.0
-        self.version = 0
-        self.ticket = 0
-        self.preempt = False
-        self.compute = 0.0  # wall seconds holding the gate (the worker's compute_s)
-        self.held_since = 0.0
-        self.started = 0.0
-        self.first_step_at: float | None = None
-
-    def next_boundary(self) -> float:
-        """Work position of the next step boundary (a gate checkpoint), or the end."""
-        steps_end = self.pre + self.steps * self.step
-        if self.done >= steps_end - EPS or self.step <= 0:
-            return self.total
-        k = max(1, math.floor((self.done - self.pre) / self.step + EPS) + 1)
-        return self.pre + k * self.step
-
-
-class FamilyState:
-    """The routing view of one family's replicas (its scheduler state is the dispatcher's)."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.ready = 0  # replicas taking work
-        self.starting = 0
-        self.buckets: list[dict[int, Replica]] = [{} for _ in range(SLOTS_PER_REPLICA)]
-        self.unrouted: deque[Call] = deque()  # calls waiting for a replica (caller's queue)
-        self.retry_at: float | None = None  # of the DISPATCH event pushed for a batch's wait
-        self.arrivals = 0
-        self.completed = 0
-
-
-@dataclass
-class SimResult:
-    """Records of every request plus what the run cost."""
-
-    records: list[RequestRecord]
-    wall_s: float
-    events: int
-    calls: int
-    preemptions: int
-    gpus: int
-    replicas: dict[str, int]
-    sim_end_s: float
-    timeline: list[dict] = field(default_factory=list)  # per scale tick, when a scaler runs
-
-
-class Simulation:
+class Simulation(Devices):
     """One run of a trace through a simulated cluster (see the module docstring)."""
 
     def __init__(self, catalog: Catalog, profile: Profile, config: SimConfig | None = None):
-        self.catalog = catalog
-        self.profile = profile
         self.config = config or SimConfig()
+        super().__init__(profile, self.config.seed)
+        self.catalog = catalog
         self.fifo = self.config.policy == "fifo"
         settings = catalog.server.scheduler
         self.batch_min_share = (
@@ -195,7 +87,13 @@ class Simulation:
         self.costs: dict[str, FamilyCost] = {
             f: profile.families[f] for f in catalog.families() if f in profile.families
         }
-        self.fams = {f: FamilyState(f) for f in self.costs}
+        # each family's worker engine: request-level batches or the step engine
+        self.engines = {f: self.config.engine or catalog.worker(f).engine for f in self.costs}
+        self.fams = {
+            f: FamilyState(f, slots_per_replica(e, max(m.max_batch_size for m in fam)))
+            for f, e in self.engines.items()
+            if (fam := catalog.families()[f])
+        }
         self.dispatcher = Dispatcher(
             {
                 m.id: ModelLimits(m.family, m.max_batch_size, m.batch_wait_ms / 1000.0)
@@ -206,37 +104,20 @@ class Simulation:
             families=self.costs,
             replicas=0,
             tenant_limits={t.id: t.quotas.max_concurrent_jobs for t in tenants},
+            engines=self.engines,
         )
+        self.steps = StepWorkers(self)
         self.estimator = self.dispatcher.estimator
         self.weights = {t.id: t.weight for t in tenants} or dict(self.config.weights or {})
         self.quotas = {t.id: t.quotas for t in tenants}
         self.rate = RateLimiter({t.id: t.quotas.requests_per_minute for t in tenants})
-        self.heap: list = []
-        self.seq = itertools.count()
         self.call_ids = itertools.count()
-        self.tickets = itertools.count()
-        self.now = 0.0
         self.events = 0
         self.calls = 0
-        self.preemptions = 0
         self.records: list[RequestRecord] = []
         self.reqs: list[SimRequest] = []
         self.timeline: list[dict] = []
-        self.cluster: Cluster  # placed when the run starts (_build_cluster)
         self.placed = False  # the initial placement is done: replicas now come from the scaler
-        # when each of the control plane's servers is next free (profile.control_plane[_s])
-        self.cp_frees = [0.0] * profile.control_plane_servers
-        self.cp = profile.control_plane  # measured per-phase cost, or None
-        self.cp_rng = random.Random(f"{self.config.seed}:control-plane")
-        # Host contention: computing calls run at host_rate (1 / slowdown) while the control
-        # plane is busy, which it is until cp_busy_until (None: the term is off).
-        hc = profile.host_contention
-        self.slowdown = hc.compute_slowdown if hc is not None and hc.compute_slowdown > 1 else None
-        self.host_rate = 1.0
-        self.cp_busy_until = 0.0
-        # ... and control-plane work that starts while a call computes takes cp_stretch longer
-        self.cp_stretch = hc.cp_factor if hc is not None and hc.cp_factor > 1 else None
-        self.computing = 0  # calls computing on the host (any device)
         self.rng = random.Random(self.config.seed)
         # measured duration factor per family: quantiles drawn by inverse transform
         self.factor_quantiles = {
@@ -280,9 +161,6 @@ class Simulation:
         return cluster
 
     # -- events ------------------------------------------------------------------------------
-    def _push(self, t: float, kind: int, a=None, b=None) -> None:
-        heapq.heappush(self.heap, (t, kind, next(self.seq), a, b))
-
     def run(self, requests: list[SimRequest]) -> SimResult:
         # Millions of long-lived small objects and no cycles: the cyclic collector would only
         # rescan them over and over.
@@ -350,7 +228,10 @@ class Simulation:
             self.events += 1
             if kind == CALL:
                 if b == a.version:
-                    self._call_event(a)
+                    if a.__class__ is SetRun:
+                        self.steps.on_boundary(a)
+                    else:
+                        self._call_event(a)
             elif kind == DEADLINE:
                 self._deadline(a, b)
             elif kind == DISPATCH:
@@ -483,11 +364,7 @@ class Simulation:
             self.records[int(j.id)].t_started = now
         r = self.reqs[int(batch.jobs[0].id)]
         cost = self.costs[fs.name]
-        k = 1.0
-        if fs.name in self.factor_quantiles:
-            k = draw(self.factor_quantiles[fs.name], self.rng.random())
-        elif fs.name in self.noise:
-            k = self.rng.lognormvariate(*self.noise[fs.name])
+        k = self._duration_factor(fs.name)
         call.step = cost.step_s(call.images, r.megapixels, r.cfg) * k
         call.steps = r.steps
         call.pre = cost.call_overhead_s * k
@@ -498,6 +375,15 @@ class Simulation:
         call.started = now
         if not self._route(fs, call):
             fs.unrouted.append(call)
+
+    def _duration_factor(self, family: str) -> float:
+        """A call's (or a step engine's segment's) duration factor: the family's measured
+        quantiles, else its log-normal noise, else 1."""
+        if family in self.factor_quantiles:
+            return draw(self.factor_quantiles[family], self.rng.random())
+        if family in self.noise:
+            return self.rng.lognormvariate(*self.noise[family])
+        return 1.0
 
     # -- routing (Serve: multiplexed model first, then least loaded) -------------------------
     def _route(self, fs: FamilyState, call: Call) -> bool:
@@ -521,124 +407,21 @@ class Simulation:
         if rep is None:
             return False
         rep.ongoing += 1
-        if rep.ongoing < SLOTS_PER_REPLICA:
+        if rep.ongoing < fs.slots:
             fs.buckets[rep.ongoing][rep.id] = rep
         call.replica = rep
         if rep.touch(call.model_id):
             call.pre += self.costs[fs.name].load_s
             call.total += self.costs[fs.name].load_s
-        self._gate_enter(rep, call)
+        if self.engines[fs.name] == "step":
+            self.steps.enter(rep, call)
+        else:
+            self._gate_enter(rep, call)
         return True
 
     def _route_waiting(self, fs: FamilyState) -> None:
         while fs.unrouted and self._route(fs, fs.unrouted[0]):
             fs.unrouted.popleft()
-
-    # -- the step gate of a replica (deployments/worker/gate.py) -----------------------------
-    def _gate_enter(self, rep: Replica, call: Call) -> None:
-        call.ticket = next(self.tickets)
-        if rep.holder is None and not rep.waiting:
-            self._hold(rep, call)
-            return
-        rep.waiting.append(call)
-        holder = rep.holder
-        if holder is not None and call.priority < holder.priority and not holder.preempt:
-            holder.preempt = True
-            self._advance(holder)
-            self._schedule(holder)
-
-    def _hold(self, rep: Replica, call: Call) -> None:
-        now = self.now
-        rep.holder = call
-        call.held_since = now
-        call.since = now
-        gpu = rep.gpu
-        self.computing += 1
-        if len(gpu.replicas) == 1:  # alone on its device: one call computes, at full speed
-            gpu.active.append(call)
-            gpu.load += call.share
-            call.rate = self.host_rate
-            self._schedule(call)
-        else:
-            self._advance_gpu(gpu)
-            gpu.active.append(call)
-            gpu.load += call.share
-            self._rerate(gpu, call)
-        if call.first_step_at is None:
-            call.first_step_at = now + max(0.0, call.pre + call.step - call.done) / call.rate
-
-    def _release(self, rep: Replica, call: Call) -> None:
-        gpu = rep.gpu
-        call.compute += self.now - call.held_since
-        rep.holder = None
-        self.computing -= 1
-        if len(gpu.replicas) == 1:
-            gpu.active.remove(call)
-            gpu.load -= call.share
-            return
-        self._advance_gpu(gpu)
-        gpu.active.remove(call)
-        gpu.load -= call.share
-        self._rerate(gpu, None)
-
-    def _grant(self, rep: Replica) -> None:
-        if rep.holder is not None or not rep.waiting:
-            return
-        best = min(rep.waiting, key=lambda c: (c.priority, c.ticket))
-        rep.waiting.remove(best)
-        self._hold(rep, best)
-
-    # -- device sharing ----------------------------------------------------------------------
-    def _advance(self, call: Call) -> None:
-        call.done += (self.now - call.since) * call.rate
-        call.since = self.now
-
-    def _advance_gpu(self, gpu: Gpu) -> None:
-        for c in gpu.active:
-            self._advance(c)
-
-    def _rerate(self, gpu: Gpu, new: Call | None) -> None:
-        """Rates after the set of computing calls changed; reschedules whose rate moved."""
-        rate = self.host_rate / max(1.0, gpu.load)
-        for c in gpu.active:
-            if c is new or abs(c.rate - rate) > EPS:
-                c.rate = rate
-                self._schedule(c)
-
-    # -- host contention (Profile.host_contention) -------------------------------------------
-    def _cp_busy(self, until: float) -> None:
-        """Control-plane work is queued until ``until``: an idle control plane turns busy (every
-        computing call slows down) and its end is watched."""
-        if until <= self.now + EPS or until <= self.cp_busy_until:
-            return
-        idle = self.cp_busy_until <= self.now + EPS
-        self.cp_busy_until = until
-        if idle:
-            assert self.slowdown is not None  # called only with host contention on
-            self._push(until, CP_IDLE)
-            self._set_host_rate(1.0 / self.slowdown)
-
-    def _cp_idle(self) -> None:
-        if self.cp_busy_until > self.now + EPS:  # more work came in meanwhile
-            self._push(self.cp_busy_until, CP_IDLE)
-            return
-        self._set_host_rate(1.0)
-
-    def _set_host_rate(self, rate: float) -> None:
-        """Every computing call's speed after the control plane turned busy or idle."""
-        if rate == self.host_rate:
-            return
-        self.host_rate = rate
-        for gpu in self.cluster.gpus:
-            if gpu.active:
-                self._advance_gpu(gpu)
-                self._rerate(gpu, None)
-
-    def _schedule(self, call: Call) -> None:
-        call.version += 1
-        call.target = call.next_boundary() if call.preempt else call.total
-        t = self.now + max(0.0, call.target - call.done) / call.rate
-        heapq.heappush(self.heap, (t, CALL, next(self.seq), call, call.version))
 
     def _call_event(self, call: Call) -> None:
         self._advance(call)
@@ -657,88 +440,40 @@ class Simulation:
         self._grant(rep)
 
     def _finish(self, call: Call) -> None:
-        now = self.now
+        """A call of the request path ends: the gate goes to the next waiter."""
+        rep = call.replica
+        assert rep is not None  # a computing call was routed
+        self._release(rep, call)
+        call.preempt = False
+        self._grant(rep)
+        self._complete(call, call.compute, self.now + call.store)
+
+    def _complete(self, call: Call, compute: float, stored: float) -> None:
+        """A call's jobs are done (outputs stored at ``stored``): its replica slot and its
+        dispatcher slot are free, its records complete."""
         rep = call.replica
         assert rep is not None  # a computing call was routed
         fs = self.fams[call.family]
-        self._release(rep, call)
-        call.preempt = False
         rep.ongoing -= 1
         if rep.ready and not rep.draining:
-            if rep.ongoing + 1 < SLOTS_PER_REPLICA:
+            if rep.ongoing + 1 < fs.slots:
                 fs.buckets[rep.ongoing + 1].pop(rep.id, None)
             fs.buckets[rep.ongoing][rep.id] = rep
-        self._grant(rep)
         if rep.draining and rep.ongoing == 0:
             self.cluster.remove(rep)
         self.dispatcher.finished(call.batch.id)
-        self.estimator.observe(call.model_id, call.cost, call.compute)
+        self.estimator.observe(call.model_id, call.cost, compute)
         for j in call.jobs:
             rec = self.records[int(j.id)]
             rec.status = "COMPLETED"
             rec.t_first_progress = call.first_step_at
-            rec.t_done = self._respond(now + call.store)
-            rec.compute_s = call.compute * j.images / call.images
+            rec.t_done = self._respond(stored)
+            rec.compute_s = compute * j.images / call.images
             assert rec.t_started is not None and rec.t_admitted is not None
             rec.queue_s = rec.t_started - rec.t_admitted
         fs.completed += len(call.jobs)
         self._route_waiting(fs)
         self._dispatch(fs)
-
-    def _respond(self, stored: float) -> float:
-        """When the client learns a job's end, its outputs stored at ``stored`` (a completion
-        costs the control plane too)."""
-        at = stored + self.profile.respond_s
-        cp_s = self._stretch(self._cp_work("done"))
-        if cp_s:
-            server = self._cp_server()
-            start = max(at, self.cp_frees[server])
-            at = free = start + cp_s
-            if self.cp is not None:  # reading the result after the final status
-                free += self._stretch(self._cp_work("after"))
-            self.cp_frees[server] = free
-            self._cp_works(start, free)
-        return at
-
-    def _cp_submit(self, r: SimRequest, sent: float, work: float) -> None:
-        server = self._cp_server()
-        start = max(sent, self.cp_frees[server])
-        at = self.cp_frees[server] = start + self._stretch(work)
-        self._push(at, ADMIT, r)
-        self._cp_works(start, at)
-
-    def _cp_works(self, start: float, end: float) -> None:
-        """The control plane works from ``start`` to ``end`` (host contention): busy from now on,
-        or from ``start`` when that comes after an idle gap."""
-        if self.slowdown is None:
-            return
-        if start > max(self.now, self.cp_busy_until) + EPS:
-            self._push(start, CP_START, end)
-        else:
-            self._cp_busy(end)
-
-    def _stretch(self, work: float) -> float:
-        """Control-plane seconds of ``work`` CPU seconds placed now: stretched while a call
-        computes on the host (``HostContention.control_plane_slowdown``), whose state when the
-        work is placed stands for its state while the work runs."""
-        if self.cp_stretch is None or not self.computing or not work:
-            return work
-        return work * self.cp_stretch
-
-    def _cp_server(self) -> int:
-        """The control plane's server that is free first (the one of a single server)."""
-        frees = self.cp_frees
-        if len(frees) == 1:
-            return 0
-        return min(range(len(frees)), key=frees.__getitem__)
-
-    def _cp_work(self, phase: str) -> float:
-        """Control-plane CPU seconds of one request's ``phase`` (submit, follow, done, after):
-        drawn from the profile's measured distribution, or its one ``control_plane_s`` for
-        submits and completions."""
-        if self.cp is None:
-            return self.profile.control_plane_s if phase in ("submit", "done") else 0.0
-        return draw(getattr(self.cp, f"{phase}_s"), self.cp_rng.random())
 
     # -- replicas and scaling ----------------------------------------------------------------
     def _set_ready(self, rep: Replica) -> None:

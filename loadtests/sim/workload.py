@@ -1,7 +1,8 @@
 """Trace records resolved for the simulator: each request's model, family, batch key and cost,
 resolved against the catalog by the gateway's own ``resolve_request`` (same defaults, same
-bounds, same ``batch_key``). A request the gateway would refuse (unknown model, a bound) becomes
-an ERROR record with the status the gateway answers. No Ray imports.
+bounds, same ``batch_key``; the step engine's ``compat_key``). A request the gateway would refuse
+(unknown model, a bound) becomes an ERROR record with the status the gateway answers. No Ray
+imports.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from genmedia.deployments.scheduler.queues import job_cost
+from genmedia.deployments.worker.engine_policy import CompatKey, compat_key
 from genmedia.loadtests.traces import TraceRecord
 from genmedia.models.catalog import Catalog
 from genmedia.models.config_issues import field_errors
@@ -36,6 +38,7 @@ class SimRequest:
     cfg: bool = False
     cost: float = 0.0
     deadline_s: float | None = None
+    compat: CompatKey | None = None  # the step engine's join key (``engine_policy.compat_key``)
     error: str | None = None  # refused before admission (validation)
     error_status: int | None = None
 
@@ -90,12 +93,13 @@ def prepare(trace: Iterable[TraceRecord], catalog: Catalog) -> list[SimRequest]:
                     p.width * p.height / 1e6,
                     p.guidance_scale > 1.0,
                     job_cost(job.num_images, p.num_inference_steps, p.width, p.height),
+                    compat_key(job),
                     None,
                 )
             else:
-                hit = (None, 0, 0, 0.0, False, 0.0, error)
+                hit = (None, 0, 0, 0.0, False, 0.0, None, error)
             cache[ck] = hit
-        key, r.images, r.steps, r.megapixels, r.cfg, r.cost, error = hit
+        key, r.images, r.steps, r.megapixels, r.cfg, r.cost, r.compat, error = hit
         r.family = entry.family
         r.key = key or ()
         if error is not None:

@@ -113,6 +113,19 @@ def test_cli_writes_records_and_summary(tmp_path):
     assert (out / "report.md").exists() and (out / "latency_cdf.png").exists()
 
 
+def test_cli_selects_the_workers_engine(tmp_path):
+    f = trace(tmp_path, [GOOD, {**GOOD, "t": 0.5, "priority": "batch"}])
+    for engine in ("step", "request"):
+        out = tmp_path / engine
+        args = ["sim", "--scenario", str(f), "--engine", engine, "--out", str(out)]
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert json.loads((out / "sim.json").read_text())["engine"] == engine
+        assert [x.status for x in read_records(out / "requests.jsonl")] == ["COMPLETED"] * 2
+    r = runner.invoke(app, ["sim", "--scenario", str(f), "--engine", "token"])
+    assert r.exit_code == 2
+
+
 def test_cli_runs_a_committed_scenario_by_name(tmp_path):
     out = tmp_path / "out"
     r = runner.invoke(app, ["sim", "--scenario", "smoke", "--out", str(out)])
