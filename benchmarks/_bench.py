@@ -245,11 +245,14 @@ def measure_bare(model: Any, batch: int, seconds: float, seed0: int) -> dict[str
 
 
 # -- clients of the sync endpoint -------------------------------------------------------------
-async def _generate(client: httpx.AsyncClient, seed: int) -> dict[str, Any]:
+async def _generate(
+    client: httpx.AsyncClient, seed: int, priority: str | None = None
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    r = await client.post(
-        f"/v1/models/{MODEL}/generate", json={"prompt": "a red fox", "seed": seed}
-    )
+    body: dict[str, Any] = {"prompt": "a red fox", "seed": seed}
+    if priority is not None:
+        body["priority"] = priority
+    r = await client.post(f"/v1/models/{MODEL}/generate", json=body)
     t1 = time.perf_counter()
     body = r.json()
     return {
@@ -270,10 +273,15 @@ def _client(url: str, api_key: str, connections: int) -> httpx.AsyncClient:
 
 
 async def closed_loop(
-    url: str, api_key: str, concurrency: int, seconds: float, warmup: float
+    url: str,
+    api_key: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    priority: str | None = None,
 ) -> dict[str, Any]:
-    """Saturation: ``concurrency`` requests always in flight; counts the answers that end in
-    the window after ``warmup``."""
+    """Saturation: ``concurrency`` requests always in flight (of ``priority``, else the
+    tenant's default class); counts the answers that end in the window after ``warmup``."""
     samples: list[dict[str, Any]] = []
     stop_at = time.perf_counter() + warmup + seconds
     window_start = time.perf_counter() + warmup
@@ -282,7 +290,7 @@ async def closed_loop(
 
         async def loop() -> None:
             while time.perf_counter() < stop_at:
-                samples.append(await _generate(client, next(seed)))
+                samples.append(await _generate(client, next(seed), priority))
 
         await asyncio.gather(*(loop() for _ in range(concurrency)))
     in_window = [
@@ -303,7 +311,13 @@ async def closed_loop(
 
 
 async def open_loop(
-    url: str, api_key: str, rate: float, seconds: float, warmup: float, seed: int
+    url: str,
+    api_key: str,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    seed: int,
+    priority: str | None = None,
 ) -> dict[str, Any]:
     """Poisson arrivals at ``rate`` a second for ``warmup + seconds``, each request on its own
     (no waiting for earlier answers); latency percentiles and throughput of the requests sent
@@ -314,7 +328,7 @@ async def open_loop(
 
         async def one(i: int, at: float) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
-            return {"offset_s": at, **(await _generate(client, seed * 10**6 + i))}
+            return {"offset_s": at, **(await _generate(client, seed * 10**6 + i, priority))}
 
         samples = await asyncio.gather(*(one(i, at) for i, at in enumerate(arrivals)))
     lo, hi = t0 + warmup, t0 + warmup + seconds

@@ -11,6 +11,10 @@
    capacity measured in that round (the first edition's): p50/p99 latency and throughput, step
    ÷ request. Rounds alternate the engines because these machines are shared and noisy; the
    summary gives every round and the medians.
+3. Mixed interactive + bulk, per engine in each round (``--mixed-seconds`` windows): bulk
+   alone (closed loop of batch-class requests), interactive alone (Poisson arrivals at
+   ``--interactive-rate``), then both at once → interactive p99 mixed ÷ alone and bulk
+   images/s mixed ÷ alone.
 
 Same tiny SD1.5-style model everywhere. The summary records each engine's worker
 ``max_ongoing_requests`` beside the slots the dispatcher's rule gives it
@@ -64,6 +68,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=4.0)
     ap.add_argument("--open-seconds", type=float, default=15.0, help="open-loop window per load")
     ap.add_argument("--loads", default="0.5,0.8,0.95", help="fractions of capacity")
+    ap.add_argument("--mixed-seconds", type=float, default=20.0, help="mixed part's windows")
+    ap.add_argument(
+        "--interactive-rate", type=float, default=2.0, help="mixed part: interactive arrivals/s"
+    )
     ap.add_argument(
         "--worker-cpus",
         type=int,
@@ -126,11 +134,51 @@ def measure_engine(
     for i, (load, rate) in enumerate(zip(loads, rates, strict=True)):
         run = asyncio.run(open_loop(url, API_KEY, rate, args.open_seconds, args.warmup, seed=i))
         opened.append({"load": load, **run})
+    mixed = measure_mixed(url, args, concurrency)
     delete_app()
     return {
         "max_ongoing_requests": plan_workers(catalog)[0].max_ongoing_requests,
         "closed": closed,
         "open": opened,
+        "mixed": mixed,
+    }
+
+
+def measure_mixed(url: str, args: argparse.Namespace, concurrency: int) -> dict[str, Any]:
+    """Bulk alone, interactive alone, then both at once on the deployed engine."""
+    secs, warm, rate = args.mixed_seconds, args.warmup, args.interactive_rate
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        bulk, inter = await asyncio.gather(
+            closed_loop(url, API_KEY, concurrency, secs, warm, priority="batch"),
+            open_loop(url, API_KEY, rate, secs, warm, seed=101, priority="interactive"),
+        )
+        return bulk, inter
+
+    bulk_alone = asyncio.run(closed_loop(url, API_KEY, concurrency, secs, warm, "batch"))
+    inter_alone = asyncio.run(open_loop(url, API_KEY, rate, secs, warm, 100, "interactive"))
+    bulk_mixed, inter_mixed = asyncio.run(both())
+    return {
+        "bulk_alone": bulk_alone,
+        "interactive_alone": inter_alone,
+        "bulk_mixed": bulk_mixed,
+        "interactive_mixed": inter_mixed,
+    }
+
+
+def mixed_figures(mixed: dict[str, Any]) -> dict[str, Any]:
+    """Interactive p99 with bulk ÷ alone, bulk img/s with interactive ÷ alone."""
+    ia, im = mixed["interactive_alone"], mixed["interactive_mixed"]
+    ba, bm = mixed["bulk_alone"], mixed["bulk_mixed"]
+    return {
+        "interactive_samples": [ia["sent"], im["sent"]],
+        "interactive_alone_p99_s": ia["p99_s"],
+        "interactive_mixed_p99_s": im["p99_s"],
+        "interactive_p99_mixed_over_alone": _ratio(im["p99_s"], ia["p99_s"]),
+        "bulk_alone_images_per_s": ba["images_per_s"],
+        "bulk_mixed_images_per_s": bm["images_per_s"],
+        "bulk_mixed_over_alone": _ratio(bm["images_per_s"], ba["images_per_s"]),
+        "errors": ia["errors"] + im["errors"] + ba["errors"] + bm["errors"],
     }
 
 
@@ -153,6 +201,7 @@ def engine_figures(run: dict[str, Any], same: float, best: float) -> dict[str, A
             | {"images_per_s": o["images_per_s"], "mean_batch_images": o["mean_batch_images"]}
             for o in run["open"]
         ],
+        "mixed": mixed_figures(run["mixed"]),
     }
 
 
@@ -184,6 +233,9 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         for e in ENGINES
         for k in ("images_per_s", "efficiency", "efficiency_vs_best_bare")
     }
+    for e in ENGINES:
+        for k in ("interactive_p99_mixed_over_alone", "bulk_mixed_over_alone"):
+            out[f"{e}_{k}"] = _median([r["engines"][e]["mixed"][k] for r in rounds])
     ratios = [r["step_over_request"] for r in rounds]
     out["step_over_request"] = {
         "capacity": _median([x["capacity"] for x in ratios]),
@@ -261,6 +313,9 @@ def raw_rows(
                         "rate": o["rate"],
                         **s,
                     }
+            for part, loop in run["mixed"].items():
+                for s in loop["samples"]:
+                    yield {"round": r, "side": engine, "phase": f"mixed:{part}", **s}
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -316,8 +371,33 @@ def report(summary: dict[str, Any]) -> None:
                     f"{o['images_per_s']:.2f}",
                     str(o["errors"]),
                 )
+    mixed = Table(
+        "round",
+        "engine",
+        "interactive p99 alone s",
+        "with bulk s",
+        "÷",
+        "bulk img/s alone",
+        "with interactive",
+        "÷",
+        title="mixed interactive + bulk",
+    )
+    for i, r in enumerate(summary["rounds"]):
+        for name, e in r["engines"].items():
+            x = e["mixed"]
+            mixed.add_row(
+                str(i + 1),
+                name,
+                _fmt(x["interactive_alone_p99_s"]),
+                _fmt(x["interactive_mixed_p99_s"]),
+                _fmt(x["interactive_p99_mixed_over_alone"]),
+                _fmt(x["bulk_alone_images_per_s"], ".2f"),
+                _fmt(x["bulk_mixed_images_per_s"], ".2f"),
+                _fmt(x["bulk_mixed_over_alone"]),
+            )
     console.print(closed)
     console.print(opened)
+    console.print(mixed)
     m = summary["median"]
     r = m["step_over_request"]
     console.print(
