@@ -12,7 +12,10 @@ the same trace runs twice, only ``SimConfig.engine`` differs:
   a batch-class call at a step boundary), the dispatcher's batch waits;
 - ``step``: the step engine (``loadtests/sim/step_worker.py``, driving the worker's own
   ``EnginePolicy``): calls join a running set at step boundaries, one step of ``n`` images costs
-  ``a·n + b`` from the profile, the dispatcher gives step replicas ``slots_per_replica`` slots.
+  ``a·n + b`` from the profile, the dispatcher gives step replicas ``slots_per_replica`` slots;
+  an interactive call joins a batch-class set only when its step there costs at most
+  ``--join-slowdown`` (``JOIN_SLOWDOWN``) times its step alone, else it preempts the set and
+  runs alone (``joins_running_set``).
 
 Reported per load and engine: goodput per GPU-hour (images of requests within their class SLO,
 completed in the middle 80 % of the arrival window, per provisioned GPU), interactive p50/p99 end
@@ -24,6 +27,7 @@ past saturation. The summary (``.json`` + ``.md`` + ``.png``) goes to
 ``loadtests/results/``, per-request samples (``.jsonl``) to ``loadtests/results/raw/``.
 
     python benchmarks/bench_sim_engine.py [--requests 100000] [--loads 950,1200,1400] [--gpus 1000]
+        [--join-slowdown 1.5]
 
 The simulated horizon is ``requests / load`` seconds per run (70 to 105 s at the defaults),
 so the whole run takes a few minutes on a 2-core machine.
@@ -43,6 +47,7 @@ import yaml
 from rich.console import Console
 from rich.progress import Progress
 
+from genmedia.deployments.worker.engine_policy import JOIN_SLOWDOWN
 from genmedia.loadtests.local import RAW, RESULTS, stamp
 from genmedia.loadtests.records import RequestRecord
 from genmedia.loadtests.sim.costs import load_profile
@@ -76,7 +81,17 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--gpus", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    return ap.parse_args()
+    ap.add_argument(
+        "--join-slowdown",
+        type=float,
+        default=JOIN_SLOWDOWN,
+        help="step engine: an interactive call joins a batch-class set only when its step there "
+        "costs at most this many times its step alone (default %(default)s)",
+    )
+    args = ap.parse_args()
+    if args.join_slowdown < 1.0:
+        ap.error(f"--join-slowdown must be at least 1.0, got {args.join_slowdown}")
+    return args
 
 
 def study_catalog() -> Catalog:
@@ -112,7 +127,9 @@ def first_step_wait_p99(records: list[RequestRecord]) -> float | None:
     return float(np.percentile(waits, 99)) if waits else None
 
 
-def one_run(catalog: Catalog, requests: list, gpus: int, engine: str) -> tuple[dict, list]:
+def one_run(
+    catalog: Catalog, requests: list, gpus: int, engine: str, join_slowdown: float
+) -> tuple[dict, list]:
     cfg = SimConfig(
         policy="priority",
         packing="fractional",
@@ -121,6 +138,7 @@ def one_run(catalog: Catalog, requests: list, gpus: int, engine: str) -> tuple[d
         engine="step" if engine == "step" else "request",
     )
     sim = Simulation(catalog, load_profile("gpu"), cfg)
+    sim.steps.join_slowdown = join_slowdown
     res = sim.run(requests)
     family_of = {m.id: m.family for m in catalog.models}
     m = measure(res.records, res.gpus, family_of)
@@ -140,7 +158,8 @@ def one_run(catalog: Catalog, requests: list, gpus: int, engine: str) -> tuple[d
     }
     if engine == "step":
         row["step_joins"] = sim.steps.joins  # calls that joined a running set
-        row["step_request_path"] = sim.steps.request_path  # calls of another key, alone
+        row["step_request_path"] = sim.steps.request_path  # calls not accepted, alone
+        row["step_kept_out"] = sim.steps.kept_out  # of those, interactive calls of the set's key
     return row, res.records
 
 
@@ -203,7 +222,7 @@ def run_all(args: argparse.Namespace, raw_path: Path) -> dict:
             runs = {}
             for engine in ENGINES:
                 progress.update(task, description=f"{load:g} req/s, {engine}")
-                row, records = one_run(catalog, requests, args.gpus, engine)
+                row, records = one_run(catalog, requests, args.gpus, engine, args.join_slowdown)
                 runs[engine] = row
                 for x in raw_rows(load, engine, records):
                     raw.write(json.dumps(x) + "\n")
@@ -221,6 +240,7 @@ def run_all(args: argparse.Namespace, raw_path: Path) -> dict:
         "requests_per_run": args.requests,
         "gpus": args.gpus,
         "seed": args.seed,
+        "join_slowdown": args.join_slowdown,
         "profile": "gpu",
         "catalog": str(CATALOG.relative_to(REPO)),
         "policy": "priority",
@@ -271,13 +291,15 @@ def markdown(summary: dict, wall_s: float, raw_path: Path, png: str) -> str:
         f"`benchmarks/bench_sim_engine.py`: GPU profile, `{summary['catalog']}` with every "
         f"model's SLO at interactive {SLO_S['interactive']:g} s / batch {SLO_S['batch']:g} s, "
         f"the policy study's Poisson mix ({summary['requests_per_run']:,} requests per run, "
-        f"seed {summary['seed']}), priority scheduler, fractional packing. Rates over "
+        f"seed {summary['seed']}), priority scheduler, fractional packing, step engine join "
+        f"slowdown bound {summary['join_slowdown']:g}. Rates over "
         f"{WINDOW[0]:.0%}-{WINDOW[1]:.0%} of the arrival window. Whole run {wall_s:.0f} s wall.",
         "",
         "| load (req/s) | horizon (s) | engine | goodput / GPU-hour | interactive p50 / p99 (s) "
         "| interactive p99 sd15 / sdxl / flux (s) | interactive wait to first step p99 (s) "
-        "| batch images/s | batch p99 (s) | preemptions | calls alone (step) | sim wall (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| batch images/s | batch p99 (s) | preemptions | calls alone (step) "
+        "| of them kept out by the join rule | sim wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in summary["loads"]:
         for engine in ENGINES:
@@ -290,7 +312,8 @@ def markdown(summary: dict, wall_s: float, raw_path: Path, png: str) -> str:
                 + " / ".join(_f(fam.get(f)) for f in ("sd15", "sdxl", "flux"))
                 + f" | {_f(r['interactive_first_step_wait_p99_s'])}"
                 f" | {r['batch_images_per_s']:.0f} | {_f(r['batch']['p99_s'], '.1f')} | "
-                f"{r['preemptions']} | {r.get('step_request_path', '-')} | {r['wall_s']:.1f} |"
+                f"{r['preemptions']} | {r.get('step_request_path', '-')} | "
+                f"{r.get('step_kept_out', '-')} | {r['wall_s']:.1f} |"
             )
     names = list(summary["loads"][0]["step_over_request"])
     lines += [

@@ -16,7 +16,16 @@ Join rule, at a step boundary, waiting members in (priority rank, arrival) order
 - the set's rows (outputs) stay within the per-model bound (``set_bound``: the catalog's
   ``max_batch_size`` within ``MAX_SET_ROWS``; the scheduler sizes a replica's slots from it);
 - the cost model (seconds per step ≈ a·n + b for n rows, fitted from the steps observed) does
-  not push an interactive member that would meet its deadline past it.
+  not push an interactive member that would meet its deadline past it (a member refused by
+  this check alone is listed in ``Boundary.deadline_refused``: it may join one step later).
+
+Entry rule, before a call becomes a member (``EnginePolicy.accepts``: ``StepLoop.accepts`` in
+the worker, ``StepWorkers.enter`` in the simulator): a call of another key than a running set
+takes the request path (the replica's ``StepGate``); an interactive call (rank 0) of the set's
+key joins only when ``joins_running_set`` says so: its step inside the set costs at most
+``JOIN_SLOWDOWN`` times its step alone, or the set holds an interactive member already (joining
+beats waiting for it to drain). Otherwise it takes the request path too: it preempts the
+batch-class set at its next step boundary and runs alone. Batch-class calls always join.
 
 Guidance scale, scheduler (sampler), step count, seed and prompt are per member and not part of
 the key: each member keeps its own sampler state and applies its own guidance.
@@ -34,6 +43,14 @@ from genmedia.models.params import GenerationJob
 COST_WINDOW = 64  # step observations kept per cost key
 COST_MIN_SPREAD = 2  # distinct batch sizes needed before the intercept b is fitted
 MAX_SET_ROWS = 64  # the engine's own bound on a running set's rows, whatever the catalog says
+# An interactive call joins a running batch-class set only when the cost model predicts its step
+# there, a·(n + r) + b for the set's n rows and its own r, costs at most this many times its step
+# alone, a·r + b; otherwise it preempts the set and runs alone (``joins_running_set``). 1.5 lets
+# it into a set where the fixed part b of a step dominates (SD1.5-like: a 1-row set when b ≈ 1.4 a)
+# and keeps it out of sets whose step time grows with their rows (SDXL, Flux). Simulated on 1,000
+# GPUs (benchmarks/bench_sim_engine.py, 2026-12-03): 1.2 decided as 1.5 did; 2.0 let SDXL and Flux
+# calls into 1-row sets and roughly doubled the interactive p99 at and past saturation.
+JOIN_SLOWDOWN = 1.5
 
 
 def set_bound(max_batch_size: int) -> int:
@@ -43,6 +60,30 @@ def set_bound(max_batch_size: int) -> int:
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
     return min(max_batch_size, MAX_SET_ROWS)
+
+
+def joins_running_set(
+    rank: int,
+    rows: int,
+    set_rows: int,
+    set_rank: int | None,
+    coefficients: tuple[float, float] | None,
+    slowdown: float = JOIN_SLOWDOWN,
+) -> bool:
+    """Whether a call of a running set's key joins the set (True) or takes the request path
+    (False: the replica's gate, where an interactive call preempts the set at its next step
+    boundary and runs alone). ``rank``/``rows``: the call's priority rank and rows;
+    ``set_rows``/``set_rank``: the running set's rows and best member rank (None: empty);
+    ``coefficients``: the set's cost model ``(a, b)``, None before a step was observed.
+
+    Batch-class calls, an empty set, a set holding an interactive member and an unknown cost
+    join; an interactive call otherwise joins when ``a·(n + r) + b <= slowdown · (a·r + b)``."""
+    if slowdown < 1.0:
+        raise ValueError(f"slowdown must be at least 1.0, got {slowdown}")
+    if rank != 0 or set_rank is None or set_rows == 0 or set_rank == 0 or coefficients is None:
+        return True
+    a, b = coefficients
+    return a * (set_rows + rows) + b <= slowdown * (a * rows + b)
 
 
 @dataclass(frozen=True)
@@ -166,13 +207,15 @@ class Boundary:
     joined: list[Member] = field(default_factory=list)  # entered the running set
     cancelled: list[Member] = field(default_factory=list)  # removed (running or waiting)
     refused: dict[str, str] = field(default_factory=dict)  # waiting member id -> why not now
+    deadline_refused: list[str] = field(default_factory=list)  # of those, by the deadline check
 
 
 class EnginePolicy:
     """The running set and the waiting members of one engine; see the module docstring.
 
     ``max_rows``: the per-model bound (catalog ``max_batch_size``), by model id, ``default_rows``
-    for the others; ``cost_prior``: ``(a, b)`` used before a step was observed."""
+    for the others; ``cost_prior``: ``(a, b)`` used before a step was observed;
+    ``join_slowdown``: the entry rule's bound (``JOIN_SLOWDOWN``)."""
 
     def __init__(
         self,
@@ -180,9 +223,13 @@ class EnginePolicy:
         *,
         default_rows: int = 4,
         cost_prior: tuple[float, float] | None = None,
+        join_slowdown: float = JOIN_SLOWDOWN,
     ) -> None:
         if default_rows < 1 or any(v < 1 for v in (max_rows or {}).values()):
             raise ValueError("a batch bound must be at least 1 row")
+        if join_slowdown < 1.0:
+            raise ValueError(f"join_slowdown must be at least 1.0, got {join_slowdown}")
+        self.join_slowdown = join_slowdown
         self.max_rows = dict(max_rows or {})
         self.default_rows = default_rows
         self.cost_prior = cost_prior
@@ -227,6 +274,19 @@ class EnginePolicy:
         member.cancelled = True
         return True
 
+    def accepts(self, key: CompatKey, rows: int, rank: int) -> bool:
+        """Whether a call becomes a member here (it waits for a step boundary) rather than
+        taking the request path through the replica's gate: the running set is empty, or of
+        its ``key`` and ``joins_running_set`` lets it join (see the module docstring)."""
+        own = self.key
+        if own is None:
+            return True
+        if key != own:
+            return False
+        set_rank = min(m.rank for m in self.running.values())
+        coefficients = self.cost(key).coefficients
+        return joins_running_set(rank, rows, self.rows, set_rank, coefficients, self.join_slowdown)
+
     def cost(self, key: CompatKey) -> StepCostModel:
         model = self.costs.get(key.cost_key)
         if model is None:
@@ -250,7 +310,11 @@ class EnginePolicy:
             if key is not None and cand.key != key:
                 out.refused[cand.id] = "incompatible with the running set"
                 break  # no overtaking: the set drains, then this key gets its turn
-            why = self._refusal(cand, now)
+            why = self._bound_refusal(cand)
+            if why is None:
+                why = self._deadline_refusal(cand, now)
+                if why is not None:
+                    out.deadline_refused.append(cand.id)
             if why is not None:
                 out.refused[cand.id] = why
                 continue
@@ -258,11 +322,16 @@ class EnginePolicy:
             out.joined.append(cand)
         return out
 
-    def _refusal(self, cand: Member, now: float) -> str | None:
-        """Why ``cand`` may not join the running set now (None: it may)."""
+    def _bound_refusal(self, cand: Member) -> str | None:
+        """Why ``cand`` does not fit the running set's row bound (None: it fits)."""
         bound = self.bound(cand.key.model_id)
         if self.rows + cand.rows > bound:
             return f"batch bound: {self.rows} + {cand.rows} rows > {bound}"
+        return None
+
+    def _deadline_refusal(self, cand: Member, now: float) -> str | None:
+        """Why ``cand`` joining would push a running interactive member that meets its
+        deadline past it, by the cost model (None: it would not, or the cost is unknown)."""
         if not self.running:
             return None
         model = self.cost(cand.key)
@@ -277,17 +346,24 @@ class EnginePolicy:
                 return f"would push {m.id!r} past its deadline"
         return None
 
-    def step_done(self, seconds: float) -> list[Member]:
-        """After one engine step over the running set: record its cost, advance every member;
-        returns those that finished (they left the set)."""
+    def step_done(self, seconds: float, steps: int = 1) -> list[Member]:
+        """After ``steps`` engine steps over the running set, each of ``seconds``: record
+        their cost, advance every member; returns those that finished (they left the set).
+        No member may have fewer than ``steps`` steps left (a segment ends where one does)."""
         if not self.running:
             return []
+        if steps < 1 or steps > min(m.left for m in self.running.values()):
+            raise ValueError(
+                f"steps must be within 1 and the fewest steps a member has left, got {steps}"
+            )
         key = self.key
         assert key is not None
-        self.cost(key).observe(self.rows, seconds)
+        model = self.cost(key)
+        for _ in range(min(steps, model.samples.maxlen or steps)):
+            model.observe(self.rows, seconds)
         finished = []
         for member in self.running.values():
-            member.done += 1
+            member.done += steps
             if member.left <= 0:
                 finished.append(member)
         for member in finished:

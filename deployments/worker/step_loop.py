@@ -89,15 +89,18 @@ class StepLoop:
         self._ticket: int | None = None
 
     def accepts(self, model: LoadedModel, req: BatchRequest) -> bool:
-        """Whether a call runs here: its jobs run step-level, and the running set is empty or
-        of its key (a stale answer only makes the call wait for the set to drain)."""
+        """Whether a call runs here: its jobs run step-level, and the policy accepts it (the
+        running set is empty, or of its key and, for an interactive call, the join rule lets it
+        in: ``EnginePolicy.accepts``). Otherwise it takes the gate (request path), where an
+        interactive call preempts the set at its next step boundary. A stale answer only makes
+        the call wait for the set to drain, or run alone."""
         from genmedia.models.step_engine import supports
 
         if not req.jobs or not all(supports(model, j) for j in req.jobs):
             return False
+        rows = sum(j.num_images for j in req.jobs)
         with self._cond:
-            key = self.policy.key
-        return key is None or key == compat_key(req.jobs[0])
+            return self.policy.accepts(compat_key(req.jobs[0]), rows, req.priority.rank)
 
     def submit(
         self,

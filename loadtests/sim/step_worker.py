@@ -2,14 +2,18 @@
 
 Mirrors ``deployments/worker/step_loop.py`` and drives the worker's own policy object
 (``deployments/worker/engine_policy.py``: ``EnginePolicy``, ``Member``, ``set_bound``; each
-request's ``compat_key`` is resolved in ``workload.py``). A call routed to a step replica whose
-running set is empty or of its key waits there as a member; at every step boundary
+request's ``compat_key`` is resolved in ``workload.py``). A call routed to a step replica that
+``EnginePolicy.accepts`` (as ``StepLoop.accepts``: the running set is empty, or of its key and
+``joins_running_set`` lets it in; an interactive call joins a batch-class set only when its step
+there costs at most ``join_slowdown`` times its step alone) waits there as a member; at every
+step boundary
 ``EnginePolicy.boundary`` lets members join (same key, no overtaking of an incompatible waiter,
 the per-model set bound, the deadline-aware cost check) and ``step_done`` advances the set,
 records the step's seconds in the policy's own ``a·n + b`` cost model and returns the members
 that finished: they decode on the set's time and leave (their outputs are stored after the
-gate, as a call's are). A call of another key takes the request path (``device.py``: the
-replica's gate, computed alone); while it waits the set takes no new members (``admit=False``:
+gate, as a call's are). A call the policy does not accept (another key, or an interactive call
+the join rule keeps out) takes the request path (``device.py``: the replica's gate, computed
+alone); while it waits the set takes no new members (``admit=False``:
 the set drains, then releases the gate), and when it ranks better than every member (an
 interactive call) the set pauses at its next step boundary, as ``StepGate.checkpoint`` does.
 
@@ -23,7 +27,8 @@ their VAE decode after their last step; both on the set's time, as the loop thre
 
 Like a call, a set runs between events, never one event per step: a segment starts at a
 boundary and runs ``min(steps left)`` steps, unless something waits for the next boundary (a new
-member, a gate waiter that ranks better, a member the deadline check refused: then one step).
+member, a gate waiter that ranks better, a member the deadline check refused,
+``Boundary.deadline_refused``: then one step).
 Not modelled: cancels (traces have none), adapter loads, the worker's ``supports`` (every job of
 a step family runs step-level). No Ray imports.
 """
@@ -32,7 +37,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from genmedia.deployments.worker.engine_policy import Boundary, EnginePolicy, Member, set_bound
+from genmedia.deployments.worker.engine_policy import (
+    JOIN_SLOWDOWN,
+    Boundary,
+    EnginePolicy,
+    Member,
+    set_bound,
+)
 from genmedia.loadtests.sim.cluster import Replica
 from genmedia.loadtests.sim.state import EPS, Call, Work
 
@@ -67,10 +78,12 @@ class SetRun(Work):
 class StepWorkers:
     """The step engines of a simulation's step replicas (see the module docstring)."""
 
-    def __init__(self, sim: Simulation):
+    def __init__(self, sim: Simulation, join_slowdown: float = JOIN_SLOWDOWN):
         self.sim = sim
+        self.join_slowdown = join_slowdown  # the policy's entry rule bound
         self.joins = 0  # calls that joined a running set
-        self.request_path = 0  # calls of another key, computed alone through the gate
+        self.request_path = 0  # calls not accepted, computed alone through the gate
+        self.kept_out = 0  # of those, interactive calls of the set's key (the join rule)
 
     def run_of(self, rep: Replica) -> SetRun:
         run = rep.set_run
@@ -78,19 +91,21 @@ class StepWorkers:
             bounds = {
                 m.id: set_bound(m.max_batch_size) for m in self.sim.catalog.families()[rep.family]
             }
-            run = rep.set_run = SetRun(rep, EnginePolicy(bounds))
+            policy = EnginePolicy(bounds, join_slowdown=self.join_slowdown)
+            run = rep.set_run = SetRun(rep, policy)
         return run
 
     def enter(self, rep: Replica, call: Call) -> None:
-        """A call routed to a step replica: a member of its set (``StepLoop.accepts``), or the
-        request path when the set runs another key."""
+        """A call routed to a step replica: a member of its set when the policy accepts it
+        (``StepLoop.accepts``), else the request path."""
         sim = self.sim
         run = self.run_of(rep)
         first = sim.reqs[int(call.jobs[0].id)]
         key = first.compat
         assert key is not None  # resolved for every valid request
-        if run.policy.key is not None and run.policy.key != key:
+        if not run.policy.accepts(key, call.images, call.priority):
             self.request_path += 1
+            self.kept_out += run.policy.key == key
             sim._gate_enter(rep, call)
             return
         deadline = None
@@ -163,10 +178,7 @@ class StepWorkers:
         for mid in run.joiners:
             run.calls[mid].first_step_at = first
         run.joiners = []
-        finished: list[Member] = []
-        for _ in range(steps):
-            finished += policy.step_done(run.step / run.rate)
-        return finished
+        return policy.step_done(run.step / run.rate, steps) if steps > 0 else []
 
     def _segment(self, run: SetRun, b: Boundary) -> float:
         """The next segment of a set after boundary ``b``: its work and priority (the best
@@ -183,7 +195,7 @@ class StepWorkers:
         rows = policy.rows
         left = min(m.left for m in members)
         # a member refused only by the deadline check may join one step later: stop there
-        steps = 1 if any("deadline" in why for why in b.refused.values()) else left
+        steps = 1 if b.deadline_refused else left
         ending = sum(m.rows for m in members if m.left == steps)
         run.pre = sum(run.calls[mid].pre for mid in run.joiners)
         run.step = (a * rows + b0) * k

@@ -1,16 +1,19 @@
 """The step engine's policy (``worker/engine_policy.py``): joins and leaves at every step
-position, cancel, incompatible members, the batch bound and the cost model, on a fake clock."""
+position, cancel, incompatible members, the batch bound, the cost model and the entry rule for
+interactive calls, on a fake clock."""
 
 from __future__ import annotations
 
 import pytest
 
 from genmedia.deployments.worker.engine_policy import (
+    JOIN_SLOWDOWN,
     CompatKey,
     EnginePolicy,
     Member,
     StepCostModel,
     compat_key,
+    joins_running_set,
 )
 from genmedia.models.params import GenerationJob, GenerationParams
 
@@ -148,6 +151,7 @@ def test_join_refused_when_it_breaks_an_interactive_deadline() -> None:
     policy.submit(_member("bulk"))
     b = policy.boundary(0.0)
     assert not b.joined and "past its deadline" in b.refused["bulk"]
+    assert b.deadline_refused == ["bulk"]
     # two steps later a has 2 left: 2 rows cost 4 s, 2 + 4 <= 5 fails ... still refused
     policy.step_done(1.0)
     assert "bulk" in policy.boundary(1.0).refused
@@ -208,3 +212,99 @@ def test_no_joins_while_draining() -> None:
     policy.submit(_member("b"))
     assert not policy.boundary(1.0, admit=False).joined
     assert [m.id for m in policy.boundary(1.0).joined] == ["b"]
+
+
+def test_deadline_refused_lists_only_the_deadline_check() -> None:
+    policy = EnginePolicy({"m": 2}, default_rows=8, cost_prior=(1.0, 0.0))
+    policy.submit(_member("a", rank=0, steps=4, deadline=5.0))
+    policy.boundary(0.0)
+    policy.submit(_member("big", rows=2))  # over the bound
+    policy.submit(_member("small"))  # fits, but breaks a's deadline
+    b = policy.boundary(0.0)
+    assert set(b.refused) == {"big", "small"} and b.deadline_refused == ["small"]
+
+
+# an SDXL-like step: the per-row part dominates (a = 1, b = 0.2); SD1.5-like: b = 1.4 a
+ROW_BOUND = (1.0, 0.2)
+FIXED_BOUND = (1.0, 1.4)
+
+
+@pytest.mark.parametrize(
+    ("rank", "rows", "set_rows", "set_rank", "ab", "joins"),
+    [
+        (1, 1, 8, 1, ROW_BOUND, True),  # batch class: always
+        (0, 1, 0, None, ROW_BOUND, True),  # empty set
+        (0, 1, 4, 1, None, True),  # no cost known yet: today's behaviour
+        (0, 1, 4, 0, ROW_BOUND, True),  # the set holds an interactive member
+        (0, 1, 4, 1, ROW_BOUND, False),  # 5.2 s vs 1.5 x 1.2 s alone
+        (0, 1, 1, 1, ROW_BOUND, False),  # 2.2 > 1.8
+        (0, 1, 1, 1, FIXED_BOUND, True),  # 3.4 <= 3.6
+        (0, 1, 2, 1, FIXED_BOUND, False),  # 4.4 > 3.6
+        (0, 4, 2, 1, FIXED_BOUND, True),  # 7.4 <= 8.1: a big call barely slows
+    ],
+)
+def test_joins_running_set(
+    rank: int,
+    rows: int,
+    set_rows: int,
+    set_rank: int | None,
+    ab: tuple[float, float] | None,
+    joins: bool,
+) -> None:
+    assert joins_running_set(rank, rows, set_rows, set_rank, ab) is joins
+
+
+def test_joins_running_set_follows_the_slowdown_bound() -> None:
+    assert JOIN_SLOWDOWN >= 1.0
+    # a·(n + r) + b <= s·(a·r + b): 1·(4 + 1) + 0.2 = 5.2 vs s·1.2
+    assert not joins_running_set(0, 1, 4, 1, ROW_BOUND, slowdown=4.0)
+    assert joins_running_set(0, 1, 4, 1, ROW_BOUND, slowdown=4.4)
+    with pytest.raises(ValueError, match=r"at least 1\.0"):
+        joins_running_set(0, 1, 4, 1, ROW_BOUND, slowdown=0.5)
+
+
+def test_accepts_keeps_an_interactive_call_out_of_a_slow_batch_set() -> None:
+    policy = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND)
+    other = CompatKey("m", (128, 128), (), "text-to-image", None, True)
+    assert policy.accepts(KEY, 1, 0)  # empty
+    policy.submit(_member("bulk", rows=4))
+    policy.boundary(0.0)
+    assert policy.accepts(KEY, 1, 1)  # batch class joins
+    assert not policy.accepts(KEY, 1, 0)  # would run at 5.2 / 1.2 = 4.3x: preempts instead
+    assert not policy.accepts(other, 1, 1)  # another key: the request path
+    assert EnginePolicy(default_rows=8, cost_prior=ROW_BOUND, join_slowdown=5.0).accepts(KEY, 1, 0)
+    with pytest.raises(ValueError, match="join_slowdown"):
+        EnginePolicy(join_slowdown=0.9)
+
+
+def test_accepts_an_interactive_call_into_a_set_holding_one() -> None:
+    policy = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND)
+    policy.submit(_member("bulk", rows=4))
+    policy.submit(_member("inter", rank=0))
+    policy.boundary(0.0)
+    assert policy.accepts(KEY, 1, 0)
+
+
+def test_accepts_uses_the_fitted_cost() -> None:
+    policy = EnginePolicy(default_rows=8)
+    policy.submit(_member("bulk", rows=2))
+    policy.boundary(0.0)
+    assert policy.accepts(KEY, 1, 0)  # nothing observed yet
+    policy.step_done(2.0)  # one size seen: 1 s per row, no intercept
+    assert not policy.accepts(KEY, 1, 0)  # 3 s vs 1.5 x 1 s
+
+
+def test_step_done_runs_several_steps_at_once() -> None:
+    one, many = EnginePolicy(default_rows=4), EnginePolicy(default_rows=4)
+    for policy in (one, many):
+        policy.submit(_member("a", steps=5))
+        policy.submit(_member("b", steps=3))
+        policy.boundary(0.0)
+    finished = []
+    for _ in range(3):
+        finished += one.step_done(0.5)
+    assert [m.id for m in many.step_done(0.5, steps=3)] == [m.id for m in finished] == ["b"]
+    assert many.running["a"].done == one.running["a"].done == 3
+    assert many.cost(KEY).samples == one.cost(KEY).samples
+    with pytest.raises(ValueError, match="fewest steps"):
+        many.step_done(0.5, steps=3)  # a has 2 left

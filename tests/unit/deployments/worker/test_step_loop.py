@@ -21,6 +21,7 @@ from genmedia.deployments.worker.batch import (
     run_batch_call,
     run_step_call,
 )
+from genmedia.deployments.worker.engine_policy import JOIN_SLOWDOWN, Member, compat_key
 from genmedia.deployments.worker.gate import Cancelled, StepGate
 from genmedia.deployments.worker.step_loop import StepLoop
 from genmedia.models import registry
@@ -209,3 +210,23 @@ def test_a_missing_input_fails_the_call_before_it_joins(model: LoadedModel, tmp_
     with pytest.raises(FileNotFoundError, match="input image of r1 is gone"):
         run_step_call(ctx, loop, model, _request("b1", [job]), threading.Event(), lambda e: None)
     assert loop.policy.idle and not loop.calls
+
+
+def test_an_interactive_call_takes_the_gate_rather_than_join_a_slow_batch_set(
+    model: LoadedModel, tmp_path: Path
+) -> None:
+    loop = StepLoop(_context(tmp_path))
+    policy = loop.policy
+    policy.max_rows["m"] = 8
+    policy.cost_prior = (1.0, 0.2)  # seconds per step: 1 per row + 0.2
+    inter = _request("b1", [_job(model, "r1")], "interactive")
+    key = compat_key(inter.jobs[0])
+    policy.submit(Member("bulk", key, 4, 1, 4))
+    policy.boundary(0.0)
+    # in the set its step costs 5.2 s, alone 1.2 s: above JOIN_SLOWDOWN, it preempts instead
+    assert JOIN_SLOWDOWN * 1.2 < 5.2
+    assert not loop.accepts(model, inter)
+    assert loop.accepts(model, _request("b2", [_job(model, "r2")]))  # batch class joins
+    policy.submit(Member("inter", key, 1, 0, 4))
+    policy.boundary(0.0)
+    assert loop.accepts(model, inter)  # the set holds an interactive member: joining beats waiting

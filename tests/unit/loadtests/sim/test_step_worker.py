@@ -98,9 +98,9 @@ def test_the_set_never_holds_more_rows_than_the_models_bound(monkeypatch):
     seen: list[int] = []
     step_done = EnginePolicy.step_done
 
-    def spy(self, seconds):
+    def spy(self, seconds, steps=1):
         seen.append(self.rows)
-        return step_done(self, seconds)
+        return step_done(self, seconds, steps)
 
     monkeypatch.setattr(EnginePolicy, "step_done", spy)
     res = run([req(0.0), req(0.0), req(0.0)], cat=catalog(max_batch=2))
@@ -171,3 +171,33 @@ def test_sets_of_replicas_packed_on_one_gpu_share_it_and_leave_it_idle():
     alone = simulate(cat, prof, prepare(trace, cat), SimConfig(
         engine="step", replicas={"sd15": 1, "sdxl": 1}, gpus=2, packing="dedicated"))  # fmt: skip
     assert res.sim_end_s > alone.sim_end_s
+
+
+def _slowdown_run(trace, join_slowdown):
+    cat = catalog()
+    prof = profile(step_fixed_s=0.2, step_per_image_s=1.0)  # the per-image part dominates
+    sim = Simulation(cat, prof, SimConfig(engine="step", replicas={"sd15": 1}, gpus=1))
+    sim.steps.join_slowdown = join_slowdown
+    return sim, sim.run(prepare(trace, cat))
+
+
+def test_an_interactive_call_that_would_run_much_slower_in_a_batch_set_runs_alone():
+    # A (batch) alone 0-4.8 teaches the policy 1.2 s per 1-row step (a = 1.2, b = 0). C (batch)
+    # starts at 5; B (interactive) at 6.5 would step at 2.4 s in C's set, 2x its 1.2 s alone,
+    # above the 1.5 bound: the request path, C pauses at its boundary at 7.4, B runs alone until
+    # 12.2, C's last two steps end at 14.6
+    trace = [req(0.0), req(5.0), req(6.5, priority="interactive")]
+    sim, res = _slowdown_run(trace, 1.5)
+    assert done(res) == pytest.approx([4.8, 14.6, 12.2])
+    assert sim.steps.kept_out == 1 and res.preemptions == 1
+    # a looser bound lets it join at 7.4: two steps at 2.2 s with C, then two alone: 14.2
+    sim, res = _slowdown_run(trace, 2.5)
+    assert done(res) == pytest.approx([4.8, 11.8, 14.2])
+    assert sim.steps.kept_out == 0 and res.preemptions == 0
+
+
+def test_an_interactive_call_joins_a_set_that_holds_one_whatever_the_cost():
+    trace = [req(0.0), req(5.0, priority="interactive"), req(6.5, priority="interactive")]
+    sim, res = _slowdown_run(trace, 1.5)
+    assert done(res) == pytest.approx([4.8, 11.8, 14.2])
+    assert sim.steps.kept_out == 0 and sim.steps.joins == 3
