@@ -5,8 +5,11 @@ First thing on a ``/v1`` request's way after the body-size limit: requests carry
 time on this replica; the others wait here, as idle coroutines, before any parsing or
 scheduler call. A burst of hundreds of submits or polls from one tenant then occupies a few of
 the event loop's turns at a time, and another tenant's interactive request is not queued behind
-all of them. Progress streams are long-lived and capped elsewhere (``intake/guard.py``), so
-they pass. Requests without a key pass too (they are refused at once by the key check).
+all of them. A request that goes on to wait for work done elsewhere (a sync generate waiting
+for its result, a long-poll) gives its slot back first (``intake/guard.py``:
+``leave_intake_slot``), so waiting requests never hold the key's intake. Progress streams are
+long-lived and capped elsewhere (``intake/guard.py``), so they pass. Requests without a key pass
+too (they are refused at once by the key check).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import asyncio
 import hashlib
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from genmedia.deployments.intake.guard import INFLIGHT_SLOT
 
 
 class InflightPerKey:
@@ -42,9 +47,23 @@ class InflightPerKey:
             return
         sem, users = self._slots.get(key) or (asyncio.Semaphore(self.limit), 0)
         self._slots[key] = (sem, users + 1)
+        held = False
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                sem.release()
+
         try:
-            async with sem:
+            await sem.acquire()
+            held = True
+            token = INFLIGHT_SLOT.set(release)
+            try:
                 await self.app(scope, receive, send)
+            finally:
+                INFLIGHT_SLOT.reset(token)
+                release()
         finally:
             sem, users = self._slots[key]
             if users <= 1:

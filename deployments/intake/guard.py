@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 from genmedia.deployments.errors import ApiError
 from genmedia.deployments.tenants.ratelimit import RateLimiter, retry_after_header
@@ -25,6 +26,18 @@ from genmedia.models.server_config import ServerSettings
 WRITE_COST = 1.0
 READ_COST = 0.2
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# This request's per-key intake slot (``api/inflight.py``): how to give it back early.
+INFLIGHT_SLOT: ContextVar[Callable[[], None] | None] = ContextVar("inflight_slot", default=None)
+
+
+def leave_intake_slot() -> None:
+    """Give back this request's per-key intake slot before it waits for work done elsewhere
+    (a sync generate waiting for its result, a long-poll): the slot bounds one key's intake
+    work on this replica, not its waiting requests, so a tenant's interactive request never
+    queues behind its own sync batch requests that wait for the workers."""
+    release = INFLIGHT_SLOT.get()
+    if release is not None:
+        release()
 
 
 class TenantGuard:

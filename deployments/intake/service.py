@@ -25,7 +25,7 @@ from genmedia.deployments.intake.adapter_sources import (
 from genmedia.deployments.intake.admin_calls import AdminCalls
 from genmedia.deployments.intake.coalesce import Coalescer
 from genmedia.deployments.intake.fetch import UrlFetcher
-from genmedia.deployments.intake.guard import TenantGuard
+from genmedia.deployments.intake.guard import TenantGuard, leave_intake_slot
 from genmedia.deployments.intake.headers import parse_deadline, parse_idempotency_key
 from genmedia.deployments.intake.input_calls import InputCalls
 from genmedia.deployments.intake.scheduler_client import SchedulerClient
@@ -381,6 +381,7 @@ class GatewayService(AdminCalls, InputCalls):
             tenant, model_id, req, sync=True, deadline=deadline, idempotency_key=idempotency_key
         )
         timeout = wait_s or self.catalog.server.request_timeout_s
+        leave_intake_slot()  # the gateway's work is done; the rest is waiting
         status = await self.call(self.scheduler.submit_and_wait(sub, timeout))
         await self.storage_guard.settle(sub, status)
         self._check_refused(sub, status)
@@ -430,6 +431,7 @@ class GatewayService(AdminCalls, InputCalls):
 
     async def wait(self, tenant: Tenant, job_id: str, wait_s: float) -> JobStatusView:
         """The job's status once it ends, or after ``wait_s`` (``Prefer: wait``)."""
+        leave_intake_slot()
         status = await self.call(self.scheduler.wait(job_id, tenant.id, wait_s))
         if status is None:
             raise _not_found(job_id)
