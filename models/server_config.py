@@ -203,8 +203,17 @@ class WorkerSettings(_Strict):
         description="How a replica runs its calls: 'request' runs each call the scheduler sent "
         "as one pipeline call, one after another; 'step' keeps a running set that compatible "
         "calls join and leave at denoising-step boundaries, one model forward per step for "
-        "all of them (sd15 and sdxl, text-to-image and image-to-image; other families and "
-        "tasks run as 'request').",
+        "all of them (sd15, sdxl and flux text-to-image and image-to-image, wan "
+        "text-to-video, stable-audio text-to-audio; other families and tasks run as "
+        "'request').",
+    )
+    pipeline_process: bool = Field(
+        default=True,
+        description="Run the replica's pipeline (models, step gate, calls, storing outputs) in "
+        "a child process of the replica, so the pipeline does not share its GIL with Ray "
+        "Serve's event loop and Ray's threads; a crash of that process fails its running "
+        "calls (their jobs are queued again) and a fresh one starts. false: the pipeline runs "
+        "in the replica's process.",
     )
 
     @model_validator(mode="after")

@@ -48,6 +48,7 @@ class WorkerPlan:
     max_replicas: int
     max_loaded_models: int
     engine: str = "request"  # the worker's engine: request-level batches or the step engine
+    pipeline_process: bool = True  # the pipeline in a child process of each replica
 
     def deployment_options(self, gpus_available: bool = True) -> dict:
         env = {k: str(self.torch_threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -96,6 +97,7 @@ def plan_workers(catalog: Catalog) -> list[WorkerPlan]:
                 max_replicas=ws.max_replicas,
                 max_loaded_models=ws.max_loaded_models,
                 engine=ws.engine,
+                pipeline_process=ws.pipeline_process,
             )
         )
     return plans
@@ -151,6 +153,7 @@ def build_app(
             plan.memory_gb,
             server_data,
             plan.engine,
+            plan.pipeline_process,
         )
     data = catalog.model_dump(mode="json", exclude={"source"})
     source = catalog.source or "<catalog>"

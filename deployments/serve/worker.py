@@ -10,7 +10,11 @@ stops the pipeline at the next step boundary; ``cancel_jobs`` names jobs of a ru
 were cancelled while the others go on (their outputs are not stored). Torch threads are sized
 from the replica's CPU share.
 The call itself (gate, adapters, progress, timings, result) is ``worker/batch.py``; this module
-holds the deployment, the multiplexed model cache and the Ray calls. Every model load is timed
+holds the deployment, the multiplexed model cache and the Ray calls. With
+``workers.<family>.pipeline_process`` the pipeline (models, gate, calls, storing outputs) runs in
+a child process of the replica on its own GIL (``worker/pipeline_process.py``) and the replica
+forwards its calls there; when that process dies its calls fail with ``PipelineLost`` (the
+scheduler queues their jobs again) and a fresh one starts. Every model load is timed
 (``worker/load_times.py``): the figures are in ``ready``/``info``, in ``metrics_text`` and in
 ``record_autoscaling_stats``, which feeds the autoscaling policy's cold-start figure.
 """
@@ -22,16 +26,16 @@ import contextlib
 import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
 
 from genmedia.deployments.protocol import (
     AdapterCheck,
@@ -47,19 +51,20 @@ from genmedia.deployments.worker.batch import (
     WorkerContext,
     run_batch_call,
     run_step_call,
-    torch_threads_for,
 )
 from genmedia.deployments.worker.gate import Cancelled, StepGate
 from genmedia.deployments.worker.load_times import LoadTimes
+from genmedia.deployments.worker.pipeline_messages import (
+    ModelLoaded,
+    PipelineConfig,
+    PipelineProcessLost,
+)
+from genmedia.deployments.worker.pipeline_process import PipelineProcess, setup_process
 from genmedia.deployments.worker.step_loop import StepLoop
 from genmedia.models.catalog import ModelEntry, ServerSettings
 
 logger = logging.getLogger("ray.serve")
 
-# The pipeline thread holds the GIL through the Python side of every op; other threads of the
-# replica (Serve's event loop, Ray's core worker) take it over every switch interval. A longer
-# interval lets the pipeline run in longer stretches; the event loop waits a little longer.
-GIL_SWITCH_INTERVAL_S = 0.02
 CONTROL_PLANE_NICENESS = 10  # added to the gateway's and the scheduler's niceness
 
 
@@ -71,23 +76,23 @@ def yield_cpu_to_workers() -> None:
         os.nice(CONTROL_PLANE_NICENESS)
 
 
-def _setup_process(num_cpus: float) -> int:
-    """Torch threads sized from the replica's CPU share, a longer GIL switch interval, no
-    progress bars; returns the torch intra-op threads."""
-    import torch
-    from diffusers.utils import logging as diffusers_logging
+class PipelineLost(RayActorError):
+    """The replica's pipeline process died while it ran the call (killed, crashed, out of
+    memory). A ``RayActorError``, as for a lost replica: the scheduler queues the call's jobs
+    again (``serve/scheduler_batches.py``). Neither ``ActorDiedError`` nor
+    ``ActorUnavailableError``: the replica itself is alive and Serve keeps routing to it."""
 
-    diffusers_logging.disable_progress_bar()
-    from genmedia.models.weights import genmedia_home
+    def __init__(self, message: str) -> None:
+        super().__init__(error_msg=message)
 
-    # torch.compile's caches where every replica of the host (and a volume) finds them
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(genmedia_home() / "inductor"))
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    threads = torch_threads_for(num_cpus)
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):  # already set in this process
-        torch.set_num_interop_threads(1)
-    return threads
+
+@dataclasses.dataclass
+class ChildModel:
+    """A model loaded in the replica's pipeline process: the replica holds its figures only."""
+
+    model_id: str
+    load_s: float = 0.0
+    load_phases: dict = dataclasses.field(default_factory=dict)
 
 
 def _assigned_gpu_share() -> float:
@@ -109,45 +114,35 @@ class FamilyWorker:
         memory_gb: float | None,
         server: dict,
         engine: str = "request",
+        pipeline_process: bool = False,
     ):
-        threads = _setup_process(num_cpus)
         self.family = family
         self.entries = {e["id"]: ModelEntry.model_validate(e) for e in entries}
         self.weights = weights
-        self.threads = threads
-        from genmedia.models.runner import cap_gpu_memory, pick_device
-
-        self.device = pick_device()
-        # Ray's GPU fractions are bookkeeping only: cap this process at its share.
-        cap_gpu_memory(_assigned_gpu_share(), memory_gb)
-        settings = ServerSettings.model_validate(server)
         replica_ctx = serve.get_replica_context()
         self.replica = replica_ctx.replica_id.unique_id if replica_ctx else f"pid{os.getpid()}"
-        self.gate = StepGate()
-        # what every batch call of this replica shares (``worker/batch.py``)
-        self.ctx = WorkerContext(
-            gate=self.gate,
-            storage=make_storage(settings.storage, Path),  # paths already absolute
-            device=self.device,
-            threads=threads,
-            replica=self.replica,
-            adapter_files=AdapterFiles(settings.max_adapter_bytes),
-        )
-        # ``engine: step``: calls the family's step engine runs join one running set
-        self.step_loop = StepLoop(self.ctx) if engine == "step" else None
-        self.executor = ThreadPoolExecutor(
-            # one thread per call in flight (a step call waits on one) plus model loads
-            max_workers=slots_per_replica(
-                engine, max(e.max_batch_size for e in self.entries.values())
-            )
-            + 2,
-            thread_name_prefix="pipeline",
-        )
+        # one call in flight per slot (a step call waits on one)
+        max_calls = slots_per_replica(engine, max(e.max_batch_size for e in self.entries.values()))
         self.running: dict[str, str] = {}  # batch id -> priority
         self.models: OrderedDict[str, Any] = OrderedDict()  # base pipelines (LoadedModel), LRU
         self.max_loaded_models = max_loaded_models
         self._loading: dict[str, asyncio.Task] = {}
         self.load_times = LoadTimes(family)  # measured per model, reported to the autoscaler
+        self.pipeline: PipelineProcess | None = None
+        self.gate: StepGate | None = None
+        self.ctx: WorkerContext | None = None
+        self.step_loop: StepLoop | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        if pipeline_process:
+            config = PipelineConfig(
+                family, entries, weights, num_cpus, max_loaded_models, memory_gb,
+                _assigned_gpu_share(), server, engine, self.replica, max_calls,
+            )  # fmt: skip
+            self.pipeline = PipelineProcess(config, on_loaded=self._loaded_in_child)
+            ready = await self.pipeline.start()
+            self.device, self.threads = ready.device, ready.threads
+        else:
+            self._start_here(num_cpus, memory_gb, server, engine, max_calls)
 
         async def _load(mux_id: str):
             # "<model>" or "<model>@<adapter ids>": Serve routes a batch to replicas that hold
@@ -163,12 +158,46 @@ class FamilyWorker:
         for model_id in list(self.entries)[:max_loaded_models]:
             await self._get_model(model_id)
         logger.info(
-            "%s worker %s ready on %s with %d torch threads",
+            "%s worker %s ready on %s with %d torch threads%s",
             family,
             self.replica,
             self.device,
-            threads,
+            self.threads,
+            f" (pipeline process {self.pipeline.pid})" if self.pipeline is not None else "",
         )
+
+    def _start_here(
+        self, num_cpus: float, memory_gb: float | None, server: dict, engine: str, max_calls: int
+    ) -> None:
+        """The pipeline in this process: torch threads, device, memory cap, the context."""
+        self.threads = setup_process(num_cpus)
+        from genmedia.models.runner import cap_gpu_memory, pick_device
+
+        self.device = pick_device()
+        # Ray's GPU fractions are bookkeeping only: cap this process at its share.
+        cap_gpu_memory(_assigned_gpu_share(), memory_gb)
+        settings = ServerSettings.model_validate(server)
+        self.gate = StepGate()
+        # what every batch call of this replica shares (``worker/batch.py``)
+        self.ctx = WorkerContext(
+            gate=self.gate,
+            storage=make_storage(settings.storage, Path),  # paths already absolute
+            device=self.device,
+            threads=self.threads,
+            replica=self.replica,
+            adapter_files=AdapterFiles(settings.max_adapter_bytes),
+        )
+        # ``engine: step``: calls the family's step engine runs join one running set
+        self.step_loop = StepLoop(self.ctx) if engine == "step" else None
+        self.executor = ThreadPoolExecutor(
+            max_workers=max_calls + 2,  # plus model loads
+            thread_name_prefix="pipeline",
+        )
+
+    def __del__(self) -> None:
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            pipeline.close()
 
     async def _base_model(self, model_id: str):
         """The loaded pipeline of a model (loading it once; least recently used evicted)."""
@@ -188,6 +217,9 @@ class FamilyWorker:
         return model
 
     async def _load_model(self, model_id: str):
+        if self.pipeline is not None:  # its load time arrives through ``_loaded_in_child``
+            answer = await self.pipeline.load(model_id)
+            return ChildModel(model_id, answer.load_s, dict(answer.load_phases))
         from genmedia.models.runner import load_model
         from genmedia.models.weights import resolve_source
 
@@ -202,32 +234,73 @@ class FamilyWorker:
         logger.info("loaded %s in %.2fs %s", model_id, model.load_s, model.load_phases)
         return model
 
-    async def run_batch(self, req: BatchRequest) -> AsyncIterator[ProgressEvent | WorkerResult]:
+    def _loaded_in_child(self, msg: ModelLoaded) -> None:
+        """A load in the pipeline process (on request, or on a call after a restart)."""
+        self.load_times.record(msg.model_id, ChildModel(msg.model_id, msg.load_s, msg.load_phases))
+        logger.info("loaded %s in %.2fs %s", msg.model_id, msg.load_s, msg.load_phases)
+
+    async def run_batch(
+        self, req: BatchRequest
+    ) -> AsyncGenerator[ProgressEvent | WorkerResult, None]:
         """Run one batch; yields progress events, then the result (streaming call)."""
         if req.model_id not in self.entries:
             raise KeyError(f"model {req.model_id!r} is not served by the {self.family} worker")
-        loop = asyncio.get_running_loop()
         load_start = time.perf_counter()
         model = await self._get_model(req.multiplex_id)
         load_s = time.perf_counter() - load_start
         if load_s >= 0.05:  # a line for the jobs' logs (``?logs=1``); a loaded model takes ~0
             steps = req.jobs[0].params.num_inference_steps
             yield ProgressEvent(0, steps, log=f"model {req.model_id} loaded in {load_s:.2f}s")
+        if self.pipeline is not None:
+            calls = self._run_in_child(self.pipeline, req, load_s)
+        else:
+            calls = self._run_here(model, req, load_s)
+        self.running[req.batch_id] = req.priority
+        try:
+            async with contextlib.aclosing(calls) as stream:
+                async for item in stream:
+                    yield item
+        except Cancelled:
+            raise RuntimeError("cancelled") from None
+        finally:
+            self.running.pop(req.batch_id, None)
+
+    async def _run_in_child(
+        self, pipeline: PipelineProcess, req: BatchRequest, load_s: float
+    ) -> AsyncGenerator[ProgressEvent | WorkerResult, None]:
+        """The call in the pipeline process; its death fails the call with ``PipelineLost``."""
+        try:
+            async with contextlib.aclosing(pipeline.run(req)) as stream:
+                async for item in stream:
+                    if isinstance(item, WorkerResult):  # the child's load (after a restart) too
+                        timings = item.timings
+                        timings = dataclasses.replace(timings, load_s=load_s + timings.load_s)
+                        item = dataclasses.replace(item, timings=timings)
+                    yield item
+        except PipelineProcessLost as e:
+            raise PipelineLost(str(e)) from None
+
+    async def _run_here(
+        self, model: Any, req: BatchRequest, load_s: float
+    ) -> AsyncGenerator[ProgressEvent | WorkerResult, None]:
+        """The call on a thread of this process."""
+        ctx = self.ctx
+        assert ctx is not None
+        loop = asyncio.get_running_loop()
         events: asyncio.Queue[ProgressEvent] = asyncio.Queue()
         cancel = threading.Event()
 
         def emit(event: ProgressEvent) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        self.running[req.batch_id] = req.priority
-        self.ctx.cancelled_jobs[req.batch_id] = set()
+        ctx.cancelled_jobs[req.batch_id] = set()
         if self.step_loop is not None and self.step_loop.accepts(model, req):
             future = loop.run_in_executor(
-                self.executor, run_step_call, self.ctx, self.step_loop, model, req, cancel, emit
+                self.executor, run_step_call, ctx, self.step_loop, model, req, cancel, emit
             )
         else:
             future = loop.run_in_executor(
-                self.executor, run_batch_call, self.ctx, model, req, cancel, emit
+                self.executor, run_batch_call, ctx, model, req, cancel, emit
             )
         try:
             while True:
@@ -247,11 +320,8 @@ class FamilyWorker:
         except (asyncio.CancelledError, GeneratorExit):
             cancel.set()  # the thread stops at its next step boundary
             raise
-        except Cancelled:
-            raise RuntimeError("cancelled") from None
         finally:
-            self.running.pop(req.batch_id, None)
-            self.ctx.cancelled_jobs.pop(req.batch_id, None)
+            ctx.cancelled_jobs.pop(req.batch_id, None)
             if not future.done():
                 cancel.set()
 
@@ -259,18 +329,35 @@ class FamilyWorker:
         """Jobs of a running batch the scheduler cancelled: the batch goes on for the others,
         their outputs are not stored. False when the batch does not run on this replica (the
         scheduler then deletes whatever was stored)."""
+        if self.pipeline is not None:
+            if batch_id not in self.running:
+                return False
+            self.pipeline.cancel_jobs(batch_id, job_ids)
+            return True
+        assert self.ctx is not None
         cancelled = self.ctx.cancelled_jobs.get(batch_id)
         if cancelled is None:
             return False
         cancelled.update(job_ids)
         return True
 
+    async def _holdings(self) -> tuple[list[str], dict[str, list[str]], int, float]:
+        """Loaded models, their adapters, the step gate's preemptions and busy seconds."""
+        if self.pipeline is None:
+            assert self.gate is not None
+            adapters = {m: list(model.adapters.loaded) for m, model in self.models.items()}
+            return list(self.models), adapters, self.gate.preemptions, self.gate.busy_s
+        info = await self.pipeline.info()
+        if info is None:  # starting again after a crash, or busy: what it last said
+            return list(self.pipeline.loaded), {}, 0, 0.0
+        return info.loaded, info.adapters, info.preemptions, info.busy_s
+
     async def ready(self) -> dict:
         """Loaded models of this replica (readiness probe of the gateway)."""
-        adapters = {m: list(model.adapters.loaded) for m, model in self.models.items()}
+        loaded, adapters, _, _ = await self._holdings()
         return {
             "replica": self.replica,
-            "loaded": list(self.models),
+            "loaded": loaded,
             "adapters": adapters,
             "running": len(self.running),
             "load_s": self.load_times.seconds(),
@@ -291,6 +378,9 @@ class FamilyWorker:
         from genmedia.models.lora import AdapterError, check_adapter
 
         model = await self._base_model(model_id)
+        if self.pipeline is not None:
+            return await self.pipeline.check_adapter(model_id, source, max_bytes)
+        assert self.ctx is not None
 
         def _check():
             return check_adapter(
@@ -312,8 +402,14 @@ class FamilyWorker:
         """Where this replica runs and what it holds (for ``genmedia status`` and tests)."""
         import ray
 
+        loaded, adapters, preemptions, busy_s = await self._holdings()
+        pipeline = self.pipeline
         return {
-            **(await self.ready()),
+            "replica": self.replica,
+            "loaded": loaded,
+            "adapters": adapters,
+            "running": len(self.running),
+            "load_s": self.load_times.seconds(),
             "family": self.family,
             "device": self.device,
             "torch_threads": self.threads,
@@ -322,8 +418,10 @@ class FamilyWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
-            "preemptions": self.gate.preemptions,
-            "busy_s": self.gate.busy_s,
+            "pipeline_pid": pipeline.pid if pipeline is not None else None,
+            "pipeline_restarts": pipeline.restarts if pipeline is not None else 0,
+            "preemptions": preemptions,
+            "busy_s": busy_s,
             "load_times": self.load_times.info(),
         }
 
