@@ -84,18 +84,38 @@ def rate_calls(bulk_items: int, job_ids: list[str]) -> dict[str, Callable[..., A
     return {"echo": echo, "submit": submit, "status": status, "bulk": bulk}
 
 
-async def interactive(url: str, samples: int, out: list[float]) -> None:
+async def interactive(
+    url: str, samples: int, out: list[float], ways: list[dict[str, Any]] | None = None
+) -> None:
     """``samples`` sync interactive requests, one every 0.5 s (open loop)."""
     async with httpx.AsyncClient(base_url=url, timeout=120.0, headers=auth(WEB)) as c:
 
         async def one(k: int) -> None:
             await asyncio.sleep(0.5 * k)
-            t0 = time.perf_counter()
+            t0, sent = time.perf_counter(), time.time()
             r = await c.post(f"/v1/models/{MODEL}/generate", json={"prompt": "now", "seed": k})
             if r.status_code == 200:
                 out.append(time.perf_counter() - t0)
+                if ways is not None:
+                    ways.append(request_way(r.json(), sent, time.time()))
 
         await asyncio.gather(*(one(k) for k in range(samples)))
+
+
+def request_way(body: dict[str, Any], sent: float, answered: float) -> dict[str, Any]:
+    """Where an interactive request's time went, from its job log (unix times): before the
+    scheduler queued it (HTTP, gateway, admission), queued to finished, finished to the answer
+    (result back through the gateway and proxy)."""
+    logs = body.get("logs") or []
+    if not logs:
+        return {"latency_s": answered - sent}
+    first, last = logs[0]["t"], logs[-1]["t"]
+    return {
+        "latency_s": answered - sent,
+        "to_queued_s": first - sent,
+        "queued_to_finished_s": last - first,
+        "finished_to_answer_s": answered - last,
+    }
 
 
 async def bursts(url: str, until: asyncio.Event, log: list[dict]) -> None:
@@ -145,15 +165,16 @@ async def bursts(url: str, until: asyncio.Event, log: list[dict]) -> None:
 
 async def burst_phase(url: str, samples: int) -> dict[str, Any]:
     idle: list[float] = []
-    await interactive(url, samples, idle)
+    ways: dict[str, list[dict[str, Any]]] = {"idle": [], "burst": []}
+    await interactive(url, samples, idle, ways["idle"])
     loaded: list[float] = []
     until, log = asyncio.Event(), []
     flood = asyncio.create_task(bursts(url, until, log))
     await asyncio.sleep(1.0)  # the first burst is arriving
-    await interactive(url, samples, loaded)
+    await interactive(url, samples, loaded, ways["burst"])
     until.set()
     await flood
-    return {"idle_s": idle, "burst_s": loaded, "bursts": log}
+    return {"idle_s": idle, "burst_s": loaded, "bursts": log, "ways": ways}
 
 
 def hostile_bodies() -> list[tuple[str, bytes]]:
@@ -302,6 +323,14 @@ def rates_summary(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def slowest_way(ways: list[dict[str, Any]]) -> dict[str, float]:
+    """Where the slowest tenth of the interactive requests under bursts spent their time
+    (means, seconds)."""
+    slow = sorted(ways, key=lambda w: w["latency_s"])[-max(1, len(ways) // 10) :]
+    keys = ("latency_s", "to_queued_s", "queued_to_finished_s", "finished_to_answer_s")
+    return {k: round(sum(w.get(k, 0.0) for w in slow) / len(slow), 4) for k in keys} if slow else {}
+
+
 def burst_summary(burst: dict[str, Any]) -> dict[str, Any]:
     idle_p99 = percentile(sorted(burst["idle_s"]), 99)
     burst_p99 = percentile(sorted(burst["burst_s"]), 99)
@@ -310,6 +339,7 @@ def burst_summary(burst: dict[str, Any]) -> dict[str, Any]:
         "interactive_burst_p99_s": round(burst_p99, 4),
         "interactive_p99_burst_over_idle": round(burst_p99 / idle_p99, 3),
         "interactive_samples": [len(burst["idle_s"]), len(burst["burst_s"])],
+        "interactive_burst_slowest_way_s": slowest_way(burst["ways"]["burst"]),
         "bursts": burst["bursts"],
     }
 
@@ -357,6 +387,8 @@ def main() -> None:
     if "burst" in raw:
         burst = raw["burst"]
         rows += [{"part": "burst", "idle_s": burst["idle_s"], "burst_s": burst["burst_s"]}]
+        ways = burst["ways"].items()
+        rows += [{"part": "burst-way", "phase": k, **w} for k, v in ways for w in v]
     if "hostile" in raw:
         rows += [{"part": "hostile", **raw["hostile"]}]
     summary_path, raw_path = save(f"bench_intake-{stamp()}", summary, rows)

@@ -144,6 +144,8 @@ class Scheduler(LeaseHolder, BatchRunner):
         self.estimator = self.dispatcher.estimator
         self.contention = ContentionTracker()  # replicas slowing each other: for the autoscaler
         self.progress: dict[str, tuple[int, int]] = {}
+        # each running job's latest preview: a stream opened mid-job starts with it
+        self.latest_preview: dict[str, Preview] = {}
         self.logs = JobLogs(self.clock)  # per-job log lines (``scheduler/joblogs.py``)
         # batch id -> (job ids, the worker call's stream)
         self.batches: dict[str, tuple[list[str], DeploymentResponseGenerator]] = {}
@@ -373,6 +375,9 @@ class Scheduler(LeaseHolder, BatchRunner):
             status = await self.status(job_id, tenant)
             if status is None:
                 return
+            latest = self.latest_preview.get(job_id)
+            if latest is not None and status.status == JobStatus.IN_PROGRESS:
+                status = replace(status, preview=latest)
             yield status
             while status.status not in TERMINAL:
                 try:
@@ -511,6 +516,7 @@ class Scheduler(LeaseHolder, BatchRunner):
         )
         for rec in moved:
             self.progress.pop(rec.id, None)
+            self.latest_preview.pop(rec.id, None)
             if to != JobStatus.COMPLETED:  # a completed job's lines went with its result
                 why = f": {rec.error_type}" if rec.error_type else ""
                 self.logs.finish(rec.id, f"{str(to).lower()}{why}", keep=True)

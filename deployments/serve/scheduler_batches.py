@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from genmedia.deployments.metrics import SchedulerMetrics
 from genmedia.deployments.protocol import (
     BatchRequest,
+    Preview,
     PriorityClass,
     ProgressEvent,
     WorkerResult,
@@ -67,6 +68,7 @@ class BatchRunner:
     logs: JobLogs
     family_of: dict[str, str]
     progress: dict[str, tuple[int, int]]
+    latest_preview: dict[str, Preview]
     batches: dict[str, tuple[list[str], DeploymentResponseGenerator]]
     _wakeup: asyncio.Event
     _outputs: Storage
@@ -196,6 +198,7 @@ class BatchRunner:
             self.dispatcher.finished(batch_id)
             for jid in ids:
                 self.progress.pop(jid, None)
+                self.latest_preview.pop(jid, None)
             self._wakeup.set()
 
     def _progress(self, ids: list[str], event: ProgressEvent) -> None:
@@ -207,7 +210,10 @@ class BatchRunner:
                 self.progress[jid] = (event.step, event.total)
             if event.log:
                 self.logs.add(jid, event.log)
-            self._notify(jid, event.previews.get(jid))
+            preview = event.previews.get(jid)
+            if preview is not None:
+                self.latest_preview[jid] = preview
+            self._notify(jid, preview)
 
     def _complete(self, recs: list[JobRecord], result: WorkerResult) -> None:
         """Store every job's result and usage (one write), then feed the estimator and the

@@ -1,5 +1,5 @@
 """Live previews, logs and signed output URLs on a real local Ray Serve (tiny SD1.5, 64x64,
-6 steps): previews arrive on the stream as PNGs before the result, ``?logs=1`` shows the job's
+50 steps): previews arrive on the stream as PNGs before the result, ``?logs=1`` shows the job's
 log lines, and an output URL is read without the API key."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from PIL import Image
 pytestmark = pytest.mark.integration
 
 
-def test_previews_arrive_before_the_result_and_logs_are_kept(http, base_url):
+def _streamed(http, seed: int) -> tuple[str, list[dict]]:
+    """A 50-step job with previews, and the events of its stream opened right after."""
     r = http.post(
         "/v1/queue/models/sd15-tiny",
-        json={"prompt": "a lighthouse", "num_inference_steps": 6, "seed": 5, "preview": True},
+        json={"prompt": "a lighthouse", "num_inference_steps": 50, "seed": seed, "preview": True},
     )
     assert r.status_code == 202, r.text
     rid = r.json()["request_id"]
@@ -27,13 +28,24 @@ def test_previews_arrive_before_the_result_and_logs_are_kept(http, base_url):
         for line in s.iter_lines():
             if line.startswith("data: "):
                 events.append(json.loads(line[6:]))
+    return rid, events
+
+
+def test_previews_arrive_before_the_result_and_logs_are_kept(http, base_url):
+    """A stream open while the job runs gets previews (the latest one at once when it opens
+    mid-job). A job can end before its stream opens on a busy machine (its first event is then
+    the result): that one is submitted again, at most three times."""
+    for seed in range(5, 8):
+        rid, events = _streamed(http, seed)
+        if events[0]["status"] != "COMPLETED":
+            break
     assert events[-1]["status"] == "COMPLETED"
     previews = [e["preview"] for e in events if "preview" in e]
     assert previews, [e.get("progress") for e in events]
     for p in previews:
         with Image.open(io.BytesIO(base64.b64decode(p["png_base64"]))) as img:
             assert img.format == "PNG" and img.size == (p["width"], p["height"])
-            assert max(img.size) <= 64 and 1 <= p["step"] <= 6
+            assert max(img.size) <= 64 and 1 <= p["step"] <= 50
     assert "logs" in events[-1]
 
     status = http.get(f"/v1/queue/requests/{rid}/status?logs=1").json()

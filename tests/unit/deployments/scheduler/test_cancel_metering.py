@@ -51,6 +51,7 @@ def bare_scheduler(tmp_path: Path) -> Scheduler:
     s.store = sqlite_store(tmp_path / "jobs.sqlite")
     s.metrics = SchedulerMetrics()
     s.progress = {}
+    s.latest_preview = {}
     s.watchers = defaultdict(list)
     s.done = {}
     s.batches = {}
