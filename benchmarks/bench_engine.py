@@ -424,7 +424,10 @@ def main() -> None:
     bare: dict[int, list[dict[str, Any]]] = {}
     measure_bare_runs(args, model, worker_threads, bare)
     runs: list[dict[str, dict[str, Any]]] = []
-    with ray_stack(num_cpus=2, num_gpus=1) as url, Progress(console=console) as progress:
+    # Ray's logical CPUs: the worker's plus one for the control plane (gateway, scheduler), so
+    # a worker given the whole machine (``--worker-cpus`` = cores) can still be scheduled
+    cpus = max(os.cpu_count() or 2, args.worker_cpus + 1)
+    with ray_stack(num_cpus=cpus, num_gpus=1) as url, Progress(console=console) as progress:
         task = progress.add_task("rounds", total=args.rounds * len(ENGINES))
         for r in range(args.rounds):
             by_engine: dict[str, dict[str, Any]] = {}
