@@ -31,7 +31,6 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -45,12 +44,8 @@ from genmedia.deployments.protocol import (
     WorkerResult,
 )
 from genmedia.deployments.scheduler.dispatcher import slots_per_replica
-from genmedia.deployments.store.storage import make_storage
 from genmedia.deployments.worker.batch import (
-    AdapterFiles,
     WorkerContext,
-    run_batch_call,
-    run_step_call,
 )
 from genmedia.deployments.worker.gate import Cancelled, StepGate
 from genmedia.deployments.worker.load_times import LoadTimes
@@ -59,9 +54,13 @@ from genmedia.deployments.worker.pipeline_messages import (
     PipelineConfig,
     PipelineProcessLost,
 )
-from genmedia.deployments.worker.pipeline_process import PipelineProcess, setup_process
+from genmedia.deployments.worker.pipeline_process import (
+    PipelineProcess,
+    run_call,
+    start_pipeline,
+)
 from genmedia.deployments.worker.step_loop import StepLoop
-from genmedia.models.catalog import ModelEntry, ServerSettings
+from genmedia.models.catalog import ModelEntry
 
 logger = logging.getLogger("ray.serve")
 
@@ -170,29 +169,11 @@ class FamilyWorker:
         self, num_cpus: float, memory_gb: float | None, server: dict, engine: str, max_calls: int
     ) -> None:
         """The pipeline in this process: torch threads, device, memory cap, the context."""
-        self.threads = setup_process(num_cpus)
-        from genmedia.models.runner import cap_gpu_memory, pick_device
-
-        self.device = pick_device()
-        # Ray's GPU fractions are bookkeeping only: cap this process at its share.
-        cap_gpu_memory(_assigned_gpu_share(), memory_gb)
-        settings = ServerSettings.model_validate(server)
-        self.gate = StepGate()
-        # what every batch call of this replica shares (``worker/batch.py``)
-        self.ctx = WorkerContext(
-            gate=self.gate,
-            storage=make_storage(settings.storage, Path),  # paths already absolute
-            device=self.device,
-            threads=self.threads,
-            replica=self.replica,
-            adapter_files=AdapterFiles(settings.max_adapter_bytes),
+        gpu_share = _assigned_gpu_share()
+        self.ctx, self.step_loop, self.executor = start_pipeline(
+            num_cpus, memory_gb, gpu_share, server, engine, self.replica, max_calls
         )
-        # ``engine: step``: calls the family's step engine runs join one running set
-        self.step_loop = StepLoop(self.ctx) if engine == "step" else None
-        self.executor = ThreadPoolExecutor(
-            max_workers=max_calls + 2,  # plus model loads
-            thread_name_prefix="pipeline",
-        )
+        self.gate, self.device, self.threads = self.ctx.gate, self.ctx.device, self.ctx.threads
 
     def __del__(self) -> None:
         pipeline = getattr(self, "pipeline", None)
@@ -294,14 +275,9 @@ class FamilyWorker:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         ctx.cancelled_jobs[req.batch_id] = set()
-        if self.step_loop is not None and self.step_loop.accepts(model, req):
-            future = loop.run_in_executor(
-                self.executor, run_step_call, ctx, self.step_loop, model, req, cancel, emit
-            )
-        else:
-            future = loop.run_in_executor(
-                self.executor, run_batch_call, ctx, model, req, cancel, emit
-            )
+        future = loop.run_in_executor(
+            self.executor, run_call, ctx, self.step_loop, model, req, cancel, emit
+        )
         try:
             while True:
                 getter = asyncio.ensure_future(events.get())
@@ -355,6 +331,9 @@ class FamilyWorker:
     async def ready(self) -> dict:
         """Loaded models of this replica (readiness probe of the gateway)."""
         loaded, adapters, _, _ = await self._holdings()
+        return self._ready_body(loaded, adapters)
+
+    def _ready_body(self, loaded: list[str], adapters: dict[str, list[str]]) -> dict:
         return {
             "replica": self.replica,
             "loaded": loaded,
@@ -405,11 +384,7 @@ class FamilyWorker:
         loaded, adapters, preemptions, busy_s = await self._holdings()
         pipeline = self.pipeline
         return {
-            "replica": self.replica,
-            "loaded": loaded,
-            "adapters": adapters,
-            "running": len(self.running),
-            "load_s": self.load_times.seconds(),
+            **self._ready_body(loaded, adapters),
             "family": self.family,
             "device": self.device,
             "torch_threads": self.threads,

@@ -101,6 +101,55 @@ def setup_process(num_cpus: float) -> int:
     return threads
 
 
+def start_pipeline(
+    num_cpus: float,
+    memory_gb: float | None,
+    gpu_share: float,
+    server: dict,
+    engine: str,
+    replica: str,
+    max_calls: int,
+) -> tuple[WorkerContext, StepLoop | None, ThreadPoolExecutor]:
+    """What runs a replica's calls, in whichever process holds its pipeline: the process set
+    up (``setup_process``), the device capped at the replica's share, the calls' shared context
+    (gate, storage, adapter files), the step loop (``engine: step``) and a thread per call in
+    flight plus model loads."""
+    from genmedia.deployments.store.storage import make_storage
+    from genmedia.models.catalog import ServerSettings
+    from genmedia.models.runner import cap_gpu_memory, pick_device
+
+    threads = setup_process(num_cpus)
+    device = pick_device()
+    # Ray's GPU fractions are bookkeeping only: cap this process at the replica's share.
+    cap_gpu_memory(gpu_share, memory_gb)
+    settings = ServerSettings.model_validate(server)
+    ctx = WorkerContext(
+        gate=StepGate(),
+        storage=make_storage(settings.storage, Path),  # paths already absolute
+        device=device,
+        threads=threads,
+        replica=replica,
+        adapter_files=AdapterFiles(settings.max_adapter_bytes),
+    )
+    step_loop = StepLoop(ctx) if engine == "step" else None
+    executor = ThreadPoolExecutor(max_workers=max_calls + 2, thread_name_prefix="pipeline")
+    return ctx, step_loop, executor
+
+
+def run_call(
+    ctx: WorkerContext,
+    step_loop: StepLoop | None,
+    model: LoadedModel,
+    req: BatchRequest,
+    cancel: threading.Event,
+    emit: Callable[[ProgressEvent], None],
+) -> WorkerResult:
+    """One call: in the running set when the step engine takes it, else a gated batch."""
+    if step_loop is not None and step_loop.accepts(model, req):
+        return run_step_call(ctx, step_loop, model, req, cancel, emit)
+    return run_batch_call(ctx, model, req, cancel, emit)
+
+
 # -- the child ---------------------------------------------------------------------------------
 
 
@@ -110,29 +159,14 @@ class PipelineHost:
     their own; ``send`` is safe from any thread."""
 
     def __init__(self, config: PipelineConfig, send: Callable[[FromPipeline], None]) -> None:
-        from genmedia.deployments.store.storage import make_storage
-        from genmedia.models.catalog import ModelEntry, ServerSettings
-        from genmedia.models.runner import cap_gpu_memory, pick_device
+        from genmedia.models.catalog import ModelEntry
 
         self.config, self.send = config, send
-        threads = setup_process(config.num_cpus)
-        device = pick_device()
-        # Ray's GPU fractions are bookkeeping only: cap this process at the replica's share.
-        cap_gpu_memory(config.gpu_share, config.memory_gb)
-        settings = ServerSettings.model_validate(config.server)
         self.entries = {e["id"]: ModelEntry.model_validate(e) for e in config.entries}
-        self.ctx = WorkerContext(
-            gate=StepGate(),
-            storage=make_storage(settings.storage, Path),  # paths already absolute
-            device=device,
-            threads=threads,
-            replica=config.replica,
-            adapter_files=AdapterFiles(settings.max_adapter_bytes),
-        )
-        self.step_loop = StepLoop(self.ctx) if config.engine == "step" else None
-        self.executor = ThreadPoolExecutor(
-            max_workers=config.max_calls + 2, thread_name_prefix="pipeline"
-        )
+        self.ctx, self.step_loop, self.executor = start_pipeline(
+            config.num_cpus, config.memory_gb, config.gpu_share, config.server, config.engine,
+            config.replica, config.max_calls,
+        )  # fmt: skip
         self.models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()  # guards ``models`` and ``_loads``
         self._loads: dict[str, threading.Lock] = {}  # one load of a model at a time
@@ -217,7 +251,7 @@ class PipelineHost:
             if load_s > 0:  # a fresh child loads on the first call (a line for the jobs' logs)
                 steps = req.jobs[0].params.num_inference_steps
                 emit(ProgressEvent(0, steps, log=f"model {req.model_id} loaded in {load_s:.2f}s"))
-            result = self._call(model, req, cancel, emit)
+            result = run_call(self.ctx, self.step_loop, model, req, cancel, emit)
             timings = dataclasses.replace(result.timings, load_s=load_s)
             self.send(CallDone(msg.call_id, dataclasses.replace(result, timings=timings)))
         except Exception as e:
@@ -225,17 +259,6 @@ class PipelineHost:
         finally:
             self.cancels.pop(msg.call_id, None)
             self.ctx.cancelled_jobs.pop(req.batch_id, None)
-
-    def _call(
-        self,
-        model: LoadedModel,
-        req: BatchRequest,
-        cancel: threading.Event,
-        emit: Callable[[ProgressEvent], None],
-    ) -> WorkerResult:
-        if self.step_loop is not None and self.step_loop.accepts(model, req):
-            return run_step_call(self.ctx, self.step_loop, model, req, cancel, emit)
-        return run_batch_call(self.ctx, model, req, cancel, emit)
 
     def _load(self, msg: LoadModel) -> None:
         try:
