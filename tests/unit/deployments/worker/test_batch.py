@@ -35,35 +35,16 @@ from genmedia.deployments.worker.batch import (
     torch_threads_for,
 )
 from genmedia.deployments.worker.gate import Cancelled, StepGate
-from genmedia.models import registry
-from genmedia.models.catalog import parse_catalog
 from genmedia.models.media import encode_image
 from genmedia.models.params import AdapterUse, GenerateRequest, GenerationJob, resolve_request
 from genmedia.models.runner import LoadedModel, load_model
+from tests.unit.deployments.worker.tiny import tiny_sd15
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    path = tmp_path_factory.mktemp("worker-batch") / "sd15"
-    registry.family_module("sd15").build_tiny(path, seed=0)
-    catalog = parse_catalog(
-        {
-            "models": [
-                {
-                    "id": "m",
-                    "family": "sd15",
-                    "weights": str(path),
-                    "parameters": {
-                        "width": {"default": 64, "min": 32, "max": 128},
-                        "height": {"default": 64, "min": 32, "max": 128},
-                        "steps": {"default": 4, "min": 1, "max": 10},
-                        "num_images": {"default": 1, "min": 1, "max": 4},
-                    },
-                }
-            ]
-        }
-    )
-    return load_model(catalog.models[0], path, "cpu")
+    entry, path = tiny_sd15(tmp_path_factory.mktemp("worker-batch"))
+    return load_model(entry, path, "cpu")
 
 
 def _job(model: LoadedModel, request_id: str, **body: object) -> GenerationJob:

@@ -29,36 +29,17 @@ from genmedia.deployments.worker.pipeline_messages import (
     PipelineProcessLost,
 )
 from genmedia.deployments.worker.pipeline_process import PipelineProcess
-from genmedia.models import registry
-from genmedia.models.catalog import ModelEntry, parse_catalog
+from genmedia.models.catalog import ModelEntry
 from genmedia.models.params import GenerateRequest, resolve_request
 from genmedia.models.runner import load_model
+from tests.unit.deployments.worker.tiny import tiny_sd15
 
 WAIT_S = 120.0  # generous: a loaded 2-core machine starts a child (torch import) slowly
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelEntry, Path]:
-    path = tmp_path_factory.mktemp("pipeline-process") / "sd15"
-    registry.family_module("sd15").build_tiny(path, seed=0)
-    catalog = parse_catalog(
-        {
-            "models": [
-                {
-                    "id": "m",
-                    "family": "sd15",
-                    "weights": str(path),
-                    "parameters": {
-                        "width": {"default": 64, "min": 32, "max": 256},
-                        "height": {"default": 64, "min": 32, "max": 256},
-                        "steps": {"default": 4, "min": 1, "max": 200},
-                        "num_images": {"default": 1, "min": 1, "max": 4},
-                    },
-                }
-            ]
-        }
-    )
-    return catalog.models[0], path
+    return tiny_sd15(tmp_path_factory.mktemp("pipeline-process"), max_side=256, max_steps=200)
 
 
 @pytest.fixture(autouse=True)
