@@ -152,19 +152,55 @@ class UNetStepEngine:
 
     def decode(self, member: MemberState) -> list[np.ndarray]:
         """A finished member's images, ``[H, W, 3]`` uint8 each."""
+        return self.decode_many([member])[0]
+
+    def decode_many(self, members: Sequence[MemberState]) -> list[list[np.ndarray]]:
+        """The images of members that finished on the same step, one VAE forward over all
+        their rows (per member, in order)."""
         import torch
 
-        view = member.view
+        if not members:
+            return []
+        latents = torch.cat([m.latents for m in members])
+        generators = [g for m in members for g in m.generators]
+        images = self._images(members[0].view, latents, generators)
+        return split_rows(images, [m.rows for m in members])
+
+    def _images(
+        self, view: Any, latents: torch.Tensor, generators: list[torch.Generator]
+    ) -> np.ndarray:
+        """Finished latents → ``[n, H, W, 3]`` uint8, as the SD1.5 pipelines decode them."""
+        import torch
+
         with torch.inference_mode():
             image = view.vae.decode(
-                member.latents / view.vae.config.scaling_factor,
-                return_dict=False,
-                generator=member.generators,
+                latents / view.vae.config.scaling_factor, return_dict=False, generator=generators
             )[0]
             images = view.image_processor.postprocess(
                 image, output_type="np", do_denormalize=[True] * image.shape[0]
             )
-        return list(to_uint8(np.asarray(images)))
+        return to_uint8(np.asarray(images))
+
+
+def split_rows(images: np.ndarray, rows: Sequence[int]) -> list[list[np.ndarray]]:
+    """A decoded batch's outputs, per member (``rows`` outputs each, in order)."""
+    if sum(rows) != len(images):
+        raise ValueError(f"{len(images)} outputs for members of {sum(rows)} rows")
+    out, start = [], 0
+    for n in rows:
+        out.append(list(images[start : start + n]))
+        start += n
+    return out
+
+
+def decode_members(engine: StepEngine, members: Sequence[MemberState]) -> list[list[np.ndarray]]:
+    """The outputs of members that finished on the same step: in one decode where the family's
+    engine batches it (``decode_many``: the UNet families), else member by member."""
+    many = getattr(engine, "decode_many", None)
+    if many is not None:
+        out: list[list[np.ndarray]] = many(members)
+        return out
+    return [engine.decode(m) for m in members]
 
 
 class Sd15StepEngine(UNetStepEngine):

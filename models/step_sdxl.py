@@ -74,15 +74,15 @@ class SdxlStepEngine(UNetStepEngine):
             added={"text_embeds": text_embeds.to(device), "time_ids": time_ids.to(device)},
         )
 
-    def decode(self, member: MemberState) -> list[np.ndarray]:
-        """A finished member's images, as the pipeline decodes them (the VAE's latent mean and
-        std when its config has them, float32 for a float16 VAE that needs it, the watermark
-        when the pipeline has one)."""
+    def _images(
+        self, view: Any, latents: torch.Tensor, generators: list[torch.Generator]
+    ) -> np.ndarray:
+        """Finished latents → ``[n, H, W, 3]`` uint8, as the pipeline decodes them (the VAE's
+        latent mean and std when its config has them, float32 for a float16 VAE that needs
+        it, the watermark when the pipeline has one)."""
         import torch
 
-        view = member.view
         vae = view.vae
-        latents = member.latents
         with torch.inference_mode():
             upcast = vae.dtype == torch.float16 and vae.config.force_upcast
             if upcast:
@@ -103,7 +103,7 @@ class SdxlStepEngine(UNetStepEngine):
             if getattr(view, "watermark", None) is not None:
                 image = view.watermark.apply_watermark(image)
             images = view.image_processor.postprocess(image, output_type="np")
-        return list(to_uint8(np.asarray(images)))
+        return to_uint8(np.asarray(images))
 
 
 def _channels(values: list[float], like: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,12 @@ Sits where ``worker/batch.py``'s gated call sits in a request's way: the worker 
 (``serve/worker.py``) hands a call whose jobs the family's step engine runs
 (``models/step_engine.py``) to ``run_step_call``, which submits it here and waits. One thread
 runs the running set: at every step boundary the policy (``engine_policy.py``) drops cancelled
-calls and lets compatible waiting calls join; one denoiser forward runs over every member; a
-call whose members are done is decoded and handed back (its own thread stores it while the
-others go on). The loop holds the replica's ``StepGate`` while its set runs, at the rank of its
-best member: an incompatible interactive call (request path) still preempts it at a step
-boundary, and while another call waits for the gate the set takes no new members, so it drains.
+calls and lets compatible waiting calls join; one denoiser forward runs over every member; the
+calls whose members are done are decoded together, in one VAE forward where the family batches
+it, and handed back (each call's own thread stores it while the others go on). The loop holds
+the replica's ``StepGate`` while its set runs, at the rank of its best member: an incompatible
+interactive call (request path) still preempts it at a step boundary, and while another call
+waits for the gate the set takes no new members, so it drains.
 No Ray imports; torch loads through the family's engine.
 """
 
@@ -232,25 +233,42 @@ class StepLoop:
         rows = sum(c.rows for c in running)
         with self._cond:
             finished = {m.id for m in self.policy.step_done(wall)}
+        done = []
         for call in running:
             share = call.rows / rows
             call.times.compute_s += wall * share
             call.times.device_s += min(wall, cpu) * share
-            done, total = call.states[0].done, call.states[0].total
-            if call.throttle.due(done, total, time.perf_counter()):
-                call.emit(ProgressEvent(step=done, total=total))
+            step, total = call.states[0].done, call.states[0].total
+            if call.throttle.due(step, total, time.perf_counter()):
+                call.emit(ProgressEvent(step=step, total=total))
             if call.req.batch_id in finished:
-                self._decode(engine, call)
+                done.append(call)
+        if done:
+            self._decode(engine, done)
 
-    def _decode(self, engine: StepEngine, call: StepCall) -> None:
+    def _decode(self, engine: StepEngine, calls: list[StepCall]) -> None:
+        """Decode the calls that finished on this step in one batch (``decode_members``), each
+        taking its rows' share of the time; when that fails, call by call, so a failure fails
+        only its own call."""
+        from genmedia.models.step_engine import decode_members
+
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         try:
-            outputs = [engine.decode(s) for s in call.states]
+            per_state = decode_members(engine, [s for c in calls for s in c.states])
         except Exception as e:
-            self._leave(call.req.batch_id, e)
+            if len(calls) == 1:
+                self._leave(calls[0].req.batch_id, e)
+                return
+            for call in calls:  # alone, so one failure fails one call
+                self._decode(engine, [call])
             return
         wall = time.perf_counter() - wall0
-        call.times.compute_s += wall
-        call.times.device_s += min(wall, (time.thread_time() - cpu0) * self.ctx.threads)
-        call.outputs = outputs
-        self._leave(call.req.batch_id, None)
+        cpu = min(wall, (time.thread_time() - cpu0) * self.ctx.threads)
+        rows = sum(c.rows for c in calls)
+        start = 0
+        for call in calls:
+            n = len(call.states)
+            call.outputs, start = per_state[start : start + n], start + n
+            call.times.compute_s += wall * call.rows / rows
+            call.times.device_s += cpu * call.rows / rows
+            self._leave(call.req.batch_id, None)

@@ -14,7 +14,7 @@ from genmedia.models import registry
 from genmedia.models.catalog import parse_catalog
 from genmedia.models.params import GenerateRequest, GenerationJob, resolve_request
 from genmedia.models.runner import LoadedModel, load_model
-from genmedia.models.step_engine import MemberState, UNetStepEngine
+from genmedia.models.step_engine import MemberState, UNetStepEngine, decode_members
 
 MAX_LEVELS = 1  # 8-bit levels an output may move between set compositions
 MAX_CHANGED = 0.01  # share of pixel values that may differ at all
@@ -118,7 +118,8 @@ def run_set(
     sources: dict[str, dict] | None = None,
 ) -> dict[str, list[np.ndarray]]:
     """Run an engine loop: job j joins at step boundary k for (k, j) in ``arrivals``; a member
-    named in ``cancel`` leaves at that boundary; finished members decode and leave."""
+    named in ``cancel`` leaves at that boundary; members that finish on one step decode
+    together (``decode_members``, as the worker's step loop does) and leave."""
     pending = sorted(arrivals, key=lambda a: a[0])
     members: list[MemberState] = []
     out: dict[str, list[np.ndarray]] = {}
@@ -129,8 +130,9 @@ def run_set(
         pending = [(at, j) for at, j in pending if at > k]
         members = [m for m in members if stop.get(m.job.request_id) != k]
         engine.step(members)
-        for m in [m for m in members if m.finished]:
-            out[m.job.request_id] = engine.decode(m)
+        finished = [m for m in members if m.finished]
+        for m, images in zip(finished, decode_members(engine, finished), strict=True):
+            out[m.job.request_id] = images
             members.remove(m)
         k += 1
     return out

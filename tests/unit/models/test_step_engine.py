@@ -20,7 +20,7 @@ import pytest
 
 from genmedia.models.params import GenerationJob
 from genmedia.models.runner import LoadedModel, run_batch
-from genmedia.models.step_engine import Sd15StepEngine, engine_for, supports
+from genmedia.models.step_engine import Sd15StepEngine, engine_for, split_rows, supports
 from tests.unit.models.step_helpers import (
     alone,
     assert_close,
@@ -166,3 +166,25 @@ def test_img2img_members_at_different_timesteps_share_a_forward(
     got = run_set(engine, [(0, first), (join_at, second), (join_at + 1, third)], {}, sources)
     for job in (first, second, third):
         assert_close(got[job.request_id], alone(engine, job, sources.get(job.request_id)))
+
+
+def test_members_that_finish_together_decode_in_one_batch(
+    model: LoadedModel, engine: Sd15StepEngine
+) -> None:
+    """Members finishing on the same step decode in one VAE forward (``decode_many``): each
+    gets its own rows, in order, as its decode alone gives them."""
+    jobs = [
+        make_job(model, "a", seed=1, num_inference_steps=2),
+        make_job(model, "b", seed=2, num_inference_steps=2, num_images=2),
+        make_job(model, "c", prompt="a dog", seed=3, num_inference_steps=2),
+    ]
+    members = [engine.prepare(j) for j in jobs]
+    while not members[0].finished:
+        engine.step(members)
+    together = engine.decode_many(members)
+    assert [len(images) for images in together] == [1, 2, 1]
+    for member, images in zip(members, together, strict=True):
+        assert_close(images, engine.decode(member))
+    assert engine.decode_many([]) == []
+    with pytest.raises(ValueError, match="outputs for members"):
+        split_rows(np.zeros((3, 2, 2, 3), np.uint8), [1, 1])

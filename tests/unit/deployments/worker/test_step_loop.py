@@ -23,11 +23,12 @@ from genmedia.deployments.worker.batch import (
 )
 from genmedia.deployments.worker.engine_policy import JOIN_SLOWDOWN, Member, compat_key
 from genmedia.deployments.worker.gate import Cancelled, StepGate
-from genmedia.deployments.worker.step_loop import StepLoop
+from genmedia.deployments.worker.step_loop import StepCall, StepLoop
 from genmedia.models import registry
 from genmedia.models.catalog import parse_catalog
 from genmedia.models.params import GenerateRequest, GenerationJob, resolve_request
 from genmedia.models.runner import LoadedModel, load_model
+from genmedia.models.step_engine import MemberState, UNetStepEngine, engine_for
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +150,66 @@ def test_cancel_before_a_step(model: LoadedModel, tmp_path: Path) -> None:
     with pytest.raises(Cancelled):
         run_step_call(ctx, loop, model, req, cancel, lambda e: None)
     assert not list(tmp_path.rglob("*.png")) and ctx.pins.others("m", "") == set()
+
+
+class _Decodes:
+    """The model's step engine, recording the members of each batched decode; members of
+    ``broken`` fail to decode."""
+
+    def __init__(self, model: LoadedModel, broken: str | None = None) -> None:
+        engine = engine_for(model)
+        assert isinstance(engine, UNetStepEngine)
+        self.inner, self.broken = engine, broken
+        self.batches: list[list[str]] = []
+        self.prepare, self.step = engine.prepare, engine.step
+
+    def _check(self, members: list[MemberState]) -> None:
+        if any(m.job.request_id == self.broken for m in members):
+            raise RuntimeError("decode failed")
+
+    def decode(self, member: MemberState) -> list[np.ndarray]:
+        self._check([member])
+        return self.inner.decode(member)
+
+    def decode_many(self, members: list[MemberState]) -> list[list[np.ndarray]]:
+        self.batches.append([m.job.request_id for m in members])
+        self._check(members)
+        return self.inner.decode_many(members)
+
+
+def _together(loop: StepLoop, model: LoadedModel, reqs: list[BatchRequest]) -> list[StepCall]:
+    """Submit calls so they join at the same step boundary (the loop waits on its lock)."""
+    with loop._cond:
+        calls = [loop.submit(model, r, {}, threading.Event(), lambda e: None) for r in reqs]
+    for call in calls:
+        assert call.finished.wait(60)
+    return calls
+
+
+@pytest.mark.parametrize("broken", [None, "r2"])
+def test_calls_that_finish_together_decode_in_one_batch(
+    model: LoadedModel, tmp_path: Path, broken: str | None
+) -> None:
+    """Calls finishing on the same step decode in one VAE forward; a failure there decodes
+    them one by one, so only the broken call fails."""
+    ctx = _context(tmp_path)
+    loop = StepLoop(ctx)
+    engine = loop._engines[id(model)] = _Decodes(model, broken)  # type: ignore[assignment]
+    reqs = [
+        _request("b1", [_job(model, "r1", seed=1, num_inference_steps=3)]),
+        _request("b2", [_job(model, "r2", seed=2, num_inference_steps=3, num_images=2)]),
+    ]
+    first, second = _together(loop, model, reqs)
+    assert engine.batches[0] == ["r1", "r2"]
+    assert first.error is None and first.outputs is not None
+    want = engine.inner.decode_many(first.states)
+    assert all(np.array_equal(g, w) for g, w in zip(first.outputs[0], want[0], strict=True))
+    if broken:
+        assert isinstance(second.error, RuntimeError) and second.outputs is None
+    else:
+        assert second.error is None and second.outputs is not None
+        assert [len(o) for o in second.outputs] == [2]
+    assert first.times.compute_s > 0 and loop.policy.idle
 
 
 def test_what_the_loop_accepts(model: LoadedModel, tmp_path: Path) -> None:
