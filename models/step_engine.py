@@ -212,25 +212,48 @@ class Sd15StepEngine(UNetStepEngine):
         """Encode the prompt, set the member's own timesteps, draw its initial latents (noise,
         or its input image encoded and noised to the first timestep its strength leaves): the
         same calls, in the same order, as the task pipeline's ``__call__``."""
+        return self.prepare_many([job], [source])[0]
+
+    def prepare_many(
+        self, jobs: Sequence[GenerationJob], sources: Sequence[dict[str, Any] | None]
+    ) -> list[MemberState]:
+        """The states of members joining at one step boundary: their prompts encoded in one
+        text-encoder forward (a missing negative prompt encodes as "", as the pipeline does),
+        then each member's own sampler and latents."""
         import torch
 
-        params = job.params
-        view = self._view(job)
-        prompts, negatives, generators = seeded_batch([job])
-        guidance = params.guidance_scale > 1.0
+        if not jobs:
+            return []
+        views = [self._view(job) for job in jobs]
+        prompts, negatives, _ = seeded_batch(list(jobs))
+        guidance = [job.params.guidance_scale > 1.0 for job in jobs]
         device = torch.device(self.model.device)
+        states, start = [], 0
         with torch.inference_mode():
-            cond, uncond = view.encode_prompt(
-                prompts,
-                device,
-                1,
-                guidance,
-                negatives if any(negatives) else None,
+            cond, uncond = views[0].encode_prompt(
+                prompts, device, 1, any(guidance), negatives if any(negatives) else None
             )
-            embeds = torch.cat([uncond, cond]) if guidance else cond
-            timesteps, latents = initial_latents(
-                view, job, source, generators, embeds.dtype, device, begin_index=False
-            )
+            for job, source, view, cfg in zip(jobs, sources, views, guidance, strict=True):
+                rows = slice(start, start + job.num_images)
+                start += job.num_images
+                embeds = torch.cat([uncond[rows], cond[rows]]) if cfg else cond[rows]
+                states.append(self._member(job, source, view, embeds, cfg, device))
+        return states
+
+    def _member(
+        self,
+        job: GenerationJob,
+        source: dict[str, Any] | None,
+        view: Any,
+        embeds: torch.Tensor,
+        guidance: bool,
+        device: torch.device,
+    ) -> MemberState:
+        """A member's state from its embeddings: its own generators, timesteps, latents."""
+        _, _, generators = seeded_batch([job])
+        timesteps, latents = initial_latents(
+            view, job, source, generators, embeds.dtype, device, begin_index=False
+        )
         return MemberState(
             job=job,
             view=view,
@@ -241,6 +264,20 @@ class Sd15StepEngine(UNetStepEngine):
             guidance=guidance,
             extra_step_kwargs=view.prepare_extra_step_kwargs(generators, 0.0),
         )
+
+
+def prepare_members(
+    engine: StepEngine,
+    jobs: Sequence[GenerationJob],
+    sources: Sequence[dict[str, Any] | None],
+) -> list[MemberState]:
+    """The states of the members joining at one step boundary, in order: in one batch where
+    the family's engine batches it (``prepare_many``: SD1.5), else member by member."""
+    many = getattr(engine, "prepare_many", None)
+    if many is not None:
+        out: list[MemberState] = many(jobs, sources)
+        return out
+    return [engine.prepare(job, source) for job, source in zip(jobs, sources, strict=True)]
 
 
 def advance(

@@ -148,11 +148,21 @@ class StepLoop:
                 boundary = self.policy.boundary(time.time(), admit=self.ctx.gate.waiters == 0)
             for member in boundary.cancelled:
                 self._leave(member.id, Cancelled())
-            for member in boundary.joined:
-                self._join(self.calls[member.id], member)
+            if not self.policy.running:
+                self._release()
+                continue
+            try:  # joiners prepare with the set's adapters, under the gate like its steps
+                self._hold_gate([self.calls[mid] for mid in self.policy.running])
+                self._use_adapters(self.calls[next(iter(self.policy.running))])
+            except Exception as e:
+                logger.exception("step engine could not take the gate or load adapters")
+                for mid in list(self.policy.running):
+                    self._leave(mid, e)
+                continue
+            if boundary.joined:
+                self._join([(self.calls[m.id], m) for m in boundary.joined])
             running = [self.calls[mid] for mid in self.policy.running]
             if not running:
-                self._release()
                 continue
             try:
                 self._step(running)
@@ -184,23 +194,43 @@ class StepLoop:
             self._engines = {id(model): engine}  # the models of the running set only
         return engine
 
-    def _join(self, call: StepCall, member: Member) -> None:
-        """Prepare a joining call's members (prompt, sampler, latents); a failure fails it only."""
-        call.times.wait_s = time.perf_counter() - call.submitted
-        call.started_wall = time.time()
+    def _join(self, joining: list[tuple[StepCall, Member]]) -> None:
+        """Prepare the members of the calls joining at this boundary (prompts, samplers,
+        latents), in one batch where the family's engine batches it (``prepare_members``);
+        when that fails, call by call, so a failure fails only its own call."""
+        from genmedia.models.step_engine import prepare_members
+
+        now, wall = time.perf_counter(), time.time()
+        for call, _ in joining:
+            call.times.wait_s = now - call.submitted
+            call.started_wall = wall
         try:
-            engine = self._engine(call.model)
-            sources: list[dict[str, Any] | None] = [None] * len(call.req.jobs)
-            if call.inputs is not None:
-                sources = list(call.inputs)
-            call.states = [
-                engine.prepare(job, source)
-                for job, source in zip(call.req.jobs, sources, strict=True)
-            ]
+            engine = self._engine(joining[0][0].model)
+            jobs = [job for call, _ in joining for job in call.req.jobs]
+            sources = [s for call, _ in joining for s in _sources(call)]
+            states = prepare_members(engine, jobs, sources)
         except Exception as e:
-            self._leave(member.id, e)
+            if len(joining) == 1:
+                self._leave(joining[0][1].id, e)
+            else:
+                for one in joining:
+                    self._join([one])
             return
-        member.steps = max(s.total for s in call.states)
+        start = 0
+        for call, member in joining:
+            n = len(call.req.jobs)
+            call.states, start = states[start : start + n], start + n
+            member.steps = max(s.total for s in call.states)
+
+    def _use_adapters(self, call: StepCall) -> None:
+        """Load and activate the running set's adapters (one set per running set: its key)."""
+        model = call.model
+        adapters = model.adapters
+        if call.files or adapters.loaded:
+            pinned = self.ctx.pins.others(model.entry.id, call.req.batch_id)
+            loaded, _, _ = timed(adapters.ensure, model.pipe, call.files, pinned)
+            call.times.adapter_load_s += loaded
+            adapters.activate(model.pipe, call.req.adapters)
 
     def _hold_gate(self, running: list[StepCall]) -> None:
         """Take the gate, or yield it at this boundary to a better-ranked waiting call."""
@@ -212,19 +242,13 @@ class StepLoop:
             self._ticket = self.ctx.gate.checkpoint(self._ticket, rank)
         paused = time.perf_counter() - before
         for call in running:
-            call.times.paused_s += paused
+            if call.started_wall:  # a call joining at this boundary counts it as waiting
+                call.times.paused_s += paused
 
     def _step(self, running: list[StepCall]) -> None:
-        """One engine step over the running set; calls that are done are decoded and end."""
-        self._hold_gate(running)
-        model = running[0].model
-        adapters = model.adapters
-        if running[0].files or adapters.loaded:  # one adapter set per running set (its key)
-            pinned = self.ctx.pins.others(model.entry.id, running[0].req.batch_id)
-            loaded, _, _ = timed(adapters.ensure, model.pipe, running[0].files, pinned)
-            running[0].times.adapter_load_s += loaded
-            adapters.activate(model.pipe, running[0].req.adapters)
-        engine = self._engine(model)
+        """One engine step over the running set (the gate held, its adapters active); calls
+        that are done are decoded and end."""
+        engine = self._engine(running[0].model)
         states = [s for call in running for s in call.states]
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         engine.step(states)
@@ -272,3 +296,10 @@ class StepLoop:
             call.times.compute_s += wall * call.rows / rows
             call.times.device_s += cpu * call.rows / rows
             self._leave(call.req.batch_id, None)
+
+
+def _sources(call: StepCall) -> list[dict[str, Any] | None]:
+    """Per job of a call, its input images (image-to-image), else None."""
+    if call.inputs is None:
+        return [None] * len(call.req.jobs)
+    return list(call.inputs)

@@ -14,7 +14,12 @@ from genmedia.models import registry
 from genmedia.models.catalog import parse_catalog
 from genmedia.models.params import GenerateRequest, GenerationJob, resolve_request
 from genmedia.models.runner import LoadedModel, load_model
-from genmedia.models.step_engine import MemberState, UNetStepEngine, decode_members
+from genmedia.models.step_engine import (
+    MemberState,
+    UNetStepEngine,
+    decode_members,
+    prepare_members,
+)
 
 MAX_LEVELS = 1  # 8-bit levels an output may move between set compositions
 MAX_CHANGED = 0.01  # share of pixel values that may differ at all
@@ -118,15 +123,17 @@ def run_set(
     sources: dict[str, dict] | None = None,
 ) -> dict[str, list[np.ndarray]]:
     """Run an engine loop: job j joins at step boundary k for (k, j) in ``arrivals``; a member
-    named in ``cancel`` leaves at that boundary; members that finish on one step decode
-    together (``decode_members``, as the worker's step loop does) and leave."""
+    named in ``cancel`` leaves at that boundary; members joining at one boundary prepare
+    together, and members finishing on one step decode together (``prepare_members``,
+    ``decode_members``: as the worker's step loop does), then leave."""
     pending = sorted(arrivals, key=lambda a: a[0])
     members: list[MemberState] = []
     out: dict[str, list[np.ndarray]] = {}
     src, stop = sources or {}, cancel or {}
     k = 0
     while members or pending:
-        members += [engine.prepare(j, src.get(j.request_id)) for at, j in pending if at <= k]
+        joining = [j for at, j in pending if at <= k]
+        members += prepare_members(engine, joining, [src.get(j.request_id) for j in joining])
         pending = [(at, j) for at, j in pending if at > k]
         members = [m for m in members if stop.get(m.job.request_id) != k]
         engine.step(members)

@@ -188,3 +188,27 @@ def test_members_that_finish_together_decode_in_one_batch(
     assert engine.decode_many([]) == []
     with pytest.raises(ValueError, match="outputs for members"):
         split_rows(np.zeros((3, 2, 2, 3), np.uint8), [1, 1])
+
+
+def test_members_that_join_together_prepare_in_one_batch(
+    model: LoadedModel, engine: Sd15StepEngine
+) -> None:
+    """Members joining at one boundary encode their prompts in one forward (``prepare_many``):
+    with and without guidance, with and without a negative prompt, several outputs, each
+    member's rows are its own and its images are as alone."""
+    jobs = [
+        make_job(model, "a", seed=1, num_inference_steps=2, guidance_scale=1.0),
+        make_job(model, "b", prompt="a dog", negative_prompt="blurry", seed=2, num_images=2),
+        make_job(model, "c", prompt="a boat", seed=3, num_inference_steps=3),
+    ]
+    members = engine.prepare_many(jobs, [None] * 3)
+    assert [m.embeds.shape[0] for m in members] == [1, 4, 2]
+    assert [m.guidance for m in members] == [False, True, True]
+    for job, member in zip(jobs, members, strict=True):
+        single = engine.prepare(job)
+        assert member.total == single.total
+        assert float((member.embeds - single.embeds).abs().max()) <= 1e-5
+    got = run_set(engine, [(0, j) for j in jobs])
+    for job in jobs:
+        assert_close(got[job.request_id], alone(engine, job))
+    assert engine.prepare_many([], []) == []

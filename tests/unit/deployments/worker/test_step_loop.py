@@ -153,15 +153,20 @@ def test_cancel_before_a_step(model: LoadedModel, tmp_path: Path) -> None:
 
 
 class _Decodes:
-    """The model's step engine, recording the members of each batched decode; members of
-    ``broken`` fail to decode."""
+    """The model's step engine, recording the jobs of each batched prepare and decode;
+    members of ``broken`` fail to decode."""
 
     def __init__(self, model: LoadedModel, broken: str | None = None) -> None:
         engine = engine_for(model)
         assert isinstance(engine, UNetStepEngine)
         self.inner, self.broken = engine, broken
         self.batches: list[list[str]] = []
+        self.prepared: list[list[str]] = []
         self.prepare, self.step = engine.prepare, engine.step
+
+    def prepare_many(self, jobs: list[GenerationJob], sources: list) -> list[MemberState]:
+        self.prepared.append([j.request_id for j in jobs])
+        return self.inner.prepare_many(jobs, sources)  # type: ignore[attr-defined]
 
     def _check(self, members: list[MemberState]) -> None:
         if any(m.job.request_id == self.broken for m in members):
@@ -190,8 +195,9 @@ def _together(loop: StepLoop, model: LoadedModel, reqs: list[BatchRequest]) -> l
 def test_calls_that_finish_together_decode_in_one_batch(
     model: LoadedModel, tmp_path: Path, broken: str | None
 ) -> None:
-    """Calls finishing on the same step decode in one VAE forward; a failure there decodes
-    them one by one, so only the broken call fails."""
+    """Calls joining at one boundary prepare in one batch, and calls finishing on the same
+    step decode in one VAE forward; a failure there decodes them one by one, so only the
+    broken call fails."""
     ctx = _context(tmp_path)
     loop = StepLoop(ctx)
     engine = loop._engines[id(model)] = _Decodes(model, broken)  # type: ignore[assignment]
@@ -200,7 +206,7 @@ def test_calls_that_finish_together_decode_in_one_batch(
         _request("b2", [_job(model, "r2", seed=2, num_inference_steps=3, num_images=2)]),
     ]
     first, second = _together(loop, model, reqs)
-    assert engine.batches[0] == ["r1", "r2"]
+    assert engine.prepared == [["r1", "r2"]] and engine.batches[0] == ["r1", "r2"]
     assert first.error is None and first.outputs is not None
     want = engine.inner.decode_many(first.states)
     assert all(np.array_equal(g, w) for g, w in zip(first.outputs[0], want[0], strict=True))
