@@ -40,8 +40,9 @@ lint: $(STAMP)
 	# for the module of the same name (scenarios.py); Python does not.
 	mkdir -p build/mypy-path/genmedia
 	touch build/mypy-path/genmedia/__init__.py
-	for pkg in deployments models kernels autoscaling infra loadtests client; do \
+	for pkg in deployments models autoscaling infra loadtests client; do \
 		ln -sfn ../../../$$pkg build/mypy-path/genmedia/$$pkg; done
+	ln -sfn ../../../genmedia_kernels build/mypy-path/genmedia/kernels
 	$(VENV)/bin/mypy
 
 format: $(STAMP)

@@ -310,10 +310,11 @@ RUN pip install --no-cache-dir ${{TORCH_INDEX_URL:+--index-url $TORCH_INDEX_URL}
 COPY pyproject.toml README.md ARCHITECTURE.md ./
 COPY deployments deployments
 COPY models models
-COPY kernels kernels
+COPY genmedia_kernels genmedia_kernels
 COPY autoscaling autoscaling
 COPY infra infra
 COPY loadtests loadtests
+COPY client client
 RUN pip install --no-cache-dir ".{extras}"
 EXPOSE {SERVE_PORT} {RAY_METRICS_PORT}
 CMD ["genmedia", "--help"]

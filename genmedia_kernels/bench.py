@@ -11,7 +11,7 @@ against its torch reference (``reference.TOLERANCES``); then the stock eager cod
 Triton kernel are timed alternately (A B A B ..., ``--rounds`` times, each a
 ``triton.testing.do_bench`` median) and the speedup is the median of the per-round ratios, as
 these machines are shared and noisy. Rows (GPU name, commit, date, versions, shape, medians,
-GB/s from the bytes model of ``traffic.py``) go to ``kernels/bench_results/ops.csv`` and
+GB/s from the bytes model of ``traffic.py``) go to ``genmedia_kernels/bench_results/ops.csv`` and
 ``attention.csv``.
 """
 

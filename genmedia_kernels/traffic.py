@@ -1,7 +1,7 @@
 """Bytes moved per denoising step by each fused op, eager vs fused, at SDXL and Flux 1024^2.
 
 Where this sits in a request's way: nowhere at run time. It is the arithmetic behind the
-speedup estimates of kernels/README.md, and ``bench.py`` uses ``bytes_per_element`` to turn
+speedup estimates of genmedia_kernels/README.md, and ``bench.py`` uses ``bytes_per_element`` to turn
 measured times into GB/s. Pure Python; ``python -m genmedia.kernels.traffic`` prints the table.
 
 Model: a memory-bound op costs the bytes it reads and writes in HBM. Eager counts every kernel

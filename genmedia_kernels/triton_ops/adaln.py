@@ -4,7 +4,7 @@ Where this sits in a request's way: the ``AdaLayerNormZero`` / ``AdaLayerNormZer
 ``AdaLayerNormContinuous`` modules of a patched Flux transformer call ``adaln_modulate`` in
 every block of every denoising step. ``gated_residual`` (``x + gate * y``) is the other half of
 adaLN-Zero; diffusers applies it inline in the block's forward, so it is benchmarked here but not
-installed (see kernels/README.md).
+installed (see genmedia_kernels/README.md).
 
 ``adaln_modulate``: one program per row of D (3072 for Flux): one read of x, the (B, D)
 shift/scale rows (cached, reused by S rows), one write. The stock path writes the normalized
