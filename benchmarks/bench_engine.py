@@ -15,6 +15,11 @@
    alone (closed loop of batch-class requests), interactive alone (Poisson arrivals at
    ``--interactive-rate``), then both at once → interactive p99 mixed ÷ alone and bulk
    images/s mixed ÷ alone.
+4. Where the CPU goes: during each closed loop, CPU milliseconds per answered image of every
+   process of the stack (``_cpu.py``: each Serve deployment, the proxy and controller, the
+   pipeline process, the load generator, the rest of Ray). Each deploy gets ``--prewarm``
+   seconds of closed-loop load before anything is measured, so both engines are measured
+   warm (the step engine runs more batch shapes, each of which the CPU kernels set up once).
 
 Same tiny SD1.5-style model everywhere. The summary records each engine's worker
 ``max_ongoing_requests`` beside the slots the dispatcher's rule gives it
@@ -45,6 +50,7 @@ from _bench import (
     save,
     serving_catalog,
 )
+from _cpu import cpu_per_image, snapshot
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -66,6 +72,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=2, help="rounds of both engines, alternated")
     ap.add_argument("--seconds", type=float, default=15.0, help="closed-loop window")
     ap.add_argument("--warmup", type=float, default=4.0)
+    ap.add_argument(
+        "--prewarm",
+        type=float,
+        default=10.0,
+        help="seconds of closed-loop load after each deploy, before any window (warm shapes)",
+    )
     ap.add_argument("--open-seconds", type=float, default=15.0, help="open-loop window per load")
     ap.add_argument("--loads", default="0.5,0.8,0.95", help="fractions of capacity")
     ap.add_argument("--mixed-seconds", type=float, default=20.0, help="mixed part's windows")
@@ -126,7 +138,12 @@ def measure_engine(
         args.batch, args.steps, args.size, workdir, engine=engine, num_cpus=args.worker_cpus
     )
     run_app(catalog, tenants_file([tenant_record("bench", API_KEY)]))
+    if args.prewarm > 0:  # every batch shape the engine will run, before anything is measured
+        asyncio.run(closed_loop(url, API_KEY, concurrency, args.prewarm, 0.0))
+    before, t0 = snapshot(), time.perf_counter()
     closed = asyncio.run(closed_loop(url, API_KEY, concurrency, args.seconds, args.warmup))
+    answered = sum(1 for s in closed["samples"] if s["status"] == 200)
+    closed["cpu"] = cpu_per_image(before, snapshot(), answered, time.perf_counter() - t0)
     loads = [float(x) for x in args.loads.split(",")]
     if rates is None:
         rates = [f * closed["images_per_s"] for f in loads]
@@ -196,6 +213,8 @@ def engine_figures(run: dict[str, Any], same: float, best: float) -> dict[str, A
         "efficiency_vs_best_bare": c["images_per_s"] / best,
         "mean_batch_images": c["mean_batch_images"],
         "errors": c["errors"],
+        "cpu_ms_per_image": c["cpu"]["ms_per_image"],
+        "cpu_core_share": c["cpu"]["core_share"],
         "open": [
             {k: o[k] for k in ("load", "rate", "sent", "errors", "p50_s", "p99_s")}
             | {"images_per_s": o["images_per_s"], "mean_batch_images": o["mean_batch_images"]}
@@ -236,6 +255,13 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for e in ENGINES:
         for k in ("interactive_p99_mixed_over_alone", "bulk_mixed_over_alone"):
             out[f"{e}_{k}"] = _median([r["engines"][e]["mixed"][k] for r in rounds])
+    out["cpu_ms_per_image"] = {
+        e: {
+            part: _median([r["engines"][e]["cpu_ms_per_image"].get(part) for r in rounds])
+            for part in {p for r in rounds for p in r["engines"][e]["cpu_ms_per_image"]}
+        }
+        for e in ENGINES
+    }
     ratios = [r["step_over_request"] for r in rounds]
     out["step_over_request"] = {
         "capacity": _median([x["capacity"] for x in ratios]),
@@ -322,6 +348,19 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def cpu_table(summary: dict[str, Any]) -> Table:
+    """CPU milliseconds per image by process, closed loop, median over rounds, per engine."""
+    m = summary["median"]["cpu_ms_per_image"]
+    parts = sorted(
+        {p for e in ENGINES for p in m[e]}, key=lambda p: -max(m[e].get(p) or 0 for e in ENGINES)
+    )
+    table = Table("process", *ENGINES, title="CPU ms per image, closed loop (median of rounds)")
+    for part in parts:
+        table.add_row(part, *(_fmt(m[e].get(part), ".1f") for e in ENGINES))
+    table.add_row("all", *(_fmt(sum(v or 0 for v in m[e].values()), ".1f") for e in ENGINES))
+    return table
+
+
 def report(summary: dict[str, Any]) -> None:
     bare = summary["bare"]
     console.print(
@@ -398,6 +437,7 @@ def report(summary: dict[str, Any]) -> None:
     console.print(closed)
     console.print(opened)
     console.print(mixed)
+    console.print(cpu_table(summary))
     m = summary["median"]
     r = m["step_over_request"]
     console.print(
