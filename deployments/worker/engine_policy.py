@@ -1,11 +1,12 @@
 """The step engine's policy: who is in the running set, who joins and who leaves, step by step.
 
 Sits in the family worker (``serve/worker.py``, ``worker/batch.py``) when a family's worker runs
-``engine: step``: calls the scheduler sent are members waiting here; at every denoising-step
-boundary the engine asks ``boundary`` which members join the running set (one model forward
-covers them all) and drops cancelled ones; after every step ``step_done`` records what the step
-cost and returns the members that finished (they leave: decode and store while the others go
-on). Pure: no torch, no Ray, ``now`` passed in, so the simulator can drive the same rules.
+``engine: step``: the jobs of the calls the scheduler sent are members waiting here (one member
+per job: ``step_loop.py``); at every denoising-step boundary the engine asks ``boundary`` which
+members join the running set (one model forward covers them all) and drops cancelled ones; after
+every step ``step_done`` records what the step cost and returns the members that finished (they
+leave: decode and store while the others go on). Pure: no torch, no Ray, ``now`` passed in, so
+the simulator can drive the same rules.
 
 Join rule, at a step boundary, waiting members in (priority rank, arrival) order:
 

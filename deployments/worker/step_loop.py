@@ -2,12 +2,15 @@
 
 Sits where ``worker/batch.py``'s gated call sits in a request's way: the worker deployment
 (``serve/worker.py``) hands a call whose jobs the family's step engine runs
-(``models/step_engine.py``) to ``run_step_call``, which submits it here and waits. One thread
-runs the running set: at every step boundary the policy (``engine_policy.py``) drops cancelled
-calls and lets compatible waiting calls join; one denoiser forward runs over every member; the
-calls whose members are done are decoded together, in one VAE forward where the family batches
-it, and handed back (each call's own thread stores it while the others go on). The loop holds
-the replica's ``StepGate`` while its set runs, at the rank of its best member: an incompatible
+(``models/step_engine.py``) to ``run_step_call``, which submits it here and waits. Each job of a
+call is a member of its own, so a call's jobs fill whatever room the running set has and a wide
+call never leaves rows empty. One thread runs the running set: at every step boundary the policy
+(``engine_policy.py``) drops the jobs of cancelled calls and jobs cancelled on their own, and
+lets compatible waiting jobs join (their prompts encoded together, under the gate, with the
+set's adapters active); one denoiser forward runs over every member; the jobs that are done are
+decoded together, in one VAE forward where the family batches it, and a call whose last job is
+decoded is handed back (its own thread stores it while the others go on). The loop holds the
+replica's ``StepGate`` while its set runs, at the rank of its best member: an incompatible
 interactive call (request path) still preempts it at a step boundary, and while another call
 waits for the gate the set takes no new members, so it drains.
 No Ray imports; torch loads through the family's engine.
@@ -50,7 +53,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class StepCall:
-    """A call in the step engine: its request, its members' sampler states, what it measured."""
+    """A call in the step engine: its request, its jobs' sampler states, what it measured.
+    Each job is a member of its own (``member_ids``): it joins the running set when the set
+    has room for its outputs, and leaves when it is done, so a call's jobs may run in
+    different sets; the call ends when its last job is decoded (or with its first error)."""
 
     model: LoadedModel
     req: BatchRequest
@@ -59,11 +65,12 @@ class StepCall:
     emit: Emit
     submitted: float = field(default_factory=time.perf_counter)
     inputs: list[dict[str, Any]] | None = None  # per job, its input images (image-to-image)
-    states: list[MemberState] = field(default_factory=list)  # one per job
+    states: list[MemberState | None] = field(default_factory=list)  # per job, once it joined
     times: CallTimes = field(default_factory=CallTimes)
     throttle: ProgressThrottle = field(default_factory=ProgressThrottle)
-    started_wall: float = 0.0  # unix time it joined the running set
-    outputs: list[list[np.ndarray]] | None = None  # per job, once decoded
+    started_wall: float = 0.0  # unix time its first job joined the running set
+    outputs: list[list[np.ndarray]] | None = None  # per job, once all are decoded
+    decoded: dict[int, list[np.ndarray]] = field(default_factory=dict)  # job index -> outputs
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -71,10 +78,27 @@ class StepCall:
     def rows(self) -> int:
         return sum(j.num_images for j in self.req.jobs)
 
+    @property
+    def member_ids(self) -> list[str]:
+        return [member_id(self.req.batch_id, i) for i in range(len(self.req.jobs))]
+
+    def progress(self) -> tuple[int, int]:
+        """(steps done, steps in all) of its least advanced job (0 for one still waiting)."""
+        done = min((s.done if s is not None else 0) for s in self.states)
+        total = max((s.total for s in self.states if s is not None), default=1)
+        return done, total
+
     def end(self, error: BaseException | None = None) -> None:
+        if error is None:
+            self.outputs = [self.decoded[i] for i in range(len(self.req.jobs))]
         self.error = error
         self.times.span = (self.started_wall or time.time(), time.time())
         self.finished.set()
+
+
+def member_id(batch_id: str, index: int) -> str:
+    """The engine member of a call's job ``index``."""
+    return f"{batch_id}/{index}"
 
 
 class StepLoop:
@@ -83,7 +107,8 @@ class StepLoop:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.policy = EnginePolicy()
-        self.calls: dict[str, StepCall] = {}
+        self.calls: dict[str, StepCall] = {}  # by batch id
+        self.jobs: dict[str, tuple[StepCall, int]] = {}  # member id -> its call, job index
         self._engines: dict[int, StepEngine] = {}  # id(LoadedModel) -> its engine
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -111,20 +136,28 @@ class StepLoop:
         cancel: threading.Event,
         emit: Emit,
     ) -> StepCall:
-        """Queue a call for the next step boundary; ``finished`` is set when it is done. Its
-        input images (image-to-image) are read here, on the caller's thread."""
+        """Queue a call's jobs for the next step boundary; ``finished`` is set when the call
+        is done. Its input images (image-to-image) are read here, on the caller's thread."""
         call = StepCall(model, req, files, cancel, emit)
         call.inputs = read_inputs(self.ctx.storage, req.jobs)
+        call.states = [None] * len(req.jobs)
         entry = model.entry
         deadline = None
         if req.priority.rank == 0 and req.jobs[0].submitted_at > 0:
             deadline = min(j.submitted_at for j in req.jobs) + entry.slo.interactive_s
-        steps = req.jobs[0].params.num_inference_steps  # set exactly once the call joins
-        member = Member(req.batch_id, compat_key(req.jobs[0]), call.rows, req.priority.rank,
-                        steps, deadline)  # fmt: skip
+        rank = req.priority.rank
+        members = [  # steps: set exactly once a job joins (its schedule's length)
+            Member(
+                mid, compat_key(job), job.num_images, rank, job.params.num_inference_steps, deadline
+            )
+            for mid, job in zip(call.member_ids, req.jobs, strict=True)
+        ]
+        widest = max(j.num_images for j in req.jobs)
         with self._cond:
-            self.policy.max_rows[req.model_id] = max(set_bound(entry.max_batch_size), call.rows)
-            self.policy.submit(member)
+            self.policy.max_rows[req.model_id] = max(set_bound(entry.max_batch_size), widest)
+            for i, member in enumerate(members):
+                self.policy.submit(member)
+                self.jobs[member.id] = (call, i)
             self.calls[req.batch_id] = call
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="step-engine", daemon=True)
@@ -142,41 +175,80 @@ class StepLoop:
                 while self.policy.idle:
                     self._release()
                     self._cond.wait()
-                for call in self.calls.values():
-                    if call.cancel.is_set():
-                        self.policy.cancel(call.req.batch_id)
+                self._cancel_marked()
                 boundary = self.policy.boundary(time.time(), admit=self.ctx.gate.waiters == 0)
-            for member in boundary.cancelled:
-                self._leave(member.id, Cancelled())
+            self._cancelled(boundary.cancelled)
             if not self.policy.running:
                 self._release()
                 continue
+            running = self._running()
             try:  # joiners prepare with the set's adapters, under the gate like its steps
-                self._hold_gate([self.calls[mid] for mid in self.policy.running])
-                self._use_adapters(self.calls[next(iter(self.policy.running))])
+                self._hold_gate(running)
+                self._use_adapters(running[0][0])
             except Exception as e:
                 logger.exception("step engine could not take the gate or load adapters")
-                for mid in list(self.policy.running):
-                    self._leave(mid, e)
+                for call in _calls(running):
+                    self._fail(call, e)
                 continue
-            if boundary.joined:
-                self._join([(self.calls[m.id], m) for m in boundary.joined])
-            running = [self.calls[mid] for mid in self.policy.running]
+            joined = [m.id for m in boundary.joined if m.id in self.jobs]
+            if joined:
+                self._join(joined)
+            running = self._running()
             if not running:
                 continue
             try:
                 self._step(running)
-            except Exception as e:  # one forward: every member of it fails
+            except Exception as e:  # one forward: every call with a job in it fails
                 logger.exception("step engine forward failed")
-                for call in running:
-                    self._leave(call.req.batch_id, e)
+                for call in _calls(running):
+                    self._fail(call, e)
 
-    def _leave(self, batch_id: str, error: BaseException | None) -> None:
-        """A call leaves the engine (an error, or None: done) and its thread goes on."""
+    def _cancel_marked(self) -> None:
+        """Mark for the boundary (lock held) the jobs of cancelled calls and the jobs cancelled
+        on their own (``WorkerContext.cancelled_jobs``)."""
+        for call in self.calls.values():
+            dropped = self.ctx.cancelled_jobs.get(call.req.batch_id) or ()
+            for i, mid in enumerate(call.member_ids):
+                if call.cancel.is_set() or call.req.jobs[i].request_id in dropped:
+                    self.policy.cancel(mid)
+
+    def _cancelled(self, members: list[Member]) -> None:
+        """Members the boundary removed: a cancelled call ends with ``Cancelled``; a job
+        cancelled on its own leaves with no outputs (its call stores nothing for it)."""
+        for member in members:
+            owner = self.jobs.get(member.id)
+            if owner is None:
+                continue  # its call ended with another of its jobs
+            call, i = owner
+            if call.cancel.is_set():
+                self._fail(call, Cancelled())
+            else:
+                self._done(call, i, [])
+
+    def _running(self) -> list[tuple[StepCall, int]]:
+        """The running set's jobs: (call, job index), in the set's order."""
+        return [self.jobs[mid] for mid in self.policy.running]
+
+    def _fail(self, call: StepCall, error: BaseException) -> None:
+        """A call ends with ``error``: its jobs leave the engine, running or waiting."""
         with self._cond:
-            self.policy.remove(batch_id)
-            call = self.calls.pop(batch_id)
+            if self.calls.pop(call.req.batch_id, None) is None:
+                return  # ended already
+            for mid in call.member_ids:
+                self.policy.remove(mid)
+                self.jobs.pop(mid, None)
         call.end(error)
+
+    def _done(self, call: StepCall, index: int, outputs: list[np.ndarray]) -> None:
+        """A job was decoded; its call ends with its last job."""
+        call.decoded[index] = outputs
+        with self._cond:
+            self.jobs.pop(member_id(call.req.batch_id, index), None)
+            last = len(call.decoded) == len(call.req.jobs)
+            if last:
+                self.calls.pop(call.req.batch_id, None)
+        if last:
+            call.end(None)
 
     def _release(self) -> None:
         if self._ticket is not None:
@@ -194,33 +266,33 @@ class StepLoop:
             self._engines = {id(model): engine}  # the models of the running set only
         return engine
 
-    def _join(self, joining: list[tuple[StepCall, Member]]) -> None:
-        """Prepare the members of the calls joining at this boundary (prompts, samplers,
-        latents), in one batch where the family's engine batches it (``prepare_members``);
-        when that fails, call by call, so a failure fails only its own call."""
+    def _join(self, joined: list[str]) -> None:
+        """Prepare the jobs joining at this boundary (prompts, samplers, latents), in one batch
+        where the family's engine batches it (``prepare_members``); when that fails, call by
+        call, so a failure fails only its own call."""
         from genmedia.models.step_engine import prepare_members
 
         now, wall = time.perf_counter(), time.time()
-        for call, _ in joining:
-            call.times.wait_s = now - call.submitted
-            call.started_wall = wall
+        jobs = [self.jobs[mid] for mid in joined]
+        for call, _ in jobs:
+            if not call.started_wall:
+                call.times.wait_s = now - call.submitted
+                call.started_wall = wall
         try:
-            engine = self._engine(joining[0][0].model)
-            jobs = [job for call, _ in joining for job in call.req.jobs]
-            sources = [s for call, _ in joining for s in _sources(call)]
-            states = prepare_members(engine, jobs, sources)
+            engine = self._engine(jobs[0][0].model)
+            sources = [call.inputs[i] if call.inputs is not None else None for call, i in jobs]
+            states = prepare_members(engine, [c.req.jobs[i] for c, i in jobs], sources)
         except Exception as e:
-            if len(joining) == 1:
-                self._leave(joining[0][1].id, e)
-            else:
-                for one in joining:
-                    self._join([one])
+            calls = _calls(jobs)
+            if len(calls) == 1:
+                self._fail(calls[0], e)
+                return
+            for call in calls:
+                self._join([m for m in joined if self.jobs.get(m, (None,))[0] is call])
             return
-        start = 0
-        for call, member in joining:
-            n = len(call.req.jobs)
-            call.states, start = states[start : start + n], start + n
-            member.steps = max(s.total for s in call.states)
+        for mid, (call, i), state in zip(joined, jobs, states, strict=True):
+            call.states[i] = state
+            self.policy.running[mid].steps = state.total
 
     def _use_adapters(self, call: StepCall) -> None:
         """Load and activate the running set's adapters (one set per running set: its key)."""
@@ -232,74 +304,77 @@ class StepLoop:
             call.times.adapter_load_s += loaded
             adapters.activate(model.pipe, call.req.adapters)
 
-    def _hold_gate(self, running: list[StepCall]) -> None:
+    def _hold_gate(self, running: list[tuple[StepCall, int]]) -> None:
         """Take the gate, or yield it at this boundary to a better-ranked waiting call."""
-        rank = min(c.req.priority.rank for c in running)
+        calls = _calls(running)
+        rank = min(c.req.priority.rank for c in calls)
         before = time.perf_counter()
         if self._ticket is None:
             self._ticket = self.ctx.gate.acquire(rank)
         else:
             self._ticket = self.ctx.gate.checkpoint(self._ticket, rank)
         paused = time.perf_counter() - before
-        for call in running:
+        for call in calls:
             if call.started_wall:  # a call joining at this boundary counts it as waiting
                 call.times.paused_s += paused
 
-    def _step(self, running: list[StepCall]) -> None:
-        """One engine step over the running set (the gate held, its adapters active); calls
-        that are done are decoded and end."""
-        engine = self._engine(running[0].model)
-        states = [s for call in running for s in call.states]
+    def _step(self, running: list[tuple[StepCall, int]]) -> None:
+        """One engine step over the running set (the gate held, its adapters active); jobs
+        that are done are decoded, and a call ends with its last job."""
+        engine = self._engine(running[0][0].model)
+        states = [_state(call, i) for call, i in running]
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         engine.step(states)
         wall = time.perf_counter() - wall0
-        cpu = (time.thread_time() - cpu0) * self.ctx.threads
-        rows = sum(c.rows for c in running)
+        cpu = min(wall, (time.thread_time() - cpu0) * self.ctx.threads)
+        rows = sum(s.rows for s in states)
         with self._cond:
             finished = {m.id for m in self.policy.step_done(wall)}
-        done = []
-        for call in running:
-            share = call.rows / rows
-            call.times.compute_s += wall * share
-            call.times.device_s += min(wall, cpu) * share
-            step, total = call.states[0].done, call.states[0].total
+        for (call, _), state in zip(running, states, strict=True):
+            call.times.compute_s += wall * state.rows / rows
+            call.times.device_s += cpu * state.rows / rows
+        for call in _calls(running):
+            step, total = call.progress()
             if call.throttle.due(step, total, time.perf_counter()):
                 call.emit(ProgressEvent(step=step, total=total))
-            if call.req.batch_id in finished:
-                done.append(call)
+        done = [job for job in running if member_id(job[0].req.batch_id, job[1]) in finished]
         if done:
             self._decode(engine, done)
 
-    def _decode(self, engine: StepEngine, calls: list[StepCall]) -> None:
-        """Decode the calls that finished on this step in one batch (``decode_members``), each
+    def _decode(self, engine: StepEngine, jobs: list[tuple[StepCall, int]]) -> None:
+        """Decode the jobs that finished on this step in one batch (``decode_members``), each
         taking its rows' share of the time; when that fails, call by call, so a failure fails
         only its own call."""
         from genmedia.models.step_engine import decode_members
 
         wall0, cpu0 = time.perf_counter(), time.thread_time()
+        states = [_state(call, i) for call, i in jobs]
         try:
-            per_state = decode_members(engine, [s for c in calls for s in c.states])
+            outputs = decode_members(engine, states)
         except Exception as e:
+            calls = _calls(jobs)
             if len(calls) == 1:
-                self._leave(calls[0].req.batch_id, e)
+                self._fail(calls[0], e)
                 return
             for call in calls:  # alone, so one failure fails one call
-                self._decode(engine, [call])
+                self._decode(engine, [job for job in jobs if job[0] is call])
             return
         wall = time.perf_counter() - wall0
         cpu = min(wall, (time.thread_time() - cpu0) * self.ctx.threads)
-        rows = sum(c.rows for c in calls)
-        start = 0
-        for call in calls:
-            n = len(call.states)
-            call.outputs, start = per_state[start : start + n], start + n
-            call.times.compute_s += wall * call.rows / rows
-            call.times.device_s += cpu * call.rows / rows
-            self._leave(call.req.batch_id, None)
+        rows = sum(s.rows for s in states)
+        for (call, i), state, images in zip(jobs, states, outputs, strict=True):
+            call.times.compute_s += wall * state.rows / rows
+            call.times.device_s += cpu * state.rows / rows
+            self._done(call, i, images)
 
 
-def _sources(call: StepCall) -> list[dict[str, Any] | None]:
-    """Per job of a call, its input images (image-to-image), else None."""
-    if call.inputs is None:
-        return [None] * len(call.req.jobs)
-    return list(call.inputs)
+def _calls(jobs: list[tuple[StepCall, int]]) -> list[StepCall]:
+    """The calls of ``jobs``, each once, in order."""
+    return list({id(call): call for call, _ in jobs}.values())
+
+
+def _state(call: StepCall, index: int) -> MemberState:
+    state = call.states[index]
+    if state is None:
+        raise RuntimeError(f"job {index} of call {call.req.batch_id!r} runs before it joined")
+    return state

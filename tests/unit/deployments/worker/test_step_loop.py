@@ -18,6 +18,7 @@ from genmedia.deployments.store.storage import LocalDirStorage
 from genmedia.deployments.worker.batch import (
     AdapterFiles,
     WorkerContext,
+    finish_call,
     run_batch_call,
     run_step_call,
 )
@@ -297,3 +298,46 @@ def test_an_interactive_call_takes_the_gate_rather_than_join_a_slow_batch_set(
     policy.submit(Member("inter", key, 1, 0, 4))
     policy.boundary(0.0)
     assert loop.accepts(model, inter)  # the set holds an interactive member: joining beats waiting
+
+
+def test_a_calls_jobs_join_one_by_one_as_the_set_has_room(
+    model: LoadedModel, tmp_path: Path
+) -> None:
+    """Each job is a member of its own: with 3 of the set's 4 rows taken, one job of a
+    two-job call joins now and the other when rows free up; both match the request path."""
+    ctx = _context(tmp_path / "step")
+    loop = StepLoop(ctx)
+    engine = loop._engines[id(model)] = _Decodes(model)  # type: ignore[assignment]
+    wide = _request("b1", [_job(model, "r1", seed=1, num_images=3, num_inference_steps=3)])
+    pair = _request(
+        "b2",
+        [
+            _job(model, "r2", seed=2, num_inference_steps=2),
+            _job(model, "r3", seed=3, num_inference_steps=2),
+        ],
+    )
+    first, second = _together(loop, model, [wide, pair])
+    assert engine.prepared == [["r1", "r2"], ["r3"]]
+    assert first.error is None and second.error is None and second.outputs is not None
+    assert [len(o) for o in second.outputs] == [1, 1]
+    ref_ctx = _context(tmp_path / "request")
+    for call in (first, second):
+        got = finish_call(ctx, model, call.req, call.outputs or [], call.times)
+        want = run_batch_call(ref_ctx, model, call.req, threading.Event(), lambda e: None)
+        for g, w in zip(_images(ctx, got), _images(ref_ctx, want), strict=True):
+            assert int(np.abs(g - w).max()) <= 1
+    assert loop.policy.idle and not loop.calls and not loop.jobs
+
+
+def test_a_job_cancelled_on_its_own_leaves_and_its_call_goes_on(
+    model: LoadedModel, tmp_path: Path
+) -> None:
+    ctx = _context(tmp_path)
+    loop = StepLoop(ctx)
+    engine = loop._engines[id(model)] = _Decodes(model)  # type: ignore[assignment]
+    req = _request("b1", [_job(model, "r1", seed=1), _job(model, "r2", seed=2)])
+    ctx.cancelled_jobs["b1"] = {"r2"}
+    result = run_step_call(ctx, loop, model, req, threading.Event(), lambda e: None)
+    assert engine.prepared == [["r1"]]
+    assert [len(j.outputs) for j in result.jobs] == [1, 0]
+    assert loop.policy.idle and not loop.calls and not loop.jobs
