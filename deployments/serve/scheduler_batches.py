@@ -47,7 +47,10 @@ from genmedia.models.catalog import Catalog
 logger = logging.getLogger("ray.serve")
 
 MAX_ATTEMPTS = 3  # a job whose worker died this many times fails instead of running again
-REPLICA_POLL_S = 2.0
+REPLICA_POLL_S = 2.0  # a family that autoscales: its replica count is read this often
+# every family at a fixed replica count: the count changes only while replicas start or are
+# replaced, so it is read less often (each read is a round trip to the Serve controller)
+FIXED_REPLICA_POLL_S = 10.0
 REPLICA_POLL_LOG_EVERY = 30  # failed replica reads in a row between two warnings (a minute)
 
 
@@ -311,13 +314,22 @@ class BatchRunner:
             )
 
     async def _poll_replicas(self) -> None:
-        """Follow each family worker's running replicas (its slots scale with them). A failed
-        read keeps the last counts; it is logged once, then every ``REPLICA_POLL_LOG_EVERY``
-        failures in a row."""
+        """Follow each family worker's running replicas (its slots scale with them), every
+        ``REPLICA_POLL_S`` when a family autoscales, else every ``FIXED_REPLICA_POLL_S``; the
+        read runs off the event loop (it waits for the Serve controller). A failed read keeps
+        the last counts; it is logged once, then every ``REPLICA_POLL_LOG_EVERY`` failures in
+        a row."""
         failures = 0
+        families = self.catalog.families()
+        scaling = any(
+            self.catalog.worker(f).min_replicas != self.catalog.worker(f).max_replicas
+            for f in families
+        )
+        every = REPLICA_POLL_S if scaling else FIXED_REPLICA_POLL_S
         while True:
             try:
-                self._read_replicas()
+                status = await asyncio.to_thread(serve.status)
+                self._read_replicas(status)
             except Exception as e:
                 failures += 1
                 if failures == 1 or failures % REPLICA_POLL_LOG_EVERY == 0:
@@ -333,10 +345,10 @@ class BatchRunner:
                 if failures:
                     logger.info("scheduler reads the worker replica counts again")
                 failures = 0
-            await asyncio.sleep(REPLICA_POLL_S)
+            await asyncio.sleep(every if failures == 0 else REPLICA_POLL_S)
 
-    def _read_replicas(self) -> None:
-        app = serve.status().applications.get(self.app_name)
+    def _read_replicas(self, status: Any) -> None:
+        app = status.applications.get(self.app_name)
         if app is None:
             return
         for family, name in self.worker_names.items():
