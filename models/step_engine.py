@@ -272,7 +272,7 @@ def prepare_members(
     sources: Sequence[dict[str, Any] | None],
 ) -> list[MemberState]:
     """The states of the members joining at one step boundary, in order: in one batch where
-    the family's engine batches it (``prepare_many``: SD1.5), else member by member."""
+    the family's engine batches it (``prepare_many``: SD1.5, SDXL), else member by member."""
     many = getattr(engine, "prepare_many", None)
     if many is not None:
         out: list[MemberState] = many(jobs, sources)

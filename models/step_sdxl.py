@@ -13,6 +13,7 @@ its ids come from its encoded image's size with the pipeline's aesthetic-score d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,26 +36,64 @@ class SdxlStepEngine(UNetStepEngine):
         the tail its strength leaves), draw its latents (noise, or its image encoded and noised
         to the first of them) and build the size/crop ids: the calls of the task pipeline's
         ``__call__``, in order."""
+        return self.prepare_many([job], [source])[0]
+
+    def prepare_many(
+        self, jobs: Sequence[GenerationJob], sources: Sequence[dict[str, Any] | None]
+    ) -> list[MemberState]:
+        """The states of members joining at one step boundary: the prompts of the members with
+        a negative prompt encoded in one forward of both encoders, those of the members without
+        one (or an empty one) in another, as the request-level runner passes them (SDXL's
+        unconditional rows are zeros without a negative prompt), then each member's own
+        sampler, latents and ids."""
         import torch
 
-        params = job.params
-        view = self._view(job)
-        prompts, negatives, generators = seeded_batch([job])
-        rows = len(prompts)
-        guidance = params.guidance_scale > 1.0
+        states: list[MemberState | None] = [None] * len(jobs)
         device = torch.device(self.model.device)
+        for negative in (False, True):
+            group = [i for i, j in enumerate(jobs) if bool(j.negative_prompt) == negative]
+            if not group:
+                continue
+            prompts, negatives, _ = seeded_batch([jobs[i] for i in group])
+            guidance = [jobs[i].params.guidance_scale > 1.0 for i in group]
+            view = self._view(jobs[group[0]])
+            with torch.inference_mode():
+                encoded = view.encode_prompt(
+                    prompt=prompts,
+                    device=device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=any(guidance),
+                    negative_prompt=negatives if negative else None,
+                )
+            start = 0
+            for i, cfg in zip(group, guidance, strict=True):
+                rows = slice(start, start + jobs[i].num_images)
+                start += jobs[i].num_images
+                parts = [None if t is None else t[rows] for t in encoded]
+                states[i] = self._member(jobs[i], sources[i], parts, cfg, device)
+        return [s for s in states if s is not None]
+
+    def _member(
+        self,
+        job: GenerationJob,
+        source: dict[str, Any] | None,
+        encoded: list[Any],
+        guidance: bool,
+        device: torch.device,
+    ) -> MemberState:
+        """A member's state from its rows of the encoders' outputs (``cond``, ``uncond``,
+        ``pooled``, ``uncond_pooled``)."""
+        import torch
+
+        cond, uncond, pooled, uncond_pooled = encoded
+        view = self._view(job)
+        _, _, generators = seeded_batch([job])
+        rows = job.num_images
         with torch.inference_mode():
-            cond, uncond, pooled, uncond_pooled = view.encode_prompt(
-                prompt=prompts,
-                device=device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=guidance,
-                negative_prompt=negatives if any(negatives) else None,
-            )
             timesteps, latents = initial_latents(
                 view, job, source, generators, cond.dtype, device, begin_index=True
             )
-            time_ids, neg_time_ids = _time_ids(view, params.task, latents, pooled)
+            time_ids, neg_time_ids = _time_ids(view, job.params.task, latents, pooled)
             time_ids = time_ids.repeat(rows, 1)
             if guidance:  # rows: every unconditional one, then every conditional one
                 embeds = torch.cat([uncond, cond])

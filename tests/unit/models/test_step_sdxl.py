@@ -126,3 +126,26 @@ def test_what_runs_step_level(model: LoadedModel, tmp_path: Path) -> None:
     assert not supports(model, inpaint)  # SDXL inpainting runs request-level
     with pytest.raises(ValueError, match="does not run 'inpainting'"):
         SdxlStepEngine(model).prepare(inpaint)
+
+
+def test_members_that_join_together_prepare_in_one_batch(
+    model: LoadedModel, engine: SdxlStepEngine
+) -> None:
+    """Members joining at one boundary encode in one forward per group (with and without a
+    negative prompt); each member's rows are its own and its images are as alone."""
+    jobs = [
+        make_job(model, "a", seed=1, num_inference_steps=2),
+        make_job(model, "b", prompt="a dog", negative_prompt="blurry", seed=2, num_images=2),
+        make_job(model, "c", prompt="a boat", seed=3, guidance_scale=1.0),
+    ]
+    members = engine.prepare_many(jobs, [None] * 3)
+    assert [m.job.request_id for m in members] == ["a", "b", "c"]
+    assert [m.embeds.shape[0] for m in members] == [2, 4, 1]
+    for job, member in zip(jobs, members, strict=True):
+        single = engine.prepare(job)
+        assert float((member.embeds - single.embeds).abs().max()) <= 1e-5
+        for k, v in single.added.items():
+            assert float((member.added[k] - v).abs().max()) <= 1e-5
+    got = run_set(engine, [(0, j) for j in jobs])
+    for job in jobs:
+        assert_close(got[job.request_id], alone(engine, job))
