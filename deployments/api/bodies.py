@@ -1,10 +1,12 @@
 """JSON request bodies as route dependencies that parse off the event loop.
 
 Between the HTTP layer and a route: ``json_body(Model)`` reads the raw bytes and has
-``intake.bodies.parse_json`` validate them on a worker thread of the gateway (small bodies on
-the interactive lane's threads, large ones on the batch lane's), so no body, however hostile,
-holds the event loop. ``body_openapi(Model)`` documents the body in ``/docs`` as FastAPI would
-have; ``GatewayApp`` adds the models' schemas to the document's components.
+``intake.bodies.parse_json`` validate them (``GatewayService.parse_body``: a body of at most
+1 KB at once, costing microseconds; small bodies on the interactive lane's threads, large ones
+in the gateway's parse process), so no body, however hostile, holds the event loop or its
+interpreter lock for more than microseconds. ``body_openapi(Model)`` documents the body in
+``/docs`` as FastAPI would have; ``GatewayApp`` adds the models' schemas to the document's
+components.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from genmedia.deployments.errors import ApiError
-from genmedia.deployments.intake.bodies import SMALL_BODY_BYTES, parse_json
 from genmedia.deployments.intake.service import GatewayService
-from genmedia.deployments.protocol import PriorityClass
 
 M = TypeVar("M", bound=BaseModel)
 BODY_MODELS: dict[str, type[BaseModel]] = {}  # documented bodies, by schema name
@@ -34,9 +34,7 @@ def json_body(
     async def parse(request: Request) -> M:
         raw = await request.body()
         service: GatewayService = request.app.state.service
-        big = len(raw) > SMALL_BODY_BYTES
-        lane = PriorityClass.BATCH if big else PriorityClass.INTERACTIVE
-        return await service.off_loop(lane, parse_json, raw, model, on_errors)
+        return await service.parse_body(raw, model, on_errors)
 
     return parse
 

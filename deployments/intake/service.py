@@ -10,6 +10,7 @@ Input images: ``intake/input_calls.py``; admin calls (adapters, keys, quotas):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -18,16 +19,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from genmedia.deployments.errors import ApiError
 from genmedia.deployments.intake.adapter_sources import (
     AdapterSources,
 )
 from genmedia.deployments.intake.admin_calls import AdminCalls
+from genmedia.deployments.intake.bodies import INLINE_BODY_BYTES, SMALL_BODY_BYTES, parse_json
 from genmedia.deployments.intake.coalesce import Coalescer
 from genmedia.deployments.intake.fetch import UrlFetcher
 from genmedia.deployments.intake.guard import TenantGuard, leave_intake_slot
 from genmedia.deployments.intake.headers import parse_deadline, parse_idempotency_key
 from genmedia.deployments.intake.input_calls import InputCalls
+from genmedia.deployments.intake.parse_pool import OnErrors, ParsePool
 from genmedia.deployments.intake.scheduler_client import SchedulerClient
 from genmedia.deployments.intake.storage_guard import StorageGuard, store_upload, upload_type
 from genmedia.deployments.metrics import GatewayMetrics
@@ -63,6 +68,7 @@ LOADS_TTL_S = 30.0  # how often /v1/models asks the workers for measured load ti
 # the scheduler to group-commit what arrives together, few enough that a burst waits here.
 BULK_CALLS_IN_FLIGHT = 64
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 def body_sha256(entry: ModelEntry, req: GenerateRequest) -> str:
@@ -101,14 +107,20 @@ class GatewayService(AdminCalls, InputCalls):
         self.auth = auth
         self.storage = storage or make_storage(catalog.server.storage, catalog.resolve_path)
         self.metrics = metrics or GatewayMetrics()
-        # Intake lanes: validation and input decoding run off the event loop, interactive and
-        # batch-class work on separate threads, and batch-class scheduler calls are capped, so
-        # a burst of bulk submits never holds up an interactive one.
+        # Intake lanes: body parsing (past 1 KB) and input decoding run off the event loop,
+        # interactive and batch-class work on separate threads, and batch-class scheduler
+        # calls are capped, so a burst of bulk submits never holds up an interactive one.
         self._pools = {
             PriorityClass.INTERACTIVE: ThreadPoolExecutor(2, "intake-interactive"),
             PriorityClass.BATCH: ThreadPoolExecutor(1, "intake-batch"),
         }
         self.bulk_calls = asyncio.Semaphore(BULK_CALLS_IN_FLIGHT)
+        # large bodies parse in a process of their own (``intake/parse_pool.py``), started
+        # with a Serve replica (a loop runs here), else on the first large body
+        self.parse_pool = ParsePool(fallback=self._pools[PriorityClass.BATCH])
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            self.parse_pool.start()
         # per-tenant rate limit of every /v1 call and caps on progress streams (api/deps.py)
         self.guard = TenantGuard(auth.tenants.values(), catalog.server)
         # floods of status reads and batch-class submits: one scheduler call per group
@@ -130,6 +142,21 @@ class GatewayService(AdminCalls, InputCalls):
 
     async def off_loop(self, lane: PriorityClass, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pools[lane], fn, *args)
+
+    async def parse_body(self, raw: bytes, model: type[M], on_errors: OnErrors = None) -> M:
+        """A request body as ``model`` (``intake/bodies.parse_json``'s 400/422): a body of at
+        most ``INLINE_BODY_BYTES`` at once (microseconds, less than a thread hop), a small one
+        on the interactive lane's threads, a large one in the parse process, whose parse does
+        not hold this process's interpreter lock (``intake/parse_pool.py``)."""
+        if len(raw) <= INLINE_BODY_BYTES:
+            return parse_json(raw, model, on_errors)
+        if len(raw) > SMALL_BODY_BYTES:
+            return await self.parse_pool.parse(raw, model, on_errors)
+        return await self.off_loop(PriorityClass.INTERACTIVE, parse_json, raw, model, on_errors)
+
+    def close(self) -> None:
+        """End what the service started besides its threads (the parse process)."""
+        self.parse_pool.shutdown()
 
     # -- catalog -----------------------------------------------------------------------------
     def entry(self, model_id: str) -> ModelEntry:
@@ -248,9 +275,9 @@ class GatewayService(AdminCalls, InputCalls):
         request_id = uuid.uuid4().hex
         inputs, image_size = await self._inputs(tenant, entry, req, request_id, lane)
         try:
-            job = await self.off_loop(
-                lane, self.resolve_job, entry, req, request_id, image_size, inputs
-            )
+            # on the loop: every list and string is bounded at parse time, so resolving costs
+            # 10-15 µs, a tenth of a hop to a lane's thread (and no wait behind bulk work there)
+            job = self.resolve_job(entry, req, request_id, image_size, inputs)
         except BaseException:  # refused: the inline images it stored go
             await self.storage_guard.discard_inline(tenant.id, request_id, inputs)
             raise
@@ -273,7 +300,8 @@ class GatewayService(AdminCalls, InputCalls):
         image_size: tuple[int, int] | None,
         inputs: dict[str, str],
     ) -> GenerationJob:
-        """The request against its model's bounds (off the event loop); 422 naming each field."""
+        """The request against its model's bounds (bounded work: microseconds); 422 naming
+        each field."""
         job, errors = resolve_request(entry, req, request_id=request_id, image_size=image_size)
         if errors:
             raise ApiError(
