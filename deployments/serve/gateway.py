@@ -184,5 +184,11 @@ class Gateway:
     def __serve_build_asgi_app__(self):
         return build_api(self.service)
 
+    def __del__(self) -> None:
+        """Serve ends the replica: end the service's parse process with it."""
+        service = getattr(self, "service", None)
+        if service is not None:
+            service.close()
+
 
 GatewayDeployment = serve.deployment(Gateway)
