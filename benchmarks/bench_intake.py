@@ -247,6 +247,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=40, help="interactive samples per scenario")
     p.add_argument("--hostile-rounds", type=int, default=5, help="rounds of 20 hostile bodies")
     p.add_argument(
+        "--control-plane-niceness",
+        type=int,
+        default=None,
+        help="server.control_plane_niceness of the deployed catalog (default: the catalog's)",
+    )
+    p.add_argument(
         "--parts",
         default=",".join(PARTS),
         help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)",
@@ -264,9 +270,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     workdir = tempfile.mkdtemp(prefix="genmedia-bench-intake-")
+    niceness = {}
+    if args.control_plane_niceness is not None:
+        niceness["control_plane_niceness"] = args.control_plane_niceness
     catalog = sd15_catalog(
         workdir,
         server={
+            **niceness,
             "max_bulk_items": 1000,
             # the bursts and rate runs queue far more jobs than the workers compute meanwhile
             "scheduler": {"job_store": f"{workdir}/jobs.sqlite", "model_queue_limit": 1_000_000},

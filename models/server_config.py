@@ -502,6 +502,16 @@ class ServerSettings(_Strict):
     scheduler_num_cpus: float = Field(
         default=0.25, gt=0.0, le=64.0, description="Ray CPUs of the scheduler replica."
     )
+    control_plane_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness added to the gateway's and the scheduler's processes. Where "
+        "they share cores with family workers (one machine, CPU inference), 10 gives the "
+        "pipelines the CPU first (throughput); 0 lets requests through the gateway and the "
+        "scheduler first (interactive latency while bulk work computes). No effect where the "
+        "control plane has cores of its own.",
+    )
     request_timeout_s: float = Field(
         default=600.0, gt=0.0, le=86_400.0, description="Longest a sync request may take."
     )

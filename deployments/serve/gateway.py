@@ -162,10 +162,11 @@ class Gateway:
         tenants: dict,
     ):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU deployment may otherwise see every GPU
-        yield_cpu_to_workers()
+        parsed = parse_catalog(catalog, catalog_file)
+        yield_cpu_to_workers(parsed.server.control_plane_niceness)
         self.workers = workers
         self.service = GatewayService(
-            parse_catalog(catalog, catalog_file),
+            parsed,
             RaySchedulerClient(scheduler),
             Authenticator(TenantsFile.model_validate(tenants)),
         )

@@ -95,8 +95,8 @@ class Scheduler(LeaseHolder, BatchRunner):
         app_name: str,
         clock=time.time,
     ):
-        yield_cpu_to_workers()
         self.catalog: Catalog = parse_catalog(catalog, catalog_file)
+        yield_cpu_to_workers(self.catalog.server.control_plane_niceness)
         settings = self.catalog.server.scheduler
         self.workers = workers
         self.worker_names = worker_names

@@ -64,15 +64,14 @@ from genmedia.models.catalog import ModelEntry
 
 logger = logging.getLogger("ray.serve")
 
-CONTROL_PLANE_NICENESS = 10  # added to the gateway's and the scheduler's niceness
-
-
-def yield_cpu_to_workers() -> None:
-    """Lower this process's CPU priority (gateway, scheduler). Where they share cores with a
-    family worker (one machine, CPU inference), the pipeline gets the CPU first and the
-    control plane the rest; raising niceness needs no privilege."""
-    with contextlib.suppress(OSError):
-        os.nice(CONTROL_PLANE_NICENESS)
+def yield_cpu_to_workers(niceness: int) -> None:
+    """Lower this process's CPU priority (gateway, scheduler) by ``niceness``
+    (``server.control_plane_niceness``). Where they share cores with a family worker (one
+    machine, CPU inference), the pipeline then gets the CPU first and the control plane the
+    rest; raising niceness needs no privilege."""
+    if niceness > 0:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
 
 
 class PipelineLost(RayActorError):
