@@ -23,10 +23,12 @@ Join rule, at a step boundary, waiting members in (priority rank, arrival) order
 Entry rule, before a call becomes a member (``EnginePolicy.accepts``: ``StepLoop.accepts`` in
 the worker, ``StepWorkers.enter`` in the simulator): a call of another key than a running set
 takes the request path (the replica's ``StepGate``); an interactive call (rank 0) of the set's
-key joins only when ``joins_running_set`` says so: its step inside the set costs at most
-``JOIN_SLOWDOWN`` times its step alone, or the set holds an interactive member already (joining
-beats waiting for it to drain). Otherwise it takes the request path too: it preempts the
-batch-class set at its next step boundary and runs alone. Batch-class calls always join.
+key joins when the set holds an interactive member already (joining beats waiting for it to
+drain), or when the batch-class set has room for its rows now (a member of a full set waits for
+another to leave: up to a whole request's steps) and ``joins_running_set`` says so: its step
+inside the set costs at most ``JOIN_SLOWDOWN`` times its step alone. Otherwise it takes the
+request path too: it preempts the batch-class set at its next step boundary and runs alone.
+Batch-class calls always join.
 
 Guidance scale, scheduler (sampler), step count, seed and prompt are per member and not part of
 the key: each member keeps its own sampler state and applies its own guidance.
@@ -278,13 +280,16 @@ class EnginePolicy:
     def accepts(self, key: CompatKey, rows: int, rank: int) -> bool:
         """Whether a call becomes a member here (it waits for a step boundary) rather than
         taking the request path through the replica's gate: the running set is empty, or of
-        its ``key`` and ``joins_running_set`` lets it join (see the module docstring)."""
+        its ``key`` and ``joins_running_set`` lets it join (see the module docstring); an
+        interactive call joins a batch-class set only with room for its rows now."""
         own = self.key
         if own is None:
             return True
         if key != own:
             return False
         set_rank = min(m.rank for m in self.running.values())
+        if rank == 0 < set_rank and self.rows + rows > self.bound(key.model_id):
+            return False  # a full batch-class set: preempting it beats waiting for a member
         coefficients = self.cost(key).coefficients
         return joins_running_set(rank, rows, self.rows, set_rank, coefficients, self.join_slowdown)
 

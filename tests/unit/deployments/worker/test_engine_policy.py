@@ -285,6 +285,21 @@ def test_accepts_an_interactive_call_into_a_set_holding_one() -> None:
     assert policy.accepts(KEY, 1, 0)
 
 
+def test_an_interactive_call_joins_a_batch_set_only_with_room_now() -> None:
+    """A full batch-class set: an interactive call would wait up to a whole request's steps
+    for a member to leave, so it preempts instead; one with room, or a set holding an
+    interactive member, it joins (no cost known: the step rule does not refuse)."""
+    policy = EnginePolicy(default_rows=4)
+    policy.submit(_member("bulk", rows=3))
+    policy.boundary(0.0)
+    assert policy.accepts(KEY, 1, 0)
+    assert not policy.accepts(KEY, 2, 0)  # 3 + 2 rows > 4
+    assert policy.accepts(KEY, 2, 1)  # batch class waits for room
+    policy.submit(_member("inter", rank=0))
+    policy.boundary(0.0)
+    assert policy.rows == 4 and policy.accepts(KEY, 1, 0)  # full, but holds an interactive
+
+
 def test_accepts_uses_the_fitted_cost() -> None:
     policy = EnginePolicy(default_rows=8)
     policy.submit(_member("bulk", rows=2))
