@@ -64,6 +64,7 @@ from genmedia.models.catalog import ModelEntry
 
 logger = logging.getLogger("ray.serve")
 
+
 def yield_cpu_to_workers(niceness: int) -> None:
     """Lower this process's CPU priority (gateway, scheduler) by ``niceness``
     (``server.control_plane_niceness``). Where they share cores with a family worker (one
