@@ -23,7 +23,7 @@ TENANTS = {"version": 1, "tenants": [{"id": "t", "api_keys": []}]}
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     """The default catalog on a temporary store with a 2 s lease (renewed every 0.5 s)."""
-    monkeypatch.setattr(mod, "yield_cpu_to_workers", lambda niceness: None)  # keep the test's niceness
+    monkeypatch.setattr(mod, "yield_cpu_to_workers", lambda n: None)  # keep the test's niceness
 
     async def no_polling(self):
         await asyncio.Event().wait()
