@@ -130,6 +130,10 @@ def seeded_batch(jobs: list[GenerationJob]) -> tuple[list[str], list[str], list[
 
 def per_job(jobs: list[GenerationJob], outputs: np.ndarray) -> list[list[np.ndarray]]:
     """The batch's outputs split back into each job's ``num_images``."""
+    if sum(j.num_images for j in jobs) != len(outputs):
+        raise ValueError(
+            f"{len(outputs)} outputs for jobs of {sum(j.num_images for j in jobs)} images"
+        )
     result, k = [], 0
     for job in jobs:
         result.append([outputs[k + i] for i in range(job.num_images)])

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from genmedia.models.family import seeded_batch, to_uint8
+from genmedia.models.family import per_job, seeded_batch, to_uint8
 from genmedia.models.params import GenerationJob
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class UNetStepEngine:
         latents = torch.cat([m.latents for m in members])
         generators = [g for m in members for g in m.generators]
         images = self._images(members[0].view, latents, generators)
-        return split_rows(images, [m.rows for m in members])
+        return per_job([m.job for m in members], images)
 
     def _images(
         self, view: Any, latents: torch.Tensor, generators: list[torch.Generator]
@@ -180,17 +180,6 @@ class UNetStepEngine:
                 image, output_type="np", do_denormalize=[True] * image.shape[0]
             )
         return to_uint8(np.asarray(images))
-
-
-def split_rows(images: np.ndarray, rows: Sequence[int]) -> list[list[np.ndarray]]:
-    """A decoded batch's outputs, per member (``rows`` outputs each, in order)."""
-    if sum(rows) != len(images):
-        raise ValueError(f"{len(images)} outputs for members of {sum(rows)} rows")
-    out, start = [], 0
-    for n in rows:
-        out.append(list(images[start : start + n]))
-        start += n
-    return out
 
 
 def decode_members(engine: StepEngine, members: Sequence[MemberState]) -> list[list[np.ndarray]]:

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from genmedia.models.family import per_job
 from genmedia.models.params import GenerationJob
 from genmedia.models.runner import LoadedModel, run_batch
-from genmedia.models.step_engine import Sd15StepEngine, engine_for, split_rows, supports
+from genmedia.models.step_engine import Sd15StepEngine, engine_for, supports
 from tests.unit.models.step_helpers import (
     alone,
     assert_close,
@@ -186,8 +187,8 @@ def test_members_that_finish_together_decode_in_one_batch(
     for member, images in zip(members, together, strict=True):
         assert_close(images, engine.decode(member))
     assert engine.decode_many([]) == []
-    with pytest.raises(ValueError, match="outputs for members"):
-        split_rows(np.zeros((3, 2, 2, 3), np.uint8), [1, 1])
+    with pytest.raises(ValueError, match="3 outputs for jobs of 2 images"):
+        per_job(jobs[:1] + jobs[2:], np.zeros((3, 2, 2, 3), np.uint8))
 
 
 def test_members_that_join_together_prepare_in_one_batch(
