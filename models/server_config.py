@@ -461,8 +461,17 @@ class ServerSettings(_Strict):
         default=16,
         ge=1,
         le=100_000,
-        description="Requests of one API key a gateway replica works on at once; more wait "
-        "their turn there (a flood from one tenant does not hold up the others).",
+        description="Requests of one API key a gateway replica works on at once while no other "
+        "key sent requests there in the last 5 s; more wait their turn there.",
+    )
+    shared_inflight_per_key: int = Field(
+        default=4,
+        ge=1,
+        le=100_000,
+        description="Requests of one API key a gateway replica works on at once while other "
+        "keys send requests there too (at most max_inflight_per_key): a flood from one tenant "
+        "takes a few of the replica's turns, so another tenant's request is not queued behind "
+        "it.",
     )
     max_streams: int = Field(
         default=900,

@@ -79,7 +79,11 @@ def build_api(service: GatewayService) -> FastAPI:
     )
     app.state.service = service
     server = service.catalog.server
-    app.add_middleware(InflightPerKey, max_inflight_per_key=server.max_inflight_per_key)
+    app.add_middleware(
+        InflightPerKey,
+        max_inflight_per_key=server.max_inflight_per_key,
+        shared_inflight_per_key=server.shared_inflight_per_key,
+    )
     app.add_middleware(BodySizeLimit, limit_bytes=server.max_body_bytes)  # outermost
     install_error_handlers(app)
     for router in (

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -49,6 +49,23 @@ def _record(row: sa.Row[Any]) -> JobRecord:
         if d[c] is not None:
             d[c] = float(d[c])
     return JobRecord.from_row(d)
+
+
+def _by_updates(wanted: dict[str, dict], movable: Collection[str]) -> list[tuple[dict, list[str]]]:
+    """The ids of ``wanted`` (id -> encoded updates) that are ``movable``, grouped by their
+    updates, so each group moves in one statement; updates that cannot be compared (not
+    hashable) get a group of their own."""
+    groups: dict[tuple[tuple[str, Any], ...], tuple[dict, list[str]]] = {}
+    alone: list[tuple[dict, list[str]]] = []
+    for job_id, enc in wanted.items():
+        if job_id not in movable:
+            continue
+        key = tuple(sorted(enc.items()))
+        try:
+            groups.setdefault(key, (enc, []))[1].append(job_id)
+        except TypeError:
+            alone.append((enc, [job_id]))
+    return [*groups.values(), *alone]
 
 
 def _event(row: sa.Row[Any]) -> OutboxEvent:
@@ -234,32 +251,59 @@ class SQLJobStore:
         outbox: OutboxFn | None = None,
     ) -> list[JobRecord]:
         """Several compare-and-set transitions in one transaction; returns the records that
-        moved. ``outbox``'s events for them and the usage counters commit with them."""
-        allowed = {str(x) for x in allowed_from}
+        moved, in ``items`` order (a job listed twice moves once, with its first updates).
+        ``outbox``'s events for them and the usage counters commit with them. The rows are read
+        (and locked) in one statement, and the jobs that share their updates (a dispatched
+        batch) move in one ``UPDATE``."""
+        allowed = sorted({str(x) for x in allowed_from})
+        wanted: dict[str, dict] = {}
+        for job_id, updates in items:
+            wanted.setdefault(job_id, self._encode(updates))
         moved: list[JobRecord] = []
         counts: dict = defaultdict(lambda: [0, {}, []])
         with self._write() as conn:
-            for job_id, updates in items:
-                enc = self._encode(updates)
-                old = conn.execute(
-                    sa.select(t.jobs).where(t.jobs.c.id == job_id).with_for_update()
-                ).first()
-                if old is None or old.status not in allowed:
-                    continue
-                values: dict[str, Any] = {"status": str(to), **enc}
+            old = self._lock_open(conn, list(wanted), allowed)
+            new: dict[str, JobRecord] = {}
+            for enc, ids in _by_updates(wanted, old):
+                changes: dict[str, Any] = {"status": str(to), **enc}
                 if bump_attempts:
-                    values["attempts"] = t.jobs.c.attempts + 1
-                row = conn.execute(
-                    sa.update(t.jobs).where(t.jobs.c.id == job_id).values(values).returning(t.jobs)
-                ).one()
-                rec = _record(row)
-                self._tally(counts, rec.tenant, rec.model_id, old.status, -1, json.loads(old.usage))
+                    changes["attempts"] = t.jobs.c.attempts + 1
+                for i in range(0, len(ids), _CHUNK):
+                    stmt = (
+                        sa.update(t.jobs)
+                        .where(t.jobs.c.id.in_(ids[i : i + _CHUNK]), t.jobs.c.status.in_(allowed))
+                        .values(changes)
+                        .returning(t.jobs)
+                    )
+                    new.update((rec.id, rec) for rec in map(_record, conn.execute(stmt)))
+            for job_id in wanted:
+                rec = new.get(job_id)
+                if rec is None:
+                    continue
+                status, usage = old[job_id]
+                self._tally(counts, rec.tenant, rec.model_id, status, -1, json.loads(usage))
                 self._tally(counts, rec.tenant, rec.model_id, str(to), 1, rec.usage)
                 moved.append(rec)
                 if outbox is not None:
                     self._add_events(conn, list(outbox(rec)))
             self._count(conn, counts)
         return moved
+
+    def _lock_open(
+        self, conn: sa.Connection, job_ids: list[str], allowed: list[str]
+    ) -> dict[str, tuple[str, str]]:
+        """Status and usage (JSON) of the jobs among ``job_ids`` in an ``allowed`` status, their
+        rows locked until the transaction ends (PostgreSQL; SQLite's write lock covers it)."""
+        out: dict[str, tuple[str, str]] = {}
+        cols = (t.jobs.c.id, t.jobs.c.status, t.jobs.c.usage)
+        for i in range(0, len(job_ids), _CHUNK):
+            q = (
+                sa.select(*cols)
+                .where(t.jobs.c.id.in_(job_ids[i : i + _CHUNK]), t.jobs.c.status.in_(allowed))
+                .with_for_update()
+            )
+            out.update((row.id, (row.status, row.usage)) for row in conn.execute(q))
+        return out
 
     def update(self, job_id: str, **updates: object) -> None:
         enc = self._encode(updates)

@@ -98,6 +98,27 @@ def test_create_get_find_and_idempotency(store):
     assert store.find("t", "h").body_sha256 == "ab" * 32
 
 
+def test_transition_many_moves_groups_of_updates_in_items_order(store):
+    """Jobs sharing their updates move in one statement, others alone; either way the answer
+    keeps the items' order, a job listed twice moves once (its first updates), and the usage
+    counters follow every move."""
+    n = 1200  # more ids than one IN (...) list holds
+    store.create_many([rec(i) for i in range(n)])
+    items = [(f"j{i}", {"started_at": 7.0}) for i in reversed(range(0, n, 2))]
+    items += [(f"j{i}", {"started_at": float(i)}) for i in range(1, 9, 2)]
+    items += [("j0", {"started_at": 99.0}), ("nope", {})]
+    moved = store.transition_many(items, {Q}, P, bump_attempts=True)
+    expected = [i for i in reversed(range(0, n, 2))] + list(range(1, 9, 2))
+    assert [r.id for r in moved] == [f"j{i}" for i in expected]
+    assert {r.status for r in moved} == {P} and {r.attempts for r in moved} == {1}
+    assert store.get("j0").started_at == 7.0 and store.get("j3").started_at == 3.0
+    assert store.get("j9").status == Q
+    totals = {str(u.status): u.jobs for u in store.usage("t")}
+    assert totals[str(P)] == len(expected) and totals[str(Q)] == n - len(expected)
+    again = store.transition_many([("j0", {}), ("j9", {})], {Q}, P)
+    assert [r.id for r in again] == ["j9"]  # j0 is no longer IN_QUEUE
+
+
 def test_create_many_is_one_group_commit(store):
     out = store.create_many([rec(1, key="k"), rec(2), rec(3, key="k"), rec(4, key="z")])
     assert [(r.id, c) for r, c in out] == [("j1", True), ("j2", True), ("j1", False), ("j4", True)]
