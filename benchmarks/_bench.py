@@ -83,13 +83,15 @@ def serving_catalog(
     *,
     engine: str = "request",
     num_cpus: float = 1,
+    server: dict[str, Any] | None = None,
 ) -> Catalog:
     """The tiny SD1.5 catalog the serving benchmarks measure: one image per request, ``batch``
     images per pipeline call, ``steps`` steps at ``size`` px, the worker on ``num_cpus`` CPUs
-    running ``engine``; the gateway and scheduler a quarter CPU each."""
+    running ``engine``; the gateway and scheduler a quarter CPU each; ``server`` overrides
+    other server settings."""
     return sd15_catalog(
         workdir,
-        server={"gateway_num_cpus": 0.25, "scheduler_num_cpus": 0.25},
+        server={"gateway_num_cpus": 0.25, "scheduler_num_cpus": 0.25, **(server or {})},
         parameters={
             "width": {"default": size, "min": 32, "max": 512},
             "height": {"default": size, "min": 32, "max": 512},

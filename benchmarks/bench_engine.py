@@ -92,6 +92,12 @@ def parse_args() -> argparse.Namespace:
         "the family the whole machine",
     )
     ap.add_argument(
+        "--control-plane-niceness",
+        type=int,
+        default=None,
+        help="server.control_plane_niceness of the deployed catalog (default: the catalog's)",
+    )
+    ap.add_argument(
         "--concurrency",
         type=int,
         default=0,
@@ -134,8 +140,17 @@ def measure_engine(
     from genmedia.deployments.serve.local import delete_app, run_app
 
     workdir = tempfile.mkdtemp(prefix=f"genmedia-bench-engine-{engine}-")
+    server: dict[str, int] = {}
+    if args.control_plane_niceness is not None:
+        server["control_plane_niceness"] = args.control_plane_niceness
     catalog = serving_catalog(
-        args.batch, args.steps, args.size, workdir, engine=engine, num_cpus=args.worker_cpus
+        args.batch,
+        args.steps,
+        args.size,
+        workdir,
+        engine=engine,
+        num_cpus=args.worker_cpus,
+        server=server,
     )
     run_app(catalog, tenants_file([tenant_record("bench", API_KEY)]))
     if args.prewarm > 0:  # every batch shape the engine will run, before anything is measured
