@@ -16,9 +16,13 @@ Join rule, at a step boundary, waiting members in (priority rank, arrival) order
   set drains and the next key gets its turn (no starvation by a stream of compatible work);
 - the set's rows (outputs) stay within the per-model bound (``set_bound``: the catalog's
   ``max_batch_size`` within ``MAX_SET_ROWS``; the scheduler sizes a replica's slots from it);
-- the cost model (seconds per step ≈ a·n + b for n rows, fitted from the steps observed) does
-  not push an interactive member that would meet its deadline past it (a member refused by
-  this check alone is listed in ``Boundary.deadline_refused``: it may join one step later).
+- while the set holds interactive members, a batch-class member joins only while the cost
+  model (seconds per step ≈ a·n + b for n rows, fitted from the steps observed) keeps the
+  set's step within ``JOIN_SLOWDOWN`` times theirs alone, the bound the entry rule let them in
+  with: the set does not fill up with bulk rows around them (it refills when they leave);
+- the cost model does not push an interactive member that would meet its deadline past it (a
+  member refused by this check alone is listed in ``Boundary.deadline_refused``: it may join
+  one step later).
 
 Entry rule, before a call becomes a member (``EnginePolicy.accepts``: ``StepLoop.accepts`` in
 the worker, ``StepWorkers.enter`` in the simulator): a call of another key than a running set
@@ -316,7 +320,7 @@ class EnginePolicy:
             if key is not None and cand.key != key:
                 out.refused[cand.id] = "incompatible with the running set"
                 break  # no overtaking: the set drains, then this key gets its turn
-            why = self._bound_refusal(cand)
+            why = self._bound_refusal(cand) or self._slowdown_refusal(cand)
             if why is None:
                 why = self._deadline_refusal(cand, now)
                 if why is not None:
@@ -333,6 +337,22 @@ class EnginePolicy:
         bound = self.bound(cand.key.model_id)
         if self.rows + cand.rows > bound:
             return f"batch bound: {self.rows} + {cand.rows} rows > {bound}"
+        return None
+
+    def _slowdown_refusal(self, cand: Member) -> str | None:
+        """Why batch-class ``cand`` may not join a set holding interactive members: by the cost
+        model, its rows would make the set's step cost more than ``join_slowdown`` times the
+        interactive members' step alone (the entry rule's bound, kept while they run); None
+        when it may, or when the cost is unknown."""
+        if cand.rank == 0:
+            return None
+        fast = sum(m.rows for m in self.running.values() if m.rank == 0)
+        coefficients = self.cost(cand.key).coefficients
+        if not fast or coefficients is None:
+            return None
+        a, b = coefficients
+        if a * (self.rows + cand.rows) + b > self.join_slowdown * (a * fast + b):
+            return f"would slow the set's interactive members past {self.join_slowdown}x"
         return None
 
     def _deadline_refusal(self, cand: Member, now: float) -> str | None:

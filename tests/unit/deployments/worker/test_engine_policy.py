@@ -144,8 +144,9 @@ def test_batch_bound() -> None:
 
 
 def test_join_refused_when_it_breaks_an_interactive_deadline() -> None:
-    # one step costs 1 s per row: a with 4 steps left at 1 row = 4 s, 8 s at 2 rows
-    policy = EnginePolicy(default_rows=8, cost_prior=(1.0, 0.0))
+    # one step costs 1 s per row: a with 4 steps left at 1 row = 4 s, 8 s at 2 rows (the
+    # slowdown bound is lifted: this is the deadline check alone)
+    policy = EnginePolicy(default_rows=8, cost_prior=(1.0, 0.0), join_slowdown=100.0)
     policy.submit(_member("a", rank=0, steps=4, deadline=5.0))
     policy.boundary(0.0)
     policy.submit(_member("bulk"))
@@ -161,11 +162,31 @@ def test_join_refused_when_it_breaks_an_interactive_deadline() -> None:
 
 
 def test_a_member_already_late_does_not_block_joins() -> None:
-    policy = EnginePolicy(default_rows=8, cost_prior=(1.0, 0.0))
+    policy = EnginePolicy(default_rows=8, cost_prior=(1.0, 0.0), join_slowdown=100.0)
     policy.submit(_member("a", rank=0, steps=4, deadline=1.0))
     policy.boundary(0.0)
     policy.submit(_member("b"))
     assert [m.id for m in policy.boundary(0.0).joined] == ["b"]
+
+
+def test_bulk_joins_a_set_with_interactive_members_only_within_the_slowdown_bound() -> None:
+    """While interactive members run, batch-class ones join only while the set's step stays
+    within ``join_slowdown`` x the interactive rows' step alone (the bound the entry rule let
+    them in with); the set refills when they leave, and sets without them are not bounded."""
+    # a step costs 1·rows + 1.4: an interactive row alone 2.4, within 1.5x up to 3.6 (2 rows)
+    policy = EnginePolicy(default_rows=8, cost_prior=(1.0, 1.4))
+    policy.submit(_member("fast", rank=0, steps=2))
+    policy.boundary(0.0)
+    for name in ("b1", "b2", "b3"):
+        policy.submit(_member(name))
+    b = policy.boundary(0.0)
+    assert [m.id for m in b.joined] == ["b1"]
+    assert "would slow the set's interactive members" in b.refused["b2"]
+    assert b.deadline_refused == []  # not a deadline refusal: it waits for them to leave
+    assert [m.id for m in policy.step_done(3.4, steps=2)] == ["fast"]  # b1 has 2 steps left
+    assert [m.id for m in policy.boundary(2.0).joined] == ["b2", "b3"]
+    policy.submit(_member("b4"))
+    assert [m.id for m in policy.boundary(2.0).joined] == ["b4"]  # no interactive: the bound
 
 
 def test_without_a_cost_estimate_only_the_bound_applies() -> None:
@@ -215,7 +236,7 @@ def test_no_joins_while_draining() -> None:
 
 
 def test_deadline_refused_lists_only_the_deadline_check() -> None:
-    policy = EnginePolicy({"m": 2}, default_rows=8, cost_prior=(1.0, 0.0))
+    policy = EnginePolicy({"m": 2}, default_rows=8, cost_prior=(1.0, 0.0), join_slowdown=100.0)
     policy.submit(_member("a", rank=0, steps=4, deadline=5.0))
     policy.boundary(0.0)
     policy.submit(_member("big", rows=2))  # over the bound

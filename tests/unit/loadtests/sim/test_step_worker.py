@@ -116,12 +116,13 @@ def test_a_deadline_keeps_a_batch_call_out_of_a_set_it_would_slow_past_the_targe
     data["models"][0]["slo"] = {"interactive_s": 5.0}
     cat = parse_catalog(data, "<test>")
     # the interactive call alone meets 5 s (4 steps of 1 s); the batch call joining it makes
-    # each step 1.5 s (the policy's fit from 1-row steps predicts 2 s): refused at the
-    # boundaries at 1 and 2 s (it would end past 5 s), joins at 3 s for the last step (5 s)
+    # each step 1.5 s, and the policy's fit from 1-row steps predicts 2 s: twice the
+    # interactive step alone, past both the 1.5x bound kept while it runs and (at the
+    # boundaries at 1 and 2 s) its 5 s target. It joins when the interactive call leaves at 4 s
     res = run([req(0.0, priority="interactive"), req(0.5)], cat=cat)
-    assert done(res) == pytest.approx([4.5, 7.5])
-    # without a target it joins at the first boundary
-    assert done(run([req(0.0, priority="interactive"), req(0.5)])) == pytest.approx([5.5, 6.5])
+    assert done(res) == pytest.approx([4.0, 8.0])
+    # a batch call alone takes another batch call in at the first boundary (A+B at 1.5 s a step)
+    assert done(run([req(0.0), req(0.5)])) == pytest.approx([5.5, 6.5])
 
 
 def test_interactive_latency_is_lower_than_request_level_batching_on_the_same_trace():
