@@ -517,9 +517,10 @@ class ServerSettings(_Strict):
         le=19,
         description="Niceness added to the gateway's and the scheduler's processes. Where "
         "they share cores with family workers (one machine, CPU inference), 10 gives the "
-        "pipelines the CPU first (throughput); 0 lets requests through the gateway and the "
-        "scheduler first (interactive latency while bulk work computes). No effect where the "
-        "control plane has cores of its own.",
+        "pipelines the CPU first; 19 gives them nearly all of a shared core (measured on 2 "
+        "cores: interactive requests during bulk bursts compute faster, single submits are "
+        "admitted slower); 0 lets requests through the gateway and the scheduler first. No "
+        "effect where the control plane has cores of its own.",
     )
     request_timeout_s: float = Field(
         default=600.0, gt=0.0, le=86_400.0, description="Longest a sync request may take."
