@@ -264,6 +264,8 @@ async def _generate(
         "latency_s": t1 - t0,
         "batch_images": body.get("batch", {}).get("images"),
         "queue_s": body.get("timings", {}).get("queue_s"),
+        "wait_s": body.get("timings", {}).get("wait_s"),  # on the replica, before computing
+        "paused_s": body.get("timings", {}).get("paused_s"),
         "compute_s": body.get("timings", {}).get("compute_s"),
     }
 
