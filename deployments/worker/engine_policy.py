@@ -89,8 +89,17 @@ def joins_running_set(
         raise ValueError(f"slowdown must be at least 1.0, got {slowdown}")
     if rank != 0 or set_rank is None or set_rows == 0 or set_rank == 0 or coefficients is None:
         return True
+    return within_slowdown(coefficients, set_rows + rows, rows, slowdown)
+
+
+def within_slowdown(
+    coefficients: tuple[float, float], rows: int, own_rows: int, slowdown: float
+) -> bool:
+    """Whether a step of ``rows`` rows costs at most ``slowdown`` times a step of ``own_rows``
+    alone, by the cost model ``a·n + b`` (``coefficients``): the bound of the entry rule and of
+    batch-class joins around interactive members."""
     a, b = coefficients
-    return a * (set_rows + rows) + b <= slowdown * (a * rows + b)
+    return a * rows + b <= slowdown * (a * own_rows + b)
 
 
 @dataclass(frozen=True)
@@ -350,8 +359,7 @@ class EnginePolicy:
         coefficients = self.cost(cand.key).coefficients
         if not fast or coefficients is None:
             return None
-        a, b = coefficients
-        if a * (self.rows + cand.rows) + b > self.join_slowdown * (a * fast + b):
+        if not within_slowdown(coefficients, self.rows + cand.rows, fast, self.join_slowdown):
             return f"would slow the set's interactive members past {self.join_slowdown}x"
         return None
 
