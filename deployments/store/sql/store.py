@@ -36,6 +36,14 @@ _FIELDS = [f.name for f in fields(JobRecord)]
 _COLUMNS = [c for c in _FIELDS if c in t.jobs.c]  # fields of JobRecord the table keeps
 _OPEN = list(t.OPEN)
 _CHUNK = 500  # ids per IN (...) list
+
+
+def _chunks(ids: list[str]) -> Iterator[list[str]]:
+    """``ids`` in lists of at most ``_CHUNK`` (one ``IN (...)`` each)."""
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i : i + _CHUNK]
+
+
 _seq = itertools.count()
 
 
@@ -268,10 +276,10 @@ class SQLJobStore:
                 changes: dict[str, Any] = {"status": str(to), **enc}
                 if bump_attempts:
                     changes["attempts"] = t.jobs.c.attempts + 1
-                for i in range(0, len(ids), _CHUNK):
+                for chunk in _chunks(ids):
                     stmt = (
                         sa.update(t.jobs)
-                        .where(t.jobs.c.id.in_(ids[i : i + _CHUNK]), t.jobs.c.status.in_(allowed))
+                        .where(t.jobs.c.id.in_(chunk), t.jobs.c.status.in_(allowed))
                         .values(changes)
                         .returning(t.jobs)
                     )
@@ -296,10 +304,10 @@ class SQLJobStore:
         rows locked until the transaction ends (PostgreSQL; SQLite's write lock covers it)."""
         out: dict[str, tuple[str, str]] = {}
         cols = (t.jobs.c.id, t.jobs.c.status, t.jobs.c.usage)
-        for i in range(0, len(job_ids), _CHUNK):
+        for chunk in _chunks(job_ids):
             q = (
                 sa.select(*cols)
-                .where(t.jobs.c.id.in_(job_ids[i : i + _CHUNK]), t.jobs.c.status.in_(allowed))
+                .where(t.jobs.c.id.in_(chunk), t.jobs.c.status.in_(allowed))
                 .with_for_update()
             )
             out.update((row.id, (row.status, row.usage)) for row in conn.execute(q))
@@ -337,10 +345,8 @@ class SQLJobStore:
         """The status of each job that exists."""
         out: dict[str, JobStatus] = {}
         with self._read() as conn:
-            for i in range(0, len(job_ids), _CHUNK):
-                q = sa.select(t.jobs.c.id, t.jobs.c.status).where(
-                    t.jobs.c.id.in_(job_ids[i : i + _CHUNK])
-                )
+            for chunk in _chunks(job_ids):
+                q = sa.select(t.jobs.c.id, t.jobs.c.status).where(t.jobs.c.id.in_(chunk))
                 out.update({r.id: JobStatus(r.status) for r in conn.execute(q)})
         return out
 
@@ -611,9 +617,9 @@ class SQLJobStore:
         n = 0
         if job_ids:
             with self._write() as conn:
-                for i in range(0, len(job_ids), _CHUNK):
+                for chunk in _chunks(job_ids):
                     stmt = t.jobs.delete().where(
-                        t.jobs.c.id.in_(job_ids[i : i + _CHUNK]), t.jobs.c.status.not_in(_OPEN)
+                        t.jobs.c.id.in_(chunk), t.jobs.c.status.not_in(_OPEN)
                     )
                     n += conn.execute(stmt).rowcount
         return n
@@ -637,10 +643,10 @@ class SQLJobStore:
         if not job_ids:
             return
         with self._write() as conn:
-            for i in range(0, len(job_ids), _CHUNK):
+            for chunk in _chunks(job_ids):
                 q = (
                     sa.select(t.jobs.c.id, t.jobs.c.result)
-                    .where(t.jobs.c.id.in_(job_ids[i : i + _CHUNK]), t.jobs.c.result.is_not(None))
+                    .where(t.jobs.c.id.in_(chunk), t.jobs.c.result.is_not(None))
                     .with_for_update()
                 )
                 for row in conn.execute(q).all():
