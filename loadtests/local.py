@@ -12,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
+
+from genmedia.deployments.local_ports import free_port
 
 if TYPE_CHECKING:
     from genmedia.deployments.tenants.schema import TenantsFile
@@ -42,44 +42,6 @@ GENEROUS = {  # quotas no benchmark reaches
     "requests_per_minute": 1_000_000,
     "max_queued_jobs": 100_000,
 }
-
-
-RAY_WORKER_PORTS_END = 20_000  # Ray's worker ports are 10002-19999 unless configured
-EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-
-
-def _ephemeral_start() -> int:
-    """The first port the kernel hands out to outgoing connections (32768 when unknown)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return int(EPHEMERAL_RANGE.read_text().split()[0])
-    return 32_768
-
-
-def _binds(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for a local Serve HTTP proxy), chosen between
-    Ray's worker ports and the kernel's ephemeral range where there is room: a port the kernel
-    picks itself (``bind(0)``) is an ephemeral one, which the dozens of connections a starting
-    Ray opens may take as their local port before the proxy binds it."""
-    low, high = RAY_WORKER_PORTS_END, _ephemeral_start()
-    if high - low >= 1000:
-        rng = random.Random()
-        for _ in range(100):
-            port = rng.randrange(low, high)
-            if _binds(port):
-                return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        got: int = s.getsockname()[1]
-        return got
 
 
 def stamp() -> str:

@@ -15,7 +15,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+
+from genmedia.deployments.local_ports import free_port
 
 USER = "genmedia"
 PASSWORD = "test-only-secret"
@@ -45,12 +46,6 @@ def pg_bin() -> Path | None:
         key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
     )
     return Path(dirs[-1]).parent if dirs else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -111,7 +106,7 @@ def local_postgres(*, max_connections: int = 60, durable: bool = False) -> Itera
         made = subprocess.run([*run_as, *initdb], capture_output=True)
         if made.returncode != 0:
             raise PostgresUnavailable(f"initdb failed:\n{made.stderr.decode(errors='replace')}")
-        port = _free_port()
+        port = free_port()
         opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
         opts += f" -c max_connections={max_connections}" + ("" if durable else f" {FAST}")
         ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60"]

@@ -1,5 +1,6 @@
-"""``free_port`` picks the local Serve proxy's port outside the kernel's ephemeral range, which
-the connections of a starting Ray may take as their local ports before the proxy binds."""
+"""``free_port`` picks a local server's port (the Serve proxy, a throw-away PostgreSQL) outside
+the kernel's ephemeral range, which the connections of a starting Ray may take as their local
+ports before the server binds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from genmedia.loadtests import local
+from genmedia.deployments import local_ports as local
 
 
 def test_the_port_is_free_and_below_the_ephemeral_range() -> None:
