@@ -178,3 +178,13 @@ def test_limits_are_checked():
     with pytest.raises(ValueError, match="at least 1"):
         InflightPerKey(None, max_inflight_per_key=0)  # type: ignore[arg-type]
     assert InflightPerKey(None, max_inflight_per_key=3, shared_inflight_per_key=8).shared == 3  # type: ignore[arg-type]
+
+
+def test_the_catalog_bounds_the_shared_limit() -> None:
+    from genmedia.models.catalog import CatalogError, parse_catalog
+
+    models = [{"id": "m", "family": "sd15", "weights": "tiny://sd15"}]
+    assert parse_catalog({"models": models}).server.shared_inflight_per_key == 4
+    for bad, why in ((0, "greater than or equal to 1"), (100_001, "less than or equal to 100000")):
+        with pytest.raises(CatalogError, match=rf"shared_inflight_per_key.*{why}"):
+            parse_catalog({"models": models, "server": {"shared_inflight_per_key": bad}})
