@@ -522,6 +522,15 @@ class ServerSettings(_Strict):
         "admitted slower); 0 lets requests through the gateway and the scheduler first. No "
         "effect where the control plane has cores of its own.",
     )
+    pin_worker_cpus: bool = Field(
+        default=True,
+        description="Pin the pipeline process of a family worker with whole Ray CPUs "
+        "(num_cpus >= 1) to that many cores of its own, claimed host-wide so replicas on one "
+        "host never share one; the gateway, the scheduler and Ray run on the other cores. On "
+        "CPU inference its torch threads then stop migrating and waiting behind the control "
+        "plane (measured on 2 cores: about 10 % more images/s). A pipeline runs unpinned when "
+        "claiming would leave the host no free core.",
+    )
     request_timeout_s: float = Field(
         default=600.0, gt=0.0, le=86_400.0, description="Longest a sync request may take."
     )

@@ -194,10 +194,11 @@ class LocalDirStorage:
         self.root = root
         self.signer = signer
         self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()  # once: every key's path is checked against it
 
     def _path(self, key: str) -> Path:
         path = (self.root / safe_key(key)).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        if not path.is_relative_to(self._real_root):
             raise ValueError(f"invalid file path {key!r}")
         return path
 

@@ -45,6 +45,7 @@ from genmedia.deployments.worker.batch import (
     run_step_call,
     torch_threads_for,
 )
+from genmedia.deployments.worker.cpu_pinning import pin_pipeline
 from genmedia.deployments.worker.gate import StepGate
 from genmedia.deployments.worker.pipeline_messages import (
     AdapterChecked,
@@ -82,9 +83,12 @@ STOP_TIMEOUT_S = 5.0  # a stopping child exits within this, or it is killed
 START_ID = 0  # the call id of the child's start (a failure to start is sent under it)
 
 
-def setup_process(num_cpus: float) -> int:
-    """Torch threads sized from the replica's CPU share, a longer GIL switch interval, no
-    progress bars; returns the torch intra-op threads."""
+def setup_process(num_cpus: float, *, pin: bool = False) -> int:
+    """Cores of its own when ``pin`` (``cpu_pinning.py``: whole CPUs only, before torch starts
+    a thread), torch threads sized from the replica's CPU share, a longer GIL switch interval,
+    no progress bars; returns the torch intra-op threads."""
+    if pin:
+        pin_pipeline(num_cpus)
     import torch
     from diffusers.utils import logging as diffusers_logging
 
@@ -109,20 +113,24 @@ def start_pipeline(
     engine: str,
     replica: str,
     max_calls: int,
+    *,
+    pin: bool = False,
 ) -> tuple[WorkerContext, StepLoop | None, ThreadPoolExecutor]:
     """What runs a replica's calls, in whichever process holds its pipeline: the process set
     up (``setup_process``), the device capped at the replica's share, the calls' shared context
     (gate, storage, adapter files), the step loop (``engine: step``) and a thread per call in
-    flight plus model loads."""
+    flight plus model loads. ``pin``: this is the pipeline's own process, which
+    ``server.pin_worker_cpus`` may pin to cores of its own."""
     from genmedia.deployments.store.storage import make_storage
     from genmedia.models.catalog import ServerSettings
     from genmedia.models.runner import cap_gpu_memory, pick_device
 
-    threads = setup_process(num_cpus)
+    settings = ServerSettings.model_validate(server)
+    # only a process of its own is pinned: the replica's process runs Ray's threads too
+    threads = setup_process(num_cpus, pin=pin and settings.pin_worker_cpus)
     device = pick_device()
     # Ray's GPU fractions are bookkeeping only: cap this process at the replica's share.
     cap_gpu_memory(gpu_share, memory_gb)
-    settings = ServerSettings.model_validate(server)
     ctx = WorkerContext(
         gate=StepGate(),
         storage=make_storage(settings.storage, Path),  # paths already absolute
@@ -165,7 +173,7 @@ class PipelineHost:
         self.entries = {e["id"]: ModelEntry.model_validate(e) for e in config.entries}
         self.ctx, self.step_loop, self.executor = start_pipeline(
             config.num_cpus, config.memory_gb, config.gpu_share, config.server, config.engine,
-            config.replica, config.max_calls,
+            config.replica, config.max_calls, pin=True,
         )  # fmt: skip
         self.models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()  # guards ``models`` and ``_loads``

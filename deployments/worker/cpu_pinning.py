@@ -1,0 +1,136 @@
+"""Cores of their own for pipeline processes (``server.pin_worker_cpus``).
+
+Sits at the start of a replica's pipeline process (``pipeline_process.setup_process``), before
+torch starts its intra-op threads. A pipeline with whole Ray CPUs claims that many cores of the
+host for its threads and runs on those only. Left to the kernel, its threads migrate between
+cores and share them with the Serve proxy, the gateway, the scheduler and Ray's own processes
+whenever those wake, so each denoising step waits for the slowest thread's core; on a pinned
+core the control plane's wake-ups move to the other cores instead.
+
+A claim is an exclusive ``flock`` on one file per core in a folder every process of the host
+sees (``claims_dir``): it ends with the process that holds it, crash included, so a restarted
+pipeline process claims again and nothing needs cleaning up. A claim is refused (the process
+runs unpinned, as before) when it would leave the host without an unclaimed core, when the
+pipeline has less than one whole CPU, or when the platform cannot pin threads.
+No Ray imports; no torch imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger(__name__)
+
+CLAIMS_ENV = "GENMEDIA_CPU_CLAIMS_DIR"  # overrides the folder of the host's claims
+_held: list[CoreClaim] = []  # this process's claim: its files must outlive every reference
+
+
+def claims_dir() -> Path:
+    """The host-wide folder of core claims (``$GENMEDIA_CPU_CLAIMS_DIR`` or the temp dir's)."""
+    return Path(os.environ.get(CLAIMS_ENV) or Path(tempfile.gettempdir()) / "genmedia-cpu-claims")
+
+
+def cores_wanted(num_cpus: float) -> int:
+    """Cores a pipeline with ``num_cpus`` Ray CPUs claims: its whole CPUs (0: it shares)."""
+    return int(num_cpus) if num_cpus >= 1 else 0
+
+
+def claim_order(allowed: Iterable[int]) -> list[int]:
+    """The order cores are tried in: highest first, so the first cores (where the OS and
+    processes started before any claim tend to run) stay with the control plane."""
+    return sorted(set(allowed), reverse=True)
+
+
+@dataclass
+class CoreClaim:
+    """Cores this process holds: the files whose locks hold them stay open until release."""
+
+    cores: list[int]
+    files: list[IO[bytes]] = field(default_factory=list, repr=False)
+
+    def release(self) -> None:
+        for f in self.files:
+            with contextlib.suppress(OSError):
+                f.close()
+        self.files.clear()
+
+
+def _try_lock(folder: Path, core: int) -> IO[bytes] | None:
+    """The open, locked claim file of ``core``, or None when another process holds it."""
+    f = open(folder / f"cpu-{core}.lock", "ab")  # noqa: SIM115 - held open as the claim
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
+def _unclaimed(folder: Path, cores: Iterable[int]) -> bool:
+    """Whether one of ``cores`` is not claimed by anyone (checked by taking and dropping it)."""
+    for core in cores:
+        f = _try_lock(folder, core)
+        if f is not None:
+            f.close()
+            return True
+    return False
+
+
+def claim_cores(n: int, allowed: Iterable[int], folder: Path) -> CoreClaim | None:
+    """``n`` cores of ``allowed`` no other process claimed, leaving at least one unclaimed;
+    None (nothing held) when there are not that many."""
+    order = claim_order(allowed)
+    if n < 1 or n >= len(order):
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    claim = CoreClaim(cores=[])
+    for core in order:
+        f = _try_lock(folder, core)
+        if f is not None:
+            claim.cores.append(core)
+            claim.files.append(f)
+            if len(claim.cores) == n:
+                break
+    rest = [c for c in order if c not in claim.cores]
+    if len(claim.cores) < n or not _unclaimed(folder, rest):
+        claim.release()
+        return None
+    return claim
+
+
+def pin_process(cores: list[int]) -> None:
+    """Run every thread of this process, and every thread it starts later, on ``cores``."""
+    mask = set(cores)
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), mask)
+    os.sched_setaffinity(0, mask)
+
+
+def pin_pipeline(num_cpus: float) -> CoreClaim | None:
+    """Claim and pin the cores of a pipeline with ``num_cpus`` Ray CPUs; None when it runs
+    unpinned (shares cores, no room left, or no thread affinity here), and why is logged."""
+    n = cores_wanted(num_cpus)
+    if n == 0 or not hasattr(os, "sched_setaffinity") or not os.path.isdir("/proc/self/task"):
+        return None
+    allowed = os.sched_getaffinity(0)
+    try:
+        claim = claim_cores(n, allowed, claims_dir())
+    except OSError as e:
+        logger.warning("pipeline runs unpinned: cannot claim cores in %s: %s", claims_dir(), e)
+        return None
+    if claim is None:
+        logger.info("pipeline runs unpinned: %d of %d cores are not free to claim", n, len(allowed))
+        return None
+    pin_process(claim.cores)
+    _held.append(claim)
+    logger.info("pipeline pinned to cores %s", claim.cores)
+    return claim
