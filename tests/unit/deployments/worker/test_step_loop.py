@@ -24,7 +24,7 @@ from genmedia.deployments.worker.batch import (
 )
 from genmedia.deployments.worker.engine_policy import JOIN_SLOWDOWN, Member, compat_key
 from genmedia.deployments.worker.gate import Cancelled, StepGate
-from genmedia.deployments.worker.step_loop import StepCall, StepLoop
+from genmedia.deployments.worker.step_loop import DECODE_WAIT_STEPS, StepCall, StepLoop
 from genmedia.models import registry
 from genmedia.models.catalog import parse_catalog
 from genmedia.models.params import GenerateRequest, GenerationJob, resolve_request
@@ -217,6 +217,36 @@ def test_calls_that_finish_together_decode_in_one_batch(
         assert second.error is None and second.outputs is not None
         assert [len(o) for o in second.outputs] == [2]
     assert first.times.compute_s > 0 and loop.policy.idle
+
+
+@pytest.mark.parametrize(
+    ("priority", "batches"), [("batch", [["r1", "r2"]]), ("interactive", [["r1"], ["r2"]])]
+)
+def test_a_finished_batch_job_waits_for_others_to_decode(
+    model: LoadedModel, tmp_path: Path, priority: str, batches: list[list[str]]
+) -> None:
+    """A batch-class job that finishes while the set goes on waits (up to DECODE_WAIT_STEPS)
+    and decodes with the next jobs to finish; an interactive job decodes at once."""
+    ctx = _context(tmp_path)
+    loop = StepLoop(ctx)
+    loop.policy.join_slowdown = 100.0  # the batch-class job may join the interactive one
+    engine = loop._engines[id(model)] = _Decodes(model)  # type: ignore[assignment]
+    later = _request("b2", [_job(model, "r2", seed=2, num_inference_steps=3)])
+    joined: list[StepCall] = []
+    step = engine.step
+
+    def step_then_submit(members: list[MemberState]) -> None:
+        step(members)
+        if not joined:  # joins at the second boundary: finishes one step after the first
+            joined.append(loop.submit(model, later, {}, threading.Event(), lambda e: None))
+
+    engine.step = step_then_submit  # type: ignore[method-assign]
+    first = _request("b1", [_job(model, "r1", seed=1, num_inference_steps=3)], priority)
+    call = loop.submit(model, first, {}, threading.Event(), lambda e: None)
+    assert call.finished.wait(60) and joined and joined[0].finished.wait(60)
+    assert call.error is None and joined[0].error is None
+    assert engine.batches == batches
+    assert DECODE_WAIT_STEPS >= 1 and loop.policy.idle and not loop._finished
 
 
 def test_what_the_loop_accepts(model: LoadedModel, tmp_path: Path) -> None:
