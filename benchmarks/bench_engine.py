@@ -469,11 +469,14 @@ def report(summary: dict[str, Any]) -> None:
 
 def main() -> None:
     from genmedia.deployments.worker.batch import torch_threads_for
+    from genmedia.deployments.worker.cpu_pinning import host_cores
+    from genmedia.models.catalog import ServerSettings
 
     args = parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     concurrency = args.concurrency or 3 * args.batch
-    worker_threads = torch_threads_for(args.worker_cpus)
+    reserved = ServerSettings.model_fields["reserved_cpus"].default  # the catalog's
+    worker_threads = torch_threads_for(args.worker_cpus, host_cores(), reserved)
     console.print("bare pipeline runs …")
     model = load_bare(args)
     bare: dict[int, list[dict[str, Any]]] = {}

@@ -50,9 +50,14 @@ LOGGED_WAIT_S = 0.05  # a wait at the gate (or a pause) shorter than this is not
 Emit = Callable[[ProgressEvent], None]  # hands an event to the replica's event loop
 
 
-def torch_threads_for(num_cpus: float) -> int:
-    """Torch intra-op threads for a replica with ``num_cpus`` Ray CPUs (at least one)."""
-    return max(1, int(num_cpus))
+def torch_threads_for(num_cpus: float, host_cores: int | None = None, reserved: int = 0) -> int:
+    """Torch intra-op threads for a replica with ``num_cpus`` Ray CPUs: its whole CPUs (at
+    least one), and on a host of ``host_cores`` cores at most those ``reserved`` leaves
+    (``server.reserved_cpus``: the control plane's, so threads never wait behind it)."""
+    threads = max(1, int(num_cpus))
+    if host_cores is not None:
+        threads = min(threads, max(1, host_cores - reserved))
+    return threads
 
 
 class ProgressThrottle:

@@ -10,8 +10,10 @@ core the control plane's wake-ups move to the other cores instead.
 A claim is an exclusive ``flock`` on one file per core in a folder every process of the host
 sees (``claims_dir``): it ends with the process that holds it, crash included, so a restarted
 pipeline process claims again and nothing needs cleaning up. A claim is refused (the process
-runs unpinned, as before) when it would leave the host without an unclaimed core, when the
-pipeline has less than one whole CPU, or when the platform cannot pin threads.
+runs unpinned, as before) when it would leave the host fewer unclaimed cores than
+``server.reserved_cpus`` (at least one), when the pipeline has less than one whole CPU, or
+when the platform cannot pin threads. A pipeline claims one core per torch thread
+(``batch.torch_threads_for``: its whole CPUs within the host's cores the reserve leaves).
 No Ray imports; no torch imports.
 """
 
@@ -38,9 +40,17 @@ def claims_dir() -> Path:
     return Path(os.environ.get(CLAIMS_ENV) or Path(tempfile.gettempdir()) / "genmedia-cpu-claims")
 
 
-def cores_wanted(num_cpus: float) -> int:
-    """Cores a pipeline with ``num_cpus`` Ray CPUs claims: its whole CPUs (0: it shares)."""
-    return int(num_cpus) if num_cpus >= 1 else 0
+def cores_wanted(num_cpus: float, threads: int) -> int:
+    """Cores a pipeline with ``num_cpus`` Ray CPUs and ``threads`` torch threads claims: one
+    per thread, none with less than a whole CPU (it shares)."""
+    return threads if num_cpus >= 1 else 0
+
+
+def host_cores() -> int:
+    """Cores this process may run on (its affinity; the CPU count where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def claim_order(allowed: Iterable[int]) -> list[int]:
@@ -74,21 +84,23 @@ def _try_lock(folder: Path, core: int) -> IO[bytes] | None:
     return f
 
 
-def _unclaimed(folder: Path, cores: Iterable[int]) -> bool:
-    """Whether one of ``cores`` is not claimed by anyone (checked by taking and dropping it)."""
+def _unclaimed(folder: Path, cores: Iterable[int]) -> int:
+    """How many of ``cores`` nobody claimed (checked by taking and dropping each)."""
+    free = 0
     for core in cores:
         f = _try_lock(folder, core)
         if f is not None:
             f.close()
-            return True
-    return False
+            free += 1
+    return free
 
 
-def claim_cores(n: int, allowed: Iterable[int], folder: Path) -> CoreClaim | None:
-    """``n`` cores of ``allowed`` no other process claimed, leaving at least one unclaimed;
-    None (nothing held) when there are not that many."""
+def claim_cores(n: int, allowed: Iterable[int], folder: Path, keep: int = 1) -> CoreClaim | None:
+    """``n`` cores of ``allowed`` no other process claimed, leaving at least one (``keep``:
+    that many) unclaimed; None (nothing held) when there are not that many."""
     order = claim_order(allowed)
-    if n < 1 or n >= len(order):
+    keep = max(1, keep)
+    if n < 1 or n + keep > len(order):
         return None
     folder.mkdir(parents=True, exist_ok=True)
     claim = CoreClaim(cores=[])
@@ -100,7 +112,7 @@ def claim_cores(n: int, allowed: Iterable[int], folder: Path) -> CoreClaim | Non
             if len(claim.cores) == n:
                 break
     rest = [c for c in order if c not in claim.cores]
-    if len(claim.cores) < n or not _unclaimed(folder, rest):
+    if len(claim.cores) < n or _unclaimed(folder, rest) < keep:
         claim.release()
         return None
     return claim
@@ -115,15 +127,15 @@ def pin_process(cores: list[int]) -> None:
     os.sched_setaffinity(0, mask)
 
 
-def pin_pipeline(num_cpus: float) -> CoreClaim | None:
-    """Claim and pin the cores of a pipeline with ``num_cpus`` Ray CPUs; None when it runs
-    unpinned (shares cores, no room left, or no thread affinity here), and why is logged."""
-    n = cores_wanted(num_cpus)
+def pin_pipeline(n: int, keep: int = 1) -> CoreClaim | None:
+    """Claim ``n`` cores (``cores_wanted``) and pin this process to them, leaving ``keep``
+    unclaimed; None when it runs unpinned (``n`` is 0, no room left, or no thread affinity
+    here), and why is logged."""
     if n == 0 or not hasattr(os, "sched_setaffinity") or not os.path.isdir("/proc/self/task"):
         return None
     allowed = os.sched_getaffinity(0)
     try:
-        claim = claim_cores(n, allowed, claims_dir())
+        claim = claim_cores(n, allowed, claims_dir(), keep)
     except OSError as e:
         logger.warning("pipeline runs unpinned: cannot claim cores in %s: %s", claims_dir(), e)
         return None

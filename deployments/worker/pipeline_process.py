@@ -45,7 +45,7 @@ from genmedia.deployments.worker.batch import (
     run_step_call,
     torch_threads_for,
 )
-from genmedia.deployments.worker.cpu_pinning import pin_pipeline
+from genmedia.deployments.worker.cpu_pinning import cores_wanted, host_cores, pin_pipeline
 from genmedia.deployments.worker.gate import StepGate
 from genmedia.deployments.worker.pipeline_messages import (
     AdapterChecked,
@@ -83,12 +83,14 @@ STOP_TIMEOUT_S = 5.0  # a stopping child exits within this, or it is killed
 START_ID = 0  # the call id of the child's start (a failure to start is sent under it)
 
 
-def setup_process(num_cpus: float, *, pin: bool = False) -> int:
-    """Cores of its own when ``pin`` (``cpu_pinning.py``: whole CPUs only, before torch starts
-    a thread), torch threads sized from the replica's CPU share, a longer GIL switch interval,
-    no progress bars; returns the torch intra-op threads."""
+def setup_process(num_cpus: float, *, reserved: int = 0, pin: bool = False) -> int:
+    """Torch threads sized from the replica's CPU share within the host's cores ``reserved``
+    leaves, cores of its own for them when ``pin`` (``cpu_pinning.py``: whole CPUs only,
+    before torch starts a thread), a longer GIL switch interval, no progress bars; returns the
+    torch intra-op threads."""
+    threads = torch_threads_for(num_cpus, host_cores(), reserved)
     if pin:
-        pin_pipeline(num_cpus)
+        pin_pipeline(cores_wanted(num_cpus, threads), reserved)
     import torch
     from diffusers.utils import logging as diffusers_logging
 
@@ -98,7 +100,6 @@ def setup_process(num_cpus: float, *, pin: bool = False) -> int:
     # torch.compile's caches where every replica of the host (and a volume) finds them
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(genmedia_home() / "inductor"))
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    threads = torch_threads_for(num_cpus)
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # already set in this process
         torch.set_num_interop_threads(1)
@@ -127,7 +128,9 @@ def start_pipeline(
 
     settings = ServerSettings.model_validate(server)
     # only a process of its own is pinned: the replica's process runs Ray's threads too
-    threads = setup_process(num_cpus, pin=pin and settings.pin_worker_cpus)
+    threads = setup_process(
+        num_cpus, reserved=settings.reserved_cpus, pin=pin and settings.pin_worker_cpus
+    )
     device = pick_device()
     # Ray's GPU fractions are bookkeeping only: cap this process at the replica's share.
     cap_gpu_memory(gpu_share, memory_gb)

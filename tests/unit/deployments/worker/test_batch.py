@@ -79,6 +79,16 @@ def test_torch_threads_follow_the_cpu_share() -> None:
     assert [torch_threads_for(n) for n in (0.25, 1, 2.9, 4)] == [1, 1, 2, 4]
 
 
+def test_torch_threads_leave_the_reserved_cores_of_the_host() -> None:
+    # a worker given every core of a 2-core host runs one thread: the other core is the
+    # control plane's
+    assert torch_threads_for(2, host_cores=2, reserved=1) == 1
+    assert torch_threads_for(8, host_cores=32, reserved=1) == 8
+    assert torch_threads_for(32, host_cores=32, reserved=2) == 30
+    assert torch_threads_for(4, host_cores=1, reserved=1) == 1  # never fewer than one
+    assert torch_threads_for(2, host_cores=2, reserved=0) == 2
+
+
 def test_progress_sends_first_and_last_step_and_at_most_hz_between() -> None:
     throttle = ProgressThrottle(hz=2.0)
     # one step every 0.1 s from t=10: step 1 and 10 always, between them every 0.5 s

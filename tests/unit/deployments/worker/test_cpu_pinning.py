@@ -23,8 +23,9 @@ from genmedia.models.catalog import CatalogError, parse_catalog
 CORES = [0, 1, 2, 3]
 
 
-def test_whole_cpus_are_claimed_and_fractions_share() -> None:
-    assert [cores_wanted(n) for n in (0.25, 0.99, 1, 1.5, 2, 3.9)] == [0, 0, 1, 1, 2, 3]
+def test_a_core_per_thread_is_claimed_and_fractions_share() -> None:
+    assert [cores_wanted(n, 1) for n in (0.25, 0.99, 1, 1.5)] == [0, 0, 1, 1]
+    assert cores_wanted(4, 3) == 3  # the threads the reserve left it
 
 
 def test_the_highest_cores_are_tried_first() -> None:
@@ -41,6 +42,19 @@ def test_claims_are_exclusive_and_leave_a_core_unclaimed(tmp_path: Path) -> None
     first.release()
     again = claim_cores(2, CORES, tmp_path)
     assert again is not None and again.cores == [3, 2]
+
+
+def test_a_claim_leaves_the_reserved_cores_unclaimed(tmp_path: Path) -> None:
+    assert claim_cores(3, CORES, tmp_path, keep=2) is None
+    first = claim_cores(1, CORES, tmp_path, keep=2)
+    assert first is not None and first.cores == [3]
+    assert claim_cores(1, CORES, tmp_path, keep=3) is None  # 2, 1, 0 free: one would go
+    second = claim_cores(1, CORES, tmp_path, keep=2)
+    assert second is not None and second.cores == [2]
+    third = claim_cores(1, CORES, tmp_path, keep=0)
+    assert third is not None and third.cores == [1]
+    assert claim_cores(1, CORES, tmp_path, keep=0) is None  # keep 0 still keeps one
+    assert first.cores + second.cores == [3, 2]  # (held until here)
 
 
 def test_a_refused_claim_holds_nothing(tmp_path: Path) -> None:
@@ -86,12 +100,13 @@ def test_a_claim_ends_with_its_process(tmp_path: Path) -> None:
 
 PINNED = """
 import os, sys, threading
-from genmedia.deployments.worker.cpu_pinning import pin_pipeline
+from genmedia.deployments.worker.cpu_pinning import cores_wanted, pin_pipeline
 seen = {}
 early = threading.Thread(target=lambda: (threading.Event().wait(0.5), seen.update(
     early=os.sched_getaffinity(0))))
 early.start()
-claim = pin_pipeline(float(sys.argv[1]))
+num_cpus = float(sys.argv[1])
+claim = pin_pipeline(cores_wanted(num_cpus, max(1, int(num_cpus))))
 late = threading.Thread(target=lambda: seen.update(late=os.sched_getaffinity(0)))
 late.start(); late.join(); early.join()
 print(claim.cores if claim else None, sorted(os.sched_getaffinity(0)),
@@ -131,3 +146,8 @@ def test_pinning_is_a_catalog_setting() -> None:
     assert off.server.pin_worker_cpus is False
     with pytest.raises(CatalogError, match="pin_worker_cpus"):
         parse_catalog({"models": models, "server": {"pin_worker_cpus": "sometimes"}})
+    assert parse_catalog({"models": models}).server.reserved_cpus == 1
+    with pytest.raises(CatalogError, match=r"reserved_cpus.*less than or equal to 64"):
+        parse_catalog({"models": models, "server": {"reserved_cpus": 65}})
+    with pytest.raises(CatalogError, match=r"reserved_cpus.*greater than or equal to 0"):
+        parse_catalog({"models": models, "server": {"reserved_cpus": -1}})
