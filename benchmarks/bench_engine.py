@@ -7,7 +7,10 @@
 2. ``--rounds`` times, each engine in turn (``request``, then ``step``) on one local Ray Serve:
    closed-loop saturation (``--concurrency`` clients of the sync endpoint) gives the serving
    efficiency, stack img/s ÷ bare img/s (same model, batch size and torch threads), and ÷ the
-   best bare run; then open-loop Poisson arrivals at ``--loads`` of the request-level engine's
+   best bare run; each closed loop is also quoted ÷ the bare runs just before and after it (at
+   every thread count, ``--bare-seconds``/2 each, the stack deployed and idle): this machine's
+   speed drifts by a third within minutes, and those ratios ("beside") compare like with like;
+   then open-loop Poisson arrivals at ``--loads`` of the request-level engine's
    capacity measured in that round (the first edition's): p50/p99 latency and throughput, step
    ÷ request. Rounds alternate the engines because these machines are shared and noisy; the
    summary gives every round and the medians.
@@ -131,10 +134,33 @@ def measure_bare_runs(
     torch.set_num_threads(worker_threads)
 
 
+def measure_adjacent_bare(
+    args: argparse.Namespace, model: Any, worker_threads: int, seed: int
+) -> dict[int, float]:
+    """The bare pipeline's images/s at every thread count, measured now (the stack deployed and
+    idle): this machine's speed drifts by a third within minutes, so each closed loop is also
+    quoted against the bare runs just before and just after it."""
+    import torch
+
+    out = {}
+    for threads in sorted({worker_threads, *range(1, (os.cpu_count() or 1) + 1)}):
+        torch.set_num_threads(threads)
+        run = measure_bare(model, args.batch, args.bare_seconds / 2, seed0=seed + threads)
+        out[threads] = run["images_per_s"]
+    torch.set_num_threads(worker_threads)
+    return out
+
+
 def measure_engine(
-    url: str, args: argparse.Namespace, engine: str, concurrency: int, rates: list[float] | None
+    url: str,
+    args: argparse.Namespace,
+    engine: str,
+    concurrency: int,
+    rates: list[float] | None,
+    bare: tuple[Any, int],
 ) -> dict[str, Any]:
-    """One engine deployed: closed-loop capacity, then open loops at ``rates`` (None: at the
+    """One engine deployed: closed-loop capacity between two adjacent bare runs (``bare``: the
+    model loaded here and the worker's threads), then open loops at ``rates`` (None: at the
     loads of this engine's own capacity)."""
     from genmedia.deployments.serve.app import plan_workers
     from genmedia.deployments.serve.local import delete_app, run_app
@@ -155,10 +181,16 @@ def measure_engine(
     run_app(catalog, tenants_file([tenant_record("bench", API_KEY)]))
     if args.prewarm > 0:  # every batch shape the engine will run, before anything is measured
         asyncio.run(closed_loop(url, API_KEY, concurrency, args.prewarm, 0.0))
+    model, threads = bare
+    bare_before = measure_adjacent_bare(args, model, threads, seed=1000)
     before, t0 = snapshot(), time.perf_counter()
     closed = asyncio.run(closed_loop(url, API_KEY, concurrency, args.seconds, args.warmup))
     answered = sum(1 for s in closed["samples"] if s["status"] == 200)
     closed["cpu"] = cpu_per_image(before, snapshot(), answered, time.perf_counter() - t0)
+    bare_after = measure_adjacent_bare(args, model, threads, seed=2000)
+    closed["bare_adjacent"] = {
+        t: (bare_before[t] + bare_after[t]) / 2 for t in bare_before
+    }  # images/s by threads: the mean of the runs before and after
     loads = [float(x) for x in args.loads.split(",")]
     if rates is None:
         rates = [f * closed["images_per_s"] for f in loads]
@@ -218,14 +250,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def engine_figures(run: dict[str, Any], same: float, best: float) -> dict[str, Any]:
-    """One engine's figures in one round."""
+def engine_figures(run: dict[str, Any], same: float, best: float, threads: int) -> dict[str, Any]:
+    """One engine's figures in one round (``threads``: the worker's torch threads)."""
     c = run["closed"]
+    adjacent = c["bare_adjacent"]
     return {
         "worker_max_ongoing_requests": run["max_ongoing_requests"],
         "images_per_s": c["images_per_s"],
         "efficiency": c["images_per_s"] / same,
         "efficiency_vs_best_bare": c["images_per_s"] / best,
+        "bare_adjacent_images_per_s": adjacent,
+        "efficiency_adjacent": c["images_per_s"] / adjacent[threads],
+        "efficiency_adjacent_vs_best_bare": c["images_per_s"] / max(adjacent.values()),
         "mean_batch_images": c["mean_batch_images"],
         "errors": c["errors"],
         "cpu_ms_per_image": c["cpu"]["ms_per_image"],
@@ -265,7 +301,13 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         f"{e}_{k}": _median([r["engines"][e][k] for r in rounds])
         for e in ENGINES
-        for k in ("images_per_s", "efficiency", "efficiency_vs_best_bare")
+        for k in (
+            "images_per_s",
+            "efficiency",
+            "efficiency_vs_best_bare",
+            "efficiency_adjacent",
+            "efficiency_adjacent_vs_best_bare",
+        )
     }
     for e in ENGINES:
         for k in ("interactive_p99_mixed_over_alone", "bulk_mixed_over_alone"):
@@ -302,7 +344,9 @@ def build_summary(
     best = bare_ips[best_threads]
     rounds = []
     for by_engine in runs:
-        engines = {e: engine_figures(run, same, best) for e, run in by_engine.items()}
+        engines = {
+            e: engine_figures(run, same, best, worker_threads) for e, run in by_engine.items()
+        }
         ratios = step_over_request(engines["request"], engines["step"])
         rounds.append({"engines": engines, "step_over_request": ratios})
     return {
@@ -390,6 +434,9 @@ def report(summary: dict[str, Any]) -> None:
         "mean batch",
         "÷ bare",
         "÷ best bare",
+        "bare beside",
+        "÷ bare beside",
+        "÷ best beside",
         title="closed loop (saturation)",
     )
     opened = Table(
@@ -413,6 +460,9 @@ def report(summary: dict[str, Any]) -> None:
                 f"{e['mean_batch_images']:.2f}",
                 f"{e['efficiency']:.3f}",
                 f"{e['efficiency_vs_best_bare']:.3f}",
+                " / ".join(f"{v:.2f}" for v in e["bare_adjacent_images_per_s"].values()),
+                f"{e['efficiency_adjacent']:.3f}",
+                f"{e['efficiency_adjacent_vs_best_bare']:.3f}",
             )
             for o in e["open"]:
                 opened.add_row(
@@ -457,7 +507,11 @@ def report(summary: dict[str, Any]) -> None:
     r = m["step_over_request"]
     console.print(
         f"median over {len(summary['rounds'])} rounds: efficiency request "
-        f"{_fmt(m['request_efficiency'])} step {_fmt(m['step_efficiency'])}; "
+        f"{_fmt(m['request_efficiency'])} step {_fmt(m['step_efficiency'])} (÷ the bare runs "
+        f"beside each: request {_fmt(m['request_efficiency_adjacent'])} step "
+        f"{_fmt(m['step_efficiency_adjacent'])}; ÷ the best of them: request "
+        f"{_fmt(m['request_efficiency_adjacent_vs_best_bare'])} step "
+        f"{_fmt(m['step_efficiency_adjacent_vs_best_bare'])}); "
         f"step ÷ request: capacity {_fmt(r['capacity'])}; "
         + "; ".join(
             f"{o['load']:.0%}: p50 {_fmt(o['p50'])} p99 {_fmt(o['p99'])} "
@@ -492,7 +546,9 @@ def main() -> None:
             rates = None
             for engine in ENGINES:  # request first: its capacity sets the round's loads
                 progress.update(task, description=f"round {r + 1}: engine {engine}")
-                by_engine[engine] = measure_engine(url, args, engine, concurrency, rates)
+                by_engine[engine] = measure_engine(
+                    url, args, engine, concurrency, rates, (model, worker_threads)
+                )
                 rates = [o["rate"] for o in by_engine[engine]["open"]]
                 progress.advance(task)
             runs.append(by_engine)
