@@ -1,11 +1,11 @@
 """Cores of their own for pipeline processes (``server.pin_worker_cpus``).
 
 Sits at the start of a replica's pipeline process (``pipeline_process.setup_process``), before
-torch starts its intra-op threads. A pipeline with whole Ray CPUs claims that many cores of the
-host for its threads and runs on those only. Left to the kernel, its threads migrate between
-cores and share them with the Serve proxy, the gateway, the scheduler and Ray's own processes
-whenever those wake, so each denoising step waits for the slowest thread's core; on a pinned
-core the control plane's wake-ups move to the other cores instead.
+torch starts its intra-op threads. When the catalog turns it on (off by default), a pipeline
+with whole Ray CPUs claims one core of the host per torch thread and runs on those only, as CPU
+inference servers bind their compute threads: its threads stop migrating, and the control
+plane's wake-ups go to the other cores. On 2 cores that measured no gain (every thread of the
+process, store and pipe threads too, then shares the compute core): see the setting.
 
 A claim is an exclusive ``flock`` on one file per core in a folder every process of the host
 sees (``claims_dir``): it ends with the process that holds it, crash included, so a restarted

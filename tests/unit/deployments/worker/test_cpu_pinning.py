@@ -141,9 +141,9 @@ def test_a_pipeline_pins_every_thread_to_its_claim(tmp_path: Path) -> None:
 
 def test_pinning_is_a_catalog_setting() -> None:
     models = [{"id": "m", "family": "sd15", "weights": "tiny://sd15"}]
-    assert parse_catalog({"models": models}).server.pin_worker_cpus is True
-    off = parse_catalog({"models": models, "server": {"pin_worker_cpus": False}})
-    assert off.server.pin_worker_cpus is False
+    assert parse_catalog({"models": models}).server.pin_worker_cpus is False
+    on = parse_catalog({"models": models, "server": {"pin_worker_cpus": True}})
+    assert on.server.pin_worker_cpus is True
     with pytest.raises(CatalogError, match="pin_worker_cpus"):
         parse_catalog({"models": models, "server": {"pin_worker_cpus": "sometimes"}})
     assert parse_catalog({"models": models}).server.reserved_cpus == 1
