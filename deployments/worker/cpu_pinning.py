@@ -1,6 +1,6 @@
 """Cores of their own for pipeline processes (``server.pin_worker_cpus``).
 
-Sits at the start of a replica's pipeline process (``pipeline_process.setup_process``), before
+Sits at the start of a replica's pipeline process (``process_setup.setup_process``), before
 torch starts its intra-op threads. When the catalog turns it on (off by default), a pipeline
 with whole Ray CPUs claims one core of the host per torch thread and runs on those only, as CPU
 inference servers bind their compute threads: its threads stop migrating, and the control

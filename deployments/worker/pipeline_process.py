@@ -21,7 +21,6 @@ import itertools
 import logging
 import multiprocessing
 import os
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
@@ -43,9 +42,7 @@ from genmedia.deployments.worker.batch import (
     WorkerContext,
     run_batch_call,
     run_step_call,
-    torch_threads_for,
 )
-from genmedia.deployments.worker.cpu_pinning import cores_wanted, host_cores, pin_pipeline
 from genmedia.deployments.worker.gate import StepGate
 from genmedia.deployments.worker.pipeline_messages import (
     AdapterChecked,
@@ -67,6 +64,7 @@ from genmedia.deployments.worker.pipeline_messages import (
     Shutdown,
     ToPipeline,
 )
+from genmedia.deployments.worker.process_setup import setup_process
 from genmedia.deployments.worker.step_loop import StepLoop
 
 if TYPE_CHECKING:
@@ -74,36 +72,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The pipeline thread holds the GIL through the Python side of every op; other threads of its
-# process (the pipe's reader) take it over every switch interval. A longer interval lets the
-# pipeline run in longer stretches.
-GIL_SWITCH_INTERVAL_S = 0.02
 START_TIMEOUT_S = 600.0  # the child imports torch and sets itself up within this
 STOP_TIMEOUT_S = 5.0  # a stopping child exits within this, or it is killed
 START_ID = 0  # the call id of the child's start (a failure to start is sent under it)
-
-
-def setup_process(num_cpus: float, *, reserved: int = 0, pin: bool = False) -> int:
-    """Torch threads sized from the replica's CPU share within the host's cores ``reserved``
-    leaves, cores of its own for them when ``pin`` (``cpu_pinning.py``: whole CPUs only,
-    before torch starts a thread), a longer GIL switch interval, no progress bars; returns the
-    torch intra-op threads."""
-    threads = torch_threads_for(num_cpus, host_cores(), reserved)
-    if pin:
-        pin_pipeline(cores_wanted(num_cpus, threads), reserved)
-    import torch
-    from diffusers.utils import logging as diffusers_logging
-
-    from genmedia.models.weights import genmedia_home
-
-    diffusers_logging.disable_progress_bar()
-    # torch.compile's caches where every replica of the host (and a volume) finds them
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(genmedia_home() / "inductor"))
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):  # already set in this process
-        torch.set_num_interop_threads(1)
-    return threads
 
 
 def start_pipeline(
