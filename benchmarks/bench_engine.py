@@ -121,17 +121,29 @@ def load_bare(args: argparse.Namespace) -> Any:
     return load_model(catalog.models[0], resolve_source("tiny://sd15"), "cpu")
 
 
+def bare_by_threads(
+    model: Any, batch: int, seconds: float, worker_threads: int, seed: int = 0
+) -> dict[int, dict[str, Any]]:
+    """The bare pipeline's run at every torch thread count up to the cores (and the worker's),
+    ``seconds`` each; the worker's thread count is set again after."""
+    import torch
+
+    runs = {}
+    for threads in sorted({worker_threads, *range(1, (os.cpu_count() or 1) + 1)}):
+        torch.set_num_threads(threads)
+        runs[threads] = measure_bare(model, batch, seconds, seed0=seed + threads)
+    torch.set_num_threads(worker_threads)
+    return runs
+
+
 def measure_bare_runs(
     args: argparse.Namespace, model: Any, worker_threads: int, into: dict[int, list[dict]]
 ) -> None:
     """The bare pipeline at every torch thread count up to the cores (Ray idle or stopped)."""
-    import torch
-
-    for threads in sorted({worker_threads, *range(1, (os.cpu_count() or 1) + 1)}):
-        torch.set_num_threads(threads)
-        run = measure_bare(model, args.batch, args.bare_seconds, seed0=threads)
+    for threads, run in bare_by_threads(
+        model, args.batch, args.bare_seconds, worker_threads
+    ).items():
         into.setdefault(threads, []).append(run)
-    torch.set_num_threads(worker_threads)
 
 
 def measure_adjacent_bare(
@@ -140,15 +152,8 @@ def measure_adjacent_bare(
     """The bare pipeline's images/s at every thread count, measured now (the stack deployed and
     idle): this machine's speed drifts by a third within minutes, so each closed loop is also
     quoted against the bare runs just before and just after it."""
-    import torch
-
-    out = {}
-    for threads in sorted({worker_threads, *range(1, (os.cpu_count() or 1) + 1)}):
-        torch.set_num_threads(threads)
-        run = measure_bare(model, args.batch, args.bare_seconds / 2, seed0=seed + threads)
-        out[threads] = run["images_per_s"]
-    torch.set_num_threads(worker_threads)
-    return out
+    runs = bare_by_threads(model, args.batch, args.bare_seconds / 2, worker_threads, seed)
+    return {threads: run["images_per_s"] for threads, run in runs.items()}
 
 
 def measure_engine(
