@@ -14,8 +14,9 @@ the same trace runs twice, only ``SimConfig.engine`` differs:
   ``EnginePolicy``): calls join a running set at step boundaries, one step of ``n`` images costs
   ``a·n + b`` from the profile, the dispatcher gives step replicas ``slots_per_replica`` slots;
   an interactive call joins a batch-class set only when its step there costs at most
-  ``--join-slowdown`` (``JOIN_SLOWDOWN``) times its step alone, else it preempts the set and
-  runs alone (``joins_running_set``).
+  ``--join-slowdown`` (``JOIN_SLOWDOWN``) times its step alone, else it parks the set (its
+  members keep their progress and rejoin later) and runs in a set of interactive calls
+  (``joins_running_set``).
 
 Reported per load and engine: goodput per GPU-hour (images of requests within their class SLO,
 completed in the middle 80 % of the arrival window, per provisioned GPU), interactive p50/p99 end
@@ -159,7 +160,7 @@ def one_run(
     if engine == "step":
         row["step_joins"] = sim.steps.joins  # calls that joined a running set
         row["step_request_path"] = sim.steps.request_path  # calls not accepted, alone
-        row["step_kept_out"] = sim.steps.kept_out  # of those, interactive calls of the set's key
+        row["step_parks"] = sim.steps.parks  # boundaries that parked a batch-class set
     return row, res.records
 
 
@@ -298,7 +299,7 @@ def markdown(summary: dict, wall_s: float, raw_path: Path, png: str) -> str:
         "| load (req/s) | horizon (s) | engine | goodput / GPU-hour | interactive p50 / p99 (s) "
         "| interactive p99 sd15 / sdxl / flux (s) | interactive wait to first step p99 (s) "
         "| batch images/s | batch p99 (s) | preemptions | calls alone (step) "
-        "| of them kept out by the join rule | sim wall (s) |",
+        "| sets parked for an interactive call | sim wall (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in summary["loads"]:
@@ -313,7 +314,7 @@ def markdown(summary: dict, wall_s: float, raw_path: Path, png: str) -> str:
                 + f" | {_f(r['interactive_first_step_wait_p99_s'])}"
                 f" | {r['batch_images_per_s']:.0f} | {_f(r['batch']['p99_s'], '.1f')} | "
                 f"{r['preemptions']} | {r.get('step_request_path', '-')} | "
-                f"{r.get('step_kept_out', '-')} | {r['wall_s']:.1f} |"
+                f"{r.get('step_parks', '-')} | {r['wall_s']:.1f} |"
             )
     names = list(summary["loads"][0]["step_over_request"])
     lines += [

@@ -26,13 +26,18 @@ Join rule, at a step boundary, waiting members in (priority rank, arrival) order
 
 Entry rule, before a call becomes a member (``EnginePolicy.accepts``: ``StepLoop.accepts`` in
 the worker, ``StepWorkers.enter`` in the simulator): a call of another key than a running set
-takes the request path (the replica's ``StepGate``); an interactive call (rank 0) of the set's
-key joins when the set holds an interactive member already (joining beats waiting for it to
-drain), or when the batch-class set has room for its rows now (a member of a full set waits for
-another to leave: up to a whole request's steps) and ``joins_running_set`` says so: its step
-inside the set costs at most ``JOIN_SLOWDOWN`` times its step alone. Otherwise it takes the
-request path too: it preempts the batch-class set at its next step boundary and runs alone.
-Batch-class calls always join.
+takes the request path (the replica's ``StepGate``: an interactive one preempts the set at its
+next step boundary and runs alone); a call of the set's key, or any call when there is no set,
+becomes a member.
+
+Park rule, at a step boundary: when the first waiting interactive member has the key of a
+running set that holds no interactive member, and cannot join it (the set's rows leave no room
+for its own, or ``joins_running_set``: its step inside the set would cost more than
+``JOIN_SLOWDOWN`` times its step alone), the batch-class members are parked: they go back to
+waiting with their progress (the worker keeps their sampler states), the interactive members
+form a set of their own, and the parked ones rejoin by the join rule above (while interactive
+members run, within the slowdown bound; all of them once those leave). Interactive calls that
+arrive meanwhile join each other's set instead of queuing at the gate one at a time.
 
 Guidance scale, scheduler (sampler), step count, seed and prompt are per member and not part of
 the key: each member keeps its own sampler state and applies its own guidance.
@@ -52,7 +57,7 @@ COST_MIN_SPREAD = 2  # distinct batch sizes needed before the intercept b is fit
 MAX_SET_ROWS = 64  # the engine's own bound on a running set's rows, whatever the catalog says
 # An interactive call joins a running batch-class set only when the cost model predicts its step
 # there, a·(n + r) + b for the set's n rows and its own r, costs at most this many times its step
-# alone, a·r + b; otherwise it preempts the set and runs alone (``joins_running_set``). 1.5 lets
+# alone, a·r + b; otherwise it parks the set and runs without it (``joins_running_set``). 1.5 lets
 # it into a set where the fixed part b of a step dominates (SD1.5-like: a 1-row set when b ≈ 1.4 a)
 # and keeps it out of sets whose step time grows with their rows (SDXL, Flux). Simulated on 1,000
 # GPUs (benchmarks/bench_sim_engine.py, 2026-12-03): 1.2 decided as 1.5 did; 2.0 let SDXL and Flux
@@ -77,9 +82,9 @@ def joins_running_set(
     coefficients: tuple[float, float] | None,
     slowdown: float = JOIN_SLOWDOWN,
 ) -> bool:
-    """Whether a call of a running set's key joins the set (True) or takes the request path
-    (False: the replica's gate, where an interactive call preempts the set at its next step
-    boundary and runs alone). ``rank``/``rows``: the call's priority rank and rows;
+    """Whether a call of a running set's key joins the set (True) or, interactive, parks it
+    at the next step boundary (False: ``EnginePolicy``'s park rule) and runs without it.
+    ``rank``/``rows``: the call's priority rank and rows;
     ``set_rows``/``set_rank``: the running set's rows and best member rank (None: empty);
     ``coefficients``: the set's cost model ``(a, b)``, None before a step was observed.
 
@@ -210,6 +215,7 @@ class Member:
     done: int = 0  # steps run
     seq: int = 0  # arrival order (set on submit)
     cancelled: bool = False
+    started: bool = False  # joined a set before: its state is kept while it is parked
 
     @property
     def left(self) -> int:
@@ -224,6 +230,8 @@ class Boundary:
     cancelled: list[Member] = field(default_factory=list)  # removed (running or waiting)
     refused: dict[str, str] = field(default_factory=dict)  # waiting member id -> why not now
     deadline_refused: list[str] = field(default_factory=list)  # of those, by the deadline check
+    parked: list[Member] = field(default_factory=list)  # batch-class members sent back to wait
+    resumed: list[str] = field(default_factory=list)  # joined ids that had run before (parked)
 
 
 class EnginePolicy:
@@ -292,19 +300,11 @@ class EnginePolicy:
 
     def accepts(self, key: CompatKey, rows: int, rank: int) -> bool:
         """Whether a call becomes a member here (it waits for a step boundary) rather than
-        taking the request path through the replica's gate: the running set is empty, or of
-        its ``key`` and ``joins_running_set`` lets it join (see the module docstring); an
-        interactive call joins a batch-class set only with room for its rows now."""
+        taking the request path through the replica's gate: the running set is empty or of its
+        ``key`` (an interactive call that cannot join a batch-class set parks it: see the
+        module docstring). ``rows`` and ``rank`` are the call's."""
         own = self.key
-        if own is None:
-            return True
-        if key != own:
-            return False
-        set_rank = min(m.rank for m in self.running.values())
-        if rank == 0 < set_rank and self.rows + rows > self.bound(key.model_id):
-            return False  # a full batch-class set: preempting it beats waiting for a member
-        coefficients = self.cost(key).coefficients
-        return joins_running_set(rank, rows, self.rows, set_rank, coefficients, self.join_slowdown)
+        return own is None or key == own
 
     def cost(self, key: CompatKey) -> StepCostModel:
         model = self.costs.get(key.cost_key)
@@ -324,6 +324,7 @@ class EnginePolicy:
                 out.cancelled.append(pool.pop(mid))
         if not admit and self.running:
             return out
+        out.parked = self._park()
         for cand in sorted(self.waiting.values(), key=lambda m: (m.rank, m.seq)):
             key = self.key
             if key is not None and cand.key != key:
@@ -339,7 +340,34 @@ class EnginePolicy:
                 continue
             self.running[cand.id] = self.waiting.pop(cand.id)
             out.joined.append(cand)
+            if cand.started:
+                out.resumed.append(cand.id)
+            cand.started = True
         return out
+
+    def _park(self) -> list[Member]:
+        """Send a batch-class set back to wait when the first waiting interactive member has
+        its key and cannot join it (see the module docstring); returns the parked members."""
+        if not self.running or any(m.rank == 0 for m in self.running.values()):
+            return []
+        fast = [m for m in self.waiting.values() if m.rank == 0 and not m.cancelled]
+        if not fast:
+            return []
+        cand = min(fast, key=lambda m: m.seq)
+        key = self.key
+        if cand.key != key:
+            return []
+        set_rank = min(m.rank for m in self.running.values())
+        coefficients = self.cost(cand.key).coefficients
+        fits = self._bound_refusal(cand) is None and joins_running_set(
+            0, cand.rows, self.rows, set_rank, coefficients, self.join_slowdown
+        )
+        if fits:
+            return []
+        parked = list(self.running.values())
+        for m in parked:
+            self.waiting[m.id] = self.running.pop(m.id)
+        return parked
 
     def _bound_refusal(self, cand: Member) -> str | None:
         """Why ``cand`` does not fit the running set's row bound (None: it fits)."""

@@ -68,6 +68,11 @@ class StepGate:
         self.release(ticket)
         return self.acquire(priority, cancel)
 
+    def count_preemption(self) -> None:
+        """A preemption made outside the gate (the step engine parking a batch-class set)."""
+        with self._cond:
+            self.preemptions += 1
+
     @property
     def busy(self) -> bool:
         return self._holder is not None

@@ -7,7 +7,9 @@ call is a member of its own, so a call's jobs fill whatever room the running set
 call never leaves rows empty. One thread runs the running set: at every step boundary the policy
 (``engine_policy.py``) drops the jobs of cancelled calls and jobs cancelled on their own, and
 lets compatible waiting jobs join (their prompts encoded together, under the gate, with the
-set's adapters active); one denoiser forward runs over every member; the jobs that are done are
+set's adapters active); a batch-class set that an interactive job of its key cannot join is
+parked (its jobs wait with their sampler states and resume later without a second prepare);
+one denoiser forward runs over every member; the jobs that are done are
 decoded together, in one VAE forward where the family batches it (batch-class jobs wait a step
 or two for others to finish: ``DECODE_GROUP_ROWS``), and a call whose last job is
 decoded is handed back (its own thread stores it while the others go on). The loop holds the
@@ -79,6 +81,7 @@ class StepCall:
     started_wall: float = 0.0  # unix time its first job joined the running set
     outputs: list[list[np.ndarray]] | None = None  # per job, once all are decoded
     decoded: dict[int, list[np.ndarray]] = field(default_factory=dict)  # job index -> outputs
+    parked_at: dict[int, float] = field(default_factory=dict)  # job index -> when it was parked
     error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -125,10 +128,10 @@ class StepLoop:
 
     def accepts(self, model: LoadedModel, req: BatchRequest) -> bool:
         """Whether a call runs here: its jobs run step-level, and the policy accepts it (the
-        running set is empty, or of its key and, for an interactive call, the join rule lets it
-        in: ``EnginePolicy.accepts``). Otherwise it takes the gate (request path), where an
-        interactive call preempts the set at its next step boundary. A stale answer only makes
-        the call wait for the set to drain, or run alone."""
+        running set is empty or of its key: ``EnginePolicy.accepts``; an interactive call that
+        cannot join a batch-class set parks it at the next boundary). Otherwise it takes the
+        gate (request path), where an interactive call preempts the set at its next step
+        boundary. A stale answer only makes the call wait for the set to drain, or run alone."""
         from genmedia.models.step_engine import supports
 
         if not req.jobs or not all(supports(model, j) for j in req.jobs):
@@ -202,7 +205,9 @@ class StepLoop:
                 for call in _calls(running):
                     self._fail(call, e)
                 continue
-            joined = [m.id for m in boundary.joined if m.id in self.jobs]
+            self._parked(boundary.parked, boundary.resumed)
+            resumed = set(boundary.resumed)
+            joined = [m.id for m in boundary.joined if m.id in self.jobs and m.id not in resumed]
             if joined:
                 self._join(joined)
             running = self._running()
@@ -236,6 +241,23 @@ class StepLoop:
                 self._fail(call, Cancelled())
             else:
                 self._done(call, i, [])
+
+    def _parked(self, parked: list[Member], resumed: list[str]) -> None:
+        """Members parked at this boundary keep their sampler states; those resuming count
+        the time they were parked as paused. A park counts as one of the replica's preemptions
+        (batch-class work paused for interactive work), as the gate's do."""
+        now = time.perf_counter()
+        if parked:
+            self.ctx.gate.count_preemption()
+        for member in parked:
+            owner = self.jobs.get(member.id)
+            if owner is not None:
+                owner[0].parked_at[owner[1]] = now
+        for mid in resumed:
+            owner = self.jobs.get(mid)
+            if owner is not None:
+                call, i = owner
+                call.times.paused_s += now - call.parked_at.pop(i, now)
 
     def _running(self) -> list[tuple[StepCall, int]]:
         """The running set's jobs: (call, job index), in the set's order."""

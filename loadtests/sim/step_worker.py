@@ -3,19 +3,19 @@
 Mirrors ``deployments/worker/step_loop.py`` and drives the worker's own policy object
 (``deployments/worker/engine_policy.py``: ``EnginePolicy``, ``Member``, ``set_bound``; each
 request's ``compat_key`` is resolved in ``workload.py``). A call routed to a step replica that
-``EnginePolicy.accepts`` (as ``StepLoop.accepts``: the running set is empty, or of its key and
-``joins_running_set`` lets it in; an interactive call joins a batch-class set only when its step
-there costs at most ``join_slowdown`` times its step alone) waits there as a member; at every
-step boundary
-``EnginePolicy.boundary`` lets members join (same key, no overtaking of an incompatible waiter,
-the per-model set bound, the deadline-aware cost check) and ``step_done`` advances the set,
-records the step's seconds in the policy's own ``a·n + b`` cost model and returns the members
-that finished: they decode on the set's time and leave (their outputs are stored after the
-gate, as a call's are). A call the policy does not accept (another key, or an interactive call
-the join rule keeps out) takes the request path (``device.py``: the replica's gate, computed
-alone); while it waits the set takes no new members (``admit=False``:
-the set drains, then releases the gate), and when it ranks better than every member (an
-interactive call) the set pauses at its next step boundary, as ``StepGate.checkpoint`` does.
+``EnginePolicy.accepts`` (as ``StepLoop.accepts``: the running set is empty, or of its key)
+waits there as a member; at every step boundary ``EnginePolicy.boundary`` parks a batch-class
+set that a waiting interactive member of its key cannot join (its step there would cost more
+than ``join_slowdown`` times its step alone, or the set is full), then lets members join (same
+key, no overtaking of an incompatible waiter, the per-model set bound, the slowdown bound around
+interactive members, the deadline-aware cost check); a parked member keeps its progress and
+rejoins without preparing again. ``step_done`` advances the set, records the step's seconds in
+the policy's own ``a·n + b`` cost model and returns the members that finished: they decode on
+the set's time and leave (their outputs are stored after the gate, as a call's are). A call of
+another key than the running set takes the request path (``device.py``: the replica's gate,
+computed alone); while it waits the set takes no new members (``admit=False``: the set drains,
+then releases the gate), and when it ranks better than every member (an interactive call) the
+set pauses at its next step boundary, as ``StepGate.checkpoint`` does.
 
 Time: one engine step over ``n`` rows (images) of one key costs ``a·n + b`` seconds, where
 ``FamilyCost.step_coefficients`` reads the profile's batch cost as a line in the batch size:
@@ -82,8 +82,8 @@ class StepWorkers:
         self.sim = sim
         self.join_slowdown = join_slowdown  # the policy's entry rule bound
         self.joins = 0  # calls that joined a running set
-        self.request_path = 0  # calls not accepted, computed alone through the gate
-        self.kept_out = 0  # of those, interactive calls of the set's key (the join rule)
+        self.request_path = 0  # calls not accepted (another key), computed alone through the gate
+        self.parks = 0  # boundaries that parked a batch-class set for an interactive member
 
     def run_of(self, rep: Replica) -> SetRun:
         run = rep.set_run
@@ -105,7 +105,6 @@ class StepWorkers:
         assert key is not None  # resolved for every valid request
         if not run.policy.accepts(key, call.images, call.priority):
             self.request_path += 1
-            self.kept_out += run.policy.key == key
             sim._gate_enter(rep, call)
             return
         deadline = None
@@ -184,8 +183,9 @@ class StepWorkers:
         """The next segment of a set after boundary ``b``: its work and priority (the best
         member's rank); returns its device share."""
         sim, policy = self.sim, run.policy
-        run.joiners = [m.id for m in b.joined]
-        self.joins += len(b.joined)
+        run.joiners = [m.id for m in b.joined if m.id not in b.resumed]  # parked ones: prepared
+        self.joins += len(run.joiners)
+        self.parks += bool(b.parked)
         members = list(policy.running.values())
         first = sim.reqs[int(run.calls[members[0].id].jobs[0].id)]
         family = first.family

@@ -284,50 +284,105 @@ def test_joins_running_set_follows_the_slowdown_bound() -> None:
         joins_running_set(0, 1, 4, 1, ROW_BOUND, slowdown=0.5)
 
 
-def test_accepts_keeps_an_interactive_call_out_of_a_slow_batch_set() -> None:
+def test_accepts_takes_every_call_of_the_sets_key() -> None:
     policy = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND)
     other = CompatKey("m", (128, 128), (), "text-to-image", None, True)
-    assert policy.accepts(KEY, 1, 0)  # empty
+    assert policy.accepts(KEY, 1, 0) and policy.accepts(other, 1, 1)  # empty
     policy.submit(_member("bulk", rows=4))
     policy.boundary(0.0)
     assert policy.accepts(KEY, 1, 1)  # batch class joins
-    assert not policy.accepts(KEY, 1, 0)  # would run at 5.2 / 1.2 = 4.3x: preempts instead
-    assert not policy.accepts(other, 1, 1)  # another key: the request path
-    assert EnginePolicy(default_rows=8, cost_prior=ROW_BOUND, join_slowdown=5.0).accepts(KEY, 1, 0)
+    assert policy.accepts(KEY, 1, 0)  # interactive: a member, it parks the set if need be
+    assert not policy.accepts(other, 1, 0)  # another key: the request path
+    assert not policy.accepts(other, 1, 1)
     with pytest.raises(ValueError, match="join_slowdown"):
         EnginePolicy(join_slowdown=0.9)
 
 
-def test_accepts_an_interactive_call_into_a_set_holding_one() -> None:
+def _bulk_running(policy: EnginePolicy, rows: int = 4, steps_run: int = 1) -> Member:
+    bulk = _member("bulk", rows=rows)
+    policy.submit(bulk)
+    policy.boundary(0.0)
+    for _ in range(steps_run):
+        policy.step_done(ROW_BOUND[0] * rows + ROW_BOUND[1])  # steps cost what the prior says
+    return bulk
+
+
+def test_an_interactive_member_parks_a_batch_set_it_would_slow_too_much() -> None:
+    """4 batch rows: a step with the interactive row costs 5.2 / 1.2 = 4.3x its step alone.
+    The batch member goes back to wait with its progress, the interactive one runs alone and
+    the batch member resumes (no new prepare: ``resumed``) once it left."""
     policy = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND)
-    policy.submit(_member("bulk", rows=4))
-    policy.submit(_member("inter", rank=0))
-    policy.boundary(0.0)
-    assert policy.accepts(KEY, 1, 0)
+    bulk = _bulk_running(policy)
+    policy.submit(_member("inter", rank=0, steps=2))
+    b = policy.boundary(1.0)
+    assert [m.id for m in b.parked] == ["bulk"] and [m.id for m in b.joined] == ["inter"]
+    assert list(policy.running) == ["inter"] and bulk.done == 1 and "bulk" in policy.waiting
+    assert b.refused["bulk"].startswith("would slow")  # 4 + 1 rows around 1 interactive row
+    assert [m.id for m in policy.step_done(1.0, steps=2)] == ["inter"]
+    b = policy.boundary(3.0)
+    assert [m.id for m in b.joined] == ["bulk"] and b.resumed == ["bulk"] and not b.parked
+    assert bulk.done == 1 and bulk.left == 3
+    assert _run(policy, 3) == ["bulk"]
+    # a looser bound (4.3x allowed): the interactive member joins the set, nothing is parked
+    loose = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND, join_slowdown=5.0)
+    _bulk_running(loose)
+    loose.submit(_member("inter", rank=0))
+    b = loose.boundary(1.0)
+    assert not b.parked and [m.id for m in b.joined] == ["inter"] and loose.rows == 5
 
 
-def test_an_interactive_call_joins_a_batch_set_only_with_room_now() -> None:
-    """A full batch-class set: an interactive call would wait up to a whole request's steps
-    for a member to leave, so it preempts instead; one with room, or a set holding an
-    interactive member, it joins (no cost known: the step rule does not refuse)."""
+def test_a_full_batch_set_is_parked_and_one_with_room_is_joined() -> None:
+    """No cost known: room decides. 3 of 4 rows taken: a 1-row interactive member joins, a
+    2-row one parks the set."""
     policy = EnginePolicy(default_rows=4)
-    policy.submit(_member("bulk", rows=3))
-    policy.boundary(0.0)
-    assert policy.accepts(KEY, 1, 0)
-    assert not policy.accepts(KEY, 2, 0)  # 3 + 2 rows > 4
-    assert policy.accepts(KEY, 2, 1)  # batch class waits for room
-    policy.submit(_member("inter", rank=0))
-    policy.boundary(0.0)
-    assert policy.rows == 4 and policy.accepts(KEY, 1, 0)  # full, but holds an interactive
+    _bulk_running(policy, rows=3, steps_run=0)
+    policy.submit(_member("one", rank=0))
+    b = policy.boundary(0.0)
+    assert not b.parked and policy.rows == 4
+    wide = EnginePolicy(default_rows=4)
+    _bulk_running(wide, rows=3, steps_run=0)
+    wide.submit(_member("two", rank=0, rows=2))
+    b = wide.boundary(0.0)
+    assert [m.id for m in b.parked] == ["bulk"] and list(wide.running) == ["two"]
 
 
-def test_accepts_uses_the_fitted_cost() -> None:
+def test_park_uses_the_fitted_cost() -> None:
     policy = EnginePolicy(default_rows=8)
-    policy.submit(_member("bulk", rows=2))
-    policy.boundary(0.0)
-    assert policy.accepts(KEY, 1, 0)  # nothing observed yet
-    policy.step_done(2.0)  # one size seen: 1 s per row, no intercept
-    assert not policy.accepts(KEY, 1, 0)  # 3 s vs 1.5 x 1 s
+    _bulk_running(policy, rows=2, steps_run=0)
+    policy.submit(_member("first", rank=0))
+    assert not policy.boundary(0.0).parked  # nothing observed yet: it joins
+    slow = EnginePolicy(default_rows=8)
+    _bulk_running(slow, rows=2, steps_run=0)
+    slow.step_done(2.0)  # one size seen: 1 s per row, no intercept
+    slow.submit(_member("inter", rank=0))
+    assert [m.id for m in slow.boundary(1.0).parked] == ["bulk"]  # 3 s vs 1.5 x 1 s
+
+
+def test_interactive_members_join_each_other_while_the_batch_set_is_parked() -> None:
+    policy = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND)
+    bulk = _bulk_running(policy)
+    policy.submit(_member("i1", rank=0, steps=3))
+    policy.boundary(1.0)
+    policy.step_done(1.2)
+    policy.submit(_member("i2", rank=0, steps=3))
+    policy.submit(_member("late", rows=2))  # 4.2 s a step against 1.5 x 2.2 s: it waits too
+    b = policy.boundary(2.0)
+    assert not b.parked and [m.id for m in b.joined] == ["i2"]
+    assert set(policy.running) == {"i1", "i2"} and bulk.done == 1
+    assert _run(policy, 3, now=3.0, dt=2.2) == ["i1", "i2"]
+    b = policy.boundary(6.0)
+    assert [m.id for m in b.joined] == ["bulk", "late"] and b.resumed == ["bulk"]
+
+
+def test_a_parked_member_can_be_cancelled_and_nothing_parks_while_the_set_drains() -> None:
+    policy = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND)
+    _bulk_running(policy)
+    policy.submit(_member("inter", rank=0))
+    assert not policy.boundary(1.0, admit=False).parked  # another call waits for the gate
+    assert [m.id for m in policy.boundary(1.0).parked] == ["bulk"]
+    assert policy.cancel("bulk")
+    b = policy.boundary(1.0)
+    assert [m.id for m in b.cancelled] == ["bulk"] and "bulk" not in policy.waiting
 
 
 def test_step_done_runs_several_steps_at_once() -> None:

@@ -22,7 +22,6 @@ from genmedia.deployments.worker.batch import (
     run_batch_call,
     run_step_call,
 )
-from genmedia.deployments.worker.engine_policy import JOIN_SLOWDOWN, Member, compat_key
 from genmedia.deployments.worker.gate import Cancelled, StepGate
 from genmedia.deployments.worker.step_loop import DECODE_WAIT_STEPS, StepCall, StepLoop
 from genmedia.models import registry
@@ -310,24 +309,49 @@ def test_a_missing_input_fails_the_call_before_it_joins(model: LoadedModel, tmp_
     assert loop.policy.idle and not loop.calls
 
 
-def test_an_interactive_call_takes_the_gate_rather_than_join_a_slow_batch_set(
+def test_an_interactive_call_parks_a_slow_batch_set_which_resumes_where_it_was(
     model: LoadedModel, tmp_path: Path
 ) -> None:
-    loop = StepLoop(_context(tmp_path))
-    policy = loop.policy
-    policy.max_rows["m"] = 8
-    policy.cost_prior = (1.0, 0.2)  # seconds per step: 1 per row + 0.2
-    inter = _request("b1", [_job(model, "r1")], "interactive")
-    key = compat_key(inter.jobs[0])
-    policy.submit(Member("bulk", key, 4, 1, 4))
-    policy.boundary(0.0)
-    # in the set its step costs 5.2 s, alone 1.2 s: above JOIN_SLOWDOWN, it preempts instead
-    assert JOIN_SLOWDOWN * 1.2 < 5.2
-    assert not loop.accepts(model, inter)
-    assert loop.accepts(model, _request("b2", [_job(model, "r2")]))  # batch class joins
-    policy.submit(Member("inter", key, 1, 0, 4))
-    policy.boundary(0.0)
-    assert loop.accepts(model, inter)  # the set holds an interactive member: joining beats waiting
+    """A 4-row batch set: one interactive row in it would step at 5x its step alone, so at the
+    next boundary the batch job is parked, the interactive job runs its 2 steps alone, and the
+    batch job resumes with its sampler state (prepared once, 6 steps in all, paused meanwhile);
+    both store what the request path stores."""
+    ctx = _context(tmp_path / "step")
+    loop = StepLoop(ctx)
+    engine = loop._engines[id(model)] = _Decodes(model)  # type: ignore[assignment]
+    loop.policy.max_rows["m"] = 8
+    steps: list[list[str]] = []
+    inter_in = threading.Event()
+
+    def step(members: list[MemberState]) -> None:
+        engine.inner.step(members)
+        steps.append([m.job.request_id for m in members])
+        if len(steps) == 1:  # the interactive call arrives during the set's first step
+            assert inter_in.wait(60)
+
+    engine.step = step
+    bulk = _request("b1", [_job(model, "r1", seed=1, num_images=4, num_inference_steps=6)])
+    inter = _request("b2", [_job(model, "r2", seed=2, num_inference_steps=2)], "interactive")
+    first = loop.submit(model, bulk, {}, threading.Event(), lambda e: None)
+    while not steps:
+        threading.Event().wait(0.001)
+    assert loop.accepts(model, inter)  # a member: it parks the set rather than take the gate
+    second = loop.submit(model, inter, {}, threading.Event(), lambda e: None)
+    inter_in.set()
+    assert first.finished.wait(60) and second.finished.wait(60)
+    assert steps == [["r1"], ["r2"], ["r2"]] + [["r1"]] * 5
+    assert engine.prepared == [["r1"], ["r2"]]  # the parked job was not prepared again
+    assert ctx.gate.preemptions == 1  # the park, as the replica's info reports it
+    # parked while the interactive job ran its steps and decoded
+    assert first.times.paused_s > max(second.times.paused_s, 0.5 * second.times.compute_s)
+    ref_ctx = _context(tmp_path / "request")
+    for call in (first, second):
+        assert call.error is None
+        got = finish_call(ctx, model, call.req, call.outputs or [], call.times)
+        want = run_batch_call(ref_ctx, model, call.req, threading.Event(), lambda e: None)
+        for g, w in zip(_images(ctx, got), _images(ref_ctx, want), strict=True):
+            assert int(np.abs(g - w).max()) <= 1
+    assert loop.policy.idle and not loop.calls and not loop.jobs
 
 
 def test_a_calls_jobs_join_one_by_one_as_the_set_has_room(

@@ -182,23 +182,45 @@ def _slowdown_run(trace, join_slowdown):
     return sim, sim.run(prepare(trace, cat))
 
 
-def test_an_interactive_call_that_would_run_much_slower_in_a_batch_set_runs_alone():
+def test_an_interactive_call_that_would_run_much_slower_in_a_batch_set_parks_it():
     # A (batch) alone 0-4.8 teaches the policy 1.2 s per 1-row step (a = 1.2, b = 0). C (batch)
     # starts at 5; B (interactive) at 6.5 would step at 2.4 s in C's set, 2x its 1.2 s alone,
-    # above the 1.5 bound: the request path, C pauses at its boundary at 7.4, B runs alone until
-    # 12.2, C's last two steps end at 14.6
+    # above the 1.5 bound: C is parked at its boundary at 7.4, B runs alone until 12.2, C
+    # resumes with its two steps left (no second prepare) and ends at 14.6
     trace = [req(0.0), req(5.0), req(6.5, priority="interactive")]
     sim, res = _slowdown_run(trace, 1.5)
     assert done(res) == pytest.approx([4.8, 14.6, 12.2])
-    assert sim.steps.kept_out == 1 and res.preemptions == 1
+    assert sim.steps.parks == 1 and res.preemptions == 0 and sim.steps.request_path == 0
     # a looser bound lets it join at 7.4: two steps at 2.2 s with C, then two alone: 14.2
     sim, res = _slowdown_run(trace, 2.5)
     assert done(res) == pytest.approx([4.8, 11.8, 14.2])
-    assert sim.steps.kept_out == 0 and res.preemptions == 0
+    assert sim.steps.parks == 0 and res.preemptions == 0
 
 
 def test_an_interactive_call_joins_a_set_that_holds_one_whatever_the_cost():
     trace = [req(0.0), req(5.0, priority="interactive"), req(6.5, priority="interactive")]
     sim, res = _slowdown_run(trace, 1.5)
     assert done(res) == pytest.approx([4.8, 11.8, 14.2])
-    assert sim.steps.kept_out == 0 and sim.steps.joins == 3
+    assert sim.steps.parks == 0 and sim.steps.joins == 3
+
+
+def test_interactive_calls_join_each_other_while_the_batch_set_is_parked():
+    # batching pays here (a step costs 0.5 s a row + 1 s): A (batch) alone 0-6 teaches the
+    # policy 1.5 s per 1-row step (a = 1.5, b = 0); B (interactive) at 6.5 would step at 3 s in
+    # C's set, 2x alone: C is parked at 7.5, B runs from there; D (interactive) at 8.0 joins B's
+    # set at its next boundary (9.0) instead of queuing behind it at the gate
+    cat = catalog()
+    prof = profile(step_fixed_s=1.0, step_per_image_s=0.5)
+    sim = Simulation(cat, prof, SimConfig(engine="step", replicas={"sd15": 1}, gpus=1))
+    trace = [req(0.0), req(6.0), req(6.5, priority="interactive"),
+             req(8.0, priority="interactive")]  # fmt: skip
+    res = sim.run(prepare(trace, cat))
+    assert sim.steps.parks == 1 and sim.steps.request_path == 0 and res.preemptions == 0
+    a, c, b, d = res.records
+    assert a.t_done == pytest.approx(6.0) and b.t_first_progress == pytest.approx(9.0)
+    # D's first step is the set's next one, long before B ends (one after the other, D would
+    # have started when B ended, at 7.5 + 4 x 1.5 = 13.5)
+    assert d.t_first_progress == pytest.approx(11.5) and d.t_first_progress < b.t_done
+    # C rejoined with them (3 rows, 2.5 s a step, within 1.5x the 2 interactive rows by the
+    # cost model) and ended with B; D ended one step later
+    assert c.t_done == pytest.approx(b.t_done) and d.t_done > b.t_done
