@@ -27,7 +27,7 @@ Summary to ``loadtests/results/bench_intake-<stamp>.json``, raw samples to
 ``loadtests/results/raw/``.
 
     flock /tmp/genmedia-ray.lock python benchmarks/bench_intake.py [--rounds 3] [--seconds 8] \
-        [--parts burst,hostile,rates]
+        [--parts burst,hostile,rates] [--ingress serve-proxy|haproxy]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from genmedia.loadtests.local import ray_stack, stamp, tenant_record, tenants_file
+from genmedia.models.server_config import ingress_env
 
 console = Console()
 WEB = "gm_0e000002_" + "w" * 43  # interactive tenant
@@ -292,6 +293,12 @@ def deploy_echo() -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the rates")
+    p.add_argument(
+        "--ingress",
+        choices=("serve-proxy", "haproxy"),
+        default="serve-proxy",
+        help="server.ingress of the stack (the echo baseline goes through the same ingress)",
+    )
     p.add_argument("--seconds", type=float, default=8.0, help="length of one rate measurement")
     p.add_argument("--bulk-items", type=int, default=200, help="jobs per bulk submit call")
     p.add_argument("--samples", type=int, default=40, help="interactive samples per scenario")
@@ -356,6 +363,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         workdir,
         server={
             **overrides,
+            "ingress": args.ingress,
             "max_bulk_items": 1000,
             # the bursts and rate runs queue far more jobs than the workers compute meanwhile
             "scheduler": {"job_store": f"{workdir}/jobs.sqlite", "model_queue_limit": 1_000_000},
@@ -367,7 +375,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     bulk = tenant_record("bulk", BULK, quotas={"max_queued_jobs": 1_000_000})
     tenants = tenants_file([tenant_record("web", WEB), bulk, tenant_record("rates", RATES)])
     raw: dict[str, Any] = {"rates": []}
-    with ray_stack(num_cpus=2, num_gpus=1) as url, Progress(console=console) as progress:
+    stack = ray_stack(num_cpus=2, num_gpus=1, env_vars=ingress_env(args.ingress) or None)
+    with stack as url, Progress(console=console) as progress:
         rounds = args.rounds if "rates" in args.parts else 0
         task = progress.add_task("deploying", total=2 + 4 * rounds)
         run_app(catalog, tenants)

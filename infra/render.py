@@ -35,7 +35,7 @@ from genmedia.autoscaling.placement import GpuPool, allocate, plan_placement, re
 from genmedia.deployments.store.storage import URL_SECRET_ENV
 from genmedia.infra.serve_config import ScalingKnobs, application_config
 from genmedia.models.catalog import Catalog, S3Storage
-from genmedia.models.server_config import SchedulerSettings
+from genmedia.models.server_config import SchedulerSettings, ingress_env
 
 TARGETS = ("serve-config", "kuberay", "dockerfile", "prometheus", "grafana", "s3-lifecycle")
 VARIANTS = ("cpu", "cuda")
@@ -137,12 +137,14 @@ def deployed_catalog(catalog: Catalog, cluster: Cluster) -> Catalog:
 
 def pod_env(catalog: Catalog, cluster: Cluster) -> list[dict[str, Any]]:
     """Every pod's environment: the cache folder, the URL-signing secret (the same on every
-    node, so any gateway checks a URL another signed) and a PostgreSQL job store's password
-    (any node may run the scheduler or its standby)."""
+    node, so any gateway checks a URL another signed), the ingress switch (``server.ingress``:
+    Serve reads it as Ray starts) and a PostgreSQL job store's password (any node may run the
+    scheduler or its standby)."""
     env: list[dict[str, Any]] = [
         {"name": "GENMEDIA_HOME", "value": "/var/cache/genmedia"},
         cluster.url_secret.env(URL_SECRET_ENV),
     ]
+    env += [{"name": k, "value": v} for k, v in ingress_env(catalog.server.ingress).items()]
     scheduler = catalog.server.scheduler
     if not scheduler.job_store.startswith("postgres"):
         return env

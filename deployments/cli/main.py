@@ -35,6 +35,7 @@ from genmedia.loadtests.loadtest_cli import loadtest_app
 from genmedia.loadtests.plots import PlotsUnavailable
 from genmedia.loadtests.sim.cli import sim as sim_command
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
+from genmedia.models.server_config import ingress_env
 
 console = Console(stderr=True, soft_wrap=True)  # errors never wrap mid-path
 out = Console(width=None if sys.stdout.isatty() else 200)  # no wrapping in pipes and logs
@@ -322,7 +323,11 @@ def serve(
     )
     from genmedia.deployments.serve import local
 
-    local.start_ray(num_cpus=int(cpus + 0.999), num_gpus=declared)
+    local.start_ray(
+        num_cpus=int(cpus + 0.999),
+        num_gpus=declared,
+        env_vars=ingress_env(catalog.server.ingress) or None,
+    )
     try:
         _deploy(catalog, tenants, host=host, port=port, gpus_available=declared > 0)
         _print_serving(catalog, f"http://{host}:{port}", dev_key)
@@ -375,10 +380,28 @@ def deploy(
         connect(address)
     except Exception as e:
         raise _fail(f"cannot connect to the Ray cluster at {address}: {e}") from None
+    _check_ingress(catalog)
     gpus_available = cluster_gpus() > 0
     _deploy(catalog, tenants, host="0.0.0.0", port=8000, gpus_available=gpus_available)
     out.print(f"[bold green]deployed[/] {len(catalog.models)} model(s) to {address}")
     _print_dev_key(dev_key)
+
+
+def _check_ingress(catalog: Catalog) -> None:
+    """``server.ingress`` against what the cluster's Serve will read: HAProxy is switched on by
+    the nodes' environment before Ray starts, not by a deploy."""
+    from genmedia.deployments.serve.local import node_env
+    from genmedia.models.server_config import HAPROXY_ENV
+
+    on = node_env(HAPROXY_ENV) == "1"
+    if catalog.server.ingress == "haproxy" and not on:
+        raise _fail(
+            f"server.ingress is haproxy, but the cluster's nodes lack {HAPROXY_ENV}=1: set it "
+            "in every node's environment before Ray starts (the RayService `genmedia infra "
+            "render` writes does), or set server.ingress: serve-proxy"
+        )
+    if catalog.server.ingress == "serve-proxy" and on:
+        out.print(f"[yellow]note[/]: the cluster's nodes set {HAPROXY_ENV}=1: HAProxy takes HTTP")
 
 
 @app.command()

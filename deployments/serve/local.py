@@ -93,6 +93,18 @@ def connect(address: str, logging_level: int = logging.WARNING) -> None:
     ray.init(address=address, logging_level=logging_level, log_to_driver=False)
 
 
+def node_env(name: str) -> str | None:
+    """An environment variable as a process Ray starts on the connected cluster sees it (one
+    task; its node's environment): how ``deploy`` checks what Serve will read at import."""
+
+    @ray.remote(num_cpus=0)
+    def read() -> str | None:
+        return os.environ.get(name)
+
+    value: str | None = ray.get(read.remote(), timeout=60)
+    return value
+
+
 def cluster_gpus() -> float:
     """GPUs of the connected cluster."""
     return float(ray.cluster_resources().get("GPU", 0))

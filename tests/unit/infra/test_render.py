@@ -212,3 +212,28 @@ def test_genmedia_is_scraped_with_an_admin_key_unless_metrics_are_public():
     public = catalog.model_copy(update={"server": server})
     scrape = yaml.safe_load(r.render("prometheus", public))["scrape_configs"][0]
     assert "authorization" not in scrape
+
+
+def test_the_haproxy_ingress_is_switched_on_in_every_pod():
+    """``server.ingress: haproxy`` is the nodes' environment (Serve reads it as Ray starts):
+    the head's and the GPU workers' containers carry it; the default sets nothing."""
+    from genmedia.models.catalog import parse_catalog
+    from genmedia.models.server_config import HAPROXY_ENV, ingress_env
+
+    assert ingress_env("serve-proxy") == {} and ingress_env("haproxy") == {HAPROXY_ENV: "1"}
+    with pytest.raises(ValueError, match="serve-proxy or haproxy"):
+        ingress_env("nginx")
+    data = load_catalog().model_dump(mode="json")
+    plain = yaml.safe_load(r.render_all(parse_catalog(data, "<test>"))["rayservice.yaml"])
+    data["server"]["ingress"] = "haproxy"
+    svc = yaml.safe_load(r.render_all(parse_catalog(data, "<test>"))["rayservice.yaml"])
+    for spec, on in ((plain, False), (svc, True)):
+        cluster = spec["spec"]["rayClusterConfig"]
+        groups = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+        for group in groups:
+            (container,) = group["template"]["spec"]["containers"]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert (env.get(HAPROXY_ENV) == "1") is on
+    data["server"]["ingress"] = "nginx"
+    with pytest.raises(Exception, match="ingress"):
+        parse_catalog(data, "<test>")

@@ -169,3 +169,39 @@ def test_the_development_tenant_is_not_an_admin():
 
     tenants, _ = development_tenants()
     assert not tenants.tenants[0].admin
+
+
+@pytest.mark.parametrize(
+    ("ingress", "node", "fails", "says"),
+    [
+        ("haproxy", None, True, "lack RAY_SERVE_ENABLE_HA_PROXY=1"),
+        ("haproxy", "1", False, ""),
+        ("serve-proxy", "1", False, "HAProxy takes HTTP"),
+        ("serve-proxy", None, False, ""),
+    ],
+)
+def test_deploy_checks_the_ingress_against_the_clusters_nodes(
+    monkeypatch, capsys, ingress, node, fails, says
+):
+    """HAProxy is switched on by the nodes' environment before Ray starts, not by a deploy:
+    a catalog asking for it on a cluster without it is refused with what to set."""
+    import typer
+
+    from genmedia.deployments.cli import main
+    from genmedia.deployments.serve import local
+    from genmedia.models.catalog import parse_catalog
+
+    monkeypatch.setattr(local, "node_env", lambda name: node)
+    data = {
+        "models": [{"id": "a", "family": "sd15", "weights": "tiny://sd15"}],
+        "server": {"ingress": ingress},
+    }
+    catalog = parse_catalog(data, "<test>")
+    if fails:
+        with pytest.raises(typer.Exit) as e:
+            main._check_ingress(catalog)
+        assert e.value.exit_code == 2
+    else:
+        main._check_ingress(catalog)
+    out = capsys.readouterr()
+    assert says in out.out + out.err
