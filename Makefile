@@ -30,6 +30,8 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	@echo "==> integration tests (tests/integration on a real local Ray Serve; tests/gpu)"
 	$(PY) -m pytest -q tests/integration tests/gpu
+	@echo "==> ingress test (tests/ingress: a Ray of its own, started with Serve's HAProxy ingress)"
+	$(PY) -m pytest -q tests/ingress
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
