@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 
 
 class Cancelled(Exception):
@@ -32,8 +33,15 @@ class StepGate:
             return None
         return min(self._waiting, key=lambda t: self._waiting[t])
 
-    def acquire(self, priority: int, cancel: threading.Event | None = None) -> int:
-        """Wait for the gate; returns a ticket. Raises Cancelled if ``cancel`` is set first."""
+    def acquire(
+        self,
+        priority: int,
+        cancel: threading.Event | None = None,
+        rank: Callable[[], int] | None = None,
+    ) -> int:
+        """Wait for the gate; returns a ticket. Raises Cancelled if ``cancel`` is set first.
+        ``rank``: the waiter's priority, read again whenever the gate is poked (``poke``):
+        a step-engine set that an interactive job joins while it waits ranks as that job."""
         with self._cond:
             ticket = next(self._seq)
             self._waiting[ticket] = (priority, ticket)
@@ -42,6 +50,8 @@ class StepGate:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled()
                     self._cond.wait(timeout=0.05 if cancel is not None else None)
+                    if rank is not None:
+                        self._waiting[ticket] = (min(priority, rank()), ticket)
             finally:
                 self._waiting.pop(ticket, None)
             self._holder = ticket
@@ -55,9 +65,20 @@ class StepGate:
                 self.busy_s += time.perf_counter() - self._held_since
                 self._cond.notify_all()
 
-    def checkpoint(self, ticket: int, priority: int, cancel: threading.Event | None = None) -> int:
+    def poke(self) -> None:
+        """Wake the waiters, so those waiting with a ``rank`` read it again."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def checkpoint(
+        self,
+        ticket: int,
+        priority: int,
+        cancel: threading.Event | None = None,
+        rank: Callable[[], int] | None = None,
+    ) -> int:
         """Between steps: raise Cancelled if asked; yield to a higher-priority waiter.
-        Returns the (possibly new) ticket the caller now holds."""
+        Returns the (possibly new) ticket the caller now holds (``rank``: as ``acquire``)."""
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         with self._cond:
@@ -66,7 +87,7 @@ class StepGate:
                 return ticket
             self.preemptions += 1
         self.release(ticket)
-        return self.acquire(priority, cancel)
+        return self.acquire(priority, cancel, rank)
 
     def count_preemption(self) -> None:
         """A preemption made outside the gate (the step engine parking a batch-class set)."""

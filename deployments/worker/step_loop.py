@@ -125,6 +125,7 @@ class StepLoop:
         self._thread: threading.Thread | None = None
         self._ticket: int | None = None
         self._finished: list[tuple[StepCall, int, int]] = []  # (call, job, steps since) to decode
+        self._rank = 1 << 30  # the best rank among the set's members, waiting ones included
 
     def accepts(self, model: LoadedModel, req: BatchRequest) -> bool:
         """Whether a call runs here: its jobs run step-level, and the policy accepts it (the
@@ -171,10 +172,12 @@ class StepLoop:
                 self.policy.submit(member)
                 self.jobs[member.id] = (call, i)
             self.calls[req.batch_id] = call
+            self._rank = min(self._rank, rank)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="step-engine", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+        self.ctx.gate.poke()  # a set waiting for the gate now ranks as its best member
         return call
 
     # -- the loop thread ---------------------------------------------------------------------
@@ -342,15 +345,23 @@ class StepLoop:
         """Take the gate, or yield it at this boundary to a better-ranked waiting call."""
         calls = _calls(running)
         rank = min(c.req.priority.rank for c in calls)
+        with self._cond:  # while it waits, a job joining its key's members ranks it up
+            self._rank = rank
         before = time.perf_counter()
+        gate, best = self.ctx.gate, self._best_rank
         if self._ticket is None:
-            self._ticket = self.ctx.gate.acquire(rank)
+            self._ticket = gate.acquire(rank, rank=best)
         else:
-            self._ticket = self.ctx.gate.checkpoint(self._ticket, rank)
+            self._ticket = gate.checkpoint(self._ticket, rank, rank=best)
         paused = time.perf_counter() - before
         for call in calls:
             if call.started_wall:  # a call joining at this boundary counts it as waiting
                 call.times.paused_s += paused
+
+    def _best_rank(self) -> int:
+        """The rank the set waits for the gate at: its best member's, a waiting one included
+        (an interactive job of its key parks the set once it holds the gate)."""
+        return self._rank
 
     def _step(self, running: list[tuple[StepCall, int]]) -> None:
         """One engine step over the running set (the gate held, its adapters active); jobs

@@ -3,16 +3,18 @@
 Mirrors ``deployments/worker/step_loop.py`` and drives the worker's own policy object
 (``deployments/worker/engine_policy.py``: ``EnginePolicy``, ``Member``, ``set_bound``; each
 request's ``compat_key`` is resolved in ``workload.py``). A call routed to a step replica that
-``EnginePolicy.accepts`` (as ``StepLoop.accepts``: the running set is empty, or of its key)
-waits there as a member; at every step boundary ``EnginePolicy.boundary`` parks a batch-class
-set that a waiting interactive member of its key cannot join (its step there would cost more
-than ``join_slowdown`` times its step alone, or the set is full), then lets members join (same
-key, no overtaking of an incompatible waiter, the per-model set bound, the slowdown bound around
-interactive members, the deadline-aware cost check); a parked member keeps its progress and
-rejoins without preparing again. ``step_done`` advances the set, records the step's seconds in
+``EnginePolicy.accepts`` (as ``StepLoop.accepts``: the running set is empty, or of its key,
+and an interactive call that cannot join a batch-class set only where ``sets_pay``) waits there
+as a member, and a set waiting for the gate then ranks as its best member; at every step
+boundary ``EnginePolicy.boundary`` parks a batch-class set that a waiting interactive member of
+its key cannot join (its step there would cost more than ``join_slowdown`` times its step alone,
+or the set is full), then lets members join (same key, no overtaking of an incompatible waiter,
+the per-model set bound, parked members wait for the interactive ones to leave, the slowdown
+bound around interactive members, the deadline-aware cost check); a parked member keeps its
+progress and rejoins without preparing again. ``step_done`` advances the set, records the step's seconds in
 the policy's own ``a·n + b`` cost model and returns the members that finished: they decode on
 the set's time and leave (their outputs are stored after the gate, as a call's are). A call of
-another key than the running set takes the request path (``device.py``: the replica's gate,
+another key than the running set (or an interactive call kept out) takes the request path (``device.py``: the replica's gate,
 computed alone); while it waits the set takes no new members (``admit=False``: the set drains,
 then releases the gate), and when it ranks better than every member (an interactive call) the
 set pauses at its next step boundary, as ``StepGate.checkpoint`` does.
@@ -114,6 +116,8 @@ class StepWorkers:
         member = Member(str(call.id), key, call.images, call.priority, first.steps, deadline)
         run.policy.submit(member)
         run.calls[member.id] = call
+        if run in rep.waiting and call.priority < run.priority:
+            run.priority = call.priority  # the set waits for the gate at its best member's rank
         if not run.in_gate:
             self._start(run)
         elif not run.preempt:  # stop at the next boundary so it can join

@@ -14,6 +14,7 @@ from genmedia.deployments.worker.engine_policy import (
     StepCostModel,
     compat_key,
     joins_running_set,
+    sets_pay,
 )
 from genmedia.models.params import GenerationJob, GenerationParams
 
@@ -284,16 +285,26 @@ def test_joins_running_set_follows_the_slowdown_bound() -> None:
         joins_running_set(0, 1, 4, 1, ROW_BOUND, slowdown=0.5)
 
 
-def test_accepts_takes_every_call_of_the_sets_key() -> None:
-    policy = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND)
+PAYS = (1.0, 2.0)  # a step's fixed part matters (a small model): sets of interactive calls pay
+
+
+def test_accepts_an_interactive_call_that_cannot_join_only_where_sets_pay() -> None:
+    """Of a batch-class set's key, an interactive call that cannot join becomes a member (it
+    parks the set) where its calls gain from sharing steps (``sets_pay``); where a step's cost
+    grows with its rows it takes the request path and preempts the set at the gate."""
     other = CompatKey("m", (128, 128), (), "text-to-image", None, True)
-    assert policy.accepts(KEY, 1, 0) and policy.accepts(other, 1, 1)  # empty
-    policy.submit(_member("bulk", rows=4))
-    policy.boundary(0.0)
-    assert policy.accepts(KEY, 1, 1)  # batch class joins
-    assert policy.accepts(KEY, 1, 0)  # interactive: a member, it parks the set if need be
-    assert not policy.accepts(other, 1, 0)  # another key: the request path
-    assert not policy.accepts(other, 1, 1)
+    assert sets_pay(PAYS, 1, JOIN_SLOWDOWN) and not sets_pay(ROW_BOUND, 1, JOIN_SLOWDOWN)
+    for prior, interactive in ((PAYS, True), (ROW_BOUND, False), (None, True)):
+        policy = EnginePolicy(default_rows=8, cost_prior=prior)
+        assert policy.accepts(KEY, 1, 0) and policy.accepts(other, 1, 1)  # empty
+        policy.submit(_member("bulk", rows=4))
+        policy.boundary(0.0)
+        assert policy.accepts(KEY, 1, 1)  # batch class joins
+        assert policy.accepts(KEY, 1, 0) is interactive  # unknown cost: it joins the set
+        assert not policy.accepts(other, 1, 0) and not policy.accepts(other, 1, 1)
+        policy.submit(_member("inter", rank=0))
+        policy.boundary(0.0)
+        assert policy.accepts(KEY, 1, 0)  # a set with an interactive member: it joins
     with pytest.raises(ValueError, match="join_slowdown"):
         EnginePolicy(join_slowdown=0.9)
 
@@ -308,23 +319,25 @@ def _bulk_running(policy: EnginePolicy, rows: int = 4, steps_run: int = 1) -> Me
 
 
 def test_an_interactive_member_parks_a_batch_set_it_would_slow_too_much() -> None:
-    """4 batch rows: a step with the interactive row costs 5.2 / 1.2 = 4.3x its step alone.
-    The batch member goes back to wait with its progress, the interactive one runs alone and
-    the batch member resumes (no new prepare: ``resumed``) once it left."""
-    policy = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND)
+    """4 batch rows: a step with the interactive row costs 7 / 3 = 2.3x its step alone. The
+    batch member goes back to wait with its progress, the interactive one runs without it
+    (the parked member does not rejoin around it) and the batch member resumes (no new
+    prepare: ``resumed``) once it left."""
+    policy = EnginePolicy(default_rows=8, cost_prior=PAYS)
     bulk = _bulk_running(policy)
     policy.submit(_member("inter", rank=0, steps=2))
     b = policy.boundary(1.0)
     assert [m.id for m in b.parked] == ["bulk"] and [m.id for m in b.joined] == ["inter"]
     assert list(policy.running) == ["inter"] and bulk.done == 1 and "bulk" in policy.waiting
-    assert b.refused["bulk"].startswith("would slow")  # 4 + 1 rows around 1 interactive row
-    assert [m.id for m in policy.step_done(1.0, steps=2)] == ["inter"]
+    assert b.refused["bulk"].startswith("a parked set resumes")
+    assert [m.id for m in policy.step_done(3.0, steps=2)] == ["inter"]
     b = policy.boundary(3.0)
     assert [m.id for m in b.joined] == ["bulk"] and b.resumed == ["bulk"] and not b.parked
     assert bulk.done == 1 and bulk.left == 3
     assert _run(policy, 3) == ["bulk"]
-    # a looser bound (4.3x allowed): the interactive member joins the set, nothing is parked
-    loose = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND, join_slowdown=5.0)
+    # a looser bound: the interactive member joins the set, nothing is parked (the step seen,
+    # 4.2 s for 4 rows, fits 1.05 s a row: 5 rows cost 5x one)
+    loose = EnginePolicy(default_rows=8, cost_prior=PAYS, join_slowdown=5.0)
     _bulk_running(loose)
     loose.submit(_member("inter", rank=0))
     b = loose.boundary(1.0)

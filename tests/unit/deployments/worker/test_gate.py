@@ -100,3 +100,51 @@ def test_busy_time_counts_only_held_time():
     assert 0.05 <= gate.busy_s < 0.5
     gate.release(t)  # a second release of the same ticket adds nothing
     assert gate.busy_s < 0.5
+
+
+def test_a_waiter_ranked_up_while_it_waits_goes_before_later_waiters_of_that_rank():
+    """A step-engine set waiting at the batch rank that an interactive job joins ranks as
+    that job once the gate is poked: it goes before an interactive call that came later."""
+    gate = StepGate()
+    holder = gate.acquire(0)
+    rank = [1]
+    order: list[str] = []
+
+    def waiter(name: str, priority: int, ranked: bool) -> None:
+        t = gate.acquire(priority, rank=(lambda: rank[0]) if ranked else None)
+        order.append(name)
+        gate.release(t)
+
+    step_set = threading.Thread(target=waiter, args=("set", 1, True))
+    step_set.start()
+    while gate.waiters < 1:
+        time.sleep(0.001)
+    rank[0] = 0  # an interactive job became a member of the waiting set
+    gate.poke()
+    time.sleep(0.05)
+    later = threading.Thread(target=waiter, args=("interactive", 0, False))
+    later.start()
+    while gate.waiters < 2:
+        time.sleep(0.001)
+    gate.release(holder)
+    step_set.join(5)
+    later.join(5)
+    assert order == ["set", "interactive"]
+    # without the rank it would have waited behind the interactive call
+    gate2, order2 = StepGate(), []
+    held = gate2.acquire(0)
+
+    def plain(name: str, priority: int) -> None:
+        t = gate2.acquire(priority)
+        order2.append(name)
+        gate2.release(t)
+
+    threads = [threading.Thread(target=plain, args=a) for a in (("set", 1), ("interactive", 0))]
+    for t in threads:
+        t.start()
+        while gate2.waiters < threads.index(t) + 1:
+            time.sleep(0.001)
+    gate2.release(held)
+    for t in threads:
+        t.join(5)
+    assert order2 == ["interactive", "set"]

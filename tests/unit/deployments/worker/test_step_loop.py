@@ -22,6 +22,7 @@ from genmedia.deployments.worker.batch import (
     run_batch_call,
     run_step_call,
 )
+from genmedia.deployments.worker.engine_policy import StepCostModel, compat_key
 from genmedia.deployments.worker.gate import Cancelled, StepGate
 from genmedia.deployments.worker.step_loop import DECODE_WAIT_STEPS, StepCall, StepLoop
 from genmedia.models import registry
@@ -309,6 +310,16 @@ def test_a_missing_input_fails_the_call_before_it_joins(model: LoadedModel, tmp_
     assert loop.policy.idle and not loop.calls
 
 
+class _FixedCost(StepCostModel):
+    def __init__(self, ab: tuple[float, float]) -> None:
+        super().__init__()
+        self.ab = ab
+
+    @property
+    def coefficients(self) -> tuple[float, float] | None:
+        return self.ab
+
+
 def test_an_interactive_call_parks_a_slow_batch_set_which_resumes_where_it_was(
     model: LoadedModel, tmp_path: Path
 ) -> None:
@@ -320,6 +331,11 @@ def test_an_interactive_call_parks_a_slow_batch_set_which_resumes_where_it_was(
     loop = StepLoop(ctx)
     engine = loop._engines[id(model)] = _Decodes(model)  # type: ignore[assignment]
     loop.policy.max_rows["m"] = 8
+    # seconds per step a·n + b as for a small model (the fixed part matters), whatever the
+    # tiny model's steps measure here: one interactive row in the 5-row set steps at 7 / 3 of
+    # its step alone, and interactive calls share steps well (``sets_pay``)
+    key = compat_key(_job(model, "k"))
+    loop.policy.costs[key.cost_key] = _FixedCost((1.0, 2.0))
     steps: list[list[str]] = []
     inter_in = threading.Event()
 

@@ -182,15 +182,16 @@ def _slowdown_run(trace, join_slowdown):
     return sim, sim.run(prepare(trace, cat))
 
 
-def test_an_interactive_call_that_would_run_much_slower_in_a_batch_set_parks_it():
+def test_an_interactive_call_that_would_run_much_slower_in_a_batch_set_runs_alone():
     # A (batch) alone 0-4.8 teaches the policy 1.2 s per 1-row step (a = 1.2, b = 0). C (batch)
     # starts at 5; B (interactive) at 6.5 would step at 2.4 s in C's set, 2x its 1.2 s alone,
-    # above the 1.5 bound: C is parked at its boundary at 7.4, B runs alone until 12.2, C
-    # resumes with its two steps left (no second prepare) and ends at 14.6
+    # above the 1.5 bound, and interactive calls would not gain from a set of their own
+    # (``sets_pay``): the request path, C pauses at its boundary at 7.4, B runs alone until
+    # 12.2, C's last two steps end at 14.6
     trace = [req(0.0), req(5.0), req(6.5, priority="interactive")]
     sim, res = _slowdown_run(trace, 1.5)
     assert done(res) == pytest.approx([4.8, 14.6, 12.2])
-    assert sim.steps.parks == 1 and res.preemptions == 0 and sim.steps.request_path == 0
+    assert sim.steps.parks == 0 and res.preemptions == 1 and sim.steps.request_path == 1
     # a looser bound lets it join at 7.4: two steps at 2.2 s with C, then two alone: 14.2
     sim, res = _slowdown_run(trace, 2.5)
     assert done(res) == pytest.approx([4.8, 11.8, 14.2])
@@ -205,22 +206,21 @@ def test_an_interactive_call_joins_a_set_that_holds_one_whatever_the_cost():
 
 
 def test_interactive_calls_join_each_other_while_the_batch_set_is_parked():
-    # batching pays here (a step costs 0.5 s a row + 1 s): A (batch) alone 0-6 teaches the
-    # policy 1.5 s per 1-row step (a = 1.5, b = 0); B (interactive) at 6.5 would step at 3 s in
-    # C's set, 2x alone: C is parked at 7.5, B runs from there; D (interactive) at 8.0 joins B's
-    # set at its next boundary (9.0) instead of queuing behind it at the gate
+    # batching pays here (a step costs 0.5 s a row + 1 s): A and A2 (batch) teach the policy
+    # both sizes (a = 0.5, b = 1). C1-C3 (batch) run from 12; B (interactive) at 15 would
+    # step at 3 s in their 3-row set, 2x its 1.5 s alone, while two interactive rows share a
+    # step at 2 s: the set is parked at its boundary at 16, B steps alone until 17.5, D
+    # (interactive, at 16) joins it there instead of queuing behind it at the gate: B ends at
+    # 23.5 after three 2-row steps, D at 25; C1-C3 resume when both left
     cat = catalog()
     prof = profile(step_fixed_s=1.0, step_per_image_s=0.5)
     sim = Simulation(cat, prof, SimConfig(engine="step", replicas={"sd15": 1}, gpus=1))
-    trace = [req(0.0), req(6.0), req(6.5, priority="interactive"),
-             req(8.0, priority="interactive")]  # fmt: skip
+    trace = [req(0.0), req(0.0), req(12.0), req(12.0), req(12.0),
+             req(15.0, priority="interactive"), req(16.0, priority="interactive")]  # fmt: skip
     res = sim.run(prepare(trace, cat))
     assert sim.steps.parks == 1 and sim.steps.request_path == 0 and res.preemptions == 0
-    a, c, b, d = res.records
-    assert a.t_done == pytest.approx(6.0) and b.t_first_progress == pytest.approx(9.0)
-    # D's first step is the set's next one, long before B ends (one after the other, D would
-    # have started when B ended, at 7.5 + 4 x 1.5 = 13.5)
-    assert d.t_first_progress == pytest.approx(11.5) and d.t_first_progress < b.t_done
-    # C rejoined with them (3 rows, 2.5 s a step, within 1.5x the 2 interactive rows by the
-    # cost model) and ended with B; D ended one step later
-    assert c.t_done == pytest.approx(b.t_done) and d.t_done > b.t_done
+    *_, c1, c2, c3, b, d = res.records
+    assert all(r.status == "COMPLETED" for r in res.records)
+    assert b.t_first_progress == pytest.approx(17.5) and b.t_done == pytest.approx(23.5)
+    assert d.t_first_progress == pytest.approx(19.5) and d.t_done == pytest.approx(25.0)
+    assert min(c.t_done for c in (c1, c2, c3)) > d.t_done  # resumed after they left
