@@ -3,21 +3,21 @@
 Mirrors ``deployments/worker/step_loop.py`` and drives the worker's own policy object
 (``deployments/worker/engine_policy.py``: ``EnginePolicy``, ``Member``, ``set_bound``; each
 request's ``compat_key`` is resolved in ``workload.py``). A call routed to a step replica that
-``EnginePolicy.accepts`` (as ``StepLoop.accepts``: the running set is empty, or of its key,
-and an interactive call that cannot join a batch-class set only where ``sets_pay``) waits there
-as a member, and a set waiting for the gate then ranks as its best member; at every step
-boundary ``EnginePolicy.boundary`` parks a batch-class set that a waiting interactive member of
-its key cannot join (its step there would cost more than ``join_slowdown`` times its step alone,
-or the set is full), then lets members join (same key, no overtaking of an incompatible waiter,
-the per-model set bound, parked members wait for the interactive ones to leave, the slowdown
-bound around interactive members, the deadline-aware cost check); a parked member keeps its
-progress and rejoins without preparing again. ``step_done`` advances the set, records the step's seconds in
-the policy's own ``a·n + b`` cost model and returns the members that finished: they decode on
-the set's time and leave (their outputs are stored after the gate, as a call's are). A call of
-another key than the running set (or an interactive call kept out) takes the request path (``device.py``: the replica's gate,
-computed alone); while it waits the set takes no new members (``admit=False``: the set drains,
-then releases the gate), and when it ranks better than every member (an interactive call) the
-set pauses at its next step boundary, as ``StepGate.checkpoint`` does.
+``EnginePolicy.accepts`` (as ``StepLoop.accepts``: the running set is empty, or of its key, and an
+interactive call that cannot join a batch-class set only where ``sets_pay``) waits there as a
+member, and a set waiting for the gate then ranks as its best member; at every step boundary
+``EnginePolicy.boundary`` parks a batch-class set that a waiting interactive member of its key
+cannot join (its step there would cost more than ``join_slowdown`` times its step alone, or the set
+is full), then lets members join (same key, no overtaking of an incompatible waiter, the per-model
+set bound, parked members wait for the interactive ones to leave, the slowdown bound around
+interactive members, the deadline-aware cost check); a parked member keeps its progress and rejoins
+without preparing again. ``step_done`` advances the set, records the step's seconds in the policy's
+own ``a·n + b`` cost model and returns the members that finished: they decode on the set's time and
+leave (their outputs are stored after the gate, as a call's are). A call of another key than the
+running set (or an interactive call kept out) takes the request path (``device.py``: the replica's
+gate, computed alone); while it waits the set takes no new members (``admit=False``: the set drains,
+then releases the gate), and when it ranks better than every member (an interactive call) the set
+pauses at its next step boundary, as ``StepGate.checkpoint`` does.
 
 Time: one engine step over ``n`` rows (images) of one key costs ``a·n + b`` seconds, where
 ``FamilyCost.step_coefficients`` reads the profile's batch cost as a line in the batch size:
