@@ -37,10 +37,14 @@ Park rule, at a step boundary: when the first waiting interactive member has the
 running set that holds no interactive member and cannot join it, the batch-class members are
 parked: they go back to waiting with their progress (the worker keeps their sampler states),
 the interactive members form a set of their own, and interactive calls that arrive meanwhile
-join it instead of queuing at the gate one at a time. No batch-class member joins while
-interactive members run with a set parked; the parked ones resume (first, by arrival) once
-they left. While the set waits for the gate, a member that joined its waiting list ranks it
-(``StepLoop``: the gate reads the rank again when poked).
+join it instead of queuing at the gate one at a time. No batch-class member joins until the
+interactive member the set was parked for left; then the parked ones (first, by arrival) and
+the others join by the rules above (within the slowdown bound while interactive members still
+run), so a stream of interactive calls holds them out for one call's steps at most. No park
+while another call waits for the replica's gate (the set drains then): an interactive call that
+would need one then takes the request path (``accepts``). While the set waits for the gate, it
+ranks as its best member, a waiting one of its key included (``StepLoop``: the gate reads the
+rank again when poked).
 
 Guidance scale, scheduler (sampler), step count, seed and prompt are per member and not part of
 the key: each member keeps its own sampler state and applies its own guidance.
@@ -274,7 +278,7 @@ class EnginePolicy:
         self.waiting: dict[str, Member] = {}
         self.costs: dict[tuple[str, tuple[int, ...], bool], StepCostModel] = {}
         self._seq = itertools.count()
-        self._parked: set[str] = set()  # ids parked and not resumed yet
+        self._parked_for: str | None = None  # the interactive member the set was parked for
 
     # -- membership -------------------------------------------------------------------------
 
@@ -312,12 +316,14 @@ class EnginePolicy:
         member.cancelled = True
         return True
 
-    def accepts(self, key: CompatKey, rows: int, rank: int) -> bool:
+    def accepts(self, key: CompatKey, rows: int, rank: int, *, admit: bool = True) -> bool:
         """Whether a call becomes a member here (it waits for a step boundary) rather than
         taking the request path through the replica's gate: the running set is empty or of its
         ``key``, and, for an interactive call that cannot join a batch-class set now (no room,
-        or ``joins_running_set`` says no), only where ``sets_pay``: it then parks the set at
-        the next boundary (see the module docstring). ``rows`` and ``rank`` are the call's."""
+        or ``joins_running_set`` says no), only where ``sets_pay`` and ``admit`` (no other call
+        waits for the replica's gate: the set then drains instead of parking, and the call
+        waits at the gate to preempt it): it parks the set at the next boundary (see the module
+        docstring). ``rows`` and ``rank`` are the call's."""
         own = self.key
         if own is None:
             return True
@@ -332,7 +338,9 @@ class EnginePolicy:
             rank, rows, self.rows, set_rank, coefficients, self.join_slowdown
         ):
             return True
-        return coefficients is not None and sets_pay(coefficients, rows, self.join_slowdown)
+        return (
+            admit and coefficients is not None and sets_pay(coefficients, rows, self.join_slowdown)
+        )
 
     def cost(self, key: CompatKey) -> StepCostModel:
         model = self.costs.get(key.cost_key)
@@ -350,7 +358,6 @@ class EnginePolicy:
         for pool in (self.running, self.waiting):
             for mid in [m for m, member in pool.items() if member.cancelled]:
                 out.cancelled.append(pool.pop(mid))
-                self._parked.discard(mid)
         if not admit and self.running:
             return out
         out.parked = self._park()
@@ -377,7 +384,6 @@ class EnginePolicy:
             out.joined.append(cand)
             if cand.started:
                 out.resumed.append(cand.id)
-                self._parked.discard(cand.id)
             cand.started = True
         return out
 
@@ -403,7 +409,7 @@ class EnginePolicy:
         parked = list(self.running.values())
         for m in parked:
             self.waiting[m.id] = self.running.pop(m.id)
-            self._parked.add(m.id)
+        self._parked_for = cand.id
         return parked
 
     def _bound_refusal(self, cand: Member) -> str | None:
@@ -414,13 +420,17 @@ class EnginePolicy:
         return None
 
     def _parked_refusal(self, cand: Member) -> str | None:
-        """Why batch-class ``cand`` waits while interactive members run a set they parked:
-        the parked members resume, and the batch class joins, once they left (None: it may
-        join by the other rules)."""
-        if cand.rank == 0 or not self._parked:
+        """Why batch-class ``cand`` waits while the interactive member a set was parked for
+        runs or waits: the parked members, and the batch class, join once it left, then by the
+        slowdown rule around any interactive members still running (so a stream of interactive
+        calls never holds them out for more than one call's steps). None: it may join by the
+        other rules."""
+        holder = self._parked_for
+        if cand.rank == 0 or holder is None:
             return None
-        if any(m.rank == 0 for m in self.running.values()):
-            return "a parked set resumes when the interactive members leave"
+        if holder in self.running or holder in self.waiting:
+            return "a parked set resumes when the interactive member it was parked for leaves"
+        self._parked_for = None
         return None
 
     def _slowdown_refusal(self, cand: Member) -> str | None:
@@ -481,7 +491,6 @@ class EnginePolicy:
 
     def remove(self, member_id: str) -> Member | None:
         """Take a member out at once (its step failed); None if unknown."""
-        self._parked.discard(member_id)
         return self.running.pop(member_id, None) or self.waiting.pop(member_id, None)
 
     @property

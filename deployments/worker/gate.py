@@ -44,7 +44,7 @@ class StepGate:
         a step-engine set that an interactive job joins while it waits ranks as that job."""
         with self._cond:
             ticket = next(self._seq)
-            self._waiting[ticket] = (priority, ticket)
+            self._waiting[ticket] = (min(priority, rank()) if rank else priority, ticket)
             try:
                 while self._holder is not None or self._best_waiter() != ticket:
                     if cancel is not None and cancel.is_set():

@@ -139,7 +139,10 @@ class StepLoop:
             return False
         rows = sum(j.num_images for j in req.jobs)
         with self._cond:
-            return self.policy.accepts(compat_key(req.jobs[0]), rows, req.priority.rank)
+            admit = self.ctx.gate.waiters == 0  # as the loop's boundaries
+            return self.policy.accepts(
+                compat_key(req.jobs[0]), rows, req.priority.rank, admit=admit
+            )
 
     def submit(
         self,
@@ -194,6 +197,7 @@ class StepLoop:
                 self._cancel_marked()
                 boundary = self.policy.boundary(time.time(), admit=self.ctx.gate.waiters == 0)
             self._cancelled(boundary.cancelled)
+            self._parked(boundary.parked, boundary.resumed)
             if not self.policy.running:
                 self._release()
                 continue
@@ -208,7 +212,6 @@ class StepLoop:
                 for call in _calls(running):
                     self._fail(call, e)
                 continue
-            self._parked(boundary.parked, boundary.resumed)
             resumed = set(boundary.resumed)
             joined = [m.id for m in boundary.joined if m.id in self.jobs and m.id not in resumed]
             if joined:
@@ -344,9 +347,11 @@ class StepLoop:
     def _hold_gate(self, running: list[tuple[StepCall, int]]) -> None:
         """Take the gate, or yield it at this boundary to a better-ranked waiting call."""
         calls = _calls(running)
-        rank = min(c.req.priority.rank for c in calls)
-        with self._cond:  # while it waits, a job joining its key's members ranks it up
-            self._rank = rank
+        with self._cond:  # its best member's rank, a waiting one of its key included
+            key = self.policy.key
+            waiting = [m.rank for m in self.policy.waiting.values() if m.key == key]
+            rank = min([c.req.priority.rank for c in calls] + waiting)
+            self._rank = rank  # a job joining its key's members meanwhile ranks it up
         before = time.perf_counter()
         gate, best = self.ctx.gate, self._best_rank
         if self._ticket is None:

@@ -105,7 +105,7 @@ class StepWorkers:
         first = sim.reqs[int(call.jobs[0].id)]
         key = first.compat
         assert key is not None  # resolved for every valid request
-        if not run.policy.accepts(key, call.images, call.priority):
+        if not run.policy.accepts(key, call.images, call.priority, admit=not rep.waiting):
             self.request_path += 1
             sim._gate_enter(rep, call)
             return
@@ -206,7 +206,8 @@ class StepWorkers:
         run.steps = steps
         run.total = run.pre + steps * run.step + cost.decode_s(ending, first.megapixels) * k
         run.done = 0.0
-        run.priority = min(m.rank for m in members)
+        waiting = [m.rank for m in policy.waiting.values() if m.key == members[0].key]
+        run.priority = min([m.rank for m in members] + waiting)  # as StepLoop._hold_gate
         return cost.share(rows, first.megapixels, first.cfg)
 
     def _reshare(self, run: SetRun, share: float) -> None:

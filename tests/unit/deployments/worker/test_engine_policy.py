@@ -387,15 +387,43 @@ def test_interactive_members_join_each_other_while_the_batch_set_is_parked() -> 
     assert [m.id for m in b.joined] == ["bulk", "late"] and b.resumed == ["bulk"]
 
 
-def test_a_parked_member_can_be_cancelled_and_nothing_parks_while_the_set_drains() -> None:
-    policy = EnginePolicy(default_rows=8, cost_prior=ROW_BOUND)
-    _bulk_running(policy)
+def test_no_park_while_another_call_waits_and_a_parked_member_can_be_cancelled() -> None:
+    """While a call of another key waits for the gate (``admit`` False) the set drains: an
+    interactive call that would park it takes the request path, and a member already waiting
+    parks nothing; a parked member cancelled later leaves at the next boundary."""
+    policy = EnginePolicy(default_rows=8, cost_prior=PAYS)
+    _bulk_running(policy, steps_run=0)  # the prior stands: interactive sets pay
+    assert policy.accepts(KEY, 1, 0) and not policy.accepts(KEY, 1, 0, admit=False)
+    assert policy.accepts(KEY, 1, 1, admit=False)  # batch class: a member, it joins later
     policy.submit(_member("inter", rank=0))
-    assert not policy.boundary(1.0, admit=False).parked  # another call waits for the gate
+    assert not policy.boundary(1.0, admit=False).parked
     assert [m.id for m in policy.boundary(1.0).parked] == ["bulk"]
     assert policy.cancel("bulk")
     b = policy.boundary(1.0)
     assert [m.id for m in b.cancelled] == ["bulk"] and "bulk" not in policy.waiting
+
+
+def test_a_parked_set_resumes_once_the_member_it_was_parked_for_left() -> None:
+    """The batch class waits while the interactive member the set was parked for runs; once
+    it left, parked members rejoin beside a later interactive one within the slowdown bound
+    (the 1-row one: 2 rows cost 4 against 1.5 x 3; the 3-row one waits), so a stream of
+    interactive calls cannot hold them all out."""
+    policy = EnginePolicy(default_rows=8, cost_prior=PAYS)
+    policy.submit(_member("wide", rows=3))
+    policy.submit(_member("narrow", rows=1))
+    policy.boundary(0.0)
+    policy.step_done(6.0)
+    policy.submit(_member("i1", rank=0, steps=2))
+    b = policy.boundary(1.0)
+    assert [m.id for m in b.parked] == ["wide", "narrow"] and "parked for" in b.refused["narrow"]
+    policy.step_done(3.0)
+    policy.submit(_member("i2", rank=0, steps=4))
+    b = policy.boundary(2.0)
+    assert [m.id for m in b.joined] == ["i2"] and "narrow" in b.refused  # i1 still runs
+    assert [m.id for m in policy.step_done(4.0)] == ["i1"]
+    b = policy.boundary(3.0)
+    assert [m.id for m in b.joined] == ["narrow"] and b.resumed == ["narrow"]
+    assert b.refused["wide"].startswith("would slow") and policy.running["narrow"].left == 3
 
 
 def test_step_done_runs_several_steps_at_once() -> None:

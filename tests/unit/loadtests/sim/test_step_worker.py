@@ -211,7 +211,8 @@ def test_interactive_calls_join_each_other_while_the_batch_set_is_parked():
     # step at 3 s in their 3-row set, 2x its 1.5 s alone, while two interactive rows share a
     # step at 2 s: the set is parked at its boundary at 16, B steps alone until 17.5, D
     # (interactive, at 16) joins it there instead of queuing behind it at the gate: B ends at
-    # 23.5 after three 2-row steps, D at 25; C1-C3 resume when both left
+    # 23.5 after three 2-row steps; then C1 rejoins beside D (2 rows: within 1.5x D's step
+    # alone) and D ends after one more 2 s step at 25.5
     cat = catalog()
     prof = profile(step_fixed_s=1.0, step_per_image_s=0.5)
     sim = Simulation(cat, prof, SimConfig(engine="step", replicas={"sd15": 1}, gpus=1))
@@ -222,5 +223,5 @@ def test_interactive_calls_join_each_other_while_the_batch_set_is_parked():
     *_, c1, c2, c3, b, d = res.records
     assert all(r.status == "COMPLETED" for r in res.records)
     assert b.t_first_progress == pytest.approx(17.5) and b.t_done == pytest.approx(23.5)
-    assert d.t_first_progress == pytest.approx(19.5) and d.t_done == pytest.approx(25.0)
-    assert min(c.t_done for c in (c1, c2, c3)) > d.t_done  # resumed after they left
+    assert d.t_first_progress == pytest.approx(19.5) and d.t_done == pytest.approx(25.5)
+    assert min(c.t_done for c in (c1, c2, c3)) > d.t_done  # resumed once B left
