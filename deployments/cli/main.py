@@ -35,7 +35,7 @@ from genmedia.loadtests.loadtest_cli import loadtest_app
 from genmedia.loadtests.plots import PlotsUnavailable
 from genmedia.loadtests.sim.cli import sim as sim_command
 from genmedia.models.catalog import Catalog, CatalogError, load_catalog
-from genmedia.models.server_config import ingress_env
+from genmedia.models.server_config import HAPROXY_ENV, ingress_env
 
 console = Console(stderr=True, soft_wrap=True)  # errors never wrap mid-path
 out = Console(width=None if sys.stdout.isatty() else 200)  # no wrapping in pipes and logs
@@ -391,7 +391,6 @@ def _check_ingress(catalog: Catalog) -> None:
     """``server.ingress`` against what the cluster's Serve will read: HAProxy is switched on by
     the nodes' environment before Ray starts, not by a deploy."""
     from genmedia.deployments.serve.local import node_env
-    from genmedia.models.server_config import HAPROXY_ENV
 
     on = node_env(HAPROXY_ENV) == "1"
     if catalog.server.ingress == "haproxy" and not on:

@@ -14,6 +14,8 @@ Join rule, at a step boundary, waiting members in (priority rank, arrival) order
   and scales, task and strength, guidance on/off); an empty set takes the first waiter's key;
 - no overtaking of an incompatible waiter: the first incompatible waiter stops the joins, so the
   set drains and the next key gets its turn (no starvation by a stream of compatible work);
+  nor of an interactive waiter that does not fit yet (other than by the deadline check): it
+  joins next;
 - the set's rows (outputs) stay within the per-model bound (``set_bound``: the catalog's
   ``max_batch_size`` within ``MAX_SET_ROWS``; the scheduler sizes a replica's slots from it);
 - while the set holds interactive members, a batch-class member joins only while the cost
@@ -329,18 +331,24 @@ class EnginePolicy:
             return True
         if key != own:
             return False
-        set_rank = min(m.rank for m in self.running.values())
-        if rank != 0 or set_rank == 0:
+        if rank != 0 or any(m.rank == 0 for m in self.running.values()):
+            return True
+        if self._joins_batch_set(key, rows):
             return True
         coefficients = self.cost(key).coefficients
-        room = self.rows + rows <= self.bound(key.model_id)
-        if room and joins_running_set(
-            rank, rows, self.rows, set_rank, coefficients, self.join_slowdown
-        ):
-            return True
         return (
             admit and coefficients is not None and sets_pay(coefficients, rows, self.join_slowdown)
         )
+
+    def _joins_batch_set(self, key: CompatKey, rows: int) -> bool:
+        """Whether an interactive call of ``rows`` rows joins the running batch-class set of
+        its ``key`` now: room for its rows and ``joins_running_set`` (else it parks the set or
+        takes the request path)."""
+        if self.rows + rows > self.bound(key.model_id):
+            return False
+        set_rank = min(m.rank for m in self.running.values())
+        coefficients = self.cost(key).coefficients
+        return joins_running_set(0, rows, self.rows, set_rank, coefficients, self.join_slowdown)
 
     def cost(self, key: CompatKey) -> StepCostModel:
         model = self.costs.get(key.cost_key)
@@ -396,15 +404,7 @@ class EnginePolicy:
         if not fast:
             return []
         cand = min(fast, key=lambda m: m.seq)
-        key = self.key
-        if cand.key != key:
-            return []
-        set_rank = min(m.rank for m in self.running.values())
-        coefficients = self.cost(cand.key).coefficients
-        fits = self._bound_refusal(cand) is None and joins_running_set(
-            0, cand.rows, self.rows, set_rank, coefficients, self.join_slowdown
-        )
-        if fits:
+        if cand.key != self.key or self._joins_batch_set(cand.key, cand.rows):
             return []
         parked = list(self.running.values())
         for m in parked:

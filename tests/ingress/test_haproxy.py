@@ -8,7 +8,6 @@ tests' Ray. One sd15 model keeps it short.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,6 +19,7 @@ import pytest
 
 from genmedia.loadtests.local import ray_stack, tenant_record, tenants_file
 from genmedia.models.server_config import HAPROXY_ENV, ingress_env
+from tests.sse import stream_events
 
 API_KEY = "gm_0a1b2c3d_" + "h" * 43
 HAPROXY_DIR = Path("/tmp/haproxy-serve")  # Serve's default for its HAProxy config files
@@ -91,12 +91,7 @@ def test_requests_reach_the_gateway_through_haproxy(http: httpx.Client) -> None:
 def test_a_progress_stream_comes_through_unbuffered(http: httpx.Client) -> None:
     body = {"prompt": "a fox", "num_inference_steps": 8, "priority": "batch"}
     rid = http.post("/v1/queue/models/sd15-tiny", json=body).json()["request_id"]
-    events = []
-    with http.stream("GET", f"/v1/queue/requests/{rid}/stream") as s:
-        assert s.headers["content-type"].startswith("text/event-stream")
-        for line in s.iter_lines():
-            if line.startswith("data: "):
-                events.append(json.loads(line[6:]))
+    events = stream_events(http, f"/v1/queue/requests/{rid}/stream")
     assert events[-1]["status"] == "COMPLETED"
     assert len({e["status"] for e in events}) >= 2  # more than one event, as they happened
 

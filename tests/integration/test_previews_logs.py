@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 
 import httpx
 import pytest
 from PIL import Image
+
+from tests.sse import stream_events
 
 pytestmark = pytest.mark.integration
 
@@ -23,12 +24,7 @@ def _streamed(http, seed: int) -> tuple[str, list[dict]]:
     )
     assert r.status_code == 202, r.text
     rid = r.json()["request_id"]
-    events = []
-    with http.stream("GET", f"/v1/queue/requests/{rid}/stream?logs=1") as s:
-        for line in s.iter_lines():
-            if line.startswith("data: "):
-                events.append(json.loads(line[6:]))
-    return rid, events
+    return rid, stream_events(http, f"/v1/queue/requests/{rid}/stream?logs=1")
 
 
 def test_previews_arrive_before_the_result_and_logs_are_kept(http, base_url):

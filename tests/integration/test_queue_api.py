@@ -15,6 +15,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from genmedia.deployments.webhooks.signing import receiver_secret
 from tests.integration.conftest import CAPPED_KEY, OTHER_KEY, TINY_KEY, WEBHOOK_SECRET
+from tests.sse import stream_events
 
 pytestmark = pytest.mark.integration
 SLOW = {"num_inference_steps": 50, "width": 256, "height": 256}  # seconds on the tiny UNet
@@ -64,12 +65,7 @@ def test_submit_status_result_and_stream(http):
     assert body["status"] in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED")
     for name in ("status_url", "result_url", "cancel_url", "stream_url"):
         assert body[name].endswith(rid) or rid in body[name]
-    events = []
-    with http.stream("GET", f"/v1/queue/requests/{rid}/stream") as s:
-        assert s.headers["content-type"].startswith("text/event-stream")
-        for line in s.iter_lines():
-            if line.startswith("data: "):
-                events.append(json.loads(line[6:]))
+    events = stream_events(http, f"/v1/queue/requests/{rid}/stream")
     assert events[-1]["status"] == "COMPLETED"
     steps = [e["progress"]["step"] for e in events if e["status"] == "IN_PROGRESS"]
     assert steps and steps[-1] == 6 and steps == sorted(steps)

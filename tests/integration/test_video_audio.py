@@ -5,13 +5,14 @@ bad inputs of these tasks."""
 from __future__ import annotations
 
 import io
-import json
 import time
 
 import av
 import numpy as np
 import pytest
 import soundfile
+
+from tests.sse import stream_events
 
 pytestmark = pytest.mark.integration
 
@@ -72,11 +73,7 @@ def test_video_progress_streams_per_step(http):
         "/v1/queue/models/wan-tiny",
         json={"prompt": "x", "num_frames": 17, "num_inference_steps": 6},
     )
-    events = []
-    with http.stream("GET", r.json()["stream_url"]) as s:
-        for line in s.iter_lines():
-            if line.startswith("data: "):
-                events.append(json.loads(line[6:]))
+    events = stream_events(http, r.json()["stream_url"])
     assert events[-1]["status"] == "COMPLETED"
     steps = [e["progress"]["step"] for e in events if e["status"] == "IN_PROGRESS"]
     assert steps and steps[-1] == 6 and steps == sorted(steps)

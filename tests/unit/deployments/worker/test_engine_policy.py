@@ -440,3 +440,16 @@ def test_step_done_runs_several_steps_at_once() -> None:
     assert many.cost(KEY).samples == one.cost(KEY).samples
     with pytest.raises(ValueError, match="fewest steps"):
         many.step_done(0.5, steps=3)  # a has 2 left
+
+
+def test_no_member_overtakes_a_waiting_interactive_member() -> None:
+    """An interactive member that does not fit yet goes next: a batch-class member that
+    would fit does not join past it (it would hold the rows the interactive one waits for)."""
+    policy = EnginePolicy(default_rows=4)
+    policy.submit(_member("i1", rank=0, rows=3))
+    policy.boundary(0.0)
+    policy.submit(_member("i2", rank=0, rows=2))
+    policy.submit(_member("b", rows=1))
+    b = policy.boundary(0.0)
+    assert b.refused["i2"].startswith("batch bound") and not b.joined
+    assert set(policy.waiting) == {"i2", "b"} and list(policy.running) == ["i1"]
