@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from genmedia.deployments.protocol import PriorityClass
 from genmedia.deployments.scheduler.eta import ServiceTimeEstimator, eta_seconds, slot_free_in
@@ -131,13 +132,34 @@ _IDLE = Dispatch((), (), None)  # shared: callers only read a round
 
 @dataclass(slots=True)
 class _Ahead:
-    """Seconds of estimated work queued ahead of each place of a family's two queues, built
-    once per change of the queues or of the estimates: status polls read it, never scan."""
+    """Work units queued ahead of each place of a family's two queues, per model, built once
+    per change of the queues: status polls read it, never scan. Seconds are the units times
+    each model's current estimate, applied on read, so a new estimate (every finished call)
+    costs no rebuild."""
 
-    key: tuple[int, int, int]  # interactive version, batch version, estimator version
-    # [i]: seconds of the jobs before the i-th; shorter than the queue + 1 from the first job
-    # without an estimate on
-    seconds: dict[PriorityClass, list[float]]
+    key: tuple[int, int]  # interactive version, batch version
+    # [cls][model][i]: work units of the model's jobs before the i-th job of the class's queue
+    units: dict[PriorityClass, dict[str, list[float]]]
+
+    def seconds(self, cls: PriorityClass, i: int, est: ServiceTimeEstimator) -> float | None:
+        """Seconds of the work before place ``i`` (``-1``: the whole queue); None when a model
+        with work there has no estimate yet."""
+        total = 0.0
+        for model_id, prefix in self.units[cls].items():
+            units = prefix[i]
+            if units > 0.0:
+                rate = est.per_cost.get(model_id)
+                if rate is None:
+                    return None
+                total += rate * units
+        return total
+
+
+def _prefix_units(q: FairQueue) -> dict[str, list[float]]:
+    """Per model, the running sum of its jobs' work units before each place of the queue, from
+    the units the queue keeps in order (C-speed ``accumulate``: tens of microseconds for a queue
+    of 6,000 jobs)."""
+    return {m: list(accumulate(units, initial=0.0)) for m, units in q.units.items()}
 
 
 class _Family:
@@ -504,33 +526,22 @@ class Dispatcher:
         free = self.slot_free_in(job.family, job.priority, now)
         if free is None:
             return None
-        seconds = self._ahead(fam).seconds
-        own = seconds[job.priority]
-        if i >= len(own):
+        ahead = self._ahead(fam)
+        work = ahead.seconds(job.priority, i, self.estimator)
+        if work is None:
             return None  # a job ahead has no estimate yet
-        work = own[i]
         if job.priority == BATCH:
-            inter = seconds[INTERACTIVE]
-            if len(inter) <= len(fam.queues[INTERACTIVE]):
+            inter = ahead.seconds(INTERACTIVE, -1, self.estimator)
+            if inter is None:
                 return None  # an interactive job ahead has no estimate yet
-            work += inter[-1]
+            work += inter
         return free + work / self.capacity(job.family)
 
     def _ahead(self, fam: _Family) -> _Ahead:
-        qs, est = fam.queues, self.estimator
-        key = (qs[INTERACTIVE].version, qs[BATCH].version, est.version)
-        if fam.ahead is not None and fam.ahead.key == key:
-            return fam.ahead
-        out: dict[PriorityClass, list[float]] = {}
-        for cls, q in qs.items():
-            prefix = [0.0]
-            for j in q.jobs:
-                s = est.seconds(j.model_id, j.cost)
-                if s is None:
-                    break  # places from here on have no ETA
-                prefix.append(prefix[-1] + s)
-            out[cls] = prefix
-        fam.ahead = _Ahead(key, out)
+        qs = fam.queues
+        key = (qs[INTERACTIVE].version, qs[BATCH].version)
+        if fam.ahead is None or fam.ahead.key != key:
+            fam.ahead = _Ahead(key, {cls: _prefix_units(q) for cls, q in qs.items()})
         return fam.ahead
 
     # -- counts for admission, metrics and the autoscaler ------------------------------------

@@ -70,6 +70,9 @@ class FairQueue:
         self.virtual_time = 0.0
         self.fifo = fifo  # arrival order, no fairness (the benchmarks' baseline)
         self.version = 0  # changes with every push, removal and take (positions are cached)
+        # per model, each job's work units where the model is its own and 0.0 elsewhere, in
+        # queue order: the dispatcher's ETA prefix sums are one C-speed ``accumulate`` of these
+        self.units: dict[str, list[float]] = {}
         self._last_finish: dict[str, float] = {}
 
     def __len__(self) -> int:
@@ -79,13 +82,22 @@ class FairQueue:
         self.version += 1
         if self.fifo:
             job.start_tag = job.finish_tag = job.arrived
-            bisect.insort(self.jobs, job, key=QueuedJob.order)
-            return
-        start = max(self.virtual_time, self._last_finish.get(job.tenant, 0.0))
-        job.start_tag = start
-        job.finish_tag = start + job.cost / max(job.weight, 1e-9)
-        self._last_finish[job.tenant] = job.finish_tag
-        bisect.insort(self.jobs, job, key=QueuedJob.order)
+        else:
+            start = max(self.virtual_time, self._last_finish.get(job.tenant, 0.0))
+            job.start_tag = start
+            job.finish_tag = start + job.cost / max(job.weight, 1e-9)
+            self._last_finish[job.tenant] = job.finish_tag
+        i = bisect.bisect_right(self.jobs, job.order(), key=QueuedJob.order)
+        self.jobs.insert(i, job)
+        if job.model_id not in self.units:
+            self.units[job.model_id] = [0.0] * (len(self.jobs) - 1)
+        for model_id, units in self.units.items():
+            units.insert(i, job.cost if model_id == job.model_id else 0.0)
+
+    def _pop(self, i: int) -> QueuedJob:
+        for units in self.units.values():
+            del units[i]
+        return self.jobs.pop(i)
 
     def remove(self, job_id: str, job: QueuedJob | None = None) -> QueuedJob | None:
         """Take a job off the queue; with ``job`` given (the queued object), found by bisection
@@ -94,11 +106,11 @@ class FairQueue:
             i = bisect.bisect_left(self.jobs, job.order(), key=QueuedJob.order)
             if i < len(self.jobs) and self.jobs[i] is job:
                 self.version += 1
-                return self.jobs.pop(i)
+                return self._pop(i)
         for i, j in enumerate(self.jobs):
             if j.id == job_id:
                 self.version += 1
-                return self.jobs.pop(i)
+                return self._pop(i)
         return None
 
     def index(self, job: QueuedJob) -> int | None:
@@ -119,11 +131,12 @@ class FairQueue:
                 if len(found) == len(ids):
                     break
         for i in reversed(found):
-            del self.jobs[i]
+            self._pop(i)
         if batch:
             self.virtual_time = max(self.virtual_time, min(j.start_tag for j in batch))
         if not self.jobs:  # idle: forget history so a returning tenant is not penalised
             self._last_finish.clear()
+            self.units.clear()
 
 
 def form_batch(

@@ -298,8 +298,14 @@ class Scheduler(LeaseHolder, BatchRunner):
 
     @when_active
     async def statuses(self, reads: list[tuple[str, str]]) -> list[JobStatusView | None]:
-        """``status`` for many (job id, tenant) reads a gateway coalesced into one call."""
-        return [await self.status(job_id, tenant) for job_id, tenant in reads]
+        """``status`` for many (job id, tenant) reads a gateway coalesced into one call: the
+        jobs are read from the store in one query."""
+        recs = self.store.get_many([job_id for job_id, _ in reads])
+        out: list[JobStatusView | None] = []
+        for job_id, tenant in reads:
+            rec = recs.get(job_id)
+            out.append(None if rec is None or rec.tenant != tenant else self._view(rec))
+        return out
 
     def _status_of(self, job_id: str) -> JobStatusView | None:
         rec = self.store.get(job_id)

@@ -16,8 +16,8 @@ the lease over (``FencedOut``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from genmedia.deployments.protocol import (
@@ -77,13 +77,13 @@ class JobRecord:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def to_row(self) -> dict:
-        row = asdict(self)
-        row["status"] = str(self.status)
-        row["job"] = json.dumps(self.job)
-        row["result"] = json.dumps(self.result) if self.result is not None else None
-        row["usage"] = json.dumps(self.usage)
-        row["webhook_pending"] = int(self.webhook_pending)
+    def to_row(self, columns: Collection[str] | None = None) -> dict:
+        """The record as a row (JSON columns encoded); only ``columns`` when given. Shallow:
+        the nested dicts are encoded, not copied (``asdict``'s deep copy cost more)."""
+        row = {n: getattr(self, n) for n in _NAMES if columns is None or n in columns}
+        for name, fn in _ENCODE.items():
+            if name in row:
+                row[name] = fn(row[name])
         return row
 
     @classmethod
@@ -96,6 +96,15 @@ class JobRecord:
         d["webhook_pending"] = bool(d["webhook_pending"])
         return cls(**d)
 
+
+_NAMES = tuple(f.name for f in fields(JobRecord))
+_ENCODE: dict[str, Callable[[Any], Any]] = {  # columns stored encoded
+    "status": str,
+    "job": json.dumps,
+    "result": lambda v: None if v is None else json.dumps(v),
+    "usage": json.dumps,
+    "webhook_pending": int,
+}
 
 OutboxFn = Callable[[JobRecord], Iterable[OutboxEvent]]
 
@@ -118,6 +127,10 @@ class JobStore(Protocol):
         ...
 
     def get(self, job_id: str) -> JobRecord | None: ...
+
+    def get_many(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """The stored jobs among ``job_ids`` (unknown ones left out), by id, in one read."""
+        ...
 
     def find(self, tenant: str, idempotency_key: str) -> JobRecord | None:
         """The tenant's job submitted with this idempotency key, if any."""

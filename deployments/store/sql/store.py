@@ -34,6 +34,7 @@ from genmedia.deployments.store.sql import tables as t
 
 _FIELDS = [f.name for f in fields(JobRecord)]
 _COLUMNS = [c for c in _FIELDS if c in t.jobs.c]  # fields of JobRecord the table keeps
+_JOB_COLUMNS = frozenset(_COLUMNS)
 _OPEN = list(t.OPEN)
 _CHUNK = 500  # ids per IN (...) list
 
@@ -116,6 +117,10 @@ class SQLJobStore:
         )
         self._conn = engine.connect() if self.dialect == "sqlite" else None
         self._fence: tuple[str, int] | None = None  # (lease name, token) once a lease is held
+        self._add_usage = self._usage_upsert()
+        # jobs by ids: one statement (expanding IN), so its compiled form is cached
+        ids: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
+        self._select_in: sa.Executable = sa.select(t.jobs).where(t.jobs.c.id.in_(ids))
 
     def close(self) -> None:
         with self._lock:
@@ -162,7 +167,7 @@ class SQLJobStore:
         counts: dict[tuple[str, str, str], list] = defaultdict(lambda: [0, {}, []])
         with self._write() as conn:
             for rec in recs:
-                row = {c: v for c, v in rec.to_row().items() if c in t.jobs.c}
+                row = rec.to_row(_JOB_COLUMNS)
                 if rec.idempotency_key is None:
                     plain.append(row)
                 else:
@@ -188,6 +193,17 @@ class SQLJobStore:
         with self._read() as conn:
             row = conn.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id)).first()
         return _record(row) if row else None
+
+    def get_many(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """The stored jobs among ``job_ids``, by id, in one read (a gateway's group of status
+        polls: one ``IN (...)`` query instead of one per job)."""
+        out: dict[str, JobRecord] = {}
+        with self._read() as conn:
+            for chunk in _chunks(list(dict.fromkeys(job_ids))):
+                for row in conn.execute(self._select_in, {"ids": chunk}):
+                    rec = _record(row)
+                    out[rec.id] = rec
+        return out
 
     def _find(self, conn: sa.Connection, tenant: str, key: str) -> JobRecord | None:
         q = sa.select(t.jobs).where(t.jobs.c.tenant == tenant, t.jobs.c.idempotency_key == key)
@@ -219,32 +235,39 @@ class SQLJobStore:
         c[1]["compute_s"] = c[1].get("compute_s", 0.0) + jobs * float(usage.get("compute_s", 0))
 
     def _count(self, conn: sa.Connection, counts: dict) -> None:
-        """Add the tallied changes to the usage totals, inside the caller's transaction."""
+        """Add the tallied changes to the usage totals, inside the caller's transaction: one
+        prepared upsert, executed for every (tenant, model, status) that changed."""
+        rows = [
+            {
+                "tenant": tenant,
+                "model_id": model_id,
+                "status": status,
+                "jobs": jobs,
+                "images": sums.get("images", 0),
+                "steps": sums.get("steps", 0),
+                "compute_s": sums.get("compute_s", 0.0),
+            }
+            for (tenant, model_id, status), (jobs, sums, _) in sorted(counts.items())
+            if jobs or any(sums.values())
+        ]
+        if rows:
+            conn.execute(self._add_usage, rows)
+
+    def _usage_upsert(self) -> sa.Executable:
+        """``INSERT ... ON CONFLICT DO UPDATE`` adding a row's counts to its usage totals, built
+        once per store (building it per call cost more than running it)."""
         u = t.usage_totals
-        for (tenant, model_id, status), (jobs, sums, _) in sorted(counts.items()):
-            if not jobs and not any(sums.values()):
-                continue
-            stmt = self._insert(u).values(
-                tenant=tenant,
-                model_id=model_id,
-                status=status,
-                jobs=jobs,
-                images=sums.get("images", 0),
-                steps=sums.get("steps", 0),
-                compute_s=sums.get("compute_s", 0.0),
-            )
-            x = stmt.excluded
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[u.c.tenant, u.c.model_id, u.c.status],
-                    set_={
-                        "jobs": u.c.jobs + x.jobs,
-                        "images": u.c.images + x.images,
-                        "steps": u.c.steps + x.steps,
-                        "compute_s": u.c.compute_s + x.compute_s,
-                    },
-                )
-            )
+        stmt = self._insert(u)
+        x = stmt.excluded
+        return stmt.on_conflict_do_update(
+            index_elements=[u.c.tenant, u.c.model_id, u.c.status],
+            set_={
+                "jobs": u.c.jobs + x.jobs,
+                "images": u.c.images + x.images,
+                "steps": u.c.steps + x.steps,
+                "compute_s": u.c.compute_s + x.compute_s,
+            },
+        )
 
     def transition(self, job_id, allowed_from, to, **updates) -> JobRecord | None:
         moved = self.transition_many([(job_id, updates)], allowed_from, to)

@@ -152,6 +152,9 @@ def test_transitions_compare_and_set(store):
             store.update("j2", **bad)
     assert [r.id for r in store.unfinished()] == ["j2", "j3"]
     assert store.statuses(["j1", "j2", "zz"]) == {"j1": C, "j2": P}
+    many = store.get_many(["j2", "zz", "j1", "j2"])  # unknown left out, repeats once
+    assert many == {"j1": store.get("j1"), "j2": store.get("j2")}
+    assert store.get_many([]) == {}
 
 
 def test_usage_totals_follow_every_change(store):
