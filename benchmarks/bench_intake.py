@@ -61,6 +61,7 @@ RATES = "gm_0a000002_" + "r" * 43  # the rate measurements: quotas no benchmark 
 CLIENTS = 16
 SUBMIT = f"/v1/queue/models/{MODEL}"
 PARTS = ("burst", "hostile", "rates")
+WAY_TIMINGS = ("queue_s", "wait_s", "paused_s", "compute_s", "store_s")  # of the job's result
 
 
 def rate_calls(bulk_items: int, job_ids: list[str]) -> dict[str, Callable[..., Awaitable[int]]]:
@@ -126,16 +127,20 @@ async def interactive(
 def request_way(body: dict[str, Any], sent: float, answered: float) -> dict[str, Any]:
     """Where an interactive request's time went, from its job log (unix times): before the
     scheduler queued it (HTTP, gateway, admission), queued to finished, finished to the answer
-    (result back through the gateway and proxy)."""
+    (result back through the gateway and proxy); and inside queued to finished, from the
+    result's timings: in the scheduler's queue until dispatched, at the worker's gate, computing
+    (pauses left out), storing its outputs."""
     logs = body.get("logs") or []
     if not logs:
         return {"latency_s": answered - sent}
     first, last = logs[0]["t"], logs[-1]["t"]
+    timings = body.get("timings") or {}
     return {
         "latency_s": answered - sent,
         "to_queued_s": first - sent,
         "queued_to_finished_s": last - first,
         "finished_to_answer_s": answered - last,
+        **{k: timings[k] for k in WAY_TIMINGS if k in timings},
     }
 
 
@@ -431,6 +436,7 @@ def slowest_way(ways: list[dict[str, Any]]) -> dict[str, float]:
     (means, seconds)."""
     slow = sorted(ways, key=lambda w: w["latency_s"])[-max(1, len(ways) // 10) :]
     keys = ("latency_s", "to_queued_s", "queued_to_finished_s", "finished_to_answer_s")
+    keys += WAY_TIMINGS
     return {k: round(sum(w.get(k, 0.0) for w in slow) / len(slow), 4) for k in keys} if slow else {}
 
 
