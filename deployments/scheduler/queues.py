@@ -22,6 +22,7 @@ import bisect
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Literal
 
 from genmedia.deployments.protocol import PRIORITY_CLASSES, PriorityClass
@@ -71,8 +72,10 @@ class FairQueue:
         self.fifo = fifo  # arrival order, no fairness (the benchmarks' baseline)
         self.version = 0  # changes with every push, removal and take (positions are cached)
         # per model, each job's work units where the model is its own and 0.0 elsewhere, in
-        # queue order: the dispatcher's ETA prefix sums are one C-speed ``accumulate`` of these
+        # queue order, and their prefix sums (the dispatcher's ETAs), valid before ``_dirty``
         self.units: dict[str, list[float]] = {}
+        self._prefix: dict[str, list[float]] = {}
+        self._dirty = 0
         self._last_finish: dict[str, float] = {}
 
     def __len__(self) -> int:
@@ -93,11 +96,31 @@ class FairQueue:
             self.units[job.model_id] = [0.0] * (len(self.jobs) - 1)
         for model_id, units in self.units.items():
             units.insert(i, job.cost if model_id == job.model_id else 0.0)
+        self._dirty = min(self._dirty, i)
 
     def _pop(self, i: int) -> QueuedJob:
         for units in self.units.values():
             del units[i]
+        self._dirty = min(self._dirty, i)
         return self.jobs.pop(i)
+
+    def prefix_units(self) -> dict[str, list[float]]:
+        """Per model, the work units of its jobs before each place of the queue (``[i]``: before
+        the i-th job; ``[-1]``: all). Brought up to date from the first place that changed since
+        the last call, with C-speed ``accumulate``: a submit appended at the tail costs O(1), a
+        dispatch from the head one pass (tens of microseconds for 6,000 jobs)."""
+        d = self._dirty
+        if d <= len(self.jobs):
+            for model_id, units in self.units.items():
+                prefix = self._prefix.get(model_id)
+                if prefix is None or len(prefix) <= d:  # a model new to the queue
+                    self._prefix[model_id] = list(accumulate(units, initial=0.0))
+                    continue
+                del prefix[d + 1 :]
+                prefix.extend(accumulate(units[d:], initial=prefix[d]))
+                del prefix[d + 1]  # accumulate repeats its initial value first
+            self._dirty = len(self.jobs) + 1
+        return self._prefix
 
     def remove(self, job_id: str, job: QueuedJob | None = None) -> QueuedJob | None:
         """Take a job off the queue; with ``job`` given (the queued object), found by bisection
@@ -137,6 +160,8 @@ class FairQueue:
         if not self.jobs:  # idle: forget history so a returning tenant is not penalised
             self._last_finish.clear()
             self.units.clear()
+            self._prefix.clear()
+            self._dirty = 0
 
 
 def form_batch(

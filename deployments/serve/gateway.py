@@ -33,7 +33,7 @@ from genmedia.deployments.protocol import (
     SubmitAccepted,
     UsageRow,
 )
-from genmedia.deployments.serve.worker import yield_cpu_to_workers
+from genmedia.deployments.serve.niceness import yield_cpu_to_workers
 from genmedia.deployments.tenants.auth import Authenticator
 from genmedia.deployments.tenants.schema import TenantsFile
 from genmedia.models.catalog import LoraEntry, parse_catalog

@@ -54,6 +54,7 @@ from genmedia.deployments.scheduler.dispatcher import Dispatcher, ModelLimits
 from genmedia.deployments.scheduler.intake import Intake
 from genmedia.deployments.scheduler.joblogs import JobLogs, lines_from_stored
 from genmedia.deployments.scheduler.queues import CLASSES, QueuedJob, job_cost
+from genmedia.deployments.serve.niceness import yield_cpu_to_workers
 from genmedia.deployments.serve.scheduler_batches import MAX_ATTEMPTS, BatchRunner
 from genmedia.deployments.serve.scheduler_lease import (
     LEASE_NAME,
@@ -61,7 +62,6 @@ from genmedia.deployments.serve.scheduler_lease import (
     when_active,
     when_active_stream,
 )
-from genmedia.deployments.serve.worker import yield_cpu_to_workers
 from genmedia.deployments.store.jobs import (
     TERMINAL,
     FencedOut,

@@ -65,16 +65,6 @@ from genmedia.models.catalog import ModelEntry
 logger = logging.getLogger("ray.serve")
 
 
-def yield_cpu_to_workers(niceness: int) -> None:
-    """Lower this process's CPU priority (gateway, scheduler) by ``niceness``
-    (``server.control_plane_niceness``). Where they share cores with a family worker (one
-    machine, CPU inference), the pipeline then gets the CPU first and the control plane the
-    rest; raising niceness needs no privilege."""
-    if niceness > 0:
-        with contextlib.suppress(OSError):
-            os.nice(niceness)
-
-
 class PipelineLost(RayActorError):
     """The replica's pipeline process died while it ran the call (killed, crashed, out of
     memory). A ``RayActorError``, as for a lost replica: the scheduler queues the call's jobs

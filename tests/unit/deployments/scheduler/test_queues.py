@@ -268,3 +268,37 @@ def test_fifo_baseline_ignores_tenants_and_weights():
         q.push(job(tenant="flood", arrived=t, weight=0.1))
     q.push(job(tenant="late", arrived=10, weight=100.0))
     assert [j.tenant for j in drain(q, 11)][-1] == "late"
+
+
+def test_prefix_units_follow_every_push_removal_and_take():
+    """The queue's per-model prefix sums, brought up to date from the first changed place,
+    equal sums recomputed from scratch after random appends, inserts, removals and takes."""
+    import random
+
+    rng = random.Random(3)
+    q = FairQueue()
+    for step in range(400):
+        op = rng.random()
+        if op < 0.6 or not q.jobs:
+            q.push(
+                job(
+                    tenant=rng.choice("abc"),
+                    cost=rng.choice([0.5, 1.0, 2.5]),
+                    arrived=step,
+                    model=rng.choice(["m", "m", "n"]),
+                )
+            )
+        elif op < 0.75:
+            gone = rng.choice(q.jobs)
+            assert q.remove(gone.id, gone) is gone
+        else:
+            q.take(q.jobs[: rng.randint(1, 3)])
+        if rng.random() < 0.5:  # asked after some changes only: several changes pile up
+            continue
+        prefix = q.prefix_units()
+        for model in {j.model_id for j in q.jobs}:
+            want, total = [0.0], 0.0
+            for j in q.jobs:
+                total += j.cost if j.model_id == model else 0.0
+                want.append(total)
+            assert prefix[model] == pytest.approx(want)
