@@ -4,6 +4,7 @@ clear message (exit 2) before a single request is sent."""
 
 from __future__ import annotations
 
+import gc
 import json
 import textwrap
 
@@ -120,6 +121,7 @@ def test_sync_api_and_polling(gateway, tmp_path):
 def test_open_loop_sends_on_schedule_while_responses_are_slow(gateway, tmp_path):
     url, scheduler = gateway
     scheduler.delay_s = 2.0  # every job takes two seconds; arrivals come every ~50 ms
+    gc.collect()  # the suite's garbage before the replay, not during it
     r, out = run(url, tmp_path)
     assert r.exit_code == 0, r.output
     records = read_records(out / "requests.jsonl")
@@ -127,9 +129,11 @@ def test_open_loop_sends_on_schedule_while_responses_are_slow(gateway, tmp_path)
     assert all(x.latency >= scheduler.delay_s for x in records)
     lag = sorted(x.t_submit - x.t_scheduled for x in records)
     # Closed loop would send the k-th request only after k answers (k x 2 s late); open loop
-    # sends every one on schedule. The bound on the worst is one answer's time, so that a
-    # scheduling stall of the busy 2-core test machine does not read as waiting for answers.
-    assert lag[len(lag) // 2] < 0.1, lag
+    # sends every one on schedule (about 1 ms late here). The bounds are a quarter of one
+    # answer's time for the median and one answer's time for the worst, so that a stall of
+    # this process (a full garbage collection late in the suite, the busy 2-core machine: once
+    # the median was 0.3 s over this 1 s trace) does not read as waiting for answers.
+    assert lag[len(lag) // 2] < scheduler.delay_s / 4, lag
     assert lag[-1] < scheduler.delay_s, lag
     assert records[-1].t_submit < min(x.t_done for x in records)
 
