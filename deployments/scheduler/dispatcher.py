@@ -129,36 +129,29 @@ class Dispatch:
 _IDLE = Dispatch((), (), None)  # shared: callers only read a round
 
 
-@dataclass(slots=True)
-class _Ahead:
-    """Work units queued ahead of each place of a family's two queues, per model: the prefix
-    sums each ``FairQueue`` keeps up to date (``prefix_units``), asked again once per change of
-    the queues; status polls read them, never scan. Seconds are the units times each model's
-    current estimate, applied on read, so a new estimate (every finished call) costs nothing."""
-
-    key: tuple[int, int]  # interactive version, batch version
-    # [cls][model][i]: work units of the model's jobs before the i-th job of the class's queue
-    units: dict[PriorityClass, dict[str, list[float]]]
-
-    def seconds(self, cls: PriorityClass, i: int, est: ServiceTimeEstimator) -> float | None:
-        """Seconds of the work before place ``i`` (``-1``: the whole queue); None when a model
-        with work there has no estimate yet."""
-        total = 0.0
-        for model_id, prefix in self.units[cls].items():
-            units = prefix[i]
-            if units > 0.0:
-                rate = est.per_cost.get(model_id)
-                if rate is None:
-                    return None
-                total += rate * units
-        return total
+def _seconds_before(
+    prefix: dict[str, list[float]], i: int, est: ServiceTimeEstimator
+) -> float | None:
+    """Seconds of the work queued before place ``i`` (``-1``: the whole queue), from the
+    queue's per-model prefix sums of work units (``FairQueue.prefix_units``, kept up to date by
+    the queue: status polls never scan) times each model's current estimate, applied here so a
+    new estimate (every finished call) costs nothing; None when a model with work there has no
+    estimate yet."""
+    total = 0.0
+    for model_id, units in prefix.items():
+        before = units[i]
+        if before > 0.0:
+            rate = est.per_cost.get(model_id)
+            if rate is None:
+                return None
+            total += rate * before
+    return total
 
 
 class _Family:
     """One family's queues, shares, replicas, slots and running batches."""
 
     __slots__ = (
-        "ahead",
         "deadlines",
         "held",
         "held_rows",
@@ -186,7 +179,6 @@ class _Family:
         self.running_jobs = 0
         # (deadline, seq, job) of queued jobs with a deadline: when to look for expired ones
         self.deadlines: list[tuple[float, int, QueuedJob]] = []
-        self.ahead: _Ahead | None = None  # cached prefix sums for positions and ETAs
 
     def slots(self, slot: SlotKind) -> int:
         cap = max(1, self.replicas)
@@ -507,7 +499,7 @@ class Dispatcher:
 
     def eta(self, job_id: str, now: float) -> float | None:
         """Predicted seconds until a queued job starts (None: not queued or no estimate): the
-        work ahead of it from prefix sums kept per queue state (``_Ahead``), not a scan."""
+        work ahead of it from the prefix sums each queue keeps (``_seconds_before``), not a scan."""
         job = self._queued.get(job_id)
         if job is None:
             return None
@@ -518,23 +510,16 @@ class Dispatcher:
         free = self.slot_free_in(job.family, job.priority, now)
         if free is None:
             return None
-        ahead = self._ahead(fam)
-        work = ahead.seconds(job.priority, i, self.estimator)
+        qs, est = fam.queues, self.estimator
+        work = _seconds_before(qs[job.priority].prefix_units(), i, est)
         if work is None:
             return None  # a job ahead has no estimate yet
         if job.priority == BATCH:
-            inter = ahead.seconds(INTERACTIVE, -1, self.estimator)
+            inter = _seconds_before(qs[INTERACTIVE].prefix_units(), -1, est)
             if inter is None:
                 return None  # an interactive job ahead has no estimate yet
             work += inter
         return free + work / self.capacity(job.family)
-
-    def _ahead(self, fam: _Family) -> _Ahead:
-        qs = fam.queues
-        key = (qs[INTERACTIVE].version, qs[BATCH].version)
-        if fam.ahead is None or fam.ahead.key != key:
-            fam.ahead = _Ahead(key, {cls: q.prefix_units() for cls, q in qs.items()})
-        return fam.ahead
 
     # -- counts for admission, metrics and the autoscaler ------------------------------------
     def admission_counts(self, tenant: str, model_id: str) -> tuple[int, int, int]:

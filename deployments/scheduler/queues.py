@@ -22,7 +22,6 @@ import bisect
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import accumulate
 from typing import Literal
 
 from genmedia.deployments.protocol import PRIORITY_CLASSES, PriorityClass
@@ -72,7 +71,8 @@ class FairQueue:
         self.fifo = fifo  # arrival order, no fairness (the benchmarks' baseline)
         self.version = 0  # changes with every push, removal and take (positions are cached)
         # per model, each job's work units where the model is its own and 0.0 elsewhere, in
-        # queue order, and their prefix sums (the dispatcher's ETAs), valid before ``_dirty``
+        # queue order, and their prefix sums (the dispatcher's ETAs; asking again costs
+        # nothing while nothing changed), valid before ``_dirty``
         self.units: dict[str, list[float]] = {}
         self._prefix: dict[str, list[float]] = {}
         self._dirty = 0
@@ -114,10 +114,10 @@ class FairQueue:
             for model_id, units in self.units.items():
                 prefix = self._prefix.get(model_id)
                 if prefix is None or len(prefix) <= d:  # a model new to the queue
-                    self._prefix[model_id] = list(accumulate(units, initial=0.0))
+                    self._prefix[model_id] = list(itertools.accumulate(units, initial=0.0))
                     continue
                 del prefix[d + 1 :]
-                prefix.extend(accumulate(units[d:], initial=prefix[d]))
+                prefix.extend(itertools.accumulate(units[d:], initial=prefix[d]))
                 del prefix[d + 1]  # accumulate repeats its initial value first
             self._dirty = len(self.jobs) + 1
         return self._prefix

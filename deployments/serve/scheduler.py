@@ -301,11 +301,11 @@ class Scheduler(LeaseHolder, BatchRunner):
         """``status`` for many (job id, tenant) reads a gateway coalesced into one call: the
         jobs are read from the store in one query."""
         recs = self.store.get_many([job_id for job_id, _ in reads])
-        out: list[JobStatusView | None] = []
-        for job_id, tenant in reads:
-            rec = recs.get(job_id)
-            out.append(None if rec is None or rec.tenant != tenant else self._view(rec))
-        return out
+        return [self._own_view(recs.get(job_id), tenant) for job_id, tenant in reads]
+
+    def _own_view(self, rec: JobRecord | None, tenant: str) -> JobStatusView | None:
+        """The job as ``tenant`` sees it; None when unknown or another tenant's."""
+        return None if rec is None or rec.tenant != tenant else self._view(rec)
 
     def _status_of(self, job_id: str) -> JobStatusView | None:
         rec = self.store.get(job_id)
@@ -346,10 +346,7 @@ class Scheduler(LeaseHolder, BatchRunner):
     @when_active
     async def status(self, job_id: str, tenant: str) -> JobStatusView | None:
         """The tenant's job, or None (another tenant's job is not found either)."""
-        rec = self.store.get(job_id)
-        if rec is None or rec.tenant != tenant:
-            return None
-        return self._view(rec)
+        return self._own_view(self.store.get(job_id), tenant)
 
     @when_active
     async def wait(self, job_id: str, tenant: str, timeout_s: float) -> JobStatusView | None:

@@ -190,9 +190,7 @@ class SQLJobStore:
         return out
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._read() as conn:
-            row = conn.execute(sa.select(t.jobs).where(t.jobs.c.id == job_id)).first()
-        return _record(row) if row else None
+        return self.get_many([job_id]).get(job_id)
 
     def get_many(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """The stored jobs among ``job_ids``, by id, in one read (a gateway's group of status
