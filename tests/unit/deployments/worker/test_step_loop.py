@@ -411,3 +411,45 @@ def test_a_job_cancelled_on_its_own_leaves_and_its_call_goes_on(
     assert engine.prepared == [["r1"]]
     assert [len(j.outputs) for j in result.jobs] == [1, 0]
     assert loop.policy.idle and not loop.calls and not loop.jobs
+
+
+def test_jobs_next_in_line_prepare_with_a_joiner_and_join_later(
+    model: LoadedModel, tmp_path: Path
+) -> None:
+    """A full set gains a job at a time: the job joining prepares with the waiting jobs of the
+    set's key next in line (up to the set's 4 rows), which join later with nothing left to
+    prepare; their wait still ends when they join, and every image matches the request path."""
+    ctx = _context(tmp_path / "step")
+    loop = StepLoop(ctx)
+    engine = loop._engines[id(model)] = _Decodes(model)  # type: ignore[assignment]
+    first = [
+        _request(f"b{k}", [_job(model, f"r{k}", seed=k, num_inference_steps=steps)])
+        for k, steps in ((1, 2), (2, 5), (3, 5), (4, 5))
+    ]
+    later = [
+        _request(f"b{k}", [_job(model, f"r{k}", seed=k, num_inference_steps=2)]) for k in (5, 6, 7)
+    ]
+    calls: list[StepCall] = []
+    step = engine.step
+
+    def step_then_submit(members: list[MemberState]) -> None:
+        step(members)
+        if not calls:  # waiting while the set is full: r5 joins when r1 leaves, r6, r7 at r2's
+            with loop._cond:
+                calls.extend(
+                    loop.submit(model, r, {}, threading.Event(), lambda e: None) for r in later
+                )
+
+    engine.step = step_then_submit  # type: ignore[method-assign]
+    started = _together(loop, model, first)
+    assert all(c.finished.wait(60) for c in calls)
+    assert engine.prepared == [["r1", "r2", "r3", "r4"], ["r5", "r6", "r7"]]
+    assert calls[1].times.wait_s > calls[0].times.wait_s  # r6 waited until it joined
+    ref_ctx = _context(tmp_path / "request")
+    for call in started + calls:
+        assert call.error is None, call.error
+        got = finish_call(ctx, model, call.req, call.outputs or [], call.times)
+        want = run_batch_call(ref_ctx, model, call.req, threading.Event(), lambda e: None)
+        for g, w in zip(_images(ctx, got), _images(ref_ctx, want), strict=True):
+            assert int(np.abs(g - w).max()) <= 1
+    assert loop.policy.idle and not loop.calls and not loop.jobs
