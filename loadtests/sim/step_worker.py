@@ -33,7 +33,8 @@ member, a gate waiter that ranks better, a member the deadline check refused,
 ``Boundary.deadline_refused``: then one step).
 Not modelled: cancels (traces have none), adapter loads, the worker's ``supports`` (every job of
 a step family runs step-level), and the worker's batched prepare (``StepLoop._ahead``: jobs next
-in line prepare with a joiner): every joining call pays its whole ``call_overhead_s``. No Ray imports.
+in line prepare with a joiner): every joining call pays its whole ``call_overhead_s``.
+No Ray imports.
 """
 
 from __future__ import annotations
