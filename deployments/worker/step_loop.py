@@ -321,14 +321,25 @@ class StepLoop:
         if todo:
             self._prepare(todo + self._ahead(todo))
 
+    def _batches_prepare(self, mid: str) -> bool:
+        """Whether the family's engine of job ``mid`` prepares jobs in one batch
+        (``prepare_many``); one that prepares job by job gains nothing from ``_ahead`` and would
+        only put later joiners' prepare time on this step."""
+        try:
+            engine = self._engine(self.jobs[mid][0].model)
+        except Exception:  # no step engine: ``_prepare`` fails the call
+            return False
+        return getattr(engine, "prepare_many", None) is not None
+
     def _ahead(self, todo: list[str]) -> list[str]:
         """Waiting jobs of the running set's key, not prepared yet, next in the join order, up
-        to the set's bound of rows with ``todo``'s: prepared in ``todo``'s batch, they join
-        later with nothing left to do. A full set whose jobs leave one or two a step would
-        otherwise encode prompts one or two at a time (the tiny SD1.5's prepare costs 4.2 ms a
-        job alone, 2.1 a job by eight, on one CPU thread)."""
+        to the set's bound of rows with ``todo``'s, where the family's engine prepares in one
+        batch: prepared in ``todo``'s batch, they join later with nothing left to do. A full
+        set whose jobs leave one or two a step would otherwise encode prompts one or two at a
+        time (the tiny SD1.5's prepare costs 4.2 ms a job alone, 2.1 a job by eight, on one CPU
+        thread)."""
         key = self.policy.key
-        if key is None:
+        if key is None or not self._batches_prepare(todo[0]):
             return []
         with self._cond:
             rows = sum(self.policy.running[m].rows for m in todo if m in self.policy.running)

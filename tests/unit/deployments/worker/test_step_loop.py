@@ -163,10 +163,13 @@ class _Decodes:
         self.inner, self.broken = engine, broken
         self.batches: list[list[str]] = []
         self.prepared: list[list[str]] = []
+        self.steps_run = 0  # counted by a test that wraps ``step``
+        self.prepared_at: dict[str, int] = {}  # job id -> steps run when it was prepared
         self.prepare, self.step = engine.prepare, engine.step
 
     def prepare_many(self, jobs: list[GenerationJob], sources: list) -> list[MemberState]:
         self.prepared.append([j.request_id for j in jobs])
+        self.prepared_at.update({j.request_id: self.steps_run for j in jobs})
         return self.inner.prepare_many(jobs, sources)  # type: ignore[attr-defined]
 
     def _check(self, members: list[MemberState]) -> None:
@@ -413,15 +416,41 @@ def test_a_job_cancelled_on_its_own_leaves_and_its_call_goes_on(
     assert loop.policy.idle and not loop.calls and not loop.jobs
 
 
+class _OneByOne(_Decodes):
+    """An engine that prepares job by job (no ``prepare_many``), recording each prepare."""
+
+    prepare_many = None  # type: ignore[assignment]
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__(model)
+        inner = self.prepare
+
+        def prepare(job: GenerationJob, source: dict | None = None) -> MemberState:
+            self.prepared.append([job.request_id])
+            self.prepared_at[job.request_id] = self.steps_run
+            return inner(job, source)
+
+        self.prepare = prepare  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    ("engine_kind", "prepared"),
+    [
+        ("batched", [["r1", "r2", "r3", "r4"], ["r5", "r6", "r7"]]),
+        ("one by one", [[f"r{k}"] for k in range(1, 8)]),
+    ],
+)
 def test_jobs_next_in_line_prepare_with_a_joiner_and_join_later(
-    model: LoadedModel, tmp_path: Path
+    model: LoadedModel, tmp_path: Path, engine_kind: str, prepared: list[list[str]]
 ) -> None:
     """A full set gains a job at a time: the job joining prepares with the waiting jobs of the
     set's key next in line (up to the set's 4 rows), which join later with nothing left to
-    prepare; their wait still ends when they join, and every image matches the request path."""
+    prepare; their wait still ends when they join, and every image matches the request path.
+    An engine that prepares job by job prepares each job when it joins."""
     ctx = _context(tmp_path / "step")
     loop = StepLoop(ctx)
-    engine = loop._engines[id(model)] = _Decodes(model)  # type: ignore[assignment]
+    kind = _Decodes if engine_kind == "batched" else _OneByOne
+    engine = loop._engines[id(model)] = kind(model)  # type: ignore[assignment]
     first = [
         _request(f"b{k}", [_job(model, f"r{k}", seed=k, num_inference_steps=steps)])
         for k, steps in ((1, 2), (2, 5), (3, 5), (4, 5))
@@ -434,6 +463,7 @@ def test_jobs_next_in_line_prepare_with_a_joiner_and_join_later(
 
     def step_then_submit(members: list[MemberState]) -> None:
         step(members)
+        engine.steps_run += 1
         if not calls:  # waiting while the set is full: r5 joins when r1 leaves, r6, r7 at r2's
             with loop._cond:
                 calls.extend(
@@ -443,7 +473,10 @@ def test_jobs_next_in_line_prepare_with_a_joiner_and_join_later(
     engine.step = step_then_submit  # type: ignore[method-assign]
     started = _together(loop, model, first)
     assert all(c.finished.wait(60) for c in calls)
-    assert engine.prepared == [["r1", "r2", "r3", "r4"], ["r5", "r6", "r7"]]
+    assert engine.prepared == prepared
+    at = engine.prepared_at  # with r5 (after r1's 2 steps), or each when it joins
+    assert at["r5"] == 2
+    assert (at["r6"], at["r7"]) == ((2, 2) if engine_kind == "batched" else (4, 5))
     assert calls[1].times.wait_s > calls[0].times.wait_s  # r6 waited until it joined
     ref_ctx = _context(tmp_path / "request")
     for call in started + calls:
