@@ -19,7 +19,6 @@ class ServiceTimeEstimator:
         self.per_cost: dict[str, float] = {}  # wall seconds per work unit
         self.device_per_cost: dict[str, float] = {}  # device seconds per work unit
         self.per_call: dict[str, float] = {}  # fixed seconds per call
-        self.version = 0  # changes with every observation (cached ETAs follow it)
 
     def observe(
         self, model_id: str, cost: float, seconds: float, device_seconds: float | None = None
@@ -28,7 +27,6 @@ class ServiceTimeEstimator:
         ``device_seconds`` (None: not measured, taken as ``seconds``)."""
         if cost <= 0 or seconds <= 0:
             return
-        self.version += 1
         self._update(self.per_cost, model_id, seconds / cost)
         if device_seconds is None or device_seconds <= 0:
             device_seconds = seconds

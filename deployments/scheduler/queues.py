@@ -69,7 +69,6 @@ class FairQueue:
         self.jobs: list[QueuedJob] = []  # sorted by order()
         self.virtual_time = 0.0
         self.fifo = fifo  # arrival order, no fairness (the benchmarks' baseline)
-        self.version = 0  # changes with every push, removal and take (positions are cached)
         # per model, each job's work units where the model is its own and 0.0 elsewhere, in
         # queue order, and their prefix sums (the dispatcher's ETAs; asking again costs
         # nothing while nothing changed), valid before ``_dirty``
@@ -82,7 +81,6 @@ class FairQueue:
         return len(self.jobs)
 
     def push(self, job: QueuedJob) -> None:
-        self.version += 1
         if self.fifo:
             job.start_tag = job.finish_tag = job.arrived
         else:
@@ -128,11 +126,9 @@ class FairQueue:
         if job is not None:
             i = bisect.bisect_left(self.jobs, job.order(), key=QueuedJob.order)
             if i < len(self.jobs) and self.jobs[i] is job:
-                self.version += 1
                 return self._pop(i)
         for i, j in enumerate(self.jobs):
             if j.id == job_id:
-                self.version += 1
                 return self._pop(i)
         return None
 
@@ -143,7 +139,6 @@ class FairQueue:
 
     def take(self, batch: list[QueuedJob]) -> None:
         """Dequeue a dispatched batch; virtual time advances to the head's start tag."""
-        self.version += 1
         ids = {j.id for j in batch}
         # A batch is the head and compatible jobs close behind it: find them from the front and
         # delete in place, instead of rebuilding a long queue on every dispatch.
